@@ -1,0 +1,106 @@
+"""Self-describing checkpoints: network arguments, preprocessing, inference plan, recipe, provenance
+and weights in one file, so that a checkpoint alone rebuilds the predictor. Nothing is pickled but
+plain containers and tensors (loads with ``weights_only=True``)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lacunes.network import NetworkConfig, build_network
+
+FORMAT_VERSION = 1
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    network: torch.nn.Module,
+    network_config: NetworkConfig,
+    metadata: dict[str, Any] | None = None,
+    half: bool = False,
+    extra_state: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint atomically.
+
+    Args:
+        path: destination (``.pt``).
+        network: the module whose ``state_dict`` is stored (unwrapped from DDP by the caller).
+        network_config: the arguments that rebuild it.
+        metadata: plain data (normalization, inference defaults, recipe, data provenance, timings...).
+        half: store floating weights as float16 (halves the file; loaded back as float32).
+        extra_state: training state for ``--resume`` (optimizer, epoch); omitted from released weights.
+    """
+    from lacunes import __version__
+
+    state = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().clone()
+             for k, v in network.state_dict().items()}
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "lacunes_version": __version__,
+        "network": network_config.to_dict(),
+        "metadata": metadata or {},
+        "state_dict": state,
+    }
+    if extra_state is not None:
+        payload["training_state"] = extra_state
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The raw checkpoint dictionary; raises ``FileNotFoundError``/``ValueError`` with the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    sidecar = path.with_name(path.name + ".sha256")
+    if sidecar.is_file():
+        expected = sidecar.read_text().split()[0]
+        actual = sha256_of(path)
+        if expected != actual:
+            raise ValueError(f"{path}: sha256 {actual} does not match {sidecar.name} ({expected})")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or "state_dict" not in payload or "network" not in payload:
+        raise ValueError(f"{path} is not a lacunes checkpoint (no network arguments or weights)")
+    return payload
+
+
+def load_network(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the network from a checkpoint, in eval mode, float32; returns it with the payload."""
+    payload = read_checkpoint(path)
+    config = NetworkConfig.from_dict(payload["network"])
+    net = build_network(config)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
+    net.eval()
+    return net, payload
+
+
+def write_sha256(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    sidecar = path.with_name(path.name + ".sha256")
+    sidecar.write_text(f"{sha256_of(path)}  {path.name}\n")
+    return sidecar

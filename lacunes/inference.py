@@ -1,0 +1,313 @@
+"""The predictor used by ``process.py``, the CLI and the benchmarks.
+
+One pass of MONAI's ``sliding_window_inference`` serves every test-time-augmentation (TTA) variant:
+the noisy copies of the volume travel as extra input channels, and each batch of windows is
+expanded into all its variants (identity, flips, noisy copies), run through the network together,
+un-flipped and reduced to three maps per voxel — the mean logit, the mean probability and the mean
+squared probability over the variants — which the inferer blends over windows. Blending is linear,
+so this equals running ``sliding_window_inference`` once per variant and averaging, without the
+repeated padding, window gathering and stitching.
+
+TTA plans (``TTAMode``): ``none`` (identity), ``flips`` (identity + a flip along each of x, y, z: 4
+variants), ``full`` (the flips + ``n_noise`` copies with Gaussian noise of ``noise_std`` added to the
+normalized volume: 6 variants by default). **Probabilities are averaged** (the prediction is the mean
+of the variants' sigmoids); the mean logit is kept for the default uncertainty.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import torch
+
+from lacunes.device import resolve_device
+from lacunes.io import Subject
+from lacunes.preprocessing import NormalizationConfig, count_nonfinite, prepare_image
+from lacunes.uncertainty import UncertaintyMode, uncertainty_map
+
+logger = logging.getLogger(__name__)
+
+#: Host memory per window voxel for one network sample on the CPU (measured: a 256×256×64 window of
+#: the recipe's BasicUNet peaks at about 5.3 GB RSS in float32).
+CPU_BYTES_PER_VOXEL = 1250
+#: The same on CUDA, per sample, float16 autocast (an estimate with a margin; OOM halves anyway).
+CUDA_BYTES_PER_VOXEL = 700
+
+
+class TTAMode(StrEnum):
+    NONE = "none"
+    FLIPS = "flips"
+    FULL = "full"
+
+
+class Precision(StrEnum):
+    AUTO = "auto"  # float16 autocast on CUDA, float32 elsewhere
+    FLOAT32 = "float32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+class BlendMode(StrEnum):
+    CONSTANT = "constant"
+    GAUSSIAN = "gaussian"
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How to predict; defaults are the published recipe (the ``full`` preset).
+
+    Attributes:
+        roi_size: sliding-window size (x, y, z).
+        overlap: window overlap in [0, 1).
+        sw_batch_size: windows per network call; None = 7 on a GPU (the recipe), 1 on the CPU.
+        tta: the TTA plan (see the module docstring).
+        n_noise: noisy copies in the ``full`` plan.
+        noise_std: standard deviation of the TTA noise (normalized units, where WM ≈ 0.5–1).
+        blend: how overlapping windows are blended.
+        device: ``auto`` (cuda, then mps, then cpu) or a torch device name.
+        precision: autocast type on CUDA (``auto`` = float16); the CPU always runs float32.
+        uncertainty: which uncertainty map to write.
+        memory_gb: on the CPU, the host memory the network may use at once (sets how many samples
+            run together); on CUDA the free memory decides.
+        fit_roi_to_image: shrink the window to the volume (rounded up to 16) where the volume is
+            smaller: less padding, slightly different values near the borders (fast preset only).
+        seed: seeds the TTA noise.
+        progress: tqdm progress bar over windows.
+    """
+
+    roi_size: tuple[int, int, int] = (256, 256, 64)
+    overlap: float = 0.7
+    sw_batch_size: int | None = None
+    tta: TTAMode = TTAMode.FULL
+    n_noise: int = 2
+    noise_std: float = 0.05
+    blend: BlendMode = BlendMode.CONSTANT
+    device: str = "auto"
+    precision: Precision = Precision.AUTO
+    uncertainty: UncertaintyMode = UncertaintyMode.INVERSE_LOGIT
+    memory_gb: float = 6.0
+    fit_roi_to_image: bool = False
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.roi_size) != 3 or any(int(s) < 16 for s in self.roi_size):
+            raise ValueError(f"roi_size must be 3 sizes >= 16, got {self.roi_size}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.sw_batch_size is not None and self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
+        if self.n_noise < 0 or self.noise_std < 0:
+            raise ValueError(f"n_noise and noise_std must be >= 0, got {self.n_noise}, {self.noise_std}")
+        if self.memory_gb <= 0:
+            raise ValueError(f"memory_gb must be > 0, got {self.memory_gb}")
+        for name, enum in (("tta", TTAMode), ("blend", BlendMode), ("precision", Precision),
+                           ("uncertainty", UncertaintyMode)):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum(value))
+            except ValueError:
+                raise ValueError(f"{name} must be one of {[e.value for e in enum]}, got {value!r}") from None
+
+    def replace(self, **changes: Any) -> InferenceSettings:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, StrEnum) else v)
+                for k, v in self.__dict__.items()}
+
+
+#: The published recipe.
+FULL = InferenceSettings()
+#: For CPUs: no TTA, overlap 0.25, Gaussian blending, window shrunk to the volume. Its quality cost is
+#: measured in benchmarks/RESULTS.md.
+FAST = InferenceSettings(overlap=0.25, tta=TTAMode.NONE, blend=BlendMode.GAUSSIAN, fit_roi_to_image=True)
+PRESETS = {"full": FULL, "fast": FAST}
+
+
+@dataclass
+class TTAPlan:
+    """Variants: a flip (tensor dims to flip) applied to an input copy (0 = clean, k = k-th noisy)."""
+
+    variants: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(cls, settings: InferenceSettings) -> TTAPlan:
+        variants: list[tuple[int, tuple[int, ...]]] = [(0, ())]
+        if settings.tta in (TTAMode.FLIPS, TTAMode.FULL):
+            variants += [(0, (2,)), (0, (3,)), (0, (4,))]
+        if settings.tta == TTAMode.FULL:
+            variants += [(k, ()) for k in range(1, settings.n_noise + 1)]
+        return cls(variants)
+
+    @property
+    def n_copies(self) -> int:
+        return 1 + max(c for c, _ in self.variants)
+
+
+def _round16(n: int) -> int:
+    return int(-(-n // 16) * 16)
+
+
+class Predictor:
+    """Lacune probability and uncertainty for a subject.
+
+    Args:
+        network: maps ``B×3×X×Y×Z`` to logits ``B×1×X×Y×Z`` (any fully convolutional module).
+        settings: :class:`InferenceSettings` (the recipe by default).
+        normalization: the preprocessing the network was trained with.
+        metadata: the checkpoint's description, kept for reports.
+
+    Example:
+        >>> predictor = Predictor.from_checkpoint("model/lacunes.pt", FAST)
+        >>> probability, uncertainty = predictor.predict(subject)
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        settings: InferenceSettings = FULL,
+        normalization: NormalizationConfig = NormalizationConfig(),
+        metadata: dict | None = None,
+    ) -> None:
+        self.settings = settings
+        self.normalization = normalization
+        self.metadata = metadata or {}
+        self.device = resolve_device(settings.device)
+        self.network = network.to(self.device).eval()
+        self.plan = TTAPlan.from_settings(settings)
+        self._chunk: int | None = None
+        self.last_stats: dict[str, Any] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, settings: InferenceSettings = FULL) -> Predictor:
+        from lacunes.checkpoint import load_network
+
+        network, payload = load_network(path)
+        norm = payload.get("metadata", {}).get("normalization", {})
+        normalization = NormalizationConfig(norm.get("lower", 0.005), norm.get("upper", 0.995))
+        return cls(network, settings, normalization, payload.get("metadata"))
+
+    # ------------------------------------------------------------------------------------------
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        if self.device.type != "cuda":
+            return None
+        p = self.settings.precision
+        if p == Precision.FLOAT32:
+            return None
+        return torch.bfloat16 if p == Precision.BFLOAT16 else torch.float16
+
+    def window_batch(self) -> int:
+        if self.settings.sw_batch_size is not None:
+            return self.settings.sw_batch_size
+        return 7 if self.device.type == "cuda" else 1
+
+    def samples_per_call(self, roi: tuple[int, ...]) -> int:
+        """How many network samples (windows × variants) run at once, from the memory at hand."""
+        voxels = int(np.prod(roi))
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            per = voxels * (CUDA_BYTES_PER_VOXEL if self.autocast_dtype is not None else 2 * CUDA_BYTES_PER_VOXEL)
+            budget = free * 0.8
+        else:
+            per = voxels * CPU_BYTES_PER_VOXEL
+            budget = self.settings.memory_gb * 1e9
+        return max(1, int(budget // per))
+
+    def _run_network(self, x: torch.Tensor) -> torch.Tensor:
+        """Network over a batch in chunks; on CUDA out-of-memory the chunk halves and retries."""
+        outputs, i = [], 0
+        while i < x.shape[0]:
+            chunk = self._chunk or x.shape[0]
+            try:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                    enabled=self.autocast_dtype is not None):
+                    out = self.network(x[i:i + chunk])
+            except torch.cuda.OutOfMemoryError:
+                if chunk == 1:
+                    raise
+                self._chunk = max(1, chunk // 2)
+                logger.warning("CUDA out of memory with %d samples at once; retrying with %d", chunk, self._chunk)
+                torch.cuda.empty_cache()
+                continue
+            outputs.append(out.float())
+            i += chunk
+        return torch.cat(outputs)
+
+    def _window_fn(self, windows: torch.Tensor) -> torch.Tensor:
+        """``B×3·copies×…`` windows → ``B×3×…``: mean logit, mean probability, mean probability²."""
+        b = windows.shape[0]
+        copies = windows.reshape(b, self.plan.n_copies, 3, *windows.shape[2:])
+        batch = []
+        for copy, dims in self.plan.variants:
+            v = copies[:, copy]
+            batch.append(torch.flip(v, dims) if dims else v)
+        logits = self._run_network(torch.cat(batch))
+        logits = logits.reshape(len(self.plan.variants), b, 1, *windows.shape[2:])
+        restored = torch.stack([torch.flip(logits[i], dims) if dims else logits[i]
+                                for i, (_, dims) in enumerate(self.plan.variants)])
+        probs = torch.sigmoid(restored)
+        return torch.cat([restored.mean(0), probs.mean(0), (probs**2).mean(0)], dim=1)
+
+    def model_input(self, normalized: np.ndarray) -> torch.Tensor:
+        """``1×3·copies×X×Y×Z``: the clean volume followed by its noisy copies (seeded)."""
+        clean = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32))
+        copies = [clean]
+        gen = torch.Generator().manual_seed(self.settings.seed)
+        for _ in range(1, self.plan.n_copies):
+            copies.append(clean + self.settings.noise_std * torch.randn(clean.shape, generator=gen))
+        return torch.cat(copies)[None]
+
+    def roi_for(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
+        roi = tuple(int(r) for r in self.settings.roi_size)
+        if self.settings.fit_roi_to_image:
+            roi = tuple(min(r, _round16(s)) for r, s in zip(roi, shape))
+        return roi
+
+    @torch.inference_mode()
+    def predict_normalized(self, normalized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probability and uncertainty (float32 (x, y, z), in [0, 1]) of a normalized ``3×X×Y×Z`` array."""
+        from monai.inferers import sliding_window_inference
+
+        if normalized.ndim != 4 or normalized.shape[0] != 3:
+            raise ValueError(f"expected a 3×X×Y×Z array, got shape {normalized.shape}")
+        roi = self.roi_for(normalized.shape[1:])
+        windows_per_call = self.window_batch()
+        if self._chunk is None:
+            self._chunk = self.samples_per_call(roi)
+        x = self.model_input(normalized).to(self.device)
+        stats = sliding_window_inference(
+            x, roi_size=roi, sw_batch_size=windows_per_call, predictor=self._window_fn,
+            overlap=self.settings.overlap, mode=str(self.settings.blend), padding_mode="constant", cval=0.0,
+            progress=self.settings.progress,
+        )
+        mean_logit, mean_prob, mean_prob_sq = stats[0, 0], stats[0, 1], stats[0, 2]
+        bad = int((~torch.isfinite(stats)).sum())
+        if bad:
+            logger.error("%d non-finite value(s) in the network output; set to probability 0, uncertainty 1", bad)
+        prob = torch.nan_to_num(mean_prob, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
+        unc = uncertainty_map(self.settings.uncertainty, mean_logit, mean_prob, mean_prob_sq)
+        if bad:
+            unc = torch.where(torch.isfinite(mean_prob), unc, torch.ones_like(unc))
+        self.last_stats = {"roi": roi, "variants": len(self.plan.variants), "samples_per_call": self._chunk,
+                           "windows_per_call": windows_per_call, "nonfinite_outputs": bad}
+        return prob.float().cpu().numpy(), unc.float().cpu().numpy()
+
+    def predict(self, subject: Subject | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probability and uncertainty maps of a subject (or a raw ``3×X×Y×Z`` array).
+
+        Non-finite input voxels are repaired first (see :func:`lacunes.preprocessing.repair_nonfinite`),
+        then each channel is quantile-normalized. Both outputs are float32 (x, y, z) in [0, 1].
+        """
+        image = subject.image if isinstance(subject, Subject) else np.asarray(subject, dtype=np.float32)
+        counts = count_nonfinite(image)
+        if any(counts):
+            logger.warning("repairing non-finite input voxels per channel: %s", counts)
+        return self.predict_normalized(prepare_image(image, self.normalization))

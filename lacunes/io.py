@@ -1,0 +1,210 @@
+"""Reading, validating and writing volumes, keeping their geometry.
+
+Arrays are indexed (x, y, z) — SimpleITK's (z, y, x) arrays are transposed on the way in and out —
+so a window of 256×256×64 means 64 slices along z. A subject is one :class:`Subject`: the three
+modalities stacked as a ``3×X×Y×Z`` float32 array, the reference geometry and the source paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("T1", "T2", "FLAIR")
+#: Relative tolerance on spacing between modalities (an error beyond it).
+SPACING_RTOL = 1e-3
+#: Origin difference in mm and direction-cosine difference beyond which a warning is logged.
+ORIGIN_ATOL_MM = 1e-2
+DIRECTION_ATOL = 1e-3
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class LacunesInputError(ValueError):
+    """Base class of the errors raised for missing, unreadable or inconsistent inputs."""
+
+
+class MissingModalityError(LacunesInputError):
+    """A modality of a subject is missing."""
+
+
+class UnreadableImageError(LacunesInputError):
+    """A file cannot be read as a 3D scalar image."""
+
+
+class GeometryMismatchError(LacunesInputError):
+    """Images that must share a grid do not (shape or spacing)."""
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Grid of a volume: shape (x, y, z), spacing (mm), origin (mm) and direction (row-major 3×3)."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    @property
+    def voxel_volume(self) -> float:
+        """Volume of one voxel in mm³."""
+        return float(np.prod(self.spacing))
+
+    @classmethod
+    def from_image(cls, image: sitk.Image) -> Geometry:
+        return cls(
+            shape=tuple(int(s) for s in image.GetSize()),
+            spacing=tuple(float(s) for s in image.GetSpacing()),
+            origin=tuple(float(s) for s in image.GetOrigin()),
+            direction=tuple(float(s) for s in image.GetDirection()),
+        )
+
+    def apply_to(self, image: sitk.Image) -> sitk.Image:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+@dataclass
+class Subject:
+    """One subject as it flows through the pipeline.
+
+    Attributes:
+        subject_id: e.g. ``sub-201``.
+        image: ``3×X×Y×Z`` float32 array, channels in :data:`MODALITIES` order.
+        geometry: the grid of the T1 (the reference); outputs are written on it.
+        paths: source file of each modality.
+        nonfinite: NaN/±inf count per modality as read (before any repair).
+    """
+
+    subject_id: str
+    image: np.ndarray
+    geometry: Geometry
+    paths: dict[str, Path] = field(default_factory=dict)
+    nonfinite: dict[str, int] = field(default_factory=dict)
+
+
+def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
+    """Read a 3D scalar image (NIfTI, MetaImage, anything SimpleITK reads) as an (x, y, z) array.
+
+    Raises:
+        UnreadableImageError: missing file, unreadable content, not 3D, or not scalar.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UnreadableImageError(f"no such file: {path}")
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnreadableImageError(f"cannot read {path}: {first}") from exc
+    if image.GetDimension() != 3:
+        raise UnreadableImageError(
+            f"{path} is {image.GetDimension()}D (size {image.GetSize()}); a 3D volume is expected"
+        )
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise UnreadableImageError(
+            f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; a scalar image is expected"
+        )
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    return array, Geometry.from_image(image)
+
+
+def check_same_grid(geometries: dict[Path, Geometry]) -> None:
+    """Shape or spacing differences are errors naming the files; origin/direction ones warnings."""
+    items = list(geometries.items())
+    ref_path, ref = items[0]
+    for path, geom in items[1:]:
+        if geom.shape != ref.shape:
+            raise GeometryMismatchError(
+                f"shape mismatch: {ref_path.name} is {ref.shape}, {path.name} is {geom.shape}"
+            )
+        if not np.allclose(geom.spacing, ref.spacing, rtol=SPACING_RTOL, atol=0):
+            raise GeometryMismatchError(
+                f"spacing mismatch: {ref_path.name} has {ref.spacing}, {path.name} has {geom.spacing}"
+            )
+        if not np.allclose(geom.origin, ref.origin, atol=ORIGIN_ATOL_MM, rtol=0):
+            logger.warning("origin differs: %s %s vs %s %s (using the first)", ref_path.name,
+                           ref.origin, path.name, geom.origin)
+        if not np.allclose(geom.direction, ref.direction, atol=DIRECTION_ATOL, rtol=0):
+            logger.warning("direction differs: %s vs %s (using the first)", ref_path.name, path.name)
+
+
+def read_subject(subject_id: str, paths: dict[str, str | os.PathLike]) -> Subject:
+    """Read the three modalities of a subject and stack them on the T1's grid.
+
+    Args:
+        subject_id: identifier used in messages and output names.
+        paths: one path per modality in :data:`MODALITIES`.
+
+    Raises:
+        MissingModalityError: a modality has no path or its file does not exist.
+        UnreadableImageError: a file cannot be read as a 3D scalar image.
+        GeometryMismatchError: shapes or spacings differ.
+    """
+    missing = [m for m in MODALITIES if m not in paths or paths[m] is None]
+    if missing:
+        raise MissingModalityError(
+            f"no {', '.join(missing)} for {subject_id} (found: {', '.join(sorted(paths)) or 'nothing'})"
+        )
+    absent = [f"{m}: {paths[m]}" for m in MODALITIES if not Path(paths[m]).is_file()]
+    if absent:
+        raise MissingModalityError(f"missing file(s) for {subject_id}: {'; '.join(absent)}")
+    arrays, geoms, nonfinite = [], {}, {}
+    for m in MODALITIES:
+        p = Path(paths[m])
+        arr, geom = read_volume(p)
+        arr = arr.astype(np.float32, copy=False)
+        nonfinite[m] = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        arrays.append(arr)
+        geoms[p] = geom
+    check_same_grid(geoms)
+    for m, n in nonfinite.items():
+        if n:
+            logger.warning("%s: %s has %d non-finite voxel(s)", subject_id, m, n)
+    return Subject(
+        subject_id=subject_id,
+        image=np.stack(arrays),
+        geometry=next(iter(geoms.values())),
+        paths={m: Path(paths[m]) for m in MODALITIES},
+        nonfinite=nonfinite,
+    )
+
+
+def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """An (x, y, z) array as a SimpleITK image carrying ``geometry``."""
+    if tuple(array.shape) != tuple(geometry.shape):
+        raise ValueError(f"array shape {array.shape} does not match the geometry's {geometry.shape}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
+    return geometry.apply_to(image)
+
+
+def write_image_atomic(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(image, tmp, compress)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_volume(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
+    """Write an (x, y, z) array with the reference geometry, atomically."""
+    return write_image_atomic(to_sitk(array, geometry), path)

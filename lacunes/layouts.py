@@ -1,0 +1,134 @@
+"""Finding subjects: the VALDO flat layout, the grand-challenge socket layout, explicit files.
+
+VALDO flat layout (``../shared/VALDO.md``): ``sub-XXX_space-T1_desc-masked_T1.nii.gz`` with T2 and
+FLAIR found by replacing the ``T1.nii.gz`` suffix, labels ``sub-XXX_space-T1_desc-Rater{1,2}_Lacunes``.
+Outputs are named from the input up to ``desc-masked_``: ``sub-XXX_space-T1_prediction.nii.gz``.
+
+Grand-challenge layout: ``/input/inputs.json`` lists the sockets and each image lies alone in
+``/input/images/<slug>/``. Input slugs: :data:`GC_INPUT_SLUGS`; outputs go to
+``/output/images/<slug>/<name>.mha`` with the slugs in :data:`GC_OUTPUT_SLUGS`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from lacunes.io import MODALITIES, LacunesInputError, MissingModalityError
+
+T1_SUFFIXES = ("T1.nii.gz", "T1.nii", "T1.mha")
+VALDO_T1 = re.compile(r"^(?P<sid>sub-[^_]+)_space-.*_desc-masked_T1\.(nii\.gz|nii|mha)$")
+GC_INPUT_SLUGS = {"T1": "t1-brain-mri", "T2": "t2-brain-mri", "FLAIR": "flair-brain-mri"}
+GC_OUTPUT_SLUGS = {"prediction": "lacune-probability-map", "uncertainty": "lacune-uncertainty-map"}
+GC_IMAGE_SUFFIXES = (".mha", ".tif", ".tiff", ".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class SubjectFiles:
+    """Where one subject's inputs are, and the prefix of its output names."""
+
+    subject_id: str
+    paths: dict[str, Path]
+    output_prefix: str
+
+    @property
+    def prediction_name(self) -> str:
+        return f"{self.output_prefix}prediction.nii.gz"
+
+    @property
+    def uncertainty_name(self) -> str:
+        return f"{self.output_prefix}uncertaintymap.nii.gz"
+
+    def label_paths(self) -> dict[str, Path]:
+        """Rater label files next to the T1 that exist (``Rater1``, ``Rater2``)."""
+        t1 = self.paths["T1"]
+        base = t1.name.split("desc-masked_")[0]
+        ext = t1.name[t1.name.index("T1.") + 2:]
+        out = {}
+        for rater in ("Rater1", "Rater2"):
+            p = t1.with_name(f"{base}desc-{rater}_Lacunes{ext}")
+            if p.is_file():
+                out[rater] = p
+        return out
+
+
+def valdo_subject(t1: Path) -> SubjectFiles:
+    """Build a subject from its T1 path in the VALDO layout (T2/FLAIR by suffix replacement)."""
+    t1 = Path(t1)
+    match = VALDO_T1.match(t1.name)
+    if not match:
+        raise LacunesInputError(f"{t1.name} does not follow sub-XXX_space-..._desc-masked_T1.nii.gz")
+    suffix = next(s for s in T1_SUFFIXES if t1.name.endswith(s))
+    stem = t1.name[: -len(suffix)]
+    paths = {"T1": t1}
+    for m in MODALITIES[1:]:
+        paths[m] = t1.with_name(stem + suffix.replace("T1", m, 1))
+    missing = [m for m, p in paths.items() if not p.is_file()]
+    if missing:
+        found = sorted(p.name for p in t1.parent.glob(f"{match['sid']}_*"))
+        raise MissingModalityError(
+            f"no {', '.join(missing)} for {match['sid']} in {t1.parent} (found: {', '.join(found)})"
+        )
+    prefix = t1.name.split("desc-masked_")[0]
+    return SubjectFiles(match["sid"], paths, prefix)
+
+
+def find_valdo_t1s(folder: Path) -> list[Path]:
+    """All VALDO-layout T1 files directly in ``folder``, sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LacunesInputError(f"input folder {folder} does not exist")
+    return sorted(p for p in folder.iterdir() if VALDO_T1.match(p.name))
+
+
+def find_valdo_subjects(folder: Path) -> list[SubjectFiles]:
+    """Every subject of a VALDO-layout folder; a subject with a missing modality raises."""
+    t1s = find_valdo_t1s(folder)
+    if not t1s:
+        listing = ", ".join(sorted(p.name for p in Path(folder).iterdir())[:10])
+        raise LacunesInputError(
+            f"no sub-*_space-*_desc-masked_T1.nii.gz in {folder} (found: {listing or 'nothing'})"
+        )
+    return [valdo_subject(p) for p in t1s]
+
+
+def explicit_subject(t1: Path, t2: Path, flair: Path, subject_id: str | None = None) -> SubjectFiles:
+    """A subject given as three explicit files; the id defaults to the T1's name up to its first '_'."""
+    t1 = Path(t1)
+    sid = subject_id or re.split(r"[_.]", t1.name)[0]
+    return SubjectFiles(sid, {"T1": t1, "T2": Path(t2), "FLAIR": Path(flair)}, f"{sid}_")
+
+
+def is_grand_challenge_layout(input_dir: Path) -> bool:
+    return (Path(input_dir) / "inputs.json").is_file() or (Path(input_dir) / "images" / GC_INPUT_SLUGS["T1"]).is_dir()
+
+
+def grand_challenge_subject(input_dir: Path) -> SubjectFiles:
+    """The one case of a grand-challenge job: one image per socket folder ``images/<slug>/``."""
+    input_dir = Path(input_dir)
+    slugs = dict(GC_INPUT_SLUGS)
+    inputs_json = input_dir / "inputs.json"
+    if inputs_json.is_file():
+        try:
+            sockets = json.loads(inputs_json.read_text())
+        except json.JSONDecodeError as exc:
+            raise LacunesInputError(f"{inputs_json} is not valid JSON: {exc}") from exc
+        listed = {s.get("interface", {}).get("slug") for s in sockets if isinstance(s, dict)}
+        absent = [slug for slug in slugs.values() if slug not in listed]
+        if absent:
+            raise MissingModalityError(
+                f"{inputs_json} lists no socket {', '.join(absent)} (found: {', '.join(sorted(map(str, listed)))})"
+            )
+    paths = {}
+    for modality, slug in slugs.items():
+        folder = input_dir / "images" / slug
+        files = sorted(p for p in folder.glob("*") if p.name.endswith(GC_IMAGE_SUFFIXES)) if folder.is_dir() else []
+        if len(files) != 1:
+            raise MissingModalityError(
+                f"expected exactly one image in {folder} for {modality}, found {len(files)}"
+                + (f": {', '.join(p.name for p in files)}" if files else "")
+            )
+        paths[modality] = files[0]
+    return SubjectFiles(paths["T1"].name.split(".")[0], paths, "")

@@ -1,0 +1,523 @@
+"""Synthetic lacune phantoms in the VALDO layout.
+
+Anatomy comes from the ICBM152 2009a template that nilearn ships (1 mm T1 and GM/WM probability
+maps; CSF = brain minus GM minus WM), so nothing is downloaded at run time. Each subject gets a
+random affine, a smooth non-linear deformation, its own ventricle and sulcal width, tissue contrasts
+with jitter, partial volume, a multiplicative bias field and Rician noise; FLAIR optionally gets
+thick-slice blurring. Lacunes (labelled) are inserted with CSF-like signal and a FLAIR rim; mimics
+(perivascular spaces, white-matter hyperintensities) are inserted but never labelled. A second rater
+misses some small lacunes and draws some borders one voxel wider or narrower.
+
+Arrays are indexed (x, y, z) like the rest of the package (see :mod:`lacunes.io`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+logger = logging.getLogger(__name__)
+
+MODALITIES = ("T1", "T2", "FLAIR")
+
+
+@dataclass(frozen=True)
+class ContrastTable:
+    """Mean intensities per tissue (relative units, WM of T1 = 1) before jitter."""
+
+    T1: dict[str, float] = field(
+        default_factory=lambda: {"csf": 0.28, "gm": 0.62, "wm": 1.0, "wmh": 0.78}
+    )
+    T2: dict[str, float] = field(
+        default_factory=lambda: {"csf": 1.0, "gm": 0.52, "wm": 0.38, "wmh": 0.78}
+    )
+    FLAIR: dict[str, float] = field(
+        default_factory=lambda: {"csf": 0.12, "gm": 0.58, "wm": 0.44, "wmh": 1.0, "rim": 0.85}
+    )
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Parameters of the phantom generator (defaults are the documented ones).
+
+    Attributes:
+        p_no_lacune: probability that a subject has no lacune at all.
+        max_lacunes: upper bound on lacunes per subject (drawn uniformly from 1..max when present).
+        lacune_diameter_mm: range of the largest diameter of a lacune.
+        n_pvs: range of the number of perivascular spaces (mimics, unlabelled).
+        n_wmh: range of the number of white-matter hyperintensity blobs (mimics, unlabelled).
+        deformation_mm: standard deviation of the smooth non-linear displacement.
+        rotation_deg: maximum rotation about each axis of the random affine.
+        scale_range: range of the isotropic scaling of the random affine.
+        bias_strength: standard deviation of the log bias field.
+        noise_range: Rician noise sigma range, relative to white matter on T1.
+        jitter: relative per-subject jitter of each tissue mean.
+        p_thick_flair: probability of thick-slice (anisotropic) blurring on FLAIR.
+        p_rater2_miss_small: probability that rater 2 misses a lacune under 5 mm.
+        p_rater2_border: probability that rater 2 draws a lacune one voxel wider or narrower.
+        intensity_scale: stored value of T1 white matter (files are int16).
+    """
+
+    p_no_lacune: float = 0.3
+    max_lacunes: int = 5
+    lacune_diameter_mm: tuple[float, float] = (3.0, 15.0)
+    n_pvs: tuple[int, int] = (8, 30)
+    n_wmh: tuple[int, int] = (0, 8)
+    deformation_mm: float = 2.5
+    rotation_deg: float = 6.0
+    scale_range: tuple[float, float] = (0.92, 1.08)
+    ventricle_change: tuple[float, float] = (-0.15, 0.35)
+    sulcal_atrophy: tuple[float, float] = (0.0, 0.35)
+    bias_strength: float = 0.12
+    noise_range: tuple[float, float] = (0.015, 0.04)
+    jitter: float = 0.07
+    p_thick_flair: float = 0.5
+    p_rater2_miss_small: float = 0.35
+    p_rater2_border: float = 0.4
+    intensity_scale: float = 800.0
+    contrasts: ContrastTable = field(default_factory=ContrastTable)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.lacune_diameter_mm
+        if not 0 < lo <= hi:
+            raise ValueError(f"lacune_diameter_mm must satisfy 0 < min <= max, got {self.lacune_diameter_mm}")
+        if not 0.0 <= self.p_no_lacune <= 1.0:
+            raise ValueError(f"p_no_lacune must be in [0, 1], got {self.p_no_lacune}")
+        if self.max_lacunes < 1:
+            raise ValueError(f"max_lacunes must be >= 1, got {self.max_lacunes}")
+
+
+@dataclass
+class Lesion:
+    """One inserted lesion, as recorded in the subject's ``lesions.json`` sidecar."""
+
+    kind: str  # "lacune", "pvs" or "wmh"
+    centre_vox: tuple[float, float, float]
+    diameters_mm: tuple[float, float, float]
+    voxels: int = 0
+    rater2: str = "same"  # lacunes only: same | missed | dilated | eroded
+
+
+@dataclass
+class Phantom:
+    """A generated subject: images (x, y, z), rater labels and the lesion record."""
+
+    subject_id: str
+    images: dict[str, np.ndarray]
+    rater1: np.ndarray
+    rater2: np.ndarray
+    lesions: list[Lesion]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+    @property
+    def lacunes(self) -> list[Lesion]:
+        return [lesion for lesion in self.lesions if lesion.kind == "lacune"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Template
+
+
+@dataclass(frozen=True)
+class _Template:
+    gm: np.ndarray
+    wm: np.ndarray
+    csf: np.ndarray
+    mask: np.ndarray
+
+
+@lru_cache(maxsize=1)
+def load_template(margin: int = 4) -> _Template:
+    """ICBM152 2009a tissue maps from nilearn, cropped to the brain with a margin, float32 in [0, 1]."""
+    try:
+        import nibabel as nib
+        from nilearn import datasets
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "the phantom generator needs nilearn (pip install -r requirements-dev.txt)"
+        ) from exc
+
+    t1 = np.asarray(nib.load(datasets.MNI152_FILE_PATH).dataobj, dtype=np.float32)
+    gm = np.asarray(nib.load(datasets.GM_MNI152_FILE_PATH).dataobj, dtype=np.float32) / 255.0
+    wm = np.asarray(nib.load(datasets.WM_MNI152_FILE_PATH).dataobj, dtype=np.float32) / 255.0
+    mask = t1 > 0
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, mask.shape)
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    gm, wm, mask = gm[crop] * mask[crop], wm[crop] * mask[crop], mask[crop]
+    total = gm + wm
+    over = total > 1
+    gm[over] /= total[over]
+    wm[over] /= total[over]
+    csf = np.clip(mask.astype(np.float32) - gm - wm, 0.0, 1.0)
+    return _Template(gm=gm, wm=wm, csf=csf, mask=mask.astype(np.float32))
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry helpers
+
+
+def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int, amplitude: float) -> np.ndarray:
+    """A smooth random field: Gaussian noise on a coarse grid, upsampled with cubic splines."""
+    small = rng.normal(0.0, amplitude, size=(coarse,) * len(shape)).astype(np.float32)
+    zoom = [s / coarse for s in shape]
+    out = ndi.zoom(small, zoom, order=3, mode="nearest", grid_mode=True)
+    return out[tuple(slice(0, s) for s in shape)].astype(np.float32)
+
+
+def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    ax, ay, az = np.deg2rad(rng.uniform(-max_deg, max_deg, size=3))
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _random_unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.normal(size=3)
+    return v / np.linalg.norm(v)
+
+
+def _deform_anatomy(rng: np.random.Generator, cfg: SynthConfig, tpl: _Template) -> dict[str, np.ndarray]:
+    shape = tpl.gm.shape
+    centre = (np.array(shape, dtype=np.float32) - 1) / 2
+    # Sampling map: output voxel x reads the template at A (x - c) + c + smooth displacement.
+    a = _rotation(rng, cfg.rotation_deg) / rng.uniform(*cfg.scale_range)
+    grid = np.indices(shape, dtype=np.float32).reshape(3, -1) - centre[:, None]
+    coords = (a.astype(np.float32) @ grid) + centre[:, None]
+    coords = coords.reshape((3, *shape))
+    for d in range(3):
+        coords[d] += _smooth_field(rng, shape, 6, cfg.deformation_mm)
+    # Ventricle width: a radial push around the (deep) centre of the brain. Reading closer to the
+    # centre enlarges the central CSF spaces; reading farther shrinks them.
+    vc = centre + np.array([0.0, 8.0, 8.0], dtype=np.float32)
+    k = rng.uniform(*cfg.ventricle_change)
+    rel = coords - vc.reshape(3, 1, 1, 1)
+    weight = np.exp(-(rel**2).sum(0) / (2 * 22.0**2))
+    coords -= k * rel * weight[None]
+    del rel, weight, grid
+
+    out = {}
+    for name in ("gm", "wm", "csf", "mask"):
+        out[name] = ndi.map_coordinates(getattr(tpl, name), coords, order=1, mode="constant", cval=0.0)
+    mask = out["mask"] > 0.5
+    # Sulcal width: move part of the cortical grey matter next to CSF into CSF.
+    atrophy = rng.uniform(*cfg.sulcal_atrophy)
+    near_csf = ndi.gaussian_filter(out["csf"], 1.5)
+    moved = out["gm"] * np.clip(atrophy * near_csf * 2.0, 0.0, 0.9)
+    out["gm"] -= moved
+    out["csf"] += moved
+    for name in ("gm", "wm", "csf"):
+        out[name] = np.where(mask, np.clip(out[name], 0.0, 1.0), 0.0).astype(np.float32)
+    out["mask"] = mask
+    return out
+
+
+def _ellipsoid_fraction(
+    shape: tuple[int, ...], centre: np.ndarray, radii: np.ndarray, axes: np.ndarray, extent: float | None = None
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Partial-volume fraction of an oriented ellipsoid on a box of half-size ``extent`` (default:
+    the largest radius + 2 voxels), returned with the box's slices."""
+    r = float(radii.max()) + 2 if extent is None else extent
+    lo = np.maximum(np.floor(centre - r).astype(int), 0)
+    hi = np.minimum(np.ceil(centre + r).astype(int) + 1, shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    pts = np.indices(hi - lo, dtype=np.float32).reshape(3, -1) + lo[:, None] - centre[:, None]
+    local = axes.T @ pts  # coordinates along the ellipsoid's axes
+    rho = np.sqrt(((local / radii[:, None]) ** 2).sum(0))
+    # Signed distance to the surface, approximated along the ray, in voxels.
+    sdist = (rho - 1.0) * np.sqrt((local**2).sum(0)) / np.maximum(rho, 1e-6)
+    frac = np.clip(0.5 - sdist, 0.0, 1.0).reshape(hi - lo)
+    return box, frac.astype(np.float32)
+
+
+def _capsule_fraction(
+    shape: tuple[int, ...], p0: np.ndarray, p1: np.ndarray, radius: float
+) -> tuple[tuple[slice, ...], np.ndarray]:
+    lo = np.maximum(np.floor(np.minimum(p0, p1) - radius - 2).astype(int), 0)
+    hi = np.minimum(np.ceil(np.maximum(p0, p1) + radius + 2).astype(int) + 1, shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    pts = np.indices(hi - lo, dtype=np.float32).reshape(3, -1) + lo[:, None]
+    seg = p1 - p0
+    t = np.clip(((pts - p0[:, None]) * seg[:, None]).sum(0) / max(float(seg @ seg), 1e-6), 0, 1)
+    closest = p0[:, None] + seg[:, None] * t
+    dist = np.sqrt(((pts - closest) ** 2).sum(0))
+    frac = np.clip(radius + 0.5 - dist, 0.0, 1.0).reshape(hi - lo)
+    return box, frac.astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Lesions
+
+
+def _candidate_sites(anat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Voxel coordinates where lacunes may sit: deep grey matter and white matter, away from CSF."""
+    mask = anat["mask"]
+    shape = np.array(mask.shape)
+    centre = (shape - 1) / 2
+    idx = np.indices(mask.shape, dtype=np.float32)
+    # The deep region (basal ganglia, thalamus, internal capsule, centrum semiovale) sits within an
+    # ellipsoid around the centre; cortical grey matter lies outside it.
+    deep = (((idx[0] - centre[0]) / (shape[0] * 0.28)) ** 2
+            + ((idx[1] - centre[1]) / (shape[1] * 0.30)) ** 2
+            + ((idx[2] - centre[2] - shape[2] * 0.05) / (shape[2] * 0.30)) ** 2) < 1
+    far_from_csf = ndi.gaussian_filter(anat["csf"], 2.0) < 0.08
+    dgm = deep & (anat["gm"] > 0.6) & far_from_csf
+    wm = (anat["wm"] > 0.9) & far_from_csf & (ndi.distance_transform_edt(mask) > 12)
+    return {"deep_gm": np.argwhere(dgm), "wm": np.argwhere(wm), "deep": np.argwhere(deep & mask & far_from_csf)}
+
+
+def _draw_diameter(rng: np.random.Generator, lo: float, hi: float) -> float:
+    # Small lacunes are more common than large ones: log-uniform over the range.
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _place(
+    rng: np.random.Generator, sites: np.ndarray, taken: list[tuple[np.ndarray, float]], radius: float, gap: float
+) -> np.ndarray | None:
+    if len(sites) == 0:
+        return None
+    for _ in range(60):
+        c = sites[rng.integers(len(sites))].astype(np.float32) + rng.uniform(-0.5, 0.5, 3)
+        if all(np.linalg.norm(c - t) > radius + r + gap for t, r in taken):
+            return c
+    return None
+
+
+def generate_phantom(seed: int, index: int = 1, config: SynthConfig | None = None, subject_id: str | None = None) -> Phantom:
+    """Generate one synthetic subject.
+
+    Args:
+        seed: base seed; together with ``index`` it fixes the subject completely.
+        index: subject number (also the default id ``sub-{index:03d}``).
+        config: generator parameters; defaults to :class:`SynthConfig`.
+        subject_id: overrides the id.
+
+    Returns:
+        A :class:`Phantom` with int16 images (x, y, z) at 1 mm and uint8 rater masks.
+    """
+    cfg = config or SynthConfig()
+    rng = np.random.default_rng([seed, index])
+    tpl = load_template()
+    anat = _deform_anatomy(rng, cfg, tpl)
+    shape = anat["mask"].shape
+    sites = _candidate_sites(anat)
+
+    lesions: list[Lesion] = []
+    taken: list[tuple[np.ndarray, float]] = []
+    lacune_frac = np.zeros(shape, np.float32)
+    rim_frac = np.zeros(shape, np.float32)
+    pvs_frac = np.zeros(shape, np.float32)
+    wmh_frac = np.zeros(shape, np.float32)
+    rater1 = np.zeros(shape, np.uint8)
+    rater2 = np.zeros(shape, np.uint8)
+
+    n_lac = 0 if rng.random() < cfg.p_no_lacune else int(rng.integers(1, cfg.max_lacunes + 1))
+    for _ in range(n_lac):
+        d = _draw_diameter(rng, *cfg.lacune_diameter_mm)
+        radii = np.array([d, d * rng.uniform(0.6, 1.0), d * rng.uniform(0.6, 1.0)], np.float32) / 2
+        pool = sites["deep_gm"] if rng.random() < 0.5 and len(sites["deep_gm"]) else sites["wm"]
+        c = _place(rng, pool, taken, float(radii.max()), gap=4.0)
+        if c is None:
+            continue
+        axes = _rotation(rng, 90.0).astype(np.float32)
+        extent = float(radii.max()) + 4
+        box, frac = _ellipsoid_fraction(shape, c, radii, axes, extent)
+        label = frac >= 0.5
+        if not label.any():
+            continue
+        taken.append((c, float(radii.max())))
+        lacune_frac[box] = np.maximum(lacune_frac[box], frac)
+        # FLAIR rim: a gliotic shell about 1 mm thick around the cavity.
+        _, outer = _ellipsoid_fraction(shape, c, radii + rng.uniform(0.8, 1.6), axes, extent)
+        rim_frac[box] = np.maximum(rim_frac[box], np.clip(outer - frac, 0, 1))
+        rater1[box] |= label.astype(np.uint8)
+        behaviour = "same"
+        if d < 5.0 and rng.random() < cfg.p_rater2_miss_small:
+            behaviour = "missed"
+        elif rng.random() < cfg.p_rater2_border:
+            behaviour = "dilated" if rng.random() < 0.5 else "eroded"
+        r2 = label
+        if behaviour == "dilated":
+            r2 = ndi.binary_dilation(label)
+        elif behaviour == "eroded":
+            eroded = ndi.binary_erosion(label)
+            r2 = eroded if eroded.any() else label
+            behaviour = behaviour if eroded.any() else "same"
+        if behaviour != "missed":
+            rater2[box] |= r2.astype(np.uint8)
+        lesions.append(Lesion("lacune", tuple(float(v) for v in c), tuple(float(2 * r) for r in radii),
+                              int(label.sum()), behaviour))
+
+    # Perivascular spaces: thin CSF-like tubes (< 3 mm across, no rim), mostly running along z.
+    for _ in range(int(rng.integers(cfg.n_pvs[0], cfg.n_pvs[1] + 1))):
+        radius = rng.uniform(0.5, 1.2)
+        length = rng.uniform(5.0, 18.0)
+        pool = sites["deep"] if rng.random() < 0.6 else sites["wm"]
+        c = _place(rng, pool, taken, length / 2, gap=3.0)
+        if c is None:
+            continue
+        direction = np.array([0.0, 0.0, 1.0]) + rng.normal(0, 0.35, 3)
+        direction /= np.linalg.norm(direction)
+        p0, p1 = c - direction * length / 2, c + direction * length / 2
+        box, frac = _capsule_fraction(shape, p0.astype(np.float32), p1.astype(np.float32), radius)
+        frac *= anat["mask"][box]
+        pvs_frac[box] = np.maximum(pvs_frac[box], frac)
+        taken.append((c, length / 2))
+        lesions.append(Lesion("pvs", tuple(float(v) for v in c), (2 * radius, 2 * radius, length), int((frac >= 0.5).sum())))
+
+    # White-matter hyperintensities: irregular bright blobs, often periventricular.
+    for _ in range(int(rng.integers(cfg.n_wmh[0], cfg.n_wmh[1] + 1))):
+        d = rng.uniform(4.0, 18.0)
+        c = _place(rng, sites["wm"], taken, d / 2, gap=3.0)
+        if c is None:
+            continue
+        radii = np.array([d, d * rng.uniform(0.5, 1.0), d * rng.uniform(0.4, 0.9)], np.float32) / 2
+        box, frac = _ellipsoid_fraction(shape, c, radii, _rotation(rng, 90.0).astype(np.float32))
+        bumpy = np.clip(frac * rng.uniform(0.6, 1.0, frac.shape).astype(np.float32), 0, 1)
+        bumpy = ndi.gaussian_filter(bumpy, 0.8) * anat["wm"][box]
+        wmh_frac[box] = np.maximum(wmh_frac[box], bumpy)
+        taken.append((c, d / 2))
+        lesions.append(Lesion("wmh", tuple(float(v) for v in c), tuple(float(2 * r) for r in radii), int((bumpy >= 0.5).sum())))
+
+    images = _render(rng, cfg, anat, lacune_frac, rim_frac, pvs_frac, wmh_frac)
+    sid = subject_id or f"sub-{index:03d}"
+    return Phantom(sid, images, rater1, rater2, lesions)
+
+
+def _render(
+    rng: np.random.Generator,
+    cfg: SynthConfig,
+    anat: dict[str, np.ndarray],
+    lacune: np.ndarray,
+    rim: np.ndarray,
+    pvs: np.ndarray,
+    wmh: np.ndarray,
+) -> dict[str, np.ndarray]:
+    mask = anat["mask"]
+    fluid = np.maximum(lacune, pvs)
+    keep = 1.0 - fluid
+    wmh = wmh * keep
+    gm = anat["gm"] * keep
+    wm = anat["wm"] * keep * (1.0 - wmh)
+    csf = anat["csf"] * keep + fluid
+    rim = rim * (1.0 - fluid)
+    texture = _smooth_field(rng, mask.shape, 24, 0.02)
+    shape = mask.shape
+    images = {}
+    for name in MODALITIES:
+        table = getattr(cfg.contrasts, name)
+        mean = {k: v * (1 + rng.normal(0, cfg.jitter)) for k, v in table.items()}
+        img = csf * mean["csf"] + gm * mean["gm"] + wm * mean["wm"] + wmh * anat["wm"] * keep * mean["wmh"]
+        if name == "FLAIR":
+            img = img * (1 - rim) + rim * mean["rim"]
+        img = img * (1 + texture)
+        img *= np.exp(_smooth_field(rng, shape, 4, cfg.bias_strength))
+        if name == "FLAIR" and rng.random() < cfg.p_thick_flair:
+            img = ndi.gaussian_filter1d(img, sigma=rng.uniform(0.6, 1.5), axis=2)
+        sigma = rng.uniform(*cfg.noise_range)
+        n1 = rng.normal(0, sigma, shape).astype(np.float32)
+        n2 = rng.normal(0, sigma, shape).astype(np.float32)
+        img = np.sqrt((img + n1) ** 2 + n2**2)
+        gain = cfg.intensity_scale * rng.uniform(0.8, 1.25)
+        images[name] = np.where(mask, np.round(img * gain), 0).clip(0, 32767).astype(np.int16)
+    return images
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+
+
+def write_phantom(phantom: Phantom, out_dir: Path, preview: bool = False) -> list[Path]:
+    """Write a phantom in the VALDO layout (plus a ``lesions.json`` sidecar and an optional PNG)."""
+    from lacunes.io import Geometry, write_volume
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    geom = Geometry(shape=phantom.rater1.shape, spacing=phantom.spacing, origin=phantom.origin)
+    sid = phantom.subject_id
+    written = []
+    for name, img in phantom.images.items():
+        path = out_dir / f"{sid}_space-T1_desc-masked_{name}.nii.gz"
+        write_volume(img, geom, path)
+        written.append(path)
+    for rater, arr in (("Rater1", phantom.rater1), ("Rater2", phantom.rater2)):
+        path = out_dir / f"{sid}_space-T1_desc-{rater}_Lacunes.nii.gz"
+        write_volume(arr, geom, path)
+        written.append(path)
+    sidecar = out_dir / f"{sid}_space-T1_desc-synthetic_lesions.json"
+    sidecar.write_text(json.dumps([asdict(lesion) for lesion in phantom.lesions], indent=1))
+    written.append(sidecar)
+    if preview:
+        written.append(write_preview(phantom, out_dir / f"{sid}_preview.png"))
+    return written
+
+
+def write_preview(phantom: Phantom, path: Path) -> Path:
+    """Orthogonal slices of the three modalities through the largest lacune, with label outlines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lacunes = phantom.lacunes
+    if lacunes:
+        centre = np.round(max(lacunes, key=lambda les: les.voxels).centre_vox).astype(int)
+    else:
+        centre = np.array(phantom.rater1.shape) // 2
+    fig, axes = plt.subplots(3, 3, figsize=(10, 10), facecolor="black")
+    for row, name in enumerate(MODALITIES):
+        img = phantom.images[name].astype(np.float32)
+        vmax = np.percentile(img[img > 0], 99.5) if (img > 0).any() else 1
+        for col, axis in enumerate((2, 1, 0)):
+            sl = [slice(None)] * 3
+            sl[axis] = centre[axis]
+            ax = axes[row, col]
+            ax.imshow(np.rot90(img[tuple(sl)]), cmap="gray", vmin=0, vmax=vmax)
+            for lab, colour, width in ((phantom.rater1, "red", 1.6), (phantom.rater2, "cyan", 0.6)):
+                part = np.rot90(lab[tuple(sl)])
+                if part.any():
+                    ax.contour(part, levels=[0.5], colors=colour, linewidths=width)
+            ax.set_axis_off()
+            if col == 0:
+                ax.set_title(f"{name}", color="white", fontsize=10)
+    n = len(lacunes)
+    fig.suptitle(f"{phantom.subject_id}: {n} lacune(s); red = rater 1, cyan = rater 2",
+                 color="white")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)
+    return path
+
+
+def generate_dataset(
+    out_dir: Path,
+    n: int,
+    seed: int,
+    first_id: int = 1,
+    preview: bool = False,
+    config: SynthConfig | None = None,
+    progress: bool = True,
+) -> list[str]:
+    """Generate ``n`` subjects ``sub-{first_id:03d}``... into ``out_dir``; returns their ids."""
+    from tqdm import tqdm
+
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    ids = []
+    for i in tqdm(range(first_id, first_id + n), desc="synth", unit="subject", disable=not progress):
+        phantom = generate_phantom(seed, i, config)
+        write_phantom(phantom, out_dir, preview=preview)
+        logger.info("%s: %d lacune(s), %d mimic(s)", phantom.subject_id, len(phantom.lacunes),
+                    len(phantom.lesions) - len(phantom.lacunes))
+        ids.append(phantom.subject_id)
+    return ids

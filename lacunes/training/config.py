@@ -1,0 +1,127 @@
+"""Training configurations. ``valdo`` is the publication's recipe; ``cpu`` and ``smoke`` scale it down."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from lacunes.network import NetworkConfig
+from lacunes.preprocessing import NormalizationConfig
+
+
+class LossMode(StrEnum):
+    BLOB = "blob"  # alpha · (Dice + BCE) + beta · blob(Dice + BCE)
+    DICEBCE = "dicebce"  # beta = 0: the ablation
+
+
+class LabelMode(StrEnum):
+    UNION = "union"  # a voxel is a lacune if either rater marked it
+    MEAN = "mean"  # mean of the raters >= 0.5 (with two raters: same as union)
+    RATER1 = "rater1"
+    INTERSECTION = "intersection"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on; written to the run folder and into checkpoints.
+
+    Attributes:
+        epochs: passes over the subjects (or ``batches_per_epoch`` batches when set).
+        batch_size: subjects per batch; each gives ``crops_per_subject`` crops.
+        crop_size: (x, y, z) voxels.
+        pos_fraction: share of crops centred on a lesion voxel (recipe: 95 %).
+        lr: learning rate (Ranger21 warms up and warms down around it).
+        optimizer: ``ranger21`` (recipe) or ``adamw``.
+        alpha, beta: blob loss weights; ``loss=dicebce`` forces beta = 0.
+        flip_prob, noise_prob, noise_std, affine_prob, rotate_rad, scale: augmentation.
+        amp: mixed precision on CUDA.
+    """
+
+    name: str = "valdo"
+    epochs: int = 222
+    batch_size: int = 4
+    crops_per_subject: int = 2
+    crop_size: tuple[int, int, int] = (192, 192, 32)
+    pos_fraction: float = 0.95
+    batches_per_epoch: int | None = None
+    lr: float = 1e-3
+    optimizer: str = "ranger21"
+    loss: LossMode = LossMode.BLOB
+    alpha: float = 0.66
+    beta: float = 0.33
+    connectivity: int = 26
+    label_mode: LabelMode = LabelMode.UNION
+    flip_prob: float = 0.5
+    noise_prob: float = 0.5
+    noise_std: float = 0.05
+    affine_prob: float = 0.3
+    rotate_rad: float = 0.15
+    scale: float = 0.1
+    amp: bool = True
+    num_workers: int = 0
+    threads: int | None = None
+    seed: int = 0
+    checkpoint_every: int = 1
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1 or self.crops_per_subject < 1:
+            raise ValueError(f"epochs, batch_size and crops_per_subject must be >= 1 ({self.epochs}, "
+                             f"{self.batch_size}, {self.crops_per_subject})")
+        if not 0.0 <= self.pos_fraction <= 1.0:
+            raise ValueError(f"pos_fraction must be in [0, 1], got {self.pos_fraction}")
+        if self.optimizer not in ("ranger21", "adamw"):
+            raise ValueError(f"optimizer must be ranger21 or adamw, got {self.optimizer!r}")
+
+    @property
+    def effective_beta(self) -> float:
+        return 0.0 if self.loss == LossMode.DICEBCE else self.beta
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["crop_size"] = list(self.crop_size)
+        d["network"] = self.network.to_dict()
+        d["loss"] = str(self.loss)
+        d["label_mode"] = str(self.label_mode)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["crop_size"] = tuple(d["crop_size"])
+        d["network"] = NetworkConfig.from_dict(d["network"])
+        d["normalization"] = NormalizationConfig(**d["normalization"])
+        d["loss"] = LossMode(d["loss"])
+        d["label_mode"] = LabelMode(d["label_mode"])
+        return cls(**d)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+#: The publication: Ranger21, lr 1e-3, 222 epochs, batch 4 × 2 crops of 192×192×32, 95 % lesion-centred.
+VALDO = TrainConfig()
+
+#: A 2-core CPU in about an hour: same network and loss, 64×64×32 crops, 2 subjects × 2 crops a
+#: batch, 30 epochs of 20 batches, and half of the crops on background (a short run at 95 % lesion-centred crops learns the
+#: lesions but sees too little of the mimics, and predicts many false positives).
+CPU = TrainConfig(
+    name="cpu", epochs=30, batch_size=2, crops_per_subject=2, crop_size=(64, 64, 32), pos_fraction=0.5,
+    batches_per_epoch=20, amp=False,
+)
+
+#: Seconds, for tests: tiny crops, two batches.
+SMOKE = TrainConfig(
+    name="smoke", epochs=2, batch_size=1, crops_per_subject=1, crop_size=(32, 32, 16), pos_fraction=0.9,
+    batches_per_epoch=2, amp=False, optimizer="ranger21",
+)
+
+PRESETS = {"valdo": VALDO, "cpu": CPU, "smoke": SMOKE}
+
+
+def get_preset(name: str) -> TrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,159 @@
+"""Training data: VALDO-layout subjects → normalized arrays, labels and instance maps (computed once,
+held with the dataset) → random crops and augmentation (MONAI dictionary transforms)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lacunes.instances import label_instances
+from lacunes.io import check_same_grid, read_subject, read_volume
+from lacunes.layouts import SubjectFiles, find_valdo_subjects
+from lacunes.preprocessing import assert_finite, quantile_normalize
+from lacunes.training.config import LabelMode, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+class MissingLabelError(ValueError):
+    """A training subject has no rater label file."""
+
+
+@dataclass
+class TrainingSubject:
+    subject_id: str
+    image: np.ndarray  # 3×X×Y×Z float32, normalized
+    label: np.ndarray  # 1×X×Y×Z uint8
+    instances: np.ndarray  # 1×X×Y×Z int32
+    n_instances: int
+
+
+def combine_raters(raters: list[np.ndarray], mode: LabelMode) -> np.ndarray:
+    """Binary training label from the rater masks (values > 0 count as marked)."""
+    marks = np.stack([r > 0 for r in raters])
+    if mode == LabelMode.UNION:
+        return marks.any(0)
+    if mode == LabelMode.INTERSECTION:
+        return marks.all(0)
+    if mode == LabelMode.RATER1:
+        return marks[0]
+    return marks.mean(0) >= 0.5
+
+
+def load_training_subject(files: SubjectFiles, config: TrainConfig) -> TrainingSubject:
+    """Read, check (finite values, same grid), normalize and label one subject.
+
+    Raises:
+        MissingLabelError: no ``Rater1``/``Rater2`` file (or only Rater2 with ``label_mode=rater1``).
+        lacunes.preprocessing.NonFiniteError: NaN/inf in an image or a label, naming the file.
+    """
+    subject = read_subject(files.subject_id, files.paths)
+    for m, path in subject.paths.items():
+        if subject.nonfinite.get(m):
+            assert_finite(subject.image[list(subject.paths).index(m)], str(path))
+    label_paths = files.label_paths()
+    if config.label_mode == LabelMode.RATER1:
+        label_paths = {k: v for k, v in label_paths.items() if k == "Rater1"}
+    if not label_paths:
+        raise MissingLabelError(f"no rater label for {files.subject_id} next to {files.paths['T1']}")
+    raters, geoms = [], {files.paths["T1"]: subject.geometry}
+    for path in label_paths.values():
+        arr, geom = read_volume(path)
+        assert_finite(arr.astype(np.float32), str(path))
+        raters.append(arr)
+        geoms[path] = geom
+    check_same_grid(geoms)
+    label = combine_raters(raters, config.label_mode)
+    instances, n = label_instances(label, config.connectivity)
+    return TrainingSubject(
+        files.subject_id,
+        quantile_normalize(subject.image, config.normalization),
+        label[None].astype(np.uint8),
+        instances[None],
+        n,
+    )
+
+
+def load_training_set(folder: Path, config: TrainConfig, progress: bool = True) -> list[TrainingSubject]:
+    from tqdm import tqdm
+
+    files = find_valdo_subjects(Path(folder))
+    subjects = [load_training_subject(f, config) for f in tqdm(files, desc="loading", disable=not progress)]
+    n = sum(s.n_instances for s in subjects)
+    logger.info("%d subjects, %d lacunes, %d without lacunes", len(subjects), n,
+                sum(s.n_instances == 0 for s in subjects))
+    return subjects
+
+
+def build_transforms(config: TrainConfig):
+    """Crops (``pos_fraction`` centred on a lesion voxel), flips, Gaussian noise, random affine."""
+    from monai import transforms as T
+
+    keys = ["image", "label", "instances"]
+    pos = config.pos_fraction
+    return T.Compose([
+        T.RandCropByPosNegLabeld(
+            keys=keys, label_key="label", spatial_size=config.crop_size, pos=pos, neg=1.0 - pos,
+            num_samples=config.crops_per_subject, allow_smaller=True,
+        ),
+        T.SpatialPadd(keys=keys, spatial_size=config.crop_size),
+        T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=0),
+        T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=1),
+        T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=2),
+        T.RandAffined(
+            keys=keys, prob=config.affine_prob, rotate_range=(config.rotate_rad,) * 3,
+            scale_range=(config.scale,) * 3, mode=("bilinear", "nearest", "nearest"), padding_mode="zeros",
+        ),
+        T.RandGaussianNoised(keys=["image"], prob=config.noise_prob, std=config.noise_std),
+        T.EnsureTyped(keys=keys, track_meta=False),
+    ])
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Each item is a list of ``crops_per_subject`` augmented crops of one subject."""
+
+    def __init__(self, subjects: list[TrainingSubject], config: TrainConfig, seed: int = 0) -> None:
+        self.subjects = subjects
+        self.transforms = build_transforms(config)
+        self.transforms.set_random_state(seed)
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def __getitem__(self, i: int) -> list[dict]:
+        s = self.subjects[i]
+        return self.transforms({"image": s.image, "label": s.label, "instances": s.instances})
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Distributed sampler over subjects: each epoch a seeded permutation (repeated to fill
+    ``n_batches × batch_size × world`` draws when ``n_batches`` is set); rank r takes every
+    world-th index starting at r, so ranks see disjoint subjects within an epoch."""
+
+    def __init__(self, n_subjects: int, batch_size: int, n_batches: int | None, rank: int = 0,
+                 world: int = 1, seed: int = 0) -> None:
+        self.n, self.batch_size, self.n_batches = n_subjects, batch_size, n_batches
+        self.rank, self.world, self.seed, self.epoch = rank, world, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.n_batches is not None:
+            return self.n_batches * self.batch_size
+        return -(-self.n // self.world)
+
+    def __iter__(self):
+        g = np.random.default_rng([self.seed, self.epoch])
+        total = len(self) * self.world
+        order = np.concatenate([g.permutation(self.n) for _ in range(-(-total // self.n))])[:total]
+        return iter(order[self.rank::self.world].tolist())
+
+
+def collate_crops(batch: list[list[dict]]) -> dict[str, torch.Tensor]:
+    crops = [c for item in batch for c in item]
+    return {k: torch.stack([torch.as_tensor(c[k]) for c in crops]) for k in ("image", "label", "instances")}

@@ -1,0 +1,264 @@
+"""The training loop: run folder (config, timestamped log, metrics CSV, progress plot, checkpoints),
+``--resume``, mixed precision on CUDA and several GPUs/nodes through ``torchrun`` (DDP)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lacunes.checkpoint import read_checkpoint, save_checkpoint
+from lacunes.device import resolve_device
+from lacunes.losses import BlobLoss
+from lacunes.network import build_network
+from lacunes.training.config import TrainConfig
+from lacunes.training.data import CropDataset, EpochSampler, collate_crops, load_training_set
+
+logger = logging.getLogger(__name__)
+
+LAST = "last.pt"
+FINAL = "final.pt"
+METRICS = "metrics.csv"
+_RANGER_ATTRS = ("lookahead_step", "current_iter", "epoch_count", "current_lr", "warmup_complete",
+                 "warmdown_displayed", "warmup_curr_pct")
+
+
+class ConfigMismatchError(ValueError):
+    """``--resume`` on a run folder whose stored config differs from the requested one."""
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0")), world
+
+
+def make_optimizer(config: TrainConfig, params, batches_per_epoch: int) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr)
+    from ranger21 import Ranger21
+
+    # Ranger21 prints its settings to stdout; keep them in the log instead.
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        opt = Ranger21(params, lr=config.lr, num_epochs=config.epochs, num_batches_per_epoch=batches_per_epoch)
+    logger.debug("Ranger21: %s", buf.getvalue())
+    return opt
+
+
+def _optimizer_state(opt: torch.optim.Optimizer) -> dict:
+    return {"state_dict": opt.state_dict(), "attrs": {a: getattr(opt, a) for a in _RANGER_ATTRS if hasattr(opt, a)}}
+
+
+def _restore_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
+    opt.load_state_dict(state["state_dict"])
+    for a, v in state.get("attrs", {}).items():
+        setattr(opt, a, v)
+
+
+def _setup_logging(run_dir: Path, rank: int) -> logging.Handler | None:
+    if rank != 0:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    handler = logging.FileHandler(run_dir / f"train-{stamp}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("lacunes").addHandler(handler)
+    logging.getLogger("lacunes").setLevel(logging.INFO)
+    return handler
+
+
+def plot_progress(run_dir: Path) -> Path | None:
+    """``progress.png`` from ``metrics.csv``: total, main and blob loss per epoch."""
+    path = run_dir / METRICS
+    if not path.is_file():
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    epochs = [int(r["epoch"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key in ("loss", "main", "blob"):
+        values = [float(r[key]) if r[key] not in ("", "nan") else np.nan for r in rows]
+        ax.plot(epochs, values, label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = run_dir / "progress.png"
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out
+
+
+def train(
+    config: TrainConfig,
+    data_dir: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    data_provenance: dict | None = None,
+) -> Path:
+    """Train a model; returns the path of the final checkpoint (``checkpoints/final.pt``).
+
+    Args:
+        config: the recipe (see :mod:`lacunes.training.config`).
+        data_dir: a VALDO-layout folder with rater labels.
+        run_dir: where the config, log, metrics, plot and checkpoints go.
+        resume: continue from ``checkpoints/last.pt`` of ``run_dir`` (the config must be the same).
+        device: ``auto``, ``cpu``, ``cuda``...; under ``torchrun`` each process takes its local GPU.
+        progress: show a progress bar (rank 0 only).
+        data_provenance: recorded in the checkpoints (e.g. the generator's seed).
+
+    Raises:
+        FileExistsError: ``run_dir`` holds a run and ``resume`` is False.
+        ConfigMismatchError: ``resume`` with a different config.
+    """
+    from tqdm import tqdm
+
+    rank, local_rank, world = _dist_info()
+    distributed = world > 1
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / LAST
+    if last.exists() and not resume:
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another folder")
+    if rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    handler = _setup_logging(run_dir, rank) if rank == 0 else None
+
+    if distributed:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+        dist.init_process_group(backend=backend)
+        dev = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+    else:
+        dev = resolve_device(device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed + rank)
+    use_amp = config.amp and dev.type == "cuda"
+
+    try:
+        if rank == 0:
+            (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        subjects = load_training_set(Path(data_dir), config, progress=progress and rank == 0)
+        batches_per_epoch = config.batches_per_epoch or -(-len(subjects) // (config.batch_size * world))
+        dataset = CropDataset(subjects, config, seed=config.seed * 1000 + rank)
+        sampler = EpochSampler(len(subjects), config.batch_size, config.batches_per_epoch, rank, world, config.seed)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate_crops,
+            num_workers=config.num_workers, drop_last=False,
+        )
+        net = build_network(config.network).to(dev)
+        model = net
+        if distributed:
+            model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+        optimizer = make_optimizer(config, model.parameters(), batches_per_epoch)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        loss_fn = BlobLoss(alpha=config.alpha, beta=config.effective_beta, connectivity=config.connectivity)
+
+        start_epoch, elapsed = 0, 0.0
+        if resume and last.exists():
+            payload = read_checkpoint(last)
+            stored = payload["metadata"].get("train_config")
+            if stored != config.to_dict():
+                raise ConfigMismatchError(f"{last} was trained with another config; compare {run_dir / 'config.json'}")
+            net.load_state_dict(payload["state_dict"])
+            state = payload["training_state"]
+            _restore_optimizer(optimizer, state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch, elapsed = state["epoch"], state["elapsed_s"]
+            logger.info("resumed from %s at epoch %d", last, start_epoch)
+
+        metadata = {
+            "train_config": config.to_dict(),
+            "normalization": {"method": "quantile", "lower": config.normalization.lower,
+                              "upper": config.normalization.upper},
+            "data": data_provenance or {"folder": str(data_dir), "subjects": [s.subject_id for s in subjects]},
+            "hardware": {"device": str(dev.type), "world_size": world,
+                         "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"},
+        }
+        if rank == 0 and start_epoch == 0:
+            with open(run_dir / METRICS, "w", newline="") as f:
+                csv.writer(f).writerow(["epoch", "loss", "main", "blob", "lr", "seconds", "crops"])
+        logger.info("training %s: %d epochs × %d batches, %d process(es) on %s",
+                    config.name, config.epochs, batches_per_epoch, world, dev)
+
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            sampler.set_epoch(epoch)
+            t0 = time.time()
+            sums = {"loss": 0.0, "main": 0.0, "blob": 0.0}
+            n_blob, n_batches, n_crops = 0, 0, 0
+            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0,
+                       leave=False)
+            for batch in bar:
+                image = batch["image"].to(dev, non_blocking=True)
+                label = batch["label"].to(dev, non_blocking=True).float()
+                instances = batch["instances"].to(dev, non_blocking=True).long()
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+                    logits = model(image)
+                loss = loss_fn(logits.float(), label, instances)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                terms = loss_fn.last_terms
+                sums["loss"] += float(loss.detach())
+                sums["main"] += terms["main"]
+                if "blob" in terms:
+                    sums["blob"] += terms["blob"]
+                    n_blob += 1
+                n_batches += 1
+                n_crops += image.shape[0]
+                bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}")
+            seconds = time.time() - t0
+            elapsed += seconds
+            lr = getattr(optimizer, "current_lr", optimizer.param_groups[0]["lr"])
+            row = [epoch + 1, sums["loss"] / max(n_batches, 1), sums["main"] / max(n_batches, 1),
+                   sums["blob"] / n_blob if n_blob else float("nan"), lr, round(seconds, 2), n_crops * world]
+            if rank == 0:
+                with open(run_dir / METRICS, "a", newline="") as f:
+                    csv.writer(f).writerow(row)
+                logger.info("epoch %d/%d loss %.4f main %.4f blob %.4f lr %.2e %.1fs",
+                            epoch + 1, config.epochs, *row[1:6])
+                last_epoch = epoch + 1 == config.epochs
+                if (epoch + 1) % config.checkpoint_every == 0 or last_epoch:
+                    state = {"epoch": epoch + 1, "elapsed_s": elapsed, "optimizer": _optimizer_state(optimizer),
+                             "scaler": scaler.state_dict()}
+                    save_checkpoint(last, net, config.network, {**metadata, "epoch": epoch + 1,
+                                                                "training_seconds": elapsed}, extra_state=state)
+                    plot_progress(run_dir)
+        final = ckpt_dir / FINAL
+        if rank == 0:
+            save_checkpoint(final, net, config.network,
+                            {**metadata, "epoch": config.epochs, "training_seconds": elapsed})
+            logger.info("done in %.0f s: %s", elapsed, final)
+        return final
+    finally:
+        if distributed:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        if handler is not None:
+            logging.getLogger("lacunes").removeHandler(handler)
+            handler.close()

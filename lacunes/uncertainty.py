@@ -1,0 +1,43 @@
+"""Uncertainty maps, float32 in [0, 1] (0 = certain, 1 = uncertain).
+
+All are computed from three maps that the predictor blends over windows and averages over the TTA
+variants: the mean logit, the mean probability and the mean squared probability.
+
+- ``inverse-logit`` (default; the recipe's "absolute inverse of the model outputs"):
+  ``u = min(1, 1 / |mean logit|)``. It reaches 1 where the model is undecided (logit 0, p = 0.5) and
+  falls under 0.5 once ``|logit| > 2``, i.e. p > 0.88 or p < 0.12.
+- ``tta-std`` (TTA disagreement): ``u = min(1, 2 · std_TTA(p))``; the standard deviation of values in
+  [0, 1] is at most 0.5, so 1 means the variants split evenly between 0 and 1. Zero without TTA.
+- ``entropy``: binary entropy of the mean probability, in bits (1 at p = 0.5).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+import torch
+
+
+class UncertaintyMode(StrEnum):
+    INVERSE_LOGIT = "inverse-logit"
+    TTA_STD = "tta-std"
+    ENTROPY = "entropy"
+
+
+def uncertainty_map(
+    mode: UncertaintyMode | str,
+    mean_logit: torch.Tensor,
+    mean_prob: torch.Tensor,
+    mean_prob_sq: torch.Tensor,
+) -> torch.Tensor:
+    """The uncertainty of ``mode`` from the blended TTA statistics (same shapes in and out)."""
+    mode = UncertaintyMode(mode)
+    if mode == UncertaintyMode.INVERSE_LOGIT:
+        u = 1.0 / mean_logit.abs().clamp_min(1.0)
+    elif mode == UncertaintyMode.TTA_STD:
+        var = (mean_prob_sq - mean_prob**2).clamp_min(0.0)
+        u = (2.0 * var.sqrt()).clamp(max=1.0)
+    else:
+        p = mean_prob.clamp(1e-7, 1 - 1e-7)
+        u = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+    return torch.nan_to_num(u, nan=1.0).clamp(0.0, 1.0).float()
