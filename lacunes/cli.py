@@ -18,6 +18,106 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
 
 
+# ---------------------------------------------------------------------------------------------- predict
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``i/N`` (1-based) → (i, N)."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 2/4), got {text!r}") from None
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard i/N needs 1 <= i <= N, got {text!r}")
+    return i, n
+
+
+def default_model_path() -> Path:
+    return Path(__file__).resolve().parent.parent / "model" / "lacunes.pt"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from lacunes.inference import PRESETS, Predictor
+    from lacunes.io import LacunesInputError
+    from lacunes.layouts import explicit_subject, find_valdo_t1s, valdo_subject
+    from lacunes.runner import SubjectReport, run_subject
+
+    explicit = [args.t1, args.t2, args.flair]
+    if any(explicit) and not all(explicit):
+        raise ValueError("--t1, --t2 and --flair go together")
+    if all(explicit) == bool(args.input):
+        raise ValueError("give either --input DIR (VALDO layout) or --t1/--t2/--flair")
+    changes = {"device": args.device, "progress": not args.no_progress and args.subject_progress}
+    for name in ("overlap", "sw_batch_size", "tta", "uncertainty", "memory_gb"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    if args.roi is not None:
+        changes["roi_size"] = tuple(args.roi)
+    settings = PRESETS[args.preset].replace(**changes)
+    shard_i, shard_n = parse_shard(args.shard)
+
+    out = Path(args.output)
+    if all(explicit):
+        subjects = [explicit_subject(Path(args.t1), Path(args.t2), Path(args.flair), args.subject_id)]
+        t1s = []
+    else:
+        t1s = find_valdo_t1s(Path(args.input))
+        if not t1s:
+            raise LacunesInputError(f"no sub-*_space-*_desc-masked_T1.nii.gz in {args.input}")
+        subjects = []
+    items: list = subjects or t1s
+    items = items[shard_i - 1::shard_n]
+    model = Path(args.model) if args.model else default_model_path()
+    predictor = Predictor.from_checkpoint(model, settings)
+    print(f"{len(items)} subject(s) (shard {shard_i}/{shard_n}), model {model}, preset {args.preset}, "
+          f"{len(predictor.plan.variants)} TTA variant(s), device {predictor.device}")
+    extras = Path(args.extras_dir) if args.extras_dir else out / "extras"
+    reports: list[SubjectReport] = []
+    for item in tqdm(items, desc="subjects", unit="subject", disable=args.no_progress):
+        name = item.name if isinstance(item, Path) else item.subject_id
+        try:
+            files = valdo_subject(item) if isinstance(item, Path) else item
+            pred, unc = out / files.prediction_name, out / files.uncertainty_name
+            if pred.exists() and unc.exists() and not args.overwrite:
+                reports.append(SubjectReport(files.subject_id, [pred, unc], status="skipped"))
+                continue
+            reports.append(run_subject(predictor, files, pred, unc, extras, args.mask, args.table))
+        except Exception as exc:  # one bad subject must not stop the cohort
+            logger.error("%s failed: %s", name, exc)
+            reports.append(SubjectReport(name, status="failed", error=str(exc)))
+    failed = [r for r in reports if r.status == "failed"]
+    print(f"{'subject':<16} {'status':<8} {'lesions':>7} {'seconds':>8}")
+    for r in reports:
+        print(f"{r.subject_id:<16} {r.status:<8} {r.lesions if r.status == 'done' else '':>7} "
+              f"{r.seconds:>8.1f}")
+    done = sum(r.status == "done" for r in reports)
+    skipped = sum(r.status == "skipped" for r in reports)
+    print(f"{done} done, {skipped} skipped (use --overwrite to redo), {len(failed)} failed")
+    for r in failed:
+        print(f"  {r.subject_id}: {r.error}")
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------- evaluate
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from lacunes.evaluation import evaluate_pair, format_summary, pair_subjects, write_reports
+
+    pairs = pair_subjects(Path(args.pred), Path(args.ref))
+    results = [evaluate_pair(p, args.matching, args.max_distance_mm)
+               for p in tqdm(pairs, desc="evaluating", unit="subject", disable=args.no_progress)]
+    print(format_summary(results))
+    out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
+    paths = write_reports(results, out)
+    print(f"reports: {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- synth
 
 
@@ -68,6 +168,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lacunes", description="Lacune segmentation for brain MRI (VALDO Task 3).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="probability and uncertainty maps for one subject or a cohort")
+    p.add_argument("--input", help="folder of subjects in the VALDO layout")
+    p.add_argument("--t1", help="T1 file (with --t2 and --flair) instead of --input")
+    p.add_argument("--t2")
+    p.add_argument("--flair")
+    p.add_argument("--subject-id", help="id for --t1/--t2/--flair (default: the T1's name up to '_')")
+    p.add_argument("--output", required=True, help="output folder for <prefix>prediction/uncertaintymap.nii.gz")
+    p.add_argument("--model", help="checkpoint (default: the bundled model/lacunes.pt)")
+    p.add_argument("--preset", choices=["full", "fast"], default="full",
+                   help="full = the published recipe (default); fast = no TTA, overlap 0.25 (CPU)")
+    p.add_argument("--tta", choices=["none", "flips", "full"], help="override the preset's TTA plan")
+    p.add_argument("--overlap", type=float, help="override the window overlap")
+    p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="override the window size")
+    p.add_argument("--sw-batch-size", type=int, help="windows per network call (default 7 on GPU, 1 on CPU)")
+    p.add_argument("--memory-gb", type=float, help="host memory the network may use on the CPU (default 6)")
+    p.add_argument("--uncertainty", choices=["inverse-logit", "tta-std", "entropy"])
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--shard", default="1/1", help="i/N: process every N-th subject starting at the i-th")
+    p.add_argument("--overwrite", action="store_true", help="redo subjects whose outputs exist")
+    p.add_argument("--mask", action="store_true", help="also write a binary mask (extras folder)")
+    p.add_argument("--table", action="store_true", help="also write a lesion table CSV (extras folder)")
+    p.add_argument("--extras-dir", help="folder for --mask/--table (default OUTPUT/extras)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--subject-progress", action="store_true", help="also a progress bar over windows")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("evaluate", help="VALDO Task 3 metrics of predictions against rater labels")
+    p.add_argument("--pred", required=True, help="folder of <sid>_*prediction.nii.gz (+ *uncertaintymap)")
+    p.add_argument("--ref", required=True, help="folder of <sid>_*desc-Rater{1,2}_Lacunes.nii.gz (or one *Lacunes file)")
+    p.add_argument("--out", help="report folder (default PRED/evaluation)")
+    p.add_argument("--matching", choices=["centre", "overlap"], default="centre",
+                   help="centre: nearest centre of mass within --max-distance-mm (the challenge's); overlap: any voxel")
+    p.add_argument("--max-distance-mm", type=float, default=5.0, help="centre matching threshold (default 5 mm)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("synth", help="generate synthetic subjects with lacunes and mimics (VALDO layout)")
     p.add_argument("--n", type=int, required=True, help="number of subjects")

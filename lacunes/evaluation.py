@@ -1,0 +1,143 @@
+"""Evaluate folders of predictions against references: pairing by subject id, CSV/JSON reports."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lacunes.io import GeometryMismatchError, LacunesInputError, check_same_grid, read_volume
+from lacunes.metrics import DEFAULT_MATCH_DISTANCE_MM, SUMMARY_KEYS, Matching, SubjectMetrics, evaluate_subject, summarize
+
+logger = logging.getLogger(__name__)
+
+_SID = re.compile(r"^(sub-[^_.]+)")
+
+
+@dataclass(frozen=True)
+class EvaluationPair:
+    subject_id: str
+    prediction: Path
+    uncertainty: Path | None
+    references: tuple[Path, ...]
+
+
+def _sid(path: Path) -> str | None:
+    m = _SID.match(path.name)
+    return m.group(1) if m else None
+
+
+def pair_subjects(pred_dir: Path, ref_dir: Path) -> list[EvaluationPair]:
+    """Pair ``<sid>_*prediction.nii.gz`` (and ``*uncertaintymap``) with ``<sid>_*Lacunes.nii.gz``.
+
+    The reference is the mean of Rater1 and Rater2 when both exist, else the single label file.
+
+    Raises:
+        LacunesInputError: no prediction, or a prediction without a reference.
+    """
+    pred_dir, ref_dir = Path(pred_dir), Path(ref_dir)
+    for d in (pred_dir, ref_dir):
+        if not d.is_dir():
+            raise LacunesInputError(f"folder {d} does not exist")
+    preds = sorted(p for p in pred_dir.glob("sub-*prediction.nii*") if _sid(p))
+    if not preds:
+        raise LacunesInputError(f"no sub-*prediction.nii.gz in {pred_dir}")
+    pairs = []
+    for pred in preds:
+        sid = _sid(pred)
+        refs = sorted(ref_dir.glob(f"{sid}_*Lacunes.nii*"))
+        raters = [r for r in refs if re.search(r"desc-Rater[12]_", r.name)]
+        chosen = tuple(raters) if len(raters) == 2 else tuple(refs)
+        if len(chosen) not in (1, 2):
+            raise LacunesInputError(f"{sid}: expected Rater1/Rater2 or one *Lacunes file in {ref_dir}, "
+                                    f"found {[r.name for r in refs] or 'none'}")
+        unc = pred.with_name(pred.name.replace("prediction", "uncertaintymap"))
+        pairs.append(EvaluationPair(sid, pred, unc if unc.is_file() else None, chosen))
+    return pairs
+
+
+def load_reference(paths: tuple[Path, ...]) -> tuple[np.ndarray, object]:
+    """Mean of the given label files (binary raters → 0, 0.5, 1) and its geometry."""
+    arrays, geoms = [], {}
+    for p in paths:
+        arr, geom = read_volume(p)
+        arrays.append((arr > 0).astype(np.float32) if len(paths) > 1 else arr.astype(np.float32))
+        geoms[p] = geom
+    check_same_grid(geoms)
+    return np.mean(arrays, axis=0), next(iter(geoms.values()))
+
+
+def evaluate_pair(pair: EvaluationPair, matching: Matching | str = Matching.CENTRE,
+                  max_distance_mm: float = DEFAULT_MATCH_DISTANCE_MM) -> SubjectMetrics:
+    ref, ref_geom = load_reference(pair.references)
+    pred, pred_geom = read_volume(pair.prediction)
+    files = {pair.references[0]: ref_geom, pair.prediction: pred_geom}
+    unc = None
+    if pair.uncertainty is not None:
+        unc, unc_geom = read_volume(pair.uncertainty)
+        files[pair.uncertainty] = unc_geom
+    try:
+        check_same_grid(files)
+    except GeometryMismatchError as exc:
+        raise GeometryMismatchError(f"{pair.subject_id}: {exc}") from None
+    result = evaluate_subject(pred.astype(np.float64), ref, ref_geom.spacing,
+                              None if unc is None else unc.astype(np.float64), pair.subject_id,
+                              matching, max_distance_mm)
+    if not result.valid:
+        logger.warning("%s: prediction or uncertainty outside [0, 1] or not finite: scored as invalid",
+                       pair.subject_id)
+    return result
+
+
+def write_reports(results: list[SubjectMetrics], out_dir: Path) -> dict[str, Path]:
+    """``per_subject.csv``, ``lesions.csv``, ``summary.csv`` and ``summary.json`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    rows = [r.row() for r in results]
+    paths["per_subject"] = _write_csv(out_dir / "per_subject.csv", rows)
+    lesions = [{**row, "centre_mm": " ".join(map(str, row["centre_mm"]))} for r in results for row in r.lesions]
+    paths["lesions"] = _write_csv(out_dir / "lesions.csv", lesions)
+    summary = summarize(results)
+    paths["summary_csv"] = _write_csv(out_dir / "summary.csv",
+                                      [{"metric": k, **summary[k]} for k in SUMMARY_KEYS])
+    (out_dir / "summary.json").write_text(json.dumps(
+        {"summary": summary, "subjects": rows}, indent=1, default=lambda v: None))
+    paths["summary_json"] = out_dir / "summary.json"
+    return paths
+
+
+def _write_csv(path: Path, rows: list[dict]) -> Path:
+    with open(path, "w", newline="") as f:
+        if rows:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return path
+
+
+def format_summary(results: list[SubjectMetrics]) -> str:
+    """A plain-text table: one line per subject, then median [IQR] and mean per metric."""
+    lines = [f"{'subject':<12} {'F1':>6} {'Dice':>6} {'AVD mm3':>9} {'unc-a':>6} {'unc-b':>6} "
+             f"{'TP':>3} {'FP':>4} {'FN':>3}"]
+
+    def fmt(v: float, w: int = 6, p: int = 3) -> str:
+        return f"{'nan':>{w}}" if isinstance(v, float) and math.isnan(v) else f"{v:>{w}.{p}f}"
+
+    for r in results:
+        lines.append(f"{r.subject_id:<12} {fmt(r.f1)} {fmt(r.dice)} {fmt(r.avd_mm3, 9, 1)} {fmt(r.unc_flags)} "
+                     f"{fmt(r.unc_voxels)} {r.tp:>3} {r.fp:>4} {r.fn:>3}" + ("" if r.valid else "  INVALID"))
+    s = summarize(results)
+    lines.append("")
+    lines.append(f"{'metric':<10} {'median':>8} {'q25':>8} {'q75':>8} {'mean':>8} {'n':>4}")
+    for k in SUMMARY_KEYS:
+        v = s[k]
+        lines.append(f"{k:<10} {fmt(v['median'], 8)} {fmt(v['q25'], 8)} {fmt(v['q75'], 8)} {fmt(v['mean'], 8)} "
+                     f"{v['n']:>4}")
+    return "\n".join(lines)

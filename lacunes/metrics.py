@@ -1,0 +1,245 @@
+"""VALDO 2021 Task 3 metrics, as the organizers defined them (see ``../shared/VALDO.md``).
+
+- The prediction is binarized at >= 0.5; lesions are 26-connected components (no minimum size).
+  The reference (mean of the raters: 0, 0.5, 1) is rounded to one decimal; its lesions are the
+  components of ``reference > 0``, each weighted by its maximum value (1 = both raters, 0.5 = one).
+- Matching (default ``centre``): each predicted lesion goes to the nearest reference lesion whose
+  centre of mass (voxel index × spacing, mm) lies closer than ``max_distance_mm`` (default
+  :data:`DEFAULT_MATCH_DISTANCE_MM` = 5 mm: half the diameter of a mid-sized lacune, so a prediction
+  that covers only part of a 15 mm lacune still matches, while a prediction one lacune away does
+  not). Several predictions on one reference lesion: the closest is a TP, the others FP. The
+  ``overlap`` alternative matches a prediction to the reference lesion it overlaps most (any voxel).
+- Detection F1 = 2·wTP / (wFN + FP + 2·wTP); NaN for an empty reference, 0 for an empty prediction.
+- DSC: mean over matched reference lesions of the Dice between the soft reference lesion and the
+  (binary) predictions assigned to it; NaN for an empty reference, 0 when nothing matched.
+- AVD = |Σ prediction (values < 0.5 set to 0) − Σ reference| × voxel volume, mm³.
+- Uncertainty (a) ``unc_flags``: share of lesions whose flag is right — FN and FP lesions should have
+  mean uncertainty >= 0.5, TP lesions < 0.5 (TP and FP measured over the predicted component, FN
+  over the reference lesion). (b) ``unc_voxels``: per matched lesion,
+  [Σ(1−u)·TP voxels + Σu·(FP + FN voxels)] / (#error voxels + #TP voxels), averaged.
+- A prediction with values outside [0, 1] (or non-finite) is invalid: it gets the worst score (F1 0,
+  DSC 0, AVD inf, uncertainty scores 0) and ``valid = False``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from lacunes.instances import label_instances
+
+DEFAULT_MATCH_DISTANCE_MM = 5.0
+
+
+class Matching(StrEnum):
+    CENTRE = "centre"
+    OVERLAP = "overlap"
+
+
+@dataclass
+class SubjectMetrics:
+    subject_id: str
+    valid: bool
+    f1: float
+    dice: float
+    avd_mm3: float
+    unc_flags: float
+    unc_voxels: float
+    tp: int
+    fp: int
+    fn: int
+    wtp: float
+    wfn: float
+    n_ref: int
+    n_pred: int
+    ref_volume_mm3: float
+    pred_volume_mm3: float
+    lesions: list[dict] = field(default_factory=list)
+
+    def row(self) -> dict:
+        d = asdict(self)
+        d.pop("lesions")
+        return d
+
+
+def _centres_mm(labels: np.ndarray, n: int, spacing: tuple[float, ...]) -> np.ndarray:
+    if n == 0:
+        return np.zeros((0, 3))
+    com = np.array(ndi.center_of_mass(np.ones(labels.shape, np.uint8), labels, np.arange(1, n + 1)))
+    return com.reshape(n, 3) * np.asarray(spacing)[None]
+
+
+def _dice(soft_ref: np.ndarray, binary_pred: np.ndarray) -> float:
+    denom = soft_ref.sum() + binary_pred.sum()
+    return float(2.0 * (soft_ref * binary_pred).sum() / denom) if denom > 0 else 0.0
+
+
+def evaluate_subject(
+    prediction: np.ndarray,
+    reference: np.ndarray,
+    spacing: tuple[float, float, float],
+    uncertainty: np.ndarray | None = None,
+    subject_id: str = "",
+    matching: Matching | str = Matching.CENTRE,
+    max_distance_mm: float = DEFAULT_MATCH_DISTANCE_MM,
+    connectivity: int = 26,
+) -> SubjectMetrics:
+    """All Task 3 metrics for one subject (arrays on the same grid).
+
+    Args:
+        prediction: continuous map in [0, 1].
+        reference: mean of the raters (0, 0.5, 1), or a binary mask.
+        spacing: voxel size in mm.
+        uncertainty: map in [0, 1]; without it the uncertainty scores are NaN.
+        matching: ``centre`` (distance between centres, the challenge's) or ``overlap``.
+        max_distance_mm: centre matching threshold.
+
+    Raises:
+        ValueError: arrays of different shapes, or a bad ``max_distance_mm``.
+    """
+    if prediction.shape != reference.shape:
+        raise ValueError(f"{subject_id}: prediction shape {prediction.shape} != reference shape {reference.shape}")
+    if uncertainty is not None and uncertainty.shape != reference.shape:
+        raise ValueError(f"{subject_id}: uncertainty shape {uncertainty.shape} != reference shape {reference.shape}")
+    if not max_distance_mm > 0:
+        raise ValueError(f"max_distance_mm must be > 0, got {max_distance_mm}")
+    matching = Matching(matching)
+    voxel = float(np.prod(spacing))
+    ref = np.round(reference.astype(np.float64), 1)
+    ref_labels, n_ref = label_instances(ref > 0, connectivity)
+    ref_weights = np.asarray(ndi.maximum(ref, ref_labels, np.arange(1, n_ref + 1))).reshape(-1) if n_ref else np.zeros(0)
+    ref_vox = np.asarray(ndi.sum_labels(np.ones_like(ref_labels), ref_labels, np.arange(1, n_ref + 1))).reshape(-1)
+    ref_sum = float(ref.sum())
+
+    valid = bool(np.isfinite(prediction).all() and prediction.min(initial=0) >= 0 and prediction.max(initial=0) <= 1)
+    if uncertainty is not None and not (np.isfinite(uncertainty).all() and uncertainty.min(initial=0) >= 0
+                                        and uncertainty.max(initial=0) <= 1):
+        valid = False
+    if not valid:
+        return SubjectMetrics(subject_id, False, 0.0 if n_ref else math.nan, 0.0 if n_ref else math.nan, math.inf,
+                              0.0, 0.0, 0, 0, n_ref, 0.0, float(ref_weights.sum()), n_ref, 0,
+                              ref_sum * voxel, math.nan)
+
+    pred_bin = prediction >= 0.5
+    pred_labels, n_pred = label_instances(pred_bin, connectivity)
+    avd = abs(float(np.where(pred_bin, prediction, 0.0).sum()) - ref_sum) * voxel
+
+    # assigned[j] = reference lesion (1-based) that prediction j goes to, 0 = none; score = closeness.
+    assigned = np.zeros(n_pred + 1, int)
+    score = np.full(n_pred + 1, np.inf)
+    if n_pred and n_ref:
+        if matching == Matching.CENTRE:
+            pc, rc = _centres_mm(pred_labels, n_pred, spacing), _centres_mm(ref_labels, n_ref, spacing)
+            dist = np.linalg.norm(pc[:, None, :] - rc[None, :, :], axis=2)
+            for j in range(n_pred):
+                k = int(np.argmin(dist[j]))
+                if dist[j, k] < max_distance_mm:
+                    assigned[j + 1], score[j + 1] = k + 1, dist[j, k]
+        else:
+            both = (pred_labels > 0) & (ref_labels > 0)
+            pairs, counts = np.unique(np.stack([pred_labels[both], ref_labels[both]]), axis=1, return_counts=True)
+            for (j, k), c in zip(pairs.T, counts):
+                if -c < score[j]:
+                    assigned[j], score[j] = k, -c
+    tp_of = {}  # reference lesion -> its TP prediction (the closest)
+    for j in range(1, n_pred + 1):
+        k = assigned[j]
+        if k and (k not in tp_of or score[j] < score[tp_of[k]]):
+            tp_of[k] = j
+    tp_preds = set(tp_of.values())
+    fp_preds = [j for j in range(1, n_pred + 1) if j not in tp_preds]
+    wtp = float(sum(ref_weights[k - 1] for k in tp_of))
+    fn_refs = [k for k in range(1, n_ref + 1) if k not in tp_of]
+    wfn = float(sum(ref_weights[k - 1] for k in fn_refs))
+    fp = len(fp_preds)
+
+    if n_ref == 0:
+        f1 = dice = math.nan
+    elif n_pred == 0:
+        f1 = dice = 0.0
+    else:
+        f1 = 2 * wtp / (wfn + fp + 2 * wtp) if (wfn + fp + 2 * wtp) > 0 else 0.0
+        dices = []
+        for k in tp_of:
+            lesion = ref_labels == k
+            preds = np.isin(pred_labels, [j for j in range(1, n_pred + 1) if assigned[j] == k])
+            dices.append(_dice(np.where(lesion, ref, 0.0), preds))
+        dice = float(np.mean(dices)) if dices else 0.0
+
+    unc_flags = unc_voxels = math.nan
+    rows = []
+    pc_all = _centres_mm(pred_labels, n_pred, spacing)
+    rc_all = _centres_mm(ref_labels, n_ref, spacing)
+    flags = []
+    voxel_scores = []
+    for k in range(1, n_ref + 1):
+        lesion = ref_labels == k
+        j = tp_of.get(k, 0)
+        row = {"subject_id": subject_id, "kind": "reference", "id": k, "weight": float(ref_weights[k - 1]),
+               "voxels": int(ref_vox[k - 1]), "volume_mm3": float(ref_vox[k - 1]) * voxel,
+               "diameter_mm": float((6 * ref_vox[k - 1] * voxel / math.pi) ** (1 / 3)),
+               "centre_mm": [round(float(v), 2) for v in rc_all[k - 1]], "detected": bool(j),
+               "matched_prediction": int(j), "mean_uncertainty": math.nan}
+        if uncertainty is not None:
+            if j:
+                comp = pred_labels == j
+                u = float(uncertainty[comp].mean())
+                flags.append(u < 0.5)
+                preds = np.isin(pred_labels, [p for p in range(1, n_pred + 1) if assigned[p] == k])
+                tp_vox = preds & lesion
+                err = preds ^ lesion
+                denom = tp_vox.sum() + err.sum()
+                voxel_scores.append(float(((1 - uncertainty[tp_vox]).sum() + uncertainty[err].sum()) / denom))
+            else:
+                u = float(uncertainty[lesion].mean())
+                flags.append(u >= 0.5)
+            row["mean_uncertainty"] = u
+        rows.append(row)
+    for j in fp_preds:
+        comp = pred_labels == j
+        nvox = int(comp.sum())
+        row = {"subject_id": subject_id, "kind": "false_positive", "id": j, "weight": 0.0, "voxels": nvox,
+               "volume_mm3": nvox * voxel, "diameter_mm": float((6 * nvox * voxel / math.pi) ** (1 / 3)),
+               "centre_mm": [round(float(v), 2) for v in pc_all[j - 1]], "detected": False,
+               "matched_prediction": int(j), "mean_uncertainty": math.nan}
+        if uncertainty is not None:
+            u = float(uncertainty[comp].mean())
+            flags.append(u >= 0.5)
+            row["mean_uncertainty"] = u
+        rows.append(row)
+    if uncertainty is not None:
+        unc_flags = float(np.mean(flags)) if flags else math.nan
+        unc_voxels = float(np.mean(voxel_scores)) if voxel_scores else math.nan
+
+    return SubjectMetrics(
+        subject_id, True, f1, dice, avd, unc_flags, unc_voxels, len(tp_of), fp, len(fn_refs), wtp, wfn,
+        n_ref, n_pred, ref_sum * voxel, float(pred_bin.sum()) * voxel, rows,
+    )
+
+
+SUMMARY_KEYS = ("f1", "dice", "avd_mm3", "unc_flags", "unc_voxels", "tp", "fp", "fn")
+
+
+def summarize(results: list[SubjectMetrics]) -> dict[str, dict[str, float]]:
+    """Median, IQR (q25, q75), mean and count of each metric over subjects, ignoring NaN."""
+    out = {}
+    for key in SUMMARY_KEYS:
+        values = np.array([getattr(r, key) for r in results], dtype=float)
+        values = values[~np.isnan(values)]
+        if values.size == 0:
+            out[key] = {"median": math.nan, "q25": math.nan, "q75": math.nan, "mean": math.nan, "n": 0}
+            continue
+        finite = values[np.isfinite(values)]
+        out[key] = {
+            "median": float(np.median(values)),
+            "q25": float(np.quantile(values, 0.25)),
+            "q75": float(np.quantile(values, 0.75)),
+            "mean": float(finite.mean()) if finite.size == values.size else math.inf,
+            "n": int(values.size),
+        }
+    out["subjects"] = {"total": len(results), "invalid": sum(not r.valid for r in results)}
+    return out

@@ -1,0 +1,74 @@
+"""One subject from files to written maps — the step that ``process.py`` and ``lacunes predict`` share."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lacunes.inference import Predictor
+from lacunes.instances import lesion_table
+from lacunes.io import read_subject, write_volume
+from lacunes.layouts import SubjectFiles
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SubjectReport:
+    subject_id: str
+    outputs: list[Path] = field(default_factory=list)
+    lesions: int = 0
+    seconds: float = 0.0
+    status: str = "done"  # done | skipped | failed
+    error: str = ""
+
+
+def write_lesion_table(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = ["id", "voxels", "volume_mm3", "centre_x_mm", "centre_y_mm", "centre_z_mm", "max_probability",
+               "mean_uncertainty"]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return path
+
+
+def run_subject(
+    predictor: Predictor,
+    files: SubjectFiles,
+    prediction_path: Path,
+    uncertainty_path: Path,
+    extras_dir: Path | None = None,
+    write_mask: bool = False,
+    write_table: bool = False,
+) -> SubjectReport:
+    """Read a subject, predict, and write the probability and uncertainty maps on its T1 grid.
+
+    Extras (binary mask at 0.5, lesion table CSV) go to ``extras_dir``, never next to the contract's
+    outputs. Nothing is written when reading or predicting fails.
+    """
+    t0 = time.time()
+    subject = read_subject(files.subject_id, files.paths)
+    probability, uncertainty = predictor.predict(subject)
+    geometry = subject.geometry
+    outputs = [write_volume(probability.astype(np.float32), geometry, prediction_path),
+               write_volume(uncertainty.astype(np.float32), geometry, uncertainty_path)]
+    rows = lesion_table(probability, uncertainty, geometry.spacing, geometry.origin)
+    if extras_dir is not None and (write_mask or write_table):
+        stem = files.output_prefix or f"{files.subject_id}_"
+        if write_mask:
+            outputs.append(write_volume((probability >= 0.5).astype(np.uint8), geometry,
+                                        Path(extras_dir) / f"{stem}mask.nii.gz"))
+        if write_table:
+            outputs.append(write_lesion_table(rows, Path(extras_dir) / f"{stem}lesions.csv"))
+    report = SubjectReport(files.subject_id, outputs, len(rows), time.time() - t0)
+    logger.info("%s: %d lesion(s) in %.1f s", files.subject_id, report.lesions, report.seconds)
+    return report

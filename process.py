@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""The container's entry point: lacune probability and uncertainty maps for VALDO Task 3.
+
+Two input layouts are recognised (see README):
+
+* VALDO (legacy grand-challenge / evalutils): ``/input/sub-*_space-*_desc-masked_T1.nii.gz`` (+ T2,
+  FLAIR), one or many subjects → ``/output/images/sub-XXX_space-T1_prediction.nii.gz``,
+  ``..._uncertaintymap.nii.gz`` and ``/output/results.json``. Built on evalutils 0.4.2's
+  ``SegmentationAlgorithm``.
+* current grand-challenge sockets: ``/input/inputs.json`` + ``/input/images/<slug>/*.mha`` →
+  ``/output/images/lacune-probability-map/output.mha`` and ``.../lacune-uncertainty-map/output.mha``.
+
+With no flags it runs the published recipe (``full``). ``LACUNES_INFERENCE=fast`` (or ``--preset fast``)
+selects the CPU setting; ``LACUNES_DEVICE`` (or ``--device``) the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+logger = logging.getLogger("lacunes.process")
+
+
+def default_model() -> Path:
+    """``/opt/ml/model/lacunes.pt`` when the platform mounts one, else the bundled ``model/lacunes.pt``."""
+    mounted = Path("/opt/ml/model/lacunes.pt")
+    return mounted if mounted.is_file() else HERE / "model" / "lacunes.pt"
+
+
+def make_valdo_algorithm(predictor, input_path: Path, output_path: Path):
+    """An evalutils ``SegmentationAlgorithm`` whose cases are the T1 files of ``input_path``."""
+    from evalutils import SegmentationAlgorithm
+    from evalutils.validators import UniqueImagesValidator
+
+    from lacunes.layouts import valdo_subject
+    from lacunes.runner import run_subject
+
+    class LacuneSegmentation(SegmentationAlgorithm):
+        def __init__(self) -> None:
+            pattern = re.compile(re.escape(str(input_path)) + r"/sub-[^/]*_space-[^/]*_desc-masked_T1\.(nii\.gz|nii|mha)$")
+            super().__init__(
+                input_path=input_path,
+                output_path=output_path / "images",
+                output_file=output_path / "results.json",
+                file_filters={"input_image": pattern},
+                validators={"input_image": (UniqueImagesValidator(),)},
+            )
+
+        def process_case(self, *, idx, case):
+            files = valdo_subject(Path(case["path"]))
+            images = Path(self._output_path)
+            run_subject(predictor, files, images / files.prediction_name, images / files.uncertainty_name)
+            return {
+                "outputs": [{"type": "metaio_image", "filename": [files.prediction_name, files.uncertainty_name]}],
+                "inputs": [{"type": "metaio_image", "filename": [files.paths[m].name for m in ("T1", "T2", "FLAIR")]}],
+                "error_messages": [],
+            }
+
+        def predict(self, *, input_image):  # pragma: no cover - process_case does the work
+            raise NotImplementedError
+
+        def save(self) -> None:
+            # Written atomically so a crash never leaves a truncated results.json.
+            tmp = Path(self._output_file).with_name(".results.json.tmp")
+            tmp.write_text(json.dumps(self._case_results))
+            tmp.replace(self._output_file)
+
+    return LacuneSegmentation()
+
+
+def run_grand_challenge(predictor, input_path: Path, output_path: Path) -> None:
+    from lacunes.layouts import GC_OUTPUT_SLUGS, grand_challenge_subject
+    from lacunes.runner import run_subject
+
+    files = grand_challenge_subject(input_path)
+    images = output_path / "images"
+    run_subject(predictor, files, images / GC_OUTPUT_SLUGS["prediction"] / "output.mha",
+                images / GC_OUTPUT_SLUGS["uncertainty"] / "output.mha")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", default="/input", help="input folder (default /input)")
+    parser.add_argument("--output", default="/output", help="output folder (default /output)")
+    parser.add_argument("--model", default=None, help="checkpoint (default /opt/ml/model/lacunes.pt, else model/lacunes.pt)")
+    parser.add_argument("--preset", default=os.environ.get("LACUNES_INFERENCE", "full"), choices=["full", "fast"],
+                        help="inference setting (default: $LACUNES_INFERENCE or full, the published recipe)")
+    parser.add_argument("--device", default=os.environ.get("LACUNES_DEVICE", "auto"),
+                        help="auto (cuda, mps, cpu), cpu, cuda... (default: $LACUNES_DEVICE or auto)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    from lacunes.inference import PRESETS, Predictor
+    from lacunes.io import LacunesInputError
+    from lacunes.layouts import find_valdo_t1s, is_grand_challenge_layout
+
+    input_path, output_path = Path(args.input), Path(args.output)
+    t0 = time.time()
+    try:
+        if not input_path.is_dir():
+            raise LacunesInputError(f"input folder {input_path} does not exist")
+        settings = PRESETS[args.preset].replace(device=args.device, progress=not args.no_progress)
+        grand_challenge = is_grand_challenge_layout(input_path)
+        if not grand_challenge and not find_valdo_t1s(input_path):
+            found = ", ".join(sorted(p.name for p in input_path.iterdir())[:10]) or "nothing"
+            raise LacunesInputError(f"no sub-*_space-*_desc-masked_T1.nii.gz and no inputs.json in {input_path} "
+                                    f"(found: {found})")
+        model = Path(args.model) if args.model else default_model()
+        predictor = Predictor.from_checkpoint(model, settings)
+        logger.info("model %s, preset %s, device %s, %d TTA variant(s)", model, args.preset, predictor.device,
+                    len(predictor.plan.variants))
+        output_path.mkdir(parents=True, exist_ok=True)
+        if grand_challenge:
+            run_grand_challenge(predictor, input_path, output_path)
+        else:
+            make_valdo_algorithm(predictor, input_path, output_path).process()
+    except (LacunesInputError, FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 2
+    logger.info("finished in %.1f s", time.time() - t0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from lacunes.checkpoint import save_checkpoint
+from lacunes.io import Geometry, write_volume
+from lacunes.network import NetworkConfig, build_network
+
+TINY = NetworkConfig(features=(4, 4, 8, 8, 16, 4), dropout=0.0)
+SPACING = (0.9, 1.1, 1.5)
+ORIGIN = (-10.0, 5.0, 2.5)
+DIRECTION = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def make_subject_arrays(shape=(40, 36, 20), seed=0, lesions=((20, 18, 10),), radius=3):
+    """Three modalities with a brain-like blob (non-zero) and CSF-like balls, plus a binary label."""
+    rng = np.random.default_rng(seed)
+    idx = np.indices(shape).astype(np.float32)
+    centre = (np.array(shape) - 1) / 2
+    brain = (((idx - centre[:, None, None, None]) / (np.array(shape)[:, None, None, None] * 0.45)) ** 2).sum(0) < 1
+    label = np.zeros(shape, np.uint8)
+    for c in lesions:
+        label |= (((idx - np.array(c)[:, None, None, None]) ** 2).sum(0) <= radius**2).astype(np.uint8)
+    label &= brain
+    images = {}
+    for name, (tissue, fluid) in {"T1": (800, 200), "T2": (300, 900), "FLAIR": (500, 100)}.items():
+        img = np.where(label > 0, fluid, tissue) + rng.normal(0, 20, shape)
+        images[name] = np.where(brain, img, 0).astype(np.float32)
+    return images, label
+
+
+def write_subject(folder, sid="sub-001", shape=(40, 36, 20), seed=0, lesions=((20, 18, 10),), raters=True,
+                  geometry=None):
+    images, label = make_subject_arrays(shape, seed, lesions)
+    geom = geometry or Geometry(shape=shape, spacing=SPACING, origin=ORIGIN, direction=DIRECTION)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, img in images.items():
+        write_volume(img, geom, folder / f"{sid}_space-T1_desc-masked_{name}.nii.gz")
+    if raters:
+        write_volume(label, geom, folder / f"{sid}_space-T1_desc-Rater1_Lacunes.nii.gz")
+        write_volume(label, geom, folder / f"{sid}_space-T1_desc-Rater2_Lacunes.nii.gz")
+    return images, label, geom
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    save_checkpoint(path, build_network(TINY), TINY, {"normalization": {"lower": 0.005, "upper": 0.995}})
+    return path

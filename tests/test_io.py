@@ -1,0 +1,110 @@
+import logging
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from lacunes.io import (
+    Geometry,
+    GeometryMismatchError,
+    MissingModalityError,
+    UnreadableImageError,
+    read_subject,
+    read_volume,
+    write_volume,
+)
+
+from .conftest import DIRECTION, ORIGIN, SPACING, write_subject
+
+
+def paths(folder, sid="sub-001"):
+    return {m: folder / f"{sid}_space-T1_desc-masked_{m}.nii.gz" for m in ("T1", "T2", "FLAIR")}
+
+
+def test_roundtrip_keeps_geometry_and_axis_order(tmp_path):
+    arr = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    geom = Geometry((4, 5, 6), SPACING, ORIGIN, DIRECTION)
+    for name in ("a.nii.gz", "a.mha"):
+        write_volume(arr, geom, tmp_path / name)
+        back, g = read_volume(tmp_path / name)
+        np.testing.assert_array_equal(back, arr)
+        assert g.shape == (4, 5, 6)
+        np.testing.assert_allclose(g.spacing, SPACING, rtol=1e-6)
+        np.testing.assert_allclose(g.origin, ORIGIN, rtol=1e-6)
+        np.testing.assert_allclose(g.direction, DIRECTION, atol=1e-6)
+    # (x, y, z) order: SimpleITK's size is (x, y, z)
+    assert sitk.ReadImage(str(tmp_path / "a.mha")).GetSize() == (4, 5, 6)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary file left"
+
+
+def test_read_subject_stacks_channels(tmp_path):
+    images, _, geom = write_subject(tmp_path)
+    s = read_subject("sub-001", paths(tmp_path))
+    assert s.image.shape == (3, *geom.shape) and s.image.dtype == np.float32
+    np.testing.assert_allclose(s.image[2], images["FLAIR"], rtol=1e-6)
+    assert s.nonfinite == {"T1": 0, "T2": 0, "FLAIR": 0}
+
+
+def test_missing_modality_names_what_was_found(tmp_path):
+    write_subject(tmp_path)
+    p = paths(tmp_path)
+    p["FLAIR"].unlink()
+    with pytest.raises(MissingModalityError, match="FLAIR"):
+        read_subject("sub-001", p)
+    with pytest.raises(MissingModalityError, match="no T2"):
+        read_subject("sub-001", {"T1": p["T1"], "FLAIR": p["FLAIR"]})
+
+
+def test_shape_mismatch_is_an_error_naming_the_files(tmp_path):
+    write_subject(tmp_path)
+    p = paths(tmp_path)
+    write_volume(np.ones((10, 10, 10), np.float32), Geometry((10, 10, 10), SPACING, ORIGIN, DIRECTION), p["T2"])
+    with pytest.raises(GeometryMismatchError, match=r"shape mismatch.*T1.*T2"):
+        read_subject("sub-001", p)
+
+
+def test_spacing_mismatch_is_an_error(tmp_path):
+    images, _, geom = write_subject(tmp_path)
+    p = paths(tmp_path)
+    write_volume(images["T2"], Geometry(geom.shape, (1.0, 1.0, 1.0), ORIGIN, DIRECTION), p["T2"])
+    with pytest.raises(GeometryMismatchError, match="spacing mismatch"):
+        read_subject("sub-001", p)
+
+
+def test_origin_difference_is_a_warning(tmp_path, caplog):
+    images, _, geom = write_subject(tmp_path)
+    p = paths(tmp_path)
+    write_volume(images["T2"], Geometry(geom.shape, SPACING, (0.0, 0.0, 0.0), DIRECTION), p["T2"])
+    with caplog.at_level(logging.WARNING):
+        s = read_subject("sub-001", p)
+    assert "origin differs" in caplog.text
+    assert s.geometry.origin == pytest.approx(ORIGIN)
+
+
+def test_4d_and_unreadable_files_are_clear_errors(tmp_path):
+    img4 = sitk.GetImageFromArray(np.zeros((2, 3, 4, 5), np.float32), isVector=False)
+    sitk.WriteImage(img4, str(tmp_path / "four.nii.gz"))
+    with pytest.raises(UnreadableImageError, match="4D"):
+        read_volume(tmp_path / "four.nii.gz")
+    (tmp_path / "junk.nii.gz").write_bytes(b"not an image")
+    with pytest.raises(UnreadableImageError, match="cannot read"):
+        read_volume(tmp_path / "junk.nii.gz")
+    with pytest.raises(UnreadableImageError, match="no such file"):
+        read_volume(tmp_path / "absent.nii.gz")
+
+
+def test_nonfinite_voxels_are_counted(tmp_path):
+    # MetaImage keeps NaN/inf; SimpleITK's NIfTI reader already turns them into 0 (see README).
+    images, _, geom = write_subject(tmp_path)
+    t2 = images["T2"].copy()
+    t2[0, 0, :3] = [np.nan, np.inf, -np.inf]
+    p = paths(tmp_path)
+    p["T2"] = write_volume(t2, geom, tmp_path / "t2.mha")
+    s = read_subject("sub-001", p)
+    assert s.nonfinite["T2"] == 3 and s.nonfinite["T1"] == 0
+
+
+def test_write_rejects_wrong_shape(tmp_path):
+    with pytest.raises(ValueError, match="does not match"):
+        write_volume(np.zeros((3, 3, 3)), Geometry((4, 4, 4)), tmp_path / "x.nii.gz")
+    assert not list(tmp_path.iterdir())

@@ -1,0 +1,74 @@
+import json
+
+import pytest
+
+from lacunes.io import LacunesInputError, MissingModalityError
+from lacunes.layouts import (
+    GC_INPUT_SLUGS,
+    explicit_subject,
+    find_valdo_subjects,
+    grand_challenge_subject,
+    is_grand_challenge_layout,
+    valdo_subject,
+)
+
+from .conftest import write_subject
+
+
+def test_valdo_layout_finds_subjects_and_names_outputs(tmp_path):
+    write_subject(tmp_path, "sub-201")
+    write_subject(tmp_path, "sub-105")
+    subjects = find_valdo_subjects(tmp_path)
+    assert [s.subject_id for s in subjects] == ["sub-105", "sub-201"]
+    s = subjects[1]
+    assert s.prediction_name == "sub-201_space-T1_prediction.nii.gz"
+    assert s.uncertainty_name == "sub-201_space-T1_uncertaintymap.nii.gz"
+    assert s.paths["FLAIR"].name == "sub-201_space-T1_desc-masked_FLAIR.nii.gz"
+    assert set(s.label_paths()) == {"Rater1", "Rater2"}
+
+
+def test_valdo_missing_modality_lists_found_files(tmp_path):
+    write_subject(tmp_path, "sub-001")
+    (tmp_path / "sub-001_space-T1_desc-masked_T2.nii.gz").unlink()
+    with pytest.raises(MissingModalityError, match=r"no T2 for sub-001.*found: .*FLAIR"):
+        find_valdo_subjects(tmp_path)
+
+
+def test_empty_folder_and_bad_names(tmp_path):
+    with pytest.raises(LacunesInputError, match="no sub-"):
+        find_valdo_subjects(tmp_path)
+    with pytest.raises(LacunesInputError, match="does not follow"):
+        valdo_subject(tmp_path / "brain_T1.nii.gz")
+
+
+def test_explicit_subject(tmp_path):
+    s = explicit_subject(tmp_path / "sub-9_T1w.nii.gz", tmp_path / "t2.nii.gz", tmp_path / "fl.nii.gz")
+    assert s.subject_id == "sub-9" and s.prediction_name == "sub-9_prediction.nii.gz"
+
+
+def make_gc(tmp_path, extra=None, sockets=None):
+    images, _, geom = write_subject(tmp_path / "src")
+    for m, slug in GC_INPUT_SLUGS.items():
+        d = tmp_path / "input" / "images" / slug
+        d.mkdir(parents=True)
+        (tmp_path / "src" / f"sub-001_space-T1_desc-masked_{m}.nii.gz").rename(d / f"{m.lower()}-uuid.nii.gz")
+    slugs = sockets if sockets is not None else list(GC_INPUT_SLUGS.values())
+    (tmp_path / "input" / "inputs.json").write_text(json.dumps([{"interface": {"slug": s}} for s in slugs]))
+    return tmp_path / "input"
+
+
+def test_grand_challenge_layout(tmp_path):
+    inp = make_gc(tmp_path)
+    assert is_grand_challenge_layout(inp)
+    s = grand_challenge_subject(inp)
+    assert s.paths["T2"].parent.name == "t2-brain-mri"
+
+
+def test_grand_challenge_errors(tmp_path):
+    inp = make_gc(tmp_path, sockets=["t1-brain-mri"])
+    with pytest.raises(MissingModalityError, match="t2-brain-mri"):
+        grand_challenge_subject(inp)
+    (inp / "inputs.json").write_text(json.dumps([{"interface": {"slug": s}} for s in GC_INPUT_SLUGS.values()]))
+    (inp / "images" / "flair-brain-mri" / "second.mha").write_bytes(b"")
+    with pytest.raises(MissingModalityError, match="exactly one image"):
+        grand_challenge_subject(inp)

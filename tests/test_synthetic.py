@@ -1,0 +1,102 @@
+import json
+
+import numpy as np
+import pytest
+
+from lacunes.instances import label_instances
+from lacunes.io import read_volume
+from lacunes.synthetic import SynthConfig, generate_phantom, write_phantom
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return generate_phantom(seed=5, index=3)
+
+
+def test_deterministic_for_a_seed(phantom):
+    again = generate_phantom(seed=5, index=3)
+    for name in phantom.images:
+        np.testing.assert_array_equal(phantom.images[name], again.images[name])
+    np.testing.assert_array_equal(phantom.rater2, again.rater2)
+    other = generate_phantom(seed=6, index=3)
+    assert not np.array_equal(other.images["T1"], phantom.images["T1"])
+
+
+def test_lacunes_have_the_size_range_and_the_labels_cover_exactly_them(phantom):
+    lacunes = phantom.lacunes
+    assert lacunes, "seed 5 / subject 3 has lacunes"
+    labels, n = label_instances(phantom.rater1)
+    assert n == len(lacunes)
+    for lac in lacunes:
+        assert 3.0 <= max(lac.diameters_mm) <= 15.0
+        centre = tuple(int(round(v)) for v in lac.centre_vox)
+        assert phantom.rater1[centre] == 1
+    assert int(phantom.rater1.sum()) == sum(lac.voxels for lac in lacunes)
+
+
+def test_mimics_are_never_labelled(phantom):
+    mimics = [les for les in phantom.lesions if les.kind in ("pvs", "wmh")]
+    assert any(m.kind == "pvs" for m in mimics)
+    for m in mimics:
+        centre = tuple(int(round(v)) for v in m.centre_vox)
+        assert phantom.rater1[centre] == 0 and phantom.rater2[centre] == 0
+    # PVS are thinner than 3 mm; lacunes at least 3 mm
+    assert all(max(m.diameters_mm[:2]) < 3.0 for m in mimics if m.kind == "pvs")
+
+
+def test_contrast_ordering(phantom):
+    lac = phantom.rater1 > 0
+    wm_like = np.zeros_like(lac)
+    for lesion in phantom.lacunes:  # white matter around the lacune: a shell 3-5 voxels out
+        c = np.array(lesion.centre_vox)
+        idx = np.indices(lac.shape, dtype=np.float32)
+        d = np.sqrt(((idx - c[:, None, None, None]) ** 2).sum(0))
+        r = max(lesion.diameters_mm) / 2
+        wm_like |= (d > r + 3) & (d < r + 5)
+    t1, t2 = phantom.images["T1"].astype(float), phantom.images["T2"].astype(float)
+    assert t1[lac].mean() < 0.7 * t1[wm_like].mean()
+    assert t2[lac].mean() > 1.3 * t2[wm_like].mean()
+
+
+def test_second_rater_misses_small_lesions_and_changes_borders():
+    cfg = SynthConfig(p_no_lacune=0.0, max_lacunes=5, lacune_diameter_mm=(3.0, 4.9), p_rater2_miss_small=1.0)
+    p = generate_phantom(seed=1, index=1, config=cfg)
+    assert p.lacunes and p.rater1.any()
+    assert not p.rater2.any(), "every lacune is under 5 mm, so rater 2 misses all of them"
+    cfg = SynthConfig(p_no_lacune=0.0, lacune_diameter_mm=(6.0, 10.0), p_rater2_border=1.0)
+    p = generate_phantom(seed=2, index=1, config=cfg)
+    mean = (p.rater1.astype(float) + p.rater2) / 2
+    assert (mean == 0.5).any() and (mean == 1.0).any()
+    behaviours = {les.rater2 for les in p.lacunes}
+    assert behaviours <= {"dilated", "eroded"}
+
+
+def test_rater_agreement_statistics_over_subjects():
+    agree, total = 0, 0
+    for i in range(1, 4):
+        p = generate_phantom(seed=11, index=i)
+        for lac in p.lacunes:
+            total += 1
+            agree += lac.rater2 == "same"
+    assert total > 0
+    # Defaults: rater 2 redraws 40 % of borders and misses 35 % of lacunes under 5 mm.
+    assert 0.2 <= agree / total <= 0.9
+
+
+def test_write_valdo_layout_and_preview(phantom, tmp_path):
+    written = write_phantom(phantom, tmp_path, preview=True)
+    names = {p.name for p in written}
+    sid = phantom.subject_id
+    for m in ("T1", "T2", "FLAIR"):
+        assert f"{sid}_space-T1_desc-masked_{m}.nii.gz" in names
+    assert f"{sid}_space-T1_desc-Rater1_Lacunes.nii.gz" in names
+    assert (tmp_path / f"{sid}_preview.png").stat().st_size > 10_000
+    arr, geom = read_volume(tmp_path / f"{sid}_space-T1_desc-Rater2_Lacunes.nii.gz")
+    np.testing.assert_array_equal(arr, phantom.rater2)
+    record = json.loads((tmp_path / f"{sid}_space-T1_desc-synthetic_lesions.json").read_text())
+    assert len(record) == len(phantom.lesions)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ValueError, match="lacune_diameter_mm"):
+        SynthConfig(lacune_diameter_mm=(10.0, 3.0))
