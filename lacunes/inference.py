@@ -3,15 +3,15 @@
 One pass of MONAI's ``sliding_window_inference`` serves every test-time-augmentation (TTA) variant:
 the noisy copies of the volume travel as extra input channels, and each batch of windows is
 expanded into all its variants (identity, flips, noisy copies), run through the network together,
-un-flipped and reduced to three maps per voxel — the mean logit, the mean probability and the mean
-squared probability over the variants — which the inferer blends over windows. Blending is linear,
-so this equals running ``sliding_window_inference`` once per variant and averaging, without the
-repeated padding, window gathering and stitching.
+un-flipped and returned as one logit channel per variant, which the inferer blends over windows.
+This equals running ``sliding_window_inference`` once per variant (blending logits), then taking
+each variant's sigmoid and averaging — without the repeated padding, window gathering, stitching
+and the per-variant network calls of one sample each.
 
 TTA plans (``TTAMode``): ``none`` (identity), ``flips`` (identity + a flip along each of x, y, z: 4
 variants), ``full`` (the flips + ``n_noise`` copies with Gaussian noise of ``noise_std`` added to the
 normalized volume: 6 variants by default). **Probabilities are averaged** (the prediction is the mean
-of the variants' sigmoids); the mean logit is kept for the default uncertainty.
+of the variants' sigmoids); the variants' mean logit gives the default uncertainty.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ class Predictor:
         return torch.cat(outputs)
 
     def _window_fn(self, windows: torch.Tensor) -> torch.Tensor:
-        """``B×3·copies×…`` windows → ``B×3×…``: mean logit, mean probability, mean probability²."""
+        """``B×3·copies×…`` windows → ``B×V×…``: the un-flipped logit of each TTA variant."""
         b = windows.shape[0]
         copies = windows.reshape(b, self.plan.n_copies, 3, *windows.shape[2:])
         batch = []
@@ -251,10 +251,8 @@ class Predictor:
             batch.append(torch.flip(v, dims) if dims else v)
         logits = self._run_network(torch.cat(batch))
         logits = logits.reshape(len(self.plan.variants), b, 1, *windows.shape[2:])
-        restored = torch.stack([torch.flip(logits[i], dims) if dims else logits[i]
-                                for i, (_, dims) in enumerate(self.plan.variants)])
-        probs = torch.sigmoid(restored)
-        return torch.cat([restored.mean(0), probs.mean(0), (probs**2).mean(0)], dim=1)
+        restored = [torch.flip(logits[i], dims) if dims else logits[i] for i, (_, dims) in enumerate(self.plan.variants)]
+        return torch.cat(restored, dim=1)
 
     def model_input(self, normalized: np.ndarray) -> torch.Tensor:
         """``1×3·copies×X×Y×Z``: the clean volume followed by its noisy copies (seeded)."""
@@ -283,19 +281,21 @@ class Predictor:
         if self._chunk is None:
             self._chunk = self.samples_per_call(roi)
         x = self.model_input(normalized).to(self.device)
-        stats = sliding_window_inference(
+        variant_logits = sliding_window_inference(
             x, roi_size=roi, sw_batch_size=windows_per_call, predictor=self._window_fn,
             overlap=self.settings.overlap, mode=str(self.settings.blend), padding_mode="constant", cval=0.0,
             progress=self.settings.progress,
-        )
-        mean_logit, mean_prob, mean_prob_sq = stats[0, 0], stats[0, 1], stats[0, 2]
-        bad = int((~torch.isfinite(stats)).sum())
+        )[0]
+        finite = torch.isfinite(variant_logits).all(0)
+        bad = int((~finite).sum())
         if bad:
-            logger.error("%d non-finite value(s) in the network output; set to probability 0, uncertainty 1", bad)
-        prob = torch.nan_to_num(mean_prob, nan=0.0, posinf=1.0, neginf=0.0).clamp(0.0, 1.0)
-        unc = uncertainty_map(self.settings.uncertainty, mean_logit, mean_prob, mean_prob_sq)
+            logger.error("%d voxel(s) with non-finite network output; set to probability 0, uncertainty 1", bad)
+            variant_logits = torch.nan_to_num(variant_logits, nan=0.0)
+        prob = torch.sigmoid(variant_logits).mean(0).clamp(0.0, 1.0)
+        unc = uncertainty_map(self.settings.uncertainty, variant_logits)
         if bad:
-            unc = torch.where(torch.isfinite(mean_prob), unc, torch.ones_like(unc))
+            prob = torch.where(finite, prob, torch.zeros_like(prob))
+            unc = torch.where(finite, unc, torch.ones_like(unc))
         self.last_stats = {"roi": roi, "variants": len(self.plan.variants), "samples_per_call": self._chunk,
                            "windows_per_call": windows_per_call, "nonfinite_outputs": bad}
         return prob.float().cpu().numpy(), unc.float().cpu().numpy()
@@ -311,3 +311,32 @@ class Predictor:
         if any(counts):
             logger.warning("repairing non-finite input voxels per channel: %s", counts)
         return self.predict_normalized(prepare_image(image, self.normalization))
+
+
+@torch.inference_mode()
+def reference_predict(network: torch.nn.Module, normalized: np.ndarray, settings: InferenceSettings,
+                      device: str | torch.device = "cpu") -> np.ndarray:
+    """The plain loop the predictor is checked and benchmarked against: MONAI's
+    ``sliding_window_inference`` called once per TTA variant, float32, one network sample at a time,
+    probabilities averaged. Returns the mean probability (x, y, z)."""
+    from monai.inferers import sliding_window_inference
+
+    plan = TTAPlan.from_settings(settings)
+    helper = Predictor.__new__(Predictor)
+    helper.settings, helper.plan = settings, plan
+    x = helper.model_input(normalized)
+    network = network.to(device).eval()
+    total = None
+    for copy, dims in plan.variants:
+        volume = x[:, 3 * copy:3 * copy + 3].to(device)
+
+        def run(w: torch.Tensor, dims: tuple[int, ...] = dims) -> torch.Tensor:
+            out = network(torch.flip(w, dims) if dims else w)
+            return torch.flip(out, dims) if dims else out
+
+        logits = sliding_window_inference(volume, roi_size=helper.roi_for(normalized.shape[1:]), sw_batch_size=1,
+                                          predictor=run, overlap=settings.overlap, mode=str(settings.blend),
+                                          padding_mode="constant", cval=0.0)
+        prob = torch.sigmoid(logits.float())
+        total = prob if total is None else total + prob
+    return (total / len(plan.variants))[0, 0].cpu().numpy()

@@ -1,7 +1,6 @@
 """Uncertainty maps, float32 in [0, 1] (0 = certain, 1 = uncertain).
 
-All are computed from three maps that the predictor blends over windows and averages over the TTA
-variants: the mean logit, the mean probability and the mean squared probability.
+All are computed from the logits of the TTA variants (each blended over windows), ``V×X×Y×Z``.
 
 - ``inverse-logit`` (default; the recipe's "absolute inverse of the model outputs"):
   ``u = min(1, 1 / |mean logit|)``. It reaches 1 where the model is undecided (logit 0, p = 0.5) and
@@ -24,20 +23,14 @@ class UncertaintyMode(StrEnum):
     ENTROPY = "entropy"
 
 
-def uncertainty_map(
-    mode: UncertaintyMode | str,
-    mean_logit: torch.Tensor,
-    mean_prob: torch.Tensor,
-    mean_prob_sq: torch.Tensor,
-) -> torch.Tensor:
-    """The uncertainty of ``mode`` from the blended TTA statistics (same shapes in and out)."""
+def uncertainty_map(mode: UncertaintyMode | str, variant_logits: torch.Tensor) -> torch.Tensor:
+    """The uncertainty of ``mode`` from the variants' logits ``V×X×Y×Z`` → ``X×Y×Z`` float32."""
     mode = UncertaintyMode(mode)
     if mode == UncertaintyMode.INVERSE_LOGIT:
-        u = 1.0 / mean_logit.abs().clamp_min(1.0)
+        u = 1.0 / variant_logits.float().mean(0).abs().clamp_min(1.0)
     elif mode == UncertaintyMode.TTA_STD:
-        var = (mean_prob_sq - mean_prob**2).clamp_min(0.0)
-        u = (2.0 * var.sqrt()).clamp(max=1.0)
+        u = (2.0 * torch.sigmoid(variant_logits.float()).std(0, correction=0)).clamp(max=1.0)
     else:
-        p = mean_prob.clamp(1e-7, 1 - 1e-7)
+        p = torch.sigmoid(variant_logits.float()).mean(0).clamp(1e-7, 1 - 1e-7)
         u = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
     return torch.nan_to_num(u, nan=1.0).clamp(0.0, 1.0).float()

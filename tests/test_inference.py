@@ -1,0 +1,153 @@
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from lacunes.inference import FAST, InferenceSettings, Predictor, TTAPlan, reference_predict
+from lacunes.io import Subject, Geometry
+
+
+class PlusOne(torch.nn.Module):
+    """Known output: logit = first channel + 1 (pointwise, so flip-equivariant)."""
+
+    def forward(self, x):
+        return x[:, :1] + 1.0
+
+
+class PlusRamp(torch.nn.Module):
+    """Position-dependent: adds a ramp 0..1 along x of the window (not flip-equivariant)."""
+
+    def forward(self, x):
+        ramp = torch.linspace(0, 1, x.shape[2]).reshape(1, 1, -1, 1, 1)
+        return x[:, :1] + ramp
+
+
+class Constant(torch.nn.Module):
+    def __init__(self, value):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        return torch.full_like(x[:, :1], self.value)
+
+
+def settings(**kw):
+    base = dict(roi_size=(16, 16, 16), overlap=0.5, tta="none", progress=False, device="cpu")
+    base.update(kw)
+    return InferenceSettings(**base)
+
+
+@pytest.mark.parametrize("shape", [(10, 12, 7), (37, 21, 19), (48, 32, 16)])
+@pytest.mark.parametrize("blend", ["constant", "gaussian"])
+def test_stitching_is_exact_for_a_known_output_model(shape, blend):
+    x = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
+    prob, unc = Predictor(PlusOne(), settings(blend=blend)).predict_normalized(x)
+    assert prob.shape == shape and prob.dtype == np.float32
+    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-(x[0] + 1))), atol=1e-6)
+    np.testing.assert_allclose(unc, np.minimum(1, 1 / np.maximum(np.abs(x[0] + 1), 1)), atol=1e-5)
+
+
+def test_tta_flips_round_trip_exactly():
+    x = np.random.default_rng(1).normal(size=(3, 37, 21, 19)).astype(np.float32)
+    plain, _ = Predictor(PlusOne(), settings()).predict_normalized(x)
+    flipped, unc = Predictor(PlusOne(), settings(tta="flips", uncertainty="tta-std")).predict_normalized(x)
+    np.testing.assert_allclose(flipped, plain, atol=1e-6)
+    assert unc.max() < 1e-3  # all variants agree
+
+
+def test_tta_variants_are_really_flipped():
+    shape = (32, 16, 16)  # one window, no padding: the ramp spans the volume
+    x = np.zeros((3, *shape), np.float32)
+    p = Predictor(PlusRamp(), settings(roi_size=shape, tta="flips", uncertainty="inverse-logit"))
+    prob, _ = p.predict_normalized(x)
+    ramp = np.linspace(0, 1, 32, dtype=np.float32)[:, None, None]
+    # identity + y/z flips see the ramp, the x flip sees 1 - ramp; probabilities are averaged
+    expected = (3 / (1 + np.exp(-ramp)) + 1 / (1 + np.exp(-(1 - ramp)))) / 4
+    np.testing.assert_allclose(prob, np.broadcast_to(expected, shape), atol=1e-6)
+
+
+def test_noise_variants_are_seeded_and_zero_noise_changes_nothing():
+    x = np.random.default_rng(2).normal(size=(3, 20, 20, 18)).astype(np.float32)
+    flips, _ = Predictor(PlusOne(), settings(tta="flips")).predict_normalized(x)
+    full0, _ = Predictor(PlusOne(), settings(tta="full", noise_std=0.0)).predict_normalized(x)
+    np.testing.assert_allclose(full0, flips, atol=1e-6)
+    a, _ = Predictor(PlusOne(), settings(tta="full", noise_std=0.1, seed=3)).predict_normalized(x)
+    b, _ = Predictor(PlusOne(), settings(tta="full", noise_std=0.1, seed=3)).predict_normalized(x)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - flips).max() > 1e-3
+    assert len(TTAPlan.from_settings(settings(tta="full")).variants) == 6
+
+
+@pytest.mark.parametrize("value,mode,expected", [
+    (4.0, "inverse-logit", 0.25), (0.5, "inverse-logit", 1.0), (-2.0, "inverse-logit", 0.5),
+    (0.0, "entropy", 1.0), (3.0, "tta-std", 0.0),
+])
+def test_uncertainty_modes(value, mode, expected):
+    x = np.ones((3, 16, 16, 16), np.float32)
+    _, unc = Predictor(Constant(value), settings(uncertainty=mode, tta="flips")).predict_normalized(x)
+    np.testing.assert_allclose(unc, expected, atol=1e-5)
+
+
+def test_matches_the_per_variant_reference_loop(tiny_checkpoint):
+    from lacunes.checkpoint import load_network
+
+    net, _ = load_network(tiny_checkpoint)
+    x = np.random.default_rng(4).normal(size=(3, 37, 29, 21)).astype(np.float32)
+    s = settings(roi_size=(32, 32, 16), tta="full", overlap=0.5)
+    prob, _ = Predictor(net, s).predict_normalized(x)
+    np.testing.assert_allclose(prob, reference_predict(net, x, s), atol=1e-5)
+
+
+def test_nonfinite_and_constant_inputs_give_finite_maps(tiny_checkpoint):
+    p = Predictor.from_checkpoint(tiny_checkpoint, settings(roi_size=(32, 32, 16)))
+    img = np.random.default_rng(5).normal(100, 10, size=(3, 30, 30, 12)).astype(np.float32)
+    img[0, :3] = np.nan
+    img[1, 5, 5, 5] = np.inf
+    img[2] = 7.0  # constant channel
+    subject = Subject("sub-x", img, Geometry((30, 30, 12)))
+    prob, unc = p.predict(subject)
+    for m in (prob, unc):
+        assert m.dtype == np.float32 and np.isfinite(m).all() and m.min() >= 0 and m.max() <= 1
+
+
+class OOMAbove(torch.nn.Module):
+    def __init__(self, limit):
+        super().__init__()
+        self.limit, self.sizes = limit, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return x[:, :1] + 1.0
+
+
+def test_out_of_memory_halves_the_batch_and_retries(caplog):
+    x = np.random.default_rng(6).normal(size=(3, 40, 40, 16)).astype(np.float32)
+    net = OOMAbove(limit=3)
+    p = Predictor(net, settings(tta="flips", sw_batch_size=2, memory_gb=100.0))
+    with caplog.at_level(logging.WARNING):
+        prob, _ = p.predict_normalized(x)
+    assert "retrying with" in caplog.text
+    assert max(net.sizes[-3:]) <= 3
+    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-(x[0] + 1))), atol=1e-6)
+
+
+def test_cpu_defaults_bound_memory():
+    p = Predictor(PlusOne(), InferenceSettings(device="cpu", progress=False))
+    assert p.window_batch() == 1
+    assert p.samples_per_call((256, 256, 64)) == 1  # one recipe window fits in the 6 GB budget
+    assert p.autocast_dtype is None
+    assert Predictor(PlusOne(), FAST.replace(device="cpu")).roi_for((150, 180, 150)) == (160, 192, 64)
+
+
+def test_settings_validation():
+    with pytest.raises(ValueError, match="overlap"):
+        InferenceSettings(overlap=1.0)
+    with pytest.raises(ValueError, match="tta must be one of"):
+        InferenceSettings(tta="lots")
+    with pytest.raises(ValueError, match="roi_size"):
+        InferenceSettings(roi_size=(8, 8, 8))
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        Predictor(PlusOne(), InferenceSettings(device="cuda"))
