@@ -86,7 +86,7 @@ def run_grand_challenge(predictor, input_path: Path, output_path: Path) -> None:
                 images / GC_OUTPUT_SLUGS["uncertainty"] / "output.mha")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", default="/input", help="input folder (default /input)")
     parser.add_argument("--output", default="/output", help="output folder (default /output)")
@@ -96,12 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=os.environ.get("LACUNES_DEVICE", "auto"),
                         help="auto (cuda, mps, cpu), cpu, cuda... (default: $LACUNES_DEVICE or auto)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from lacunes.inference import PRESETS, Predictor
     from lacunes.io import LacunesInputError
-    from lacunes.layouts import find_valdo_t1s, is_grand_challenge_layout
+    from lacunes.layouts import find_valdo_subjects, find_valdo_t1s, grand_challenge_subject, is_grand_challenge_layout
 
     input_path, output_path = Path(args.input), Path(args.output)
     t0 = time.time()
@@ -114,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             found = ", ".join(sorted(p.name for p in input_path.iterdir())[:10]) or "nothing"
             raise LacunesInputError(f"no sub-*_space-*_desc-masked_T1.nii.gz and no inputs.json in {input_path} "
                                     f"(found: {found})")
+        # Every subject's files are checked before the first prediction is written.
+        grand_challenge_subject(input_path) if grand_challenge else find_valdo_subjects(input_path)
         model = Path(args.model) if args.model else default_model()
         predictor = Predictor.from_checkpoint(model, settings)
         logger.info("model %s, preset %s, device %s, %d TTA variant(s)", model, args.preset, predictor.device,
@@ -126,7 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     except (LacunesInputError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
-    logger.info("finished in %.1f s", time.time() - t0)
+    import resource
+
+    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+    logger.info("finished in %.1f s, peak memory %.2f GB", time.time() - t0, peak_gb)
     return 0
 
 

@@ -155,7 +155,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     provenance = {"folder": str(args.data)}
     if args.data_note:
         provenance["note"] = args.data_note
-    final = train(config, args.data, args.run, resume=args.resume, device=args.device,
+    final = train(config, args.data, args.run_dir, resume=args.resume, device=args.device,
                   progress=not args.no_progress, data_provenance=provenance)
     print(f"final checkpoint: {final}")
     return 0
@@ -216,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (run folder with log, metrics, plot, checkpoints)")
     p.add_argument("--data", required=True, help="VALDO-layout folder with Rater1/Rater2 labels")
-    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--run-dir", required=True, help="run folder (config, log, metrics.csv, progress.png, checkpoints/)")
     p.add_argument("--preset", default="valdo", help="valdo (the publication), cpu or smoke")
-    p.add_argument("--resume", action="store_true", help="continue the run in --run")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--loss", choices=["blob", "dicebce"], help="dicebce = beta 0, the ablation")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)

@@ -13,7 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from lacunes.io import GeometryMismatchError, LacunesInputError, check_same_grid, read_volume
-from lacunes.metrics import DEFAULT_MATCH_DISTANCE_MM, SUMMARY_KEYS, Matching, SubjectMetrics, evaluate_subject, summarize
+from lacunes.metrics import (
+    DEFAULT_MATCH_DISTANCE_MM,
+    SUMMARY_KEYS,
+    Matching,
+    SubjectMetrics,
+    evaluate_subject,
+    summarize,
+)
 
 logger = logging.getLogger(__name__)
 

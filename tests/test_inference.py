@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from lacunes.inference import FAST, InferenceSettings, Predictor, TTAPlan, reference_predict
-from lacunes.io import Subject, Geometry
+from lacunes.io import Geometry, Subject
 
 
 class PlusOne(torch.nn.Module):

@@ -1,0 +1,86 @@
+import csv
+import subprocess
+import sys
+
+import numpy as np
+
+from lacunes.cli import main
+from lacunes.io import read_volume
+
+from .conftest import write_subject
+
+
+def predict(*args):
+    return main(["predict", "--preset", "fast", "--no-progress", *args])
+
+
+def test_help_does_not_import_torch():
+    code = "import sys, lacunes.cli; lacunes.cli.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_cohort_with_a_bad_subject_continues_and_reports(tmp_path, tiny_checkpoint, capsys):
+    for i, sid in enumerate(("sub-001", "sub-002", "sub-003")):
+        write_subject(tmp_path / "in", sid, shape=(30, 28, 18), seed=i)
+    (tmp_path / "in" / "sub-002_space-T1_desc-masked_T2.nii.gz").write_bytes(b"broken")
+    rc = predict("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(tiny_checkpoint))
+    assert rc == 1
+    text = capsys.readouterr().out
+    assert "2 done, 0 skipped" in text and "1 failed" in text and "sub-002" in text
+    assert (tmp_path / "out" / "sub-001_space-T1_prediction.nii.gz").is_file()
+    assert not (tmp_path / "out" / "sub-002_space-T1_prediction.nii.gz").exists()
+    # rerun: done subjects are skipped, unless --overwrite
+    (tmp_path / "in" / "sub-002_space-T1_desc-masked_T2.nii.gz").unlink()
+    write_subject(tmp_path / "in2", "sub-002", shape=(30, 28, 18), seed=1)
+    (tmp_path / "in2" / "sub-002_space-T1_desc-masked_T2.nii.gz").rename(
+        tmp_path / "in" / "sub-002_space-T1_desc-masked_T2.nii.gz")
+    rc = predict("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(tiny_checkpoint))
+    assert rc == 0 and "1 done, 2 skipped" in capsys.readouterr().out
+    rc = predict("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
+                 "--overwrite", "--shard", "2/2")
+    assert rc == 0 and "1 done, 0 skipped" in capsys.readouterr().out  # shard 2/2 = sub-002 only
+
+
+def test_explicit_files_and_extras(tmp_path, tiny_checkpoint):
+    _, _, geom = write_subject(tmp_path / "in", "sub-007")
+    files = [tmp_path / "in" / f"sub-007_space-T1_desc-masked_{m}.nii.gz" for m in ("T1", "T2", "FLAIR")]
+    rc = predict("--t1", str(files[0]), "--t2", str(files[1]), "--flair", str(files[2]), "--output",
+                 str(tmp_path / "out"), "--model", str(tiny_checkpoint), "--mask", "--table", "--tta", "flips")
+    assert rc == 0
+    prob, g = read_volume(tmp_path / "out" / "sub-007_prediction.nii.gz")
+    mask, _ = read_volume(tmp_path / "out" / "extras" / "sub-007_mask.nii.gz")
+    np.testing.assert_array_equal(mask, (prob >= 0.5).astype(np.uint8))
+    with open(tmp_path / "out" / "extras" / "sub-007_lesions.csv") as f:
+        header = next(csv.reader(f))
+    assert header[:3] == ["id", "voxels", "volume_mm3"] and "mean_uncertainty" in header
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "extras", "sub-007_prediction.nii.gz", "sub-007_uncertaintymap.nii.gz"]
+
+
+def test_argument_errors(tmp_path, tiny_checkpoint, caplog):
+    assert predict("--output", str(tmp_path)) == 2
+    assert "either --input" in caplog.text
+    assert predict("--t1", "a", "--output", str(tmp_path)) == 2
+    assert predict("--input", str(tmp_path), "--output", str(tmp_path), "--shard", "3/2") == 2
+    assert "1 <= i <= N" in caplog.text
+
+
+def test_evaluate_writes_reports(tmp_path, capsys):
+    from lacunes.io import write_volume
+
+    _, label, geom = write_subject(tmp_path / "ref", "sub-001")
+    (tmp_path / "pred").mkdir()
+    write_volume(label.astype(np.float32), geom, tmp_path / "pred" / "sub-001_space-T1_prediction.nii.gz")
+    write_volume(np.zeros(geom.shape, np.float32), geom, tmp_path / "pred" / "sub-001_space-T1_uncertaintymap.nii.gz")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "sub-001" in out and "1.000" in out
+    for name in ("per_subject.csv", "lesions.csv", "summary.csv", "summary.json"):
+        assert (tmp_path / "pred" / "evaluation" / name).is_file()
+
+
+def test_synth_command(tmp_path, capsys):
+    assert main(["synth", "--n", "1", "--out", str(tmp_path), "--seed", "3", "--first-id", "7", "--no-progress"]) == 0
+    assert (tmp_path / "sub-007_space-T1_desc-masked_FLAIR.nii.gz").is_file()
+    assert "wrote 1 subject(s)" in capsys.readouterr().out

@@ -1,0 +1,98 @@
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lacunes.io import read_volume
+from lacunes.layouts import GC_INPUT_SLUGS, GC_OUTPUT_SLUGS
+
+from .conftest import write_subject
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location("process", ROOT / "process.py")
+process = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(process)
+
+
+def contract(sid):
+    return {
+        "outputs": [{"type": "metaio_image",
+                     "filename": [f"{sid}_space-T1_prediction.nii.gz", f"{sid}_space-T1_uncertaintymap.nii.gz"]}],
+        "inputs": [{"type": "metaio_image", "filename": [f"{sid}_space-T1_desc-masked_{m}.nii.gz"
+                                                          for m in ("T1", "T2", "FLAIR")]}],
+        "error_messages": [],
+    }
+
+
+def run(inp, out, model, *extra):
+    return process.main(["--input", str(inp), "--output", str(out), "--model", str(model), "--preset", "fast",
+                         "--no-progress", *extra])
+
+
+def check_map(path, geom):
+    arr, g = read_volume(path)
+    assert arr.dtype == np.float32 and arr.shape == geom.shape
+    assert np.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1
+    assert g.spacing == pytest.approx(geom.spacing) and g.origin == pytest.approx(geom.origin)
+    assert g.direction == pytest.approx(geom.direction)
+
+
+def test_valdo_layout_writes_the_contract(tmp_path, tiny_checkpoint):
+    _, _, geom = write_subject(tmp_path / "in", "sub-201", raters=False)
+    (tmp_path / "in" / "expected_output.json").write_text("[]")  # ignored, like the template's test folder
+    assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results == [contract("sub-201")]
+    for name in results[0]["outputs"][0]["filename"]:
+        check_map(tmp_path / "out" / "images" / name, geom)
+
+
+def test_many_subjects(tmp_path, tiny_checkpoint):
+    write_subject(tmp_path / "in", "sub-001", shape=(30, 30, 18))
+    write_subject(tmp_path / "in", "sub-002", shape=(34, 28, 20), seed=1)
+    assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results == [contract("sub-001"), contract("sub-002")]
+
+
+def test_grand_challenge_layout(tmp_path, tiny_checkpoint):
+    _, _, geom = write_subject(tmp_path / "src", "sub-001")
+    inp = tmp_path / "in"
+    for m, slug in GC_INPUT_SLUGS.items():
+        (inp / "images" / slug).mkdir(parents=True)
+        shutil.copy(tmp_path / "src" / f"sub-001_space-T1_desc-masked_{m}.nii.gz", inp / "images" / slug / "a.nii.gz")
+    (inp / "inputs.json").write_text(json.dumps([{"interface": {"slug": s}} for s in GC_INPUT_SLUGS.values()]))
+    assert run(inp, tmp_path / "out", tiny_checkpoint) == 0
+    for slug in GC_OUTPUT_SLUGS.values():
+        files = list((tmp_path / "out" / "images" / slug).iterdir())
+        assert [f.name for f in files] == ["output.mha"]
+        check_map(files[0], geom)
+
+
+def test_missing_modality_fails_before_any_output(tmp_path, tiny_checkpoint, caplog):
+    write_subject(tmp_path / "in", "sub-001")
+    write_subject(tmp_path / "in", "sub-002")
+    (tmp_path / "in" / "sub-002_space-T1_desc-masked_FLAIR.nii.gz").unlink()
+    assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 2
+    assert "no FLAIR for sub-002" in caplog.text
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*"))
+
+
+def test_empty_input_and_missing_model(tmp_path, tiny_checkpoint, caplog):
+    (tmp_path / "in").mkdir()
+    assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 2
+    assert "no sub-*_space-*_desc-masked_T1.nii.gz" in caplog.text
+    write_subject(tmp_path / "in")
+    assert run(tmp_path / "in", tmp_path / "out", tmp_path / "absent.pt") == 2
+    assert "no checkpoint" in caplog.text
+
+
+def test_no_flags_means_the_full_recipe(monkeypatch):
+    monkeypatch.delenv("LACUNES_INFERENCE", raising=False)
+    args = process.build_parser().parse_args([])
+    assert (args.preset, args.input, args.output) == ("full", "/input", "/output")
+    monkeypatch.setenv("LACUNES_INFERENCE", "fast")
+    assert process.build_parser().parse_args([]).preset == "fast"

@@ -1,0 +1,131 @@
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lacunes.checkpoint import load_network
+from lacunes.io import write_volume
+from lacunes.preprocessing import NonFiniteError
+from lacunes.training import get_preset
+from lacunes.training.config import LabelMode, LossMode, TrainConfig
+from lacunes.training.data import MissingLabelError, combine_raters, load_training_set
+from lacunes.training.loop import ConfigMismatchError, train
+
+from .conftest import write_subject
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    d = tmp_path_factory.mktemp("train")
+    write_subject(d, "sub-001", lesions=((20, 18, 10), (10, 10, 8)))
+    write_subject(d, "sub-002", seed=1, lesions=())
+    return d
+
+
+def rows(run):
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_smoke_run_writes_a_run_folder_and_a_usable_checkpoint(dataset, tmp_path):
+    cfg = get_preset("smoke")
+    final = train(cfg, dataset, tmp_path / "run", progress=False)
+    assert final.is_file()
+    assert (tmp_path / "run" / "config.json").is_file() and (tmp_path / "run" / "progress.png").is_file()
+    assert list((tmp_path / "run").glob("train-*.log"))
+    r = rows(tmp_path / "run")
+    assert [int(x["epoch"]) for x in r] == [1, 2]
+    assert all(np.isfinite(float(x["loss"])) for x in r)
+    net, payload = load_network(final)
+    assert payload["metadata"]["train_config"]["name"] == "smoke"
+    assert payload["metadata"]["normalization"]["method"] == "quantile"
+    assert "training_state" not in payload
+    out = net(torch.zeros(1, 3, 32, 32, 16))
+    assert out.shape == (1, 1, 32, 32, 16)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, dataset, tmp_path / "run", progress=False)
+
+
+def test_resume_continues_where_it_stopped(dataset, tmp_path, monkeypatch):
+    import lacunes.training.loop as loop
+
+    cfg = get_preset("smoke").replace(epochs=3)
+    calls = []
+
+    def crash(run_dir):
+        calls.append(run_dir)
+        raise KeyboardInterrupt  # stopped right after the first epoch's checkpoint
+
+    monkeypatch.setattr(loop, "plot_progress", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, dataset, tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    assert [int(x["epoch"]) for x in rows(tmp_path / "run")] == [1]
+    with pytest.raises(ConfigMismatchError):
+        train(cfg.replace(lr=0.5), dataset, tmp_path / "run", resume=True, progress=False)
+    train(cfg, dataset, tmp_path / "run", resume=True, progress=False)
+    assert [int(x["epoch"]) for x in rows(tmp_path / "run")] == [1, 2, 3]
+    log = "".join(p.read_text() for p in (tmp_path / "run").glob("train-*.log"))
+    assert "resumed from" in log and "at epoch 1" in log
+
+
+def test_ablation_switch_and_config_roundtrip():
+    cfg = get_preset("cpu").replace(loss=LossMode.DICEBCE)
+    assert cfg.effective_beta == 0.0 and get_preset("valdo").effective_beta == 0.33
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    v = get_preset("valdo")
+    assert (v.epochs, v.batch_size, v.crops_per_subject, v.crop_size, v.pos_fraction, v.lr, v.optimizer) == \
+        (222, 4, 2, (192, 192, 32), 0.95, 1e-3, "ranger21")
+    with pytest.raises(ValueError, match="unknown preset"):
+        get_preset("gpu9000")
+
+
+def test_label_modes():
+    r1 = np.array([1, 1, 0, 0])
+    r2 = np.array([1, 0, 1, 0])
+    assert combine_raters([r1, r2], LabelMode.UNION).tolist() == [True, True, True, False]
+    assert combine_raters([r1, r2], LabelMode.INTERSECTION).tolist() == [True, False, False, False]
+    assert combine_raters([r1, r2], LabelMode.RATER1).tolist() == [True, True, False, False]
+
+
+def test_training_data_checks_name_the_file(tmp_path):
+    images, label, geom = write_subject(tmp_path, "sub-001")
+    cfg = get_preset("smoke")
+    subjects = load_training_set(tmp_path, cfg, progress=False)
+    assert subjects[0].n_instances == 1 and subjects[0].image.shape == (3, *geom.shape)
+    bad = label.astype(np.float32)
+    bad[0, 0, 0] = np.nan
+    write_volume(bad, geom, tmp_path / "sub-001_space-T1_desc-Rater1_Lacunes.mha")
+    (tmp_path / "sub-001_space-T1_desc-Rater1_Lacunes.nii.gz").unlink()
+    (tmp_path / "sub-001_space-T1_desc-Rater2_Lacunes.nii.gz").unlink()
+    t1 = images["T1"].copy()
+    t1[1, 1, 1] = np.inf
+    mha = tmp_path / "mha"
+    mha.mkdir()
+    for m in ("T1", "T2", "FLAIR"):
+        write_volume(t1 if m == "T1" else images[m], geom, mha / f"sub-001_space-T1_desc-masked_{m}.mha")
+    write_volume(label, geom, mha / "sub-001_space-T1_desc-Rater1_Lacunes.mha")
+    with pytest.raises(NonFiniteError, match=r"desc-masked_T1\.mha holds 1"):
+        load_training_set(mha, cfg, progress=False)
+    with pytest.raises(MissingLabelError, match="no rater label for sub-001"):
+        load_training_set(tmp_path, cfg, progress=False)
+
+
+def test_two_process_gloo_run(dataset, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lacunes.cli", "train", "--data", str(dataset), "--run-dir", str(tmp_path / "ddp"),
+           "--preset", "smoke", "--device", "cpu", "--no-progress", "--threads", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = rows(tmp_path / "ddp")
+    assert len(r) == 2
+    assert int(r[0]["crops"]) == 2 * 2  # 2 processes × 2 batches × 1 subject × 1 crop
+    _, payload = load_network(tmp_path / "ddp" / "checkpoints" / "final.pt")
+    assert payload["metadata"]["hardware"]["world_size"] == 2
