@@ -272,6 +272,30 @@ class Predictor:
     @torch.inference_mode()
     def predict_normalized(self, normalized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probability and uncertainty (float32 (x, y, z), in [0, 1]) of a normalized ``3×X×Y×Z`` array."""
+        prob, unc = self.maps_from_logits(self.variant_logits(normalized), self.settings.uncertainty)
+        return prob.cpu().numpy(), unc.cpu().numpy()
+
+    def maps_from_logits(self, variant_logits: torch.Tensor, uncertainty: UncertaintyMode | str
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probability (mean of the variants' sigmoids) and uncertainty from ``V×X×Y×Z`` logits.
+
+        Voxels with a non-finite logit in any variant get probability 0 and uncertainty 1 (logged)."""
+        finite = torch.isfinite(variant_logits).all(0)
+        bad = int((~finite).sum())
+        if bad:
+            logger.error("%d voxel(s) with non-finite network output; set to probability 0, uncertainty 1", bad)
+            variant_logits = torch.nan_to_num(variant_logits, nan=0.0)
+        prob = torch.sigmoid(variant_logits).mean(0).clamp(0.0, 1.0)
+        unc = uncertainty_map(uncertainty, variant_logits)
+        if bad:
+            prob = torch.where(finite, prob, torch.zeros_like(prob))
+            unc = torch.where(finite, unc, torch.ones_like(unc))
+        self.last_stats["nonfinite_outputs"] = bad
+        return prob.float(), unc.float()
+
+    @torch.inference_mode()
+    def variant_logits(self, normalized: np.ndarray) -> torch.Tensor:
+        """The window-blended logits of each TTA variant, ``V×X×Y×Z`` float32 (on the device)."""
         from monai.inferers import sliding_window_inference
 
         if normalized.ndim != 4 or normalized.shape[0] != 3:
@@ -281,24 +305,14 @@ class Predictor:
         if self._chunk is None:
             self._chunk = self.samples_per_call(roi)
         x = self.model_input(normalized).to(self.device)
-        variant_logits = sliding_window_inference(
+        logits = sliding_window_inference(
             x, roi_size=roi, sw_batch_size=windows_per_call, predictor=self._window_fn,
             overlap=self.settings.overlap, mode=str(self.settings.blend), padding_mode="constant", cval=0.0,
             progress=self.settings.progress,
         )[0]
-        finite = torch.isfinite(variant_logits).all(0)
-        bad = int((~finite).sum())
-        if bad:
-            logger.error("%d voxel(s) with non-finite network output; set to probability 0, uncertainty 1", bad)
-            variant_logits = torch.nan_to_num(variant_logits, nan=0.0)
-        prob = torch.sigmoid(variant_logits).mean(0).clamp(0.0, 1.0)
-        unc = uncertainty_map(self.settings.uncertainty, variant_logits)
-        if bad:
-            prob = torch.where(finite, prob, torch.zeros_like(prob))
-            unc = torch.where(finite, unc, torch.ones_like(unc))
         self.last_stats = {"roi": roi, "variants": len(self.plan.variants), "samples_per_call": self._chunk,
-                           "windows_per_call": windows_per_call, "nonfinite_outputs": bad}
-        return prob.float().cpu().numpy(), unc.float().cpu().numpy()
+                           "windows_per_call": windows_per_call}
+        return logits.float()
 
     def predict(self, subject: Subject | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probability and uncertainty maps of a subject (or a raw ``3×X×Y×Z`` array).
