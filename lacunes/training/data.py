@@ -96,9 +96,11 @@ def build_transforms(config: TrainConfig):
     keys = ["image", "label", "instances"]
     pos = config.pos_fraction
     return T.Compose([
+        # Background crops are centred inside the brain (a voxel where some channel is > 0), not in
+        # the empty space around it, so that they show the model the CSF spaces and mimics.
         T.RandCropByPosNegLabeld(
             keys=keys, label_key="label", spatial_size=config.crop_size, pos=pos, neg=1.0 - pos,
-            num_samples=config.crops_per_subject, allow_smaller=True,
+            num_samples=config.crops_per_subject, image_key="image", image_threshold=0.0, allow_smaller=True,
         ),
         T.SpatialPadd(keys=keys, spatial_size=config.crop_size),
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=0),
