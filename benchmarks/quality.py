@@ -174,7 +174,8 @@ def main() -> int:
         f"--seed {HELDOUT_SEED} --first-id 101` (the training set used seed 2021). Reference = mean of the two raters; "
         "centre matching within 5 mm. Median [IQR] over subjects (F1 and Dice over subjects with lacunes).",
         "",
-        "| model · setting | subjects | F1 | Dice | AVD mm³ | unc. flags | unc. voxels | FP per lacune-free subject | s / subject |",
+        "| model · setting | subjects | F1 | Dice | AVD mm³ | unc. flags | unc. voxels "
+        "| FP per lacune-free subject | s / subject |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, n, s, info, fp_free in table:
