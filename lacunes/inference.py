@@ -154,6 +154,24 @@ def _round16(n: int) -> int:
     return int(-(-n // 16) * 16)
 
 
+def roi_for(settings: InferenceSettings, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    """The window for a volume: the settings' one, shrunk to the volume when ``fit_roi_to_image``."""
+    roi = tuple(int(r) for r in settings.roi_size)
+    if settings.fit_roi_to_image:
+        roi = tuple(min(r, _round16(s)) for r, s in zip(roi, shape))
+    return roi
+
+
+def model_input(normalized: np.ndarray, settings: InferenceSettings) -> torch.Tensor:
+    """``1×3·copies×X×Y×Z``: the clean volume followed by its noisy TTA copies (seeded)."""
+    clean = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32))
+    copies = [clean]
+    gen = torch.Generator().manual_seed(settings.seed)
+    for _ in range(1, TTAPlan.from_settings(settings).n_copies):
+        copies.append(clean + settings.noise_std * torch.randn(clean.shape, generator=gen))
+    return torch.cat(copies)[None]
+
+
 class Predictor:
     """Lacune probability and uncertainty for a subject.
 
@@ -255,19 +273,10 @@ class Predictor:
         return torch.cat(restored, dim=1)
 
     def model_input(self, normalized: np.ndarray) -> torch.Tensor:
-        """``1×3·copies×X×Y×Z``: the clean volume followed by its noisy copies (seeded)."""
-        clean = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32))
-        copies = [clean]
-        gen = torch.Generator().manual_seed(self.settings.seed)
-        for _ in range(1, self.plan.n_copies):
-            copies.append(clean + self.settings.noise_std * torch.randn(clean.shape, generator=gen))
-        return torch.cat(copies)[None]
+        return model_input(normalized, self.settings)
 
     def roi_for(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
-        roi = tuple(int(r) for r in self.settings.roi_size)
-        if self.settings.fit_roi_to_image:
-            roi = tuple(min(r, _round16(s)) for r, s in zip(roi, shape))
-        return roi
+        return roi_for(self.settings, shape)
 
     @torch.inference_mode()
     def predict_normalized(self, normalized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -336,9 +345,7 @@ def reference_predict(network: torch.nn.Module, normalized: np.ndarray, settings
     from monai.inferers import sliding_window_inference
 
     plan = TTAPlan.from_settings(settings)
-    helper = Predictor.__new__(Predictor)
-    helper.settings, helper.plan = settings, plan
-    x = helper.model_input(normalized)
+    x = model_input(normalized, settings)
     network = network.to(device).eval()
     total = None
     for copy, dims in plan.variants:
@@ -348,7 +355,7 @@ def reference_predict(network: torch.nn.Module, normalized: np.ndarray, settings
             out = network(torch.flip(w, dims) if dims else w)
             return torch.flip(out, dims) if dims else out
 
-        logits = sliding_window_inference(volume, roi_size=helper.roi_for(normalized.shape[1:]), sw_batch_size=1,
+        logits = sliding_window_inference(volume, roi_size=roi_for(settings, normalized.shape[1:]), sw_batch_size=1,
                                           predictor=run, overlap=settings.overlap, mode=str(settings.blend),
                                           padding_mode="constant", cval=0.0)
         prob = torch.sigmoid(logits.float())
