@@ -27,6 +27,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from results_md import replace_section  # noqa: E402
 
 
 def one(kind: str, preset: str, model: Path, case: Path, out: Path, device: str, precision: str) -> dict:
@@ -78,17 +81,6 @@ def flops_per_volume(predictor, shape) -> float:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         predictor.network(torch.zeros(1, 3, *roi, device=predictor.device))
     return counter.get_total_flops() * n_windows * len(predictor.plan.variants)
-
-
-def replace_section(path: Path, name: str, text: str) -> None:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    doc = path.read_text() if path.is_file() else "# Benchmarks\n"
-    block = f"{start}\n{text}\n{end}"
-    if start in doc and end in doc:
-        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    path.write_text(doc)
 
 
 def main() -> int:
@@ -161,7 +153,7 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|",
         *rows,
     ])
-    replace_section(HERE / "RESULTS.md", args.section, text)
+    replace_section(args.section, text)
     print(text)
     return 0
 

@@ -26,6 +26,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from results_md import replace_section  # noqa: E402
 
 from lacunes.evaluation import evaluate_pair, pair_subjects, write_reports  # noqa: E402
 from lacunes.inference import PRESETS, Predictor  # noqa: E402
@@ -107,17 +110,6 @@ def plot(curves: dict[str, list[tuple[str, int, float]]], path: Path) -> None:
     plt.close(fig)
 
 
-def replace_section(path: Path, name: str, text: str) -> None:
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    doc = path.read_text() if path.is_file() else "# Benchmarks\n"
-    block = f"{start}\n{text}\n{end}"
-    if start in doc and end in doc:
-        doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip() + "\n\n" + block + "\n"
-    path.write_text(doc)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--heldout", default=str(ROOT / "data" / "synth-heldout"))
@@ -192,7 +184,7 @@ def main() -> int:
     for name, rows in curves.items():
         lines.append(f"| {name} | " + " | ".join(f"{r[2]:.2f} (n={r[1]})" for r in rows) + " |")
     text = "\n".join(lines)
-    replace_section(HERE / "RESULTS.md", "quality", text)
+    replace_section("quality", text)
     (work / "quality.json").write_text(json.dumps({"table": [(t[0], t[1], t[2], t[3], t[4]) for t in table]},
                                                   indent=1, default=str))
     print(text)
