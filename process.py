@@ -40,6 +40,7 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path):
     from evalutils import SegmentationAlgorithm
     from evalutils.validators import UniqueImagesValidator
 
+    from lacunes.io import atomic_output
     from lacunes.layouts import valdo_subject
     from lacunes.runner import run_subject
 
@@ -69,9 +70,8 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path):
 
         def save(self) -> None:
             # Written atomically so a crash never leaves a truncated results.json.
-            tmp = Path(self._output_file).with_name(".results.json.tmp")
-            tmp.write_text(json.dumps(self._case_results))
-            tmp.replace(self._output_file)
+            with atomic_output(self._output_file) as tmp:
+                tmp.write_text(json.dumps(self._case_results))
 
     return LacuneSegmentation()
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,21 +190,30 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply_to(image)
 
 
-def write_image_atomic(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` (same suffix, so writers pick the same format); on
+    success it is renamed to ``path`` with the usual permissions, on any error it is removed. A crash
+    therefore never leaves a half-written file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        sitk.WriteImage(image, tmp, compress)
+        yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_image_atomic(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    with atomic_output(path) as tmp:
+        sitk.WriteImage(image, str(tmp), compress)
+    return Path(path)
 
 
 def write_volume(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:

@@ -12,7 +12,7 @@ import numpy as np
 
 from lacunes.inference import Predictor
 from lacunes.instances import lesion_table
-from lacunes.io import read_subject, write_volume
+from lacunes.io import atomic_output, read_subject, write_volume
 from lacunes.layouts import SubjectFiles
 
 logger = logging.getLogger(__name__)
@@ -29,15 +29,12 @@ class SubjectReport:
 
 
 def write_lesion_table(rows: list[dict], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
     columns = ["id", "voxels", "volume_mm3", "centre_x_mm", "centre_y_mm", "centre_z_mm", "max_probability",
                "mean_uncertainty"]
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
     return path
 
 
