@@ -16,8 +16,10 @@ of the variants' sigmoids); the variants' mean logit gives the default uncertain
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -37,6 +39,10 @@ logger = logging.getLogger(__name__)
 CPU_BYTES_PER_VOXEL = 1250
 #: The same on CUDA, per sample, float16 autocast (an estimate with a margin; OOM halves anyway).
 CUDA_BYTES_PER_VOXEL = 700
+#: Widest activation of the recipe's network at full resolution (the first decoder level concatenates
+#: 32 + 32 channels). Samples per CUDA call are capped so that such an activation keeps under 2**31
+#: elements, the limit of the 32-bit indexing of several CUDA kernels (7 windows of 256×256×64).
+WIDEST_CHANNELS = 64
 
 
 class TTAMode(StrEnum):
@@ -46,8 +52,14 @@ class TTAMode(StrEnum):
 
 
 class Precision(StrEnum):
-    AUTO = "auto"  # float16 autocast on CUDA, float32 elsewhere
+    """Arithmetic of the network. ``float32`` is IEEE float32 everywhere (cuDNN's TF32 off); ``tf32``
+    lets cuDNN use TF32 for convolutions on CUDA (PyTorch's own default); ``float16``/``bfloat16``
+    are autocast (convolutions in 16 bit, normalization in float32). ``auto`` = float16 on CUDA,
+    float32 elsewhere. Each one's effect on the probabilities is measured in benchmarks/RESULTS.md."""
+
+    AUTO = "auto"
     FLOAT32 = "float32"
+    TF32 = "tf32"
     FLOAT16 = "float16"
     BFLOAT16 = "bfloat16"
 
@@ -70,7 +82,10 @@ class InferenceSettings:
         noise_std: standard deviation of the TTA noise (normalized units, where WM ≈ 0.5–1).
         blend: how overlapping windows are blended.
         device: ``auto`` (cuda, then mps, then cpu) or a torch device name.
-        precision: autocast type on CUDA (``auto`` = float16); the CPU always runs float32.
+        precision: see :class:`Precision`; on the CPU only ``bfloat16`` differs from float32 (autocast,
+            fast on CPUs with AMX/AVX-512 BF16, not exact).
+        channels_last: channels-last (NDHWC) tensors for the network; None = on CUDA only, where
+            cuDNN's 16-bit 3D convolutions are faster in that layout (on the CPU it is slower).
         uncertainty: which uncertainty map to write.
         memory_gb: on the CPU, the host memory the network may use at once (sets how many samples
             run together); on CUDA the free memory decides.
@@ -89,6 +104,7 @@ class InferenceSettings:
     blend: BlendMode = BlendMode.CONSTANT
     device: str = "auto"
     precision: Precision = Precision.AUTO
+    channels_last: bool | None = None
     uncertainty: UncertaintyMode = UncertaintyMode.INVERSE_LOGIT
     memory_gb: float = 6.0
     fit_roi_to_image: bool = False
@@ -120,6 +136,17 @@ class InferenceSettings:
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else str(v) if isinstance(v, StrEnum) else v)
                 for k, v in self.__dict__.items()}
+
+
+@contextlib.contextmanager
+def backend_flags(device: torch.device, allow_tf32: bool) -> Iterator[None]:
+    """On CUDA: cuDNN autotuning on (all windows share one shape, so the search pays once per process)
+    and TF32 convolutions on or off; the previous flags come back afterwards. Elsewhere: nothing."""
+    if device.type != "cuda":
+        yield
+        return
+    with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=allow_tf32):
+        yield
 
 
 #: The published recipe.
@@ -198,6 +225,8 @@ class Predictor:
         self.metadata = metadata or {}
         self.device = resolve_device(settings.device)
         self.network = network.to(self.device).eval()
+        if self.channels_last:
+            self.network = self.network.to(memory_format=torch.channels_last_3d)
         self.plan = TTAPlan.from_settings(settings)
         self._chunk: int | None = None
         self.last_stats: dict[str, Any] = {}
@@ -214,13 +243,23 @@ class Predictor:
     # ------------------------------------------------------------------------------------------
 
     @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        if self.device.type != "cuda":
-            return None
+    def channels_last(self) -> bool:
+        cl = self.settings.channels_last
+        return self.device.type == "cuda" if cl is None else bool(cl)
+
+    @property
+    def precision(self) -> Precision:
+        """The precision in effect on this device (``auto`` resolved)."""
         p = self.settings.precision
-        if p == Precision.FLOAT32:
-            return None
-        return torch.bfloat16 if p == Precision.BFLOAT16 else torch.float16
+        if p == Precision.AUTO:
+            return Precision.FLOAT16 if self.device.type == "cuda" else Precision.FLOAT32
+        if self.device.type != "cuda" and p in (Precision.TF32, Precision.FLOAT16):
+            return Precision.FLOAT32
+        return p
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return {Precision.FLOAT16: torch.float16, Precision.BFLOAT16: torch.bfloat16}.get(self.precision)
 
     def window_batch(self) -> int:
         if self.settings.sw_batch_size is not None:
@@ -233,7 +272,8 @@ class Predictor:
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
             per = voxels * (CUDA_BYTES_PER_VOXEL if self.autocast_dtype is not None else 2 * CUDA_BYTES_PER_VOXEL)
-            budget = free * 0.8
+            index_cap = max(1, (2**31 - 1) // (voxels * WIDEST_CHANNELS))
+            return max(1, min(index_cap, int(free * 0.8 // per)))
         else:
             per = voxels * CPU_BYTES_PER_VOXEL
             budget = self.settings.memory_gb * 1e9
@@ -244,10 +284,13 @@ class Predictor:
         outputs, i = [], 0
         while i < x.shape[0]:
             chunk = self._chunk or x.shape[0]
+            part = x[i:i + chunk]
+            if self.channels_last:
+                part = part.contiguous(memory_format=torch.channels_last_3d)
             try:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                     enabled=self.autocast_dtype is not None):
-                    out = self.network(x[i:i + chunk])
+                    out = self.network(part)
             except torch.cuda.OutOfMemoryError:
                 if chunk == 1:
                     raise
@@ -255,7 +298,7 @@ class Predictor:
                 logger.warning("CUDA out of memory with %d samples at once; retrying with %d", chunk, self._chunk)
                 torch.cuda.empty_cache()
                 continue
-            outputs.append(out.float())
+            outputs.append(out.float().contiguous())
             i += chunk
         return torch.cat(outputs)
 
@@ -314,13 +357,15 @@ class Predictor:
         if self._chunk is None:
             self._chunk = self.samples_per_call(roi)
         x = self.model_input(normalized).to(self.device)
-        logits = sliding_window_inference(
-            x, roi_size=roi, sw_batch_size=windows_per_call, predictor=self._window_fn,
-            overlap=self.settings.overlap, mode=str(self.settings.blend), padding_mode="constant", cval=0.0,
-            progress=self.settings.progress,
-        )[0]
+        with backend_flags(self.device, allow_tf32=self.precision == Precision.TF32):
+            logits = sliding_window_inference(
+                x, roi_size=roi, sw_batch_size=windows_per_call, predictor=self._window_fn,
+                overlap=self.settings.overlap, mode=str(self.settings.blend), padding_mode="constant", cval=0.0,
+                progress=self.settings.progress,
+            )[0]
         self.last_stats = {"roi": roi, "variants": len(self.plan.variants), "samples_per_call": self._chunk,
-                           "windows_per_call": windows_per_call}
+                           "windows_per_call": windows_per_call, "precision": str(self.precision),
+                           "channels_last": self.channels_last}
         return logits.float()
 
     def predict(self, subject: Subject | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -338,14 +383,17 @@ class Predictor:
 
 @torch.inference_mode()
 def reference_predict(network: torch.nn.Module, normalized: np.ndarray, settings: InferenceSettings,
-                      device: str | torch.device = "cpu") -> np.ndarray:
+                      device: str | torch.device = "cpu", sw_batch_size: int = 1,
+                      allow_tf32: bool = False) -> np.ndarray:
     """The plain loop the predictor is checked and benchmarked against: MONAI's
-    ``sliding_window_inference`` called once per TTA variant, float32, one network sample at a time,
-    probabilities averaged. Returns the mean probability (x, y, z)."""
+    ``sliding_window_inference`` called once per TTA variant, float32 (cuDNN TF32 only if
+    ``allow_tf32``), ``sw_batch_size`` windows per network call, probabilities averaged. Returns the
+    mean probability (x, y, z)."""
     from monai.inferers import sliding_window_inference
 
     plan = TTAPlan.from_settings(settings)
     x = model_input(normalized, settings)
+    device = torch.device(device)
     network = network.to(device).eval()
     total = None
     for copy, dims in plan.variants:
@@ -355,9 +403,10 @@ def reference_predict(network: torch.nn.Module, normalized: np.ndarray, settings
             out = network(torch.flip(w, dims) if dims else w)
             return torch.flip(out, dims) if dims else out
 
-        logits = sliding_window_inference(volume, roi_size=roi_for(settings, normalized.shape[1:]), sw_batch_size=1,
-                                          predictor=run, overlap=settings.overlap, mode=str(settings.blend),
-                                          padding_mode="constant", cval=0.0)
+        with backend_flags(device, allow_tf32=allow_tf32):
+            logits = sliding_window_inference(volume, roi_size=roi_for(settings, normalized.shape[1:]),
+                                              sw_batch_size=sw_batch_size, predictor=run, overlap=settings.overlap,
+                                              mode=str(settings.blend), padding_mode="constant", cval=0.0)
         prob = torch.sigmoid(logits.float())
         total = prob if total is None else total + prob
     return (total / len(plan.variants))[0, 0].cpu().numpy()

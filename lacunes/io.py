@@ -14,9 +14,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # imported where images are read or written: the predictor on arrays needs no SimpleITK
+    import SimpleITK as sitk
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +107,8 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     path = Path(path)
     if not path.is_file():
         raise UnreadableImageError(f"no such file: {path}")
+    import SimpleITK as sitk
+
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
@@ -184,6 +189,8 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike]) -> Subjec
 
 def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     """An (x, y, z) array as a SimpleITK image carrying ``geometry``."""
+    import SimpleITK as sitk
+
     if tuple(array.shape) != tuple(geometry.shape):
         raise ValueError(f"array shape {array.shape} does not match the geometry's {geometry.shape}")
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
@@ -211,6 +218,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 
 def write_image_atomic(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
     """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    import SimpleITK as sitk
+
     with atomic_output(path) as tmp:
         sitk.WriteImage(image, str(tmp), compress)
     return Path(path)

@@ -151,3 +151,49 @@ def test_settings_validation():
         InferenceSettings(roi_size=(8, 8, 8))
     with pytest.raises(ValueError, match="CUDA is not available"):
         Predictor(PlusOne(), InferenceSettings(device="cuda"))
+
+
+def test_precision_resolves_per_device():
+    cpu = lambda **kw: Predictor(PlusOne(), settings(**kw))  # noqa: E731
+    assert cpu().precision == "float32" and cpu().autocast_dtype is None
+    # TF32 and float16 are CUDA arithmetic: on the CPU they run as float32
+    assert cpu(precision="tf32").precision == "float32"
+    assert cpu(precision="float16").autocast_dtype is None
+    assert cpu(precision="bfloat16").autocast_dtype == torch.bfloat16
+    assert not cpu().channels_last and cpu(channels_last=True).channels_last
+    with pytest.raises(ValueError, match="precision must be one of"):
+        settings(precision="int8")
+
+
+def test_channels_last_and_window_batch_change_nothing(tiny_checkpoint):
+    from lacunes.checkpoint import load_network
+
+    x = np.random.default_rng(7).normal(size=(3, 37, 29, 21)).astype(np.float32)
+    s = settings(roi_size=(32, 32, 16), tta="flips", overlap=0.5)
+    net, _ = load_network(tiny_checkpoint)
+    plain = reference_predict(net, x, s)
+    np.testing.assert_allclose(reference_predict(net, x, s, sw_batch_size=3), plain, atol=1e-5)
+    net, _ = load_network(tiny_checkpoint)
+    prob, _ = Predictor(net, s.replace(channels_last=True, sw_batch_size=2)).predict_normalized(x)
+    np.testing.assert_allclose(prob, plain, atol=1e-5)
+
+
+def test_bfloat16_on_the_cpu_is_close_but_not_exact(tiny_checkpoint):
+    from lacunes.checkpoint import load_network
+
+    x = np.random.default_rng(8).normal(size=(3, 32, 32, 16)).astype(np.float32)
+    s = settings(roi_size=(32, 32, 16))
+    net, _ = load_network(tiny_checkpoint)
+    exact, _ = Predictor(net, s).predict_normalized(x)
+    half, _ = Predictor(net, s.replace(precision="bfloat16")).predict_normalized(x)
+    diff = np.abs(half - exact).max()
+    assert 0 < diff < 0.05
+
+
+def test_cuda_calls_are_capped_below_32_bit_indexing(monkeypatch):
+    p = Predictor(PlusOne(), settings())
+    monkeypatch.setattr(p, "device", torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10**12, 10**12))
+    # 8 recipe windows keep the widest activation (64 channels) under 2**31 elements
+    assert p.samples_per_call((256, 256, 64)) == 7
+    assert p.samples_per_call((64, 64, 32)) > 100
