@@ -4,8 +4,8 @@
 Baseline: MONAI ``sliding_window_inference`` called once per TTA variant, float32 (IEEE: cuDNN's TF32
 off), the recipe's window batch (7 windows per call on a GPU, 1 on the CPU, where 7 would need ~37 GB),
 probabilities averaged (:func:`lacunes.inference.reference_predict`). Project: :class:`Predictor` (all
-TTA variants of a window batch in one network call, ``inference_mode``, on CUDA channels-last,
-cuDNN autotuning and the chosen precision). Both on the bundled sample case with the same settings;
+TTA variants of a window batch in one network call, ``inference_mode``, on CUDA cuDNN autotuning
+and the chosen precision; ``/cl`` = channels-last tensors). Both on the bundled sample case with the same settings;
 each run in a subprocess of its own so that its peak host memory is its own. Every run's probabilities
 are compared with the float32 baseline's (max abs difference; the predictor at float32 must stay
 ≤ 1e-3, and the table states what each lower precision changes). On CUDA each run predicts twice and
@@ -13,7 +13,7 @@ the second (warm: CUDA context, cuDNN search done) is timed; the first is in the
 of benchmarks/RESULTS.md.
 
     python benchmarks/inference.py                          # the default runs for the available device
-    python benchmarks/inference.py --runs project/fast      # one run: KIND/PRESET[/PRECISION[/nocl]]
+    python benchmarks/inference.py --runs project/fast/float32   # one run: KIND/PRESET/PRECISION[/cl]
     python benchmarks/inference.py --export-case case.npz   # the sample case as one array (no SimpleITK needed)
 """
 
@@ -37,7 +37,7 @@ from results_md import replace_section  # noqa: E402
 
 CPU_RUNS = "baseline/full/float32,project/full/float32,project/full/bfloat16,project/fast/float32"
 CUDA_RUNS = ("baseline/full/float32,baseline/full/tf32,project/full/float32,project/full/tf32,project/full/float16,"
-             "project/full/float16/nocl,project/full/bfloat16,project/fast/float16")
+             "project/full/float16/cl,project/full/bfloat16,project/fast/tf32")
 
 
 def load_case(case: Path):
@@ -64,7 +64,7 @@ def one(spec: str, model: Path, case: Path, out: Path, device: str) -> dict:
     kind, preset, precision, *flags = spec.split("/")
     image = load_case(case)
     settings = PRESETS[preset].replace(progress=False, device=device, precision=precision,
-                                       channels_last=False if "nocl" in flags else None)
+                                       channels_last="cl" in flags)
     predictor = Predictor.from_checkpoint(model, settings)
     normalized = prepare_image(image, predictor.normalization)
     cuda = predictor.device.type == "cuda"
@@ -121,7 +121,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "model" / "lacunes.pt"))
     ap.add_argument("--case", default=str(ROOT / "test"), help="a VALDO folder (first subject) or an .npz")
-    ap.add_argument("--runs", default=None, help=f"comma-separated KIND/PRESET/PRECISION[/nocl]; default on CPU: "
+    ap.add_argument("--runs", default=None, help=f"comma-separated KIND/PRESET/PRECISION[/cl]; default on CPU: "
                                                   f"{CPU_RUNS}; on CUDA: {CUDA_RUNS}")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--work", default=str(ROOT / "out" / "inference-benchmark"))

@@ -53,9 +53,10 @@ class TTAMode(StrEnum):
 
 class Precision(StrEnum):
     """Arithmetic of the network. ``float32`` is IEEE float32 everywhere (cuDNN's TF32 off); ``tf32``
-    lets cuDNN use TF32 for convolutions on CUDA (PyTorch's own default); ``float16``/``bfloat16``
-    are autocast (convolutions in 16 bit, normalization in float32). ``auto`` = float16 on CUDA,
-    float32 elsewhere. Each one's effect on the probabilities is measured in benchmarks/RESULTS.md."""
+    lets cuDNN use TF32 for convolutions on CUDA (PyTorch's own default; probabilities within 5e-4 of
+    float32 on the sample case); ``float16``/``bfloat16`` are autocast (convolutions in 16 bit,
+    normalization in float32; float16 is the fastest on a GPU, within 3e-3). ``auto`` = tf32 on CUDA,
+    float32 elsewhere. Measured in benchmarks/RESULTS.md."""
 
     AUTO = "auto"
     FLOAT32 = "float32"
@@ -84,8 +85,9 @@ class InferenceSettings:
         device: ``auto`` (cuda, then mps, then cpu) or a torch device name.
         precision: see :class:`Precision`; on the CPU only ``bfloat16`` differs from float32 (autocast,
             fast on CPUs with AMX/AVX-512 BF16, not exact).
-        channels_last: channels-last (NDHWC) tensors for the network; None = on CUDA only, where
-            cuDNN's 16-bit 3D convolutions are faster in that layout (on the CPU it is slower).
+        channels_last: channels-last (NDHWC) tensors for the network. Off by default: with this
+            network it was slower on both a CPU and an H200 (instance norm converts back; see
+            benchmarks/RESULTS.md).
         uncertainty: which uncertainty map to write.
         memory_gb: on the CPU, the host memory the network may use at once (sets how many samples
             run together); on CUDA the free memory decides.
@@ -104,7 +106,7 @@ class InferenceSettings:
     blend: BlendMode = BlendMode.CONSTANT
     device: str = "auto"
     precision: Precision = Precision.AUTO
-    channels_last: bool | None = None
+    channels_last: bool = False
     uncertainty: UncertaintyMode = UncertaintyMode.INVERSE_LOGIT
     memory_gb: float = 6.0
     fit_roi_to_image: bool = False
@@ -244,15 +246,14 @@ class Predictor:
 
     @property
     def channels_last(self) -> bool:
-        cl = self.settings.channels_last
-        return self.device.type == "cuda" if cl is None else bool(cl)
+        return bool(self.settings.channels_last)
 
     @property
     def precision(self) -> Precision:
         """The precision in effect on this device (``auto`` resolved)."""
         p = self.settings.precision
         if p == Precision.AUTO:
-            return Precision.FLOAT16 if self.device.type == "cuda" else Precision.FLOAT32
+            return Precision.TF32 if self.device.type == "cuda" else Precision.FLOAT32
         if self.device.type != "cuda" and p in (Precision.TF32, Precision.FLOAT16):
             return Precision.FLOAT32
         return p

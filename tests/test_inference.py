@@ -161,6 +161,7 @@ def test_precision_resolves_per_device():
     assert cpu(precision="float16").autocast_dtype is None
     assert cpu(precision="bfloat16").autocast_dtype == torch.bfloat16
     assert not cpu().channels_last and cpu(channels_last=True).channels_last
+    assert cpu(precision="auto").precision == "float32"
     with pytest.raises(ValueError, match="precision must be one of"):
         settings(precision="int8")
 
