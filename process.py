@@ -11,7 +11,8 @@ Two input layouts are recognised (see README):
   ``/output/images/lacune-probability-map/output.mha`` and ``.../lacune-uncertainty-map/output.mha``.
 
 With no flags it runs the published recipe (``full``). ``LACUNES_INFERENCE=fast`` (or ``--preset fast``)
-selects the CPU setting; ``LACUNES_DEVICE`` (or ``--device``) the device.
+selects the CPU setting; ``LACUNES_DEVICE`` (or ``--device``) the device; ``LACUNES_PRECISION`` (or
+``--precision``) the arithmetic (``auto`` = tf32 on CUDA, float32 on the CPU).
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="inference setting (default: $LACUNES_INFERENCE or full, the published recipe)")
     parser.add_argument("--device", default=os.environ.get("LACUNES_DEVICE", "auto"),
                         help="auto (cuda, mps, cpu), cpu, cuda... (default: $LACUNES_DEVICE or auto)")
+    parser.add_argument("--precision", default=os.environ.get("LACUNES_PRECISION", "auto"),
+                        choices=["auto", "float32", "tf32", "float16", "bfloat16"],
+                        help="network arithmetic (default: $LACUNES_PRECISION or auto = tf32 on CUDA, float32 on CPU)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -112,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not input_path.is_dir():
             raise LacunesInputError(f"input folder {input_path} does not exist")
-        settings = PRESETS[args.preset].replace(device=args.device, progress=not args.no_progress)
+        settings = PRESETS[args.preset].replace(device=args.device, precision=args.precision,
+                                                progress=not args.no_progress)
         grand_challenge = is_grand_challenge_layout(input_path)
         if not grand_challenge and not find_valdo_t1s(input_path):
             found = ", ".join(sorted(p.name for p in input_path.iterdir())[:10]) or "nothing"
@@ -122,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         grand_challenge_subject(input_path) if grand_challenge else find_valdo_subjects(input_path)
         model = Path(args.model) if args.model else default_model()
         predictor = Predictor.from_checkpoint(model, settings)
-        logger.info("model %s, preset %s, device %s, %d TTA variant(s)", model, args.preset, predictor.device,
-                    len(predictor.plan.variants))
+        logger.info("model %s, preset %s, device %s, %s, %d TTA variant(s)", model, args.preset, predictor.device,
+                    predictor.precision, len(predictor.plan.variants))
         output_path.mkdir(parents=True, exist_ok=True)
         if grand_challenge:
             run_grand_challenge(predictor, input_path, output_path)

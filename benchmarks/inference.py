@@ -3,14 +3,14 @@
 
 Baseline: MONAI ``sliding_window_inference`` called once per TTA variant, float32 (IEEE: cuDNN's TF32
 off), the recipe's window batch (7 windows per call on a GPU, 1 on the CPU, where 7 would need ~37 GB),
-probabilities averaged (:func:`lacunes.inference.reference_predict`). Project: :class:`Predictor` (all
-TTA variants of a window batch in one network call, ``inference_mode``, on CUDA cuDNN autotuning
-and the chosen precision; ``/cl`` = channels-last tensors). Both on the bundled sample case with the same settings;
-each run in a subprocess of its own so that its peak host memory is its own. Every run's probabilities
-are compared with the float32 baseline's (max abs difference; the predictor at float32 must stay
-≤ 1e-3, and the table states what each lower precision changes). On CUDA each run predicts twice and
-the second (warm: CUDA context, cuDNN search done) is timed; the first is in the notes. Writes a section
-of benchmarks/RESULTS.md.
+probabilities averaged (:func:`lacunes.inference.reference_predict`; on CUDA with cuDNN autotuning, as
+the project). Project: :class:`Predictor` (all TTA variants of a window batch in one network call,
+``inference_mode``, on CUDA cuDNN autotuning and the chosen precision; ``/cl`` = channels-last
+tensors). Both on the bundled sample case with the same settings, each run in a subprocess of its own
+so that its peak host memory is its own. Every run's probabilities are compared with the float32
+baseline's (max abs difference; the predictor at float32 must stay ≤ 1e-3, and the table states what
+each lower precision changes). On CUDA each run predicts twice and the second (warm: CUDA context,
+cuDNN search done) is timed; the first is in the notes. Writes a section of benchmarks/RESULTS.md.
 
     python benchmarks/inference.py                          # the default runs for the available device
     python benchmarks/inference.py --runs project/fast/float32   # one run: KIND/PRESET/PRECISION[/cl]
@@ -197,9 +197,12 @@ def main() -> int:
     text = "\n".join([
         f"## Inference speed ({where})",
         "",
-        f"Command: `python benchmarks/inference.py{' --runs ' + args.runs if args.runs else ''}` on the sample case "
-        f"(`test/`, sub-201, 153×189×159 at 1 mm), bundled weights. Baseline = MONAI `sliding_window_inference` once "
-        f"per TTA variant, IEEE float32, {'7 windows' if cuda else '1 window'} per call, same settings; "
+        f"Command: `python benchmarks/inference.py{' --runs ' + args.runs if args.runs else ''}"
+        f"{' --case ' + Path(args.case).name if Path(args.case) != ROOT / 'test' else ''}` on the sample case "
+        f"(`test/`, sub-201, 153×189×159 at 1 mm{'; exported with --export-case' if args.case.endswith('.npz') else ''}), "
+        f"bundled weights. Baseline = MONAI `sliding_window_inference` once "
+        f"per TTA variant, IEEE float32, {'7 windows' if cuda else '1 window'} per call, same settings"
+        f"{' (both with cuDNN autotuning)' if cuda else ''}; "
         f"{'warm runs (the second of two in one process)' if cuda else 'one run each'}.",
         "",
         "| run | setting | seconds | × baseline | peak host GB | peak GPU GB | TFLOP/s | notes |",

@@ -50,7 +50,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if all(explicit) == bool(args.input):
         raise ValueError("give either --input DIR (VALDO layout) or --t1/--t2/--flair")
     changes = {"device": args.device, "progress": not args.no_progress and args.subject_progress}
-    for name in ("overlap", "sw_batch_size", "tta", "uncertainty", "memory_gb"):
+    for name in ("overlap", "sw_batch_size", "tta", "uncertainty", "memory_gb", "precision"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     if args.roi is not None:
@@ -72,7 +72,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = Path(args.model) if args.model else default_model_path()
     predictor = Predictor.from_checkpoint(model, settings)
     print(f"{len(items)} subject(s) (shard {shard_i}/{shard_n}), model {model}, preset {args.preset}, "
-          f"{len(predictor.plan.variants)} TTA variant(s), device {predictor.device}")
+          f"{len(predictor.plan.variants)} TTA variant(s), device {predictor.device}, {predictor.precision}")
     extras = Path(args.extras_dir) if args.extras_dir else out / "extras"
     reports: list[SubjectReport] = []
     for item in tqdm(items, desc="subjects", unit="subject", disable=args.no_progress):
@@ -186,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-gb", type=float, help="host memory the network may use on the CPU (default 6)")
     p.add_argument("--uncertainty", choices=["inverse-logit", "tta-std", "entropy"])
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    p.add_argument("--precision", choices=["auto", "float32", "tf32", "float16", "bfloat16"],
+                   help="network arithmetic (default auto: tf32 on CUDA, float32 on the CPU); float16 is the "
+                        "fastest on a GPU, bfloat16 on CPUs with AMX; both move probabilities (benchmarks/RESULTS.md)")
     p.add_argument("--shard", default="1/1", help="i/N: process every N-th subject starting at the i-th")
     p.add_argument("--overwrite", action="store_true", help="redo subjects whose outputs exist")
     p.add_argument("--mask", action="store_true", help="also write a binary mask (extras folder)")

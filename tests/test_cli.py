@@ -84,3 +84,15 @@ def test_synth_command(tmp_path, capsys):
     assert main(["synth", "--n", "1", "--out", str(tmp_path), "--seed", "3", "--first-id", "7", "--no-progress"]) == 0
     assert (tmp_path / "sub-007_space-T1_desc-masked_FLAIR.nii.gz").is_file()
     assert "wrote 1 subject(s)" in capsys.readouterr().out
+
+
+def test_precision_option_reaches_the_predictor(tmp_path, tiny_checkpoint, capsys):
+    write_subject(tmp_path / "in", "sub-003")
+    probs = {}
+    for precision in ("float32", "bfloat16"):
+        rc = predict("--input", str(tmp_path / "in"), "--output", str(tmp_path / precision), "--model",
+                     str(tiny_checkpoint), "--precision", precision)
+        assert rc == 0 and f"device cpu, {precision}" in capsys.readouterr().out
+        probs[precision], _ = read_volume(tmp_path / precision / "sub-003_space-T1_prediction.nii.gz")
+    diff = np.abs(probs["bfloat16"] - probs["float32"]).max()
+    assert 0 < diff < 0.05
