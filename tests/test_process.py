@@ -96,3 +96,7 @@ def test_no_flags_means_the_full_recipe(monkeypatch):
     assert (args.preset, args.input, args.output) == ("full", "/input", "/output")
     monkeypatch.setenv("LACUNES_INFERENCE", "fast")
     assert process.build_parser().parse_args([]).preset == "fast"
+    monkeypatch.delenv("LACUNES_PRECISION", raising=False)
+    assert process.build_parser().parse_args([]).precision == "auto"
+    monkeypatch.setenv("LACUNES_PRECISION", "bfloat16")
+    assert process.build_parser().parse_args([]).precision == "bfloat16"
