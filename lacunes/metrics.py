@@ -129,12 +129,13 @@ def evaluate_subject(
     avd = abs(float(np.where(pred_bin, prediction, 0.0).sum()) - ref_sum) * voxel
 
     # assigned[j] = reference lesion (1-based) that prediction j goes to, 0 = none; score = closeness.
+    pc_all = _centres_mm(pred_labels, n_pred, spacing)
+    rc_all = _centres_mm(ref_labels, n_ref, spacing)
     assigned = np.zeros(n_pred + 1, int)
     score = np.full(n_pred + 1, np.inf)
     if n_pred and n_ref:
         if matching == Matching.CENTRE:
-            pc, rc = _centres_mm(pred_labels, n_pred, spacing), _centres_mm(ref_labels, n_ref, spacing)
-            dist = np.linalg.norm(pc[:, None, :] - rc[None, :, :], axis=2)
+            dist = np.linalg.norm(pc_all[:, None, :] - rc_all[None, :, :], axis=2)
             for j in range(n_pred):
                 k = int(np.argmin(dist[j]))
                 if dist[j, k] < max_distance_mm:
@@ -156,6 +157,8 @@ def evaluate_subject(
     fn_refs = [k for k in range(1, n_ref + 1) if k not in tp_of]
     wfn = float(sum(ref_weights[k - 1] for k in fn_refs))
     fp = len(fp_preds)
+    # per detected reference lesion: the union of the predictions assigned to it (Dice, voxel score)
+    assigned_preds = {k: np.isin(pred_labels, [j for j in range(1, n_pred + 1) if assigned[j] == k]) for k in tp_of}
 
     if n_ref == 0:
         f1 = dice = math.nan
@@ -165,15 +168,11 @@ def evaluate_subject(
         f1 = 2 * wtp / (wfn + fp + 2 * wtp) if (wfn + fp + 2 * wtp) > 0 else 0.0
         dices = []
         for k in tp_of:
-            lesion = ref_labels == k
-            preds = np.isin(pred_labels, [j for j in range(1, n_pred + 1) if assigned[j] == k])
-            dices.append(_dice(np.where(lesion, ref, 0.0), preds))
+            dices.append(_dice(np.where(ref_labels == k, ref, 0.0), assigned_preds[k]))
         dice = float(np.mean(dices)) if dices else 0.0
 
     unc_flags = unc_voxels = math.nan
     rows = []
-    pc_all = _centres_mm(pred_labels, n_pred, spacing)
-    rc_all = _centres_mm(ref_labels, n_ref, spacing)
     flags = []
     voxel_scores = []
     for k in range(1, n_ref + 1):
@@ -189,7 +188,7 @@ def evaluate_subject(
                 comp = pred_labels == j
                 u = float(uncertainty[comp].mean())
                 flags.append(u < 0.5)
-                preds = np.isin(pred_labels, [p for p in range(1, n_pred + 1) if assigned[p] == k])
+                preds = assigned_preds[k]
                 tp_vox = preds & lesion
                 err = preds ^ lesion
                 denom = tp_vox.sum() + err.sum()
