@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lacunes.io import GeometryMismatchError, LacunesInputError, check_same_grid, read_volume
+from lacunes.io import GeometryMismatchError, LacunesInputError, atomic_output, check_same_grid, read_volume
 from lacunes.metrics import (
     DEFAULT_MATCH_DISTANCE_MM,
     SUMMARY_KEYS,
@@ -114,14 +114,14 @@ def write_reports(results: list[SubjectMetrics], out_dir: Path) -> dict[str, Pat
     summary = summarize(results)
     paths["summary_csv"] = _write_csv(out_dir / "summary.csv",
                                       [{"metric": k, **summary[k]} for k in SUMMARY_KEYS])
-    (out_dir / "summary.json").write_text(json.dumps(
-        {"summary": summary, "subjects": rows}, indent=1, default=lambda v: None))
     paths["summary_json"] = out_dir / "summary.json"
+    with atomic_output(paths["summary_json"]) as tmp:
+        tmp.write_text(json.dumps({"summary": summary, "subjects": rows}, indent=1, default=lambda v: None))
     return paths
 
 
 def _write_csv(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", newline="") as f:
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         if rows:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
