@@ -73,6 +73,15 @@ def _centres_mm(labels: np.ndarray, n: int, spacing: tuple[float, ...]) -> np.nd
     return com.reshape(n, 3) * np.asarray(spacing)[None]
 
 
+def _union_box(boxes: list[tuple[slice, ...]]) -> tuple[slice, ...]:
+    return tuple(slice(min(b[d].start for b in boxes), max(b[d].stop for b in boxes)) for d in range(len(boxes[0])))
+
+
+def _mean_in(values: np.ndarray, labels: np.ndarray, box: tuple[slice, ...], label: int) -> float:
+    """Mean of ``values`` over the voxels of ``labels == label`` (inside its bounding box)."""
+    return float(values[box][labels[box] == label].mean())
+
+
 def _dice(soft_ref: np.ndarray, binary_pred: np.ndarray) -> float:
     denom = soft_ref.sum() + binary_pred.sum()
     return float(2.0 * (soft_ref * binary_pred).sum() / denom) if denom > 0 else 0.0
@@ -157,8 +166,18 @@ def evaluate_subject(
     fn_refs = [k for k in range(1, n_ref + 1) if k not in tp_of]
     wfn = float(sum(ref_weights[k - 1] for k in fn_refs))
     fp = len(fp_preds)
-    # per detected reference lesion: the union of the predictions assigned to it (Dice, voxel score)
-    assigned_preds = {k: np.isin(pred_labels, [j for j in range(1, n_pred + 1) if assigned[j] == k]) for k in tp_of}
+    # Per-lesion work happens inside bounding boxes (a lesion is tiny next to the volume).
+    pred_boxes = ndi.find_objects(pred_labels, max_label=n_pred) if n_pred else []
+    ref_boxes = ndi.find_objects(ref_labels, max_label=n_ref) if n_ref else []
+    pred_vox = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
+    # per detected reference lesion: the box holding it and the predictions assigned to it, and in that
+    # box the lesion, its soft reference values and the union of those predictions (Dice, voxel score)
+    assigned_preds = {}
+    for k in tp_of:
+        js = [j for j in range(1, n_pred + 1) if assigned[j] == k]
+        box = _union_box([ref_boxes[k - 1]] + [pred_boxes[j - 1] for j in js])
+        lesion = ref_labels[box] == k
+        assigned_preds[k] = (box, lesion, np.where(lesion, ref[box], 0.0), np.isin(pred_labels[box], js))
 
     if n_ref == 0:
         f1 = dice = math.nan
@@ -168,7 +187,8 @@ def evaluate_subject(
         f1 = 2 * wtp / (wfn + fp + 2 * wtp) if (wfn + fp + 2 * wtp) > 0 else 0.0
         dices = []
         for k in tp_of:
-            dices.append(_dice(np.where(ref_labels == k, ref, 0.0), assigned_preds[k]))
+            _, _, soft, preds = assigned_preds[k]
+            dices.append(_dice(soft, preds))
         dice = float(np.mean(dices)) if dices else 0.0
 
     unc_flags = unc_voxels = math.nan
@@ -176,7 +196,6 @@ def evaluate_subject(
     flags = []
     voxel_scores = []
     for k in range(1, n_ref + 1):
-        lesion = ref_labels == k
         j = tp_of.get(k, 0)
         row = {"subject_id": subject_id, "kind": "reference", "id": k, "weight": float(ref_weights[k - 1]),
                "voxels": int(ref_vox[k - 1]), "volume_mm3": float(ref_vox[k - 1]) * voxel,
@@ -185,28 +204,27 @@ def evaluate_subject(
                "matched_prediction": int(j), "mean_uncertainty": math.nan}
         if uncertainty is not None:
             if j:
-                comp = pred_labels == j
-                u = float(uncertainty[comp].mean())
+                u = _mean_in(uncertainty, pred_labels, pred_boxes[j - 1], j)
                 flags.append(u < 0.5)
-                preds = assigned_preds[k]
+                box, lesion, _, preds = assigned_preds[k]
+                unc_box = uncertainty[box]
                 tp_vox = preds & lesion
                 err = preds ^ lesion
                 denom = tp_vox.sum() + err.sum()
-                voxel_scores.append(float(((1 - uncertainty[tp_vox]).sum() + uncertainty[err].sum()) / denom))
+                voxel_scores.append(float(((1 - unc_box[tp_vox]).sum() + unc_box[err].sum()) / denom))
             else:
-                u = float(uncertainty[lesion].mean())
+                u = _mean_in(uncertainty, ref_labels, ref_boxes[k - 1], k)
                 flags.append(u >= 0.5)
             row["mean_uncertainty"] = u
         rows.append(row)
     for j in fp_preds:
-        comp = pred_labels == j
-        nvox = int(comp.sum())
+        nvox = int(pred_vox[j])
         row = {"subject_id": subject_id, "kind": "false_positive", "id": j, "weight": 0.0, "voxels": nvox,
                "volume_mm3": nvox * voxel, "diameter_mm": float((6 * nvox * voxel / math.pi) ** (1 / 3)),
                "centre_mm": [round(float(v), 2) for v in pc_all[j - 1]], "detected": False,
                "matched_prediction": int(j), "mean_uncertainty": math.nan}
         if uncertainty is not None:
-            u = float(uncertainty[comp].mean())
+            u = _mean_in(uncertainty, pred_labels, pred_boxes[j - 1], j)
             flags.append(u >= 0.5)
             row["mean_uncertainty"] = u
         rows.append(row)
