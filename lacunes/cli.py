@@ -70,9 +70,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     items: list = subjects or t1s
     items = items[shard_i - 1::shard_n]
     model = Path(args.model) if args.model else default_model_path()
-    predictor = Predictor.from_checkpoint(model, settings)
+    predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
+    op = predictor.operating_point
     print(f"{len(items)} subject(s) (shard {shard_i}/{shard_n}), model {model}, preset {args.preset}, "
-          f"{len(predictor.plan.variants)} TTA variant(s), device {predictor.device}, {predictor.precision}")
+          f"{len(predictor.plan.variants)} TTA variant(s), device {predictor.device}, {predictor.precision}, "
+          f"operating point: probability >= {op.threshold:g}, lesions >= {op.min_volume_mm3:g} mm³")
     extras = Path(args.extras_dir) if args.extras_dir else out / "extras"
     reports: list[SubjectReport] = []
     for item in tqdm(items, desc="subjects", unit="subject", disable=args.no_progress):
@@ -141,7 +143,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = get_preset(args.preset)
     changes = {}
     for name in ("epochs", "batch_size", "batches_per_epoch", "lr", "seed", "threads", "num_workers", "optimizer",
-                 "alpha", "beta", "label_mode", "connectivity", "pos_fraction"):
+                 "alpha", "beta", "label_mode", "connectivity", "pos_fraction", "edge_fraction", "fluid_fraction",
+                 "hard_fraction", "mine_every", "mine_subjects", "init_from"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
@@ -185,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sw-batch-size", type=int, help="windows per network call (default 7 on GPU, 1 on CPU)")
     p.add_argument("--memory-gb", type=float, help="host memory the network may use on the CPU (default 6)")
     p.add_argument("--uncertainty", choices=["inverse-logit", "tta-std", "entropy"])
+    p.add_argument("--threshold", type=float,
+                   help="probability from which a voxel is a lacune (default: the model's operating point); "
+                        "the written map is recalibrated so that its 0.5 cut means this threshold")
+    p.add_argument("--min-volume", type=float, metavar="MM3",
+                   help="remove predicted lesions smaller than this, in mm³ (default: the model's operating point)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     p.add_argument("--precision", choices=["auto", "float32", "tf32", "float16", "bfloat16"],
                    help="network arithmetic (default auto: tf32 on CUDA, float32 on the CPU); float16 is the "
@@ -220,14 +228,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (run folder with log, metrics, plot, checkpoints)")
     p.add_argument("--data", required=True, help="VALDO-layout folder with Rater1/Rater2 labels")
     p.add_argument("--run-dir", required=True, help="run folder (config, log, metrics.csv, progress.png, checkpoints/)")
-    p.add_argument("--preset", default="valdo", help="valdo (the publication), cpu or smoke")
+    p.add_argument("--preset", default="valdo",
+                   help="valdo (the publication), cpu, cpu-hardneg (continues a cpu run: --init-from) or smoke")
+    p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--loss", choices=["blob", "dicebce"], help="dicebce = beta 0, the ablation")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--batches-per-epoch", type=int)
     p.add_argument("--crop-size", type=int, nargs=3, metavar=("X", "Y", "Z"))
-    p.add_argument("--pos-fraction", type=float)
+    p.add_argument("--pos-fraction", type=float, help="share of crops centred on a lesion")
+    p.add_argument("--edge-fraction", type=float, help="share of crops centred within 3 mm of the brain's edge")
+    p.add_argument("--fluid-fraction", type=float, help="share of crops centred on fluid-like brain voxels")
+    p.add_argument("--hard-fraction", type=float, help="share of crops centred on the network's false positives")
+    p.add_argument("--mine-every", type=int, help="mine false positives every N epochs (0 = never)")
+    p.add_argument("--mine-subjects", type=int, help="training subjects predicted per mining round")
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", choices=["ranger21", "adamw"])
     p.add_argument("--alpha", type=float)

@@ -23,14 +23,16 @@ class DiceBCELoss(nn.Module):
     """MONAI ``DiceLoss(sigmoid=True)`` + ``BCEWithLogitsLoss``, equally weighted.
 
     Inputs are logits and a binary target of the same shape, ``B×1×...`` (any number of spatial
-    dimensions, a flat ``1×1×N`` region included).
+    dimensions, a flat ``1×1×N`` region included). ``batch=True`` computes one Dice over the whole
+    batch instead of one per element: an element without foreground then still penalizes its false
+    positives (per element, its Dice loss is ~1 whatever it predicts).
     """
 
-    def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0) -> None:
+    def __init__(self, dice_weight: float = 1.0, bce_weight: float = 1.0, batch: bool = False) -> None:
         super().__init__()
         from monai.losses import DiceLoss
 
-        self.dice = DiceLoss(sigmoid=True)
+        self.dice = DiceLoss(sigmoid=True, batch=batch)
         self.bce = nn.BCEWithLogitsLoss()
         self.dice_weight = dice_weight
         self.bce_weight = bce_weight

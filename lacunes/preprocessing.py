@@ -80,3 +80,47 @@ def quantile_normalize(image: np.ndarray, config: NormalizationConfig = Normaliz
 def prepare_image(image: np.ndarray, config: NormalizationConfig = NormalizationConfig()) -> np.ndarray:
     """Inference preprocessing: repair non-finite voxels, then normalize."""
     return quantile_normalize(repair_nonfinite(image), config)
+
+
+#: A voxel belongs to the head's foreground when some channel exceeds this share of that channel's
+#: 99th percentile of non-zero values: exactly-zero backgrounds (skull-stripped inputs) and faint
+#: background noise both stay outside.
+FOREGROUND_FRACTION = 0.02
+#: Closing radius (voxels) that bridges dark gaps in the mask's edge (sulcal CSF is dark on FLAIR,
+#: but bright on T2, so only one channel needs to be non-zero there).
+MASK_CLOSING = 2
+
+
+def brain_mask(image: np.ndarray, min_component_share: float = 0.05) -> np.ndarray:
+    """The brain of a skull-stripped ``C×X×Y×Z`` image, boolean (x, y, z).
+
+    Foreground = some channel above :data:`FOREGROUND_FRACTION` of its 99th percentile of non-zero
+    values (non-finite voxels count as background); connected components smaller than
+    ``min_component_share`` of the largest are dropped (isolated noise outside the brain); the rest is
+    closed with a ball of :data:`MASK_CLOSING` voxels and its interior holes are filled (dark
+    ventricles or lesions never open the mask). An image without foreground gives an empty mask.
+    """
+    from scipy import ndimage as ndi
+
+    if image.ndim != 4:
+        raise ValueError(f"expected a C×X×Y×Z array, got shape {image.shape}")
+    fg = np.zeros(image.shape[1:], bool)
+    for channel in image:
+        finite = np.isfinite(channel)
+        values = np.abs(channel[finite & (channel != 0)])
+        if values.size == 0:
+            continue
+        level = FOREGROUND_FRACTION * float(np.percentile(values, 99))
+        fg |= finite & (np.abs(np.nan_to_num(channel)) > level)
+    if not fg.any():
+        return fg
+    labels, n = ndi.label(fg, structure=ndi.generate_binary_structure(3, 3))
+    if n > 1:
+        sizes = np.bincount(labels.ravel())[1:]
+        keep = np.flatnonzero(sizes >= min_component_share * sizes.max()) + 1
+        fg = np.isin(labels, keep)
+    r = MASK_CLOSING
+    ball = np.sum(np.square(np.indices((2 * r + 1,) * 3) - r), axis=0) <= r * r
+    padded = np.pad(fg, r + 1)
+    closed = ndi.binary_closing(padded, structure=ball)[(slice(r + 1, -(r + 1)),) * 3]
+    return ndi.binary_fill_holes(closed | fg)

@@ -129,3 +129,58 @@ def test_two_process_gloo_run(dataset, tmp_path):
     assert int(r[0]["crops"]) == 2 * 2  # 2 processes × 2 batches × 1 subject × 1 crop
     _, payload = load_network(tmp_path / "ddp" / "checkpoints" / "final.pt")
     assert payload["metadata"]["hardware"]["world_size"] == 2
+
+
+def test_fine_tuning_with_mining_and_resume_keeps_the_mined_centres(dataset, tmp_path, monkeypatch):
+    import lacunes.training.loop as loop
+
+    start = train(get_preset("smoke").replace(epochs=1), dataset, tmp_path / "start", progress=False)
+    cfg = get_preset("smoke").replace(epochs=3, init_from=str(start), mine_every=2, mine_subjects=2,
+                                      hard_fraction=0.5, pos_fraction=0.3, edge_fraction=0.1, batch_dice=True,
+                                      cpu_amp=True)
+    seen = []
+    real = loop.mine_hard_negatives
+
+    def mine(net, subjects, indices, device, bf16=False):
+        found = real(net, subjects, indices, device, bf16)
+        for i in indices:  # a known false positive, so that resuming has something to restore
+            subjects[i].candidates.hard = np.array([[5, 6, 7]])
+        seen.append(list(indices))
+        return found
+
+    monkeypatch.setattr(loop, "mine_hard_negatives", mine)
+
+    def stop(run_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "plot_progress", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, dataset, tmp_path / "ft", progress=False)
+    assert seen == [[0, 1]]  # before the first epoch, since the run starts from trained weights
+    state = torch.load(tmp_path / "ft" / "checkpoints" / "last.pt", weights_only=True)["training_state"]
+    assert state["hard_centres"] == {"sub-001": [[5, 6, 7]], "sub-002": [[5, 6, 7]]}
+    monkeypatch.setattr(loop, "plot_progress", lambda run_dir: None)
+    final = train(cfg, dataset, tmp_path / "ft", resume=True, progress=False)
+    assert seen == [[0, 1], [0, 1]]  # epoch 3 (index 2): the next round
+    r = rows(tmp_path / "ft")
+    assert [x["mined_fp"] != "" for x in r] == [True, False, True]
+    _, payload = load_network(final)
+    assert payload["metadata"]["init_from"]["path"] == str(start)
+    log = "".join(p.read_text() for p in (tmp_path / "ft").glob("train-*.log"))
+    assert "starting from the weights of" in log and "crops by kind" in log
+
+
+def test_batch_dice_penalizes_false_positives_in_lesion_free_crops():
+    from lacunes.losses import DiceBCELoss
+
+    logits = torch.full((2, 1, 8, 8, 8), -8.0)
+    logits[0, 0, 2:4, 2:4, 2:4] = 8.0  # crop 0: its lesion, predicted right
+    target = (logits > 0).float()
+    logits[1, 0, 5:7, 5:7, 5:7] = 1.0  # crop 1 has no lesion: a false positive (p = 0.73)
+    grads = {}
+    for batch in (False, True):
+        x = logits.clone().requires_grad_(True)
+        DiceBCELoss(bce_weight=0.0, batch=batch)(x, target).backward()
+        grads[batch] = x.grad[1, 0, 5:7, 5:7, 5:7].abs().max().item()
+    assert grads[False] < 1e-6  # per crop: a lesion-free crop's Dice is ~1 whatever it predicts
+    assert grads[True] > 1e-3

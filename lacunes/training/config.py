@@ -30,12 +30,24 @@ class TrainConfig:
         epochs: passes over the subjects (or ``batches_per_epoch`` batches when set).
         batch_size: subjects per batch; each gives ``crops_per_subject`` crops.
         crop_size: (x, y, z) voxels.
-        pos_fraction: share of crops centred on a lesion voxel (recipe: 95 %).
+        pos_fraction: share of crops centred on a lesion voxel, the lesion instance drawn uniformly
+            (recipe: 95 %).
+        edge_fraction, fluid_fraction, hard_fraction: shares of crops centred on the brain's edge
+            (within ``edge_mm``), on fluid-like brain voxels, and on the network's own false positives
+            (see :mod:`lacunes.training.sampling`); the rest of the crops are centred on any brain voxel.
+        mine_every: predict ``mine_subjects`` training subjects every this many epochs (and before the
+            first epoch of a run that starts from ``init_from``) to find the false positives that
+            ``hard`` crops are centred on; 0 = no mining.
+        batch_dice: Dice over the whole batch (nnU-Net's "batch Dice") instead of per crop. Per crop, a
+            crop without lesion has a Dice loss of ~1 whatever it predicts (no gradient against its
+            false positives); over the batch, every false-positive voxel counts.
+        init_from: start from this checkpoint's weights (fine-tuning); recorded in the checkpoints.
         lr: learning rate (Ranger21 warms up and warms down around it).
         optimizer: ``ranger21`` (recipe) or ``adamw``.
         alpha, beta: blob loss weights; ``loss=dicebce`` forces beta = 0.
         flip_prob, noise_prob, noise_std, affine_prob, rotate_rad, scale: augmentation.
-        amp: mixed precision on CUDA.
+        amp: mixed precision on CUDA (float16).
+        cpu_amp: bfloat16 autocast on the CPU (fast on CPUs with AMX / AVX-512 BF16).
     """
 
     name: str = "valdo"
@@ -44,6 +56,14 @@ class TrainConfig:
     crops_per_subject: int = 2
     crop_size: tuple[int, int, int] = (192, 192, 32)
     pos_fraction: float = 0.95
+    edge_fraction: float = 0.0
+    fluid_fraction: float = 0.0
+    hard_fraction: float = 0.0
+    edge_mm: float = 3.0
+    mine_every: int = 0
+    mine_subjects: int = 8
+    batch_dice: bool = False
+    init_from: str | None = None
     batches_per_epoch: int | None = None
     lr: float = 1e-3
     optimizer: str = "ranger21"
@@ -59,6 +79,7 @@ class TrainConfig:
     rotate_rad: float = 0.15
     scale: float = 0.1
     amp: bool = True
+    cpu_amp: bool = False
     num_workers: int = 0
     threads: int | None = None
     seed: int = 0
@@ -72,8 +93,17 @@ class TrainConfig:
                              f"{self.batch_size}, {self.crops_per_subject})")
         if not 0.0 <= self.pos_fraction <= 1.0:
             raise ValueError(f"pos_fraction must be in [0, 1], got {self.pos_fraction}")
+        self.crop_shares()  # validates the other shares
+        if self.mine_every < 0 or self.mine_subjects < 1:
+            raise ValueError(f"mine_every must be >= 0 and mine_subjects >= 1, got {self.mine_every}, "
+                             f"{self.mine_subjects}")
         if self.optimizer not in ("ranger21", "adamw"):
             raise ValueError(f"optimizer must be ranger21 or adamw, got {self.optimizer!r}")
+
+    def crop_shares(self):
+        from lacunes.training.sampling import CropShares
+
+        return CropShares(self.pos_fraction, self.edge_fraction, self.fluid_fraction, self.hard_fraction)
 
     @property
     def effective_beta(self) -> float:
@@ -119,7 +149,18 @@ SMOKE = TrainConfig(
     batches_per_epoch=2, amp=False, optimizer="ranger21",
 )
 
-PRESETS = {"valdo": VALDO, "cpu": CPU, "smoke": SMOKE}
+#: The second stage of the bundled model: continues a ``cpu`` run (``--init-from``) on the background it
+#: gets wrong. A quarter of the crops on lesions, the rest on the brain's edge, fluid-like voxels
+#: (ventricles, sulci, perivascular spaces), the network's own false positives (mined on 6 training
+#: subjects every 4 epochs) and anywhere in the brain; Dice over the batch, so that false positives in
+#: lesion-free crops cost something; bfloat16 autocast where the CPU has it. 16 epochs × 30 batches of
+#: 2 × 2 crops: as many crops as the ``cpu`` run it continues.
+CPU_HARDNEG = CPU.replace(
+    name="cpu-hardneg", epochs=16, batches_per_epoch=30, pos_fraction=0.25, edge_fraction=0.2,
+    fluid_fraction=0.15, hard_fraction=0.25, mine_every=4, mine_subjects=6, batch_dice=True, cpu_amp=True,
+)
+
+PRESETS = {"valdo": VALDO, "cpu": CPU, "cpu-hardneg": CPU_HARDNEG, "smoke": SMOKE}
 
 
 def get_preset(name: str) -> TrainConfig:

@@ -1,5 +1,6 @@
-"""Training data: VALDO-layout subjects → normalized arrays, labels and instance maps (computed once,
-held with the dataset) → random crops and augmentation (MONAI dictionary transforms)."""
+"""Training data: VALDO-layout subjects → normalized arrays, labels, instance maps and candidate crop
+centres (computed once, held with the dataset) → crops centred by kind (:mod:`lacunes.training.sampling`)
+→ augmentation (MONAI dictionary transforms: flips, random affine, Gaussian noise)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from lacunes.io import check_same_grid, read_subject, read_volume
 from lacunes.layouts import SubjectFiles, find_valdo_subjects
 from lacunes.preprocessing import assert_finite, quantile_normalize
 from lacunes.training.config import LabelMode, TrainConfig
+from lacunes.training.sampling import Candidates, CropKind, crop_at
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class TrainingSubject:
     label: np.ndarray  # 1×X×Y×Z uint8
     instances: np.ndarray  # 1×X×Y×Z int32
     n_instances: int
+    candidates: Candidates | None = None  # crop centres by kind
 
 
 def combine_raters(raters: list[np.ndarray], mode: LabelMode) -> np.ndarray:
@@ -69,13 +72,9 @@ def load_training_subject(files: SubjectFiles, config: TrainConfig) -> TrainingS
     check_same_grid(geoms)
     label = combine_raters(raters, config.label_mode)
     instances, n = label_instances(label, config.connectivity)
-    return TrainingSubject(
-        files.subject_id,
-        quantile_normalize(subject.image, config.normalization),
-        label[None].astype(np.uint8),
-        instances[None],
-        n,
-    )
+    image = quantile_normalize(subject.image, config.normalization)
+    candidates = Candidates.from_arrays(subject.image, instances, config.edge_mm, subject.geometry.spacing, seed=config.seed)
+    return TrainingSubject(files.subject_id, image, label[None].astype(np.uint8), instances[None], n, candidates)
 
 
 def load_training_set(folder: Path, config: TrainConfig, progress: bool = True) -> list[TrainingSubject]:
@@ -89,20 +88,12 @@ def load_training_set(folder: Path, config: TrainConfig, progress: bool = True) 
     return subjects
 
 
-def build_transforms(config: TrainConfig):
-    """Crops (``pos_fraction`` centred on a lesion voxel), flips, Gaussian noise, random affine."""
+def build_augmentation(config: TrainConfig):
+    """Flips, random affine and Gaussian noise, applied to each crop (MONAI dictionary transforms)."""
     from monai import transforms as T
 
     keys = ["image", "label", "instances"]
-    pos = config.pos_fraction
     return T.Compose([
-        # Background crops are centred inside the brain (a voxel where some channel is > 0), not in
-        # the empty space around it, so that they show the model the CSF spaces and mimics.
-        T.RandCropByPosNegLabeld(
-            keys=keys, label_key="label", spatial_size=config.crop_size, pos=pos, neg=1.0 - pos,
-            num_samples=config.crops_per_subject, image_key="image", image_threshold=0.0, allow_smaller=True,
-        ),
-        T.SpatialPadd(keys=keys, spatial_size=config.crop_size),
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=0),
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=1),
         T.RandFlipd(keys=keys, prob=config.flip_prob, spatial_axis=2),
@@ -116,19 +107,38 @@ def build_transforms(config: TrainConfig):
 
 
 class CropDataset(torch.utils.data.Dataset):
-    """Each item is a list of ``crops_per_subject`` augmented crops of one subject."""
+    """Each item is a list of ``crops_per_subject`` augmented crops of one subject, each centred on a
+    voxel of a kind drawn with the config's crop shares; ``kind_counts`` tallies the kinds drawn."""
 
     def __init__(self, subjects: list[TrainingSubject], config: TrainConfig, seed: int = 0) -> None:
         self.subjects = subjects
-        self.transforms = build_transforms(config)
+        self.config = config
+        self.kinds, self.shares = config.crop_shares().probabilities()
+        self.rng = np.random.default_rng(seed)
+        self.transforms = build_augmentation(config)
         self.transforms.set_random_state(seed)
+        self.kind_counts: dict[str, int] = {str(k): 0 for k in CropKind}
+        for s in subjects:
+            if s.candidates is None:
+                s.candidates = Candidates.from_arrays(s.image, s.instances[0], config.edge_mm, seed=seed)
 
     def __len__(self) -> int:
         return len(self.subjects)
 
     def __getitem__(self, i: int) -> list[dict]:
         s = self.subjects[i]
-        return self.transforms({"image": s.image, "label": s.label, "instances": s.instances})
+        crops = []
+        for _ in range(self.config.crops_per_subject):
+            kind = self.kinds[self.rng.choice(len(self.kinds), p=self.shares)]
+            centre, drawn = s.candidates.draw(kind, self.rng)
+            self.kind_counts[str(drawn)] += 1
+            crop = {
+                "image": crop_at(s.image, centre, self.config.crop_size),
+                "label": crop_at(s.label, centre, self.config.crop_size),
+                "instances": crop_at(s.instances, centre, self.config.crop_size),
+            }
+            crops.append(self.transforms(crop))
+        return crops
 
 
 class EpochSampler(torch.utils.data.Sampler):

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lacunes.checkpoint import read_checkpoint, save_checkpoint
+from lacunes.checkpoint import read_checkpoint, save_checkpoint, sha256_of
 from lacunes.device import resolve_device
-from lacunes.losses import BlobLoss
+from lacunes.losses import BlobLoss, DiceBCELoss
 from lacunes.network import build_network
 from lacunes.training.config import TrainConfig
 from lacunes.training.data import CropDataset, EpochSampler, collate_crops, load_training_set
@@ -61,6 +61,37 @@ def _restore_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
     opt.load_state_dict(state["state_dict"])
     for a, v in state.get("attrs", {}).items():
         setattr(opt, a, v)
+
+
+def cpu_bf16_supported() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (AMX or AVX-512 BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def mine_hard_negatives(net: torch.nn.Module, subjects, indices, device: torch.device,
+                        bf16: bool = False) -> dict[str, int]:
+    """Predict the training subjects ``indices`` with the current network (the ``fast`` inference
+    setting) and store the centres of their false positives (components that touch no label) as
+    their ``hard`` crop centres. Returns the count per subject; the network is left in train mode."""
+    from lacunes.inference import FAST, Predictor
+    from lacunes.training.sampling import false_positive_centres
+
+    settings = FAST.replace(progress=False, device=str(device), precision="bfloat16" if bf16 else "auto")
+    predictor = Predictor(net, settings)
+    found = {}
+    try:
+        for i in indices:
+            s = subjects[i]
+            prob, _ = predictor.predict_normalized(s.image)
+            s.candidates.hard = false_positive_centres(prob, s.label[0])
+            found[s.subject_id] = len(s.candidates.hard)
+    finally:
+        net.train()
+    return found
 
 
 def _setup_logging(run_dir: Path, rank: int) -> logging.Handler | None:
@@ -155,6 +186,9 @@ def train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed + rank)
     use_amp = config.amp and dev.type == "cuda"
+    cpu_bf16 = config.cpu_amp and dev.type == "cpu" and cpu_bf16_supported()
+    if config.cpu_amp and dev.type == "cpu" and not cpu_bf16:
+        logger.warning("cpu_amp: this CPU has no native bfloat16 (AMX / AVX-512 BF16); training in float32")
 
     try:
         if rank == 0:
@@ -167,13 +201,23 @@ def train(
             dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate_crops,
             num_workers=config.num_workers, drop_last=False,
         )
-        net = build_network(config.network).to(dev)
+        net = build_network(config.network)
+        if config.init_from:
+            from lacunes.checkpoint import load_network
+
+            start_net, start_payload = load_network(config.init_from)
+            if start_payload["network"] != config.network.to_dict():
+                raise ConfigMismatchError(f"{config.init_from} holds another network: {start_payload['network']}")
+            net.load_state_dict(start_net.state_dict())
+            logger.info("starting from the weights of %s", config.init_from)
+        net = net.to(dev)
         model = net
         if distributed:
             model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
         optimizer = make_optimizer(config, model.parameters(), batches_per_epoch)
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        loss_fn = BlobLoss(alpha=config.alpha, beta=config.effective_beta, connectivity=config.connectivity)
+        loss_fn = BlobLoss(main_criterion=DiceBCELoss(batch=config.batch_dice), alpha=config.alpha,
+                           beta=config.effective_beta, connectivity=config.connectivity)
 
         start_epoch, elapsed = 0, 0.0
         if resume and last.exists():
@@ -186,6 +230,10 @@ def train(
             _restore_optimizer(optimizer, state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             start_epoch, elapsed = state["epoch"], state["elapsed_s"]
+            by_id = {sub.subject_id: sub for sub in subjects}
+            for sid, centres in state.get("hard_centres", {}).items():
+                if sid in by_id:
+                    by_id[sid].candidates.hard = np.asarray(centres, np.int64).reshape(-1, 3)
             logger.info("resumed from %s at epoch %d", last, start_epoch)
 
         metadata = {
@@ -193,19 +241,40 @@ def train(
             "normalization": {"method": "quantile", "lower": config.normalization.lower,
                               "upper": config.normalization.upper},
             "data": data_provenance or {"folder": str(data_dir), "subjects": [s.subject_id for s in subjects]},
-            "hardware": {"device": str(dev.type), "world_size": world,
+            "init_from": ({"path": str(config.init_from), "sha256": sha256_of(config.init_from)}
+                          if config.init_from else None),
+            "hardware": {"device": str(dev.type), "world_size": world, "cpu_bf16": cpu_bf16,
                          "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"},
         }
         if rank == 0 and start_epoch == 0:
             with open(run_dir / METRICS, "w", newline="") as f:
-                csv.writer(f).writerow(["epoch", "loss", "main", "blob", "lr", "seconds", "crops"])
+                csv.writer(f).writerow(["epoch", "loss", "main", "blob", "lr", "seconds", "crops", "mined_fp",
+                                        "mining_seconds"])
         logger.info("training %s: %d epochs × %d batches, %d process(es) on %s",
                     config.name, config.epochs, batches_per_epoch, world, dev)
+
+        def mining_due(epoch: int) -> bool:
+            """Mine before epoch ``epoch`` (0-based): every ``mine_every`` epochs, and before the first
+            epoch when the run starts from trained weights."""
+            if config.mine_every <= 0:
+                return False
+            return epoch % config.mine_every == 0 and (epoch > 0 or bool(config.init_from))
 
         for epoch in range(start_epoch, config.epochs):
             model.train()
             sampler.set_epoch(epoch)
             t0 = time.time()
+            mined, mining_seconds = "", 0.0
+            if mining_due(epoch):
+                # Rotating subsets, the same on every process.
+                rounds = epoch // config.mine_every
+                k = min(config.mine_subjects, len(subjects))
+                indices = [(rounds * k + j) % len(subjects) for j in range(k)]
+                found = mine_hard_negatives(net, subjects, indices, dev, bf16=cpu_bf16)
+                mining_seconds = time.time() - t0
+                mined = sum(found.values())
+                logger.info("mined %d false positive(s) on %d subject(s) in %.0f s: %s", mined, len(found),
+                            mining_seconds, found)
             sums = {"loss": 0.0, "main": 0.0, "blob": 0.0}
             n_blob, n_batches, n_crops = 0, 0, 0
             bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0,
@@ -215,8 +284,12 @@ def train(
                 label = batch["label"].to(dev, non_blocking=True).float()
                 instances = batch["instances"].to(dev, non_blocking=True).long()
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
-                    logits = model(image)
+                if cpu_bf16:
+                    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+                        logits = model(image)
+                else:
+                    with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+                        logits = model(image)
                 loss = loss_fn(logits.float(), label, instances)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -234,16 +307,19 @@ def train(
             elapsed += seconds
             lr = getattr(optimizer, "current_lr", optimizer.param_groups[0]["lr"])
             row = [epoch + 1, sums["loss"] / max(n_batches, 1), sums["main"] / max(n_batches, 1),
-                   sums["blob"] / n_blob if n_blob else float("nan"), lr, round(seconds, 2), n_crops * world]
+                   sums["blob"] / n_blob if n_blob else float("nan"), lr, round(seconds, 2), n_crops * world, mined,
+                   round(mining_seconds, 1)]
             if rank == 0:
                 with open(run_dir / METRICS, "a", newline="") as f:
                     csv.writer(f).writerow(row)
-                logger.info("epoch %d/%d loss %.4f main %.4f blob %.4f lr %.2e %.1fs",
-                            epoch + 1, config.epochs, *row[1:6])
+                logger.info("epoch %d/%d loss %.4f main %.4f blob %.4f lr %.2e %.1fs; crops by kind so far: %s",
+                            epoch + 1, config.epochs, *row[1:6], dataset.kind_counts)
                 last_epoch = epoch + 1 == config.epochs
                 if (epoch + 1) % config.checkpoint_every == 0 or last_epoch:
                     state = {"epoch": epoch + 1, "elapsed_s": elapsed, "optimizer": _optimizer_state(optimizer),
-                             "scaler": scaler.state_dict()}
+                             "scaler": scaler.state_dict(),
+                             "hard_centres": {sub.subject_id: sub.candidates.hard.tolist() for sub in subjects
+                                              if len(sub.candidates.hard)}}
                     save_checkpoint(last, net, config.network, {**metadata, "epoch": epoch + 1,
                                                                 "training_seconds": elapsed}, extra_state=state)
                     plot_progress(run_dir)
