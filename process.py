@@ -12,7 +12,8 @@ Two input layouts are recognised (see README):
 
 With no flags it runs the published recipe (``full``). ``LACUNES_INFERENCE=fast`` (or ``--preset fast``)
 selects the CPU setting; ``LACUNES_DEVICE`` (or ``--device``) the device; ``LACUNES_PRECISION`` (or
-``--precision``) the arithmetic (``auto`` = tf32 on CUDA, float32 on the CPU).
+``--precision``) the arithmetic (``auto`` = tf32 on CUDA, float32 on the CPU); ``LACUNES_THRESHOLD`` and
+``LACUNES_MIN_VOLUME`` (or ``--threshold``, ``--min-volume``) override the model's operating point.
 """
 
 from __future__ import annotations
@@ -99,8 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default=os.environ.get("LACUNES_PRECISION", "auto"),
                         choices=["auto", "float32", "tf32", "float16", "bfloat16"],
                         help="network arithmetic (default: $LACUNES_PRECISION or auto = tf32 on CUDA, float32 on CPU)")
+    parser.add_argument("--threshold", type=float, default=_env_float("LACUNES_THRESHOLD"),
+                        help="probability from which a voxel is a lacune (default: $LACUNES_THRESHOLD or the model's "
+                             "operating point); the written map's 0.5 cut means this threshold")
+    parser.add_argument("--min-volume", type=float, default=_env_float("LACUNES_MIN_VOLUME"), metavar="MM3",
+                        help="remove predicted lesions under this volume (default: $LACUNES_MIN_VOLUME or the model's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+def _env_float(name: str) -> float | None:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise SystemExit(f"{name} must be a number, got {value!r}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         # Every subject's files are checked before the first prediction is written.
         grand_challenge_subject(input_path) if grand_challenge else find_valdo_subjects(input_path)
         model = Path(args.model) if args.model else default_model()
-        predictor = Predictor.from_checkpoint(model, settings)
-        logger.info("model %s, preset %s, device %s, %s, %d TTA variant(s)", model, args.preset, predictor.device,
-                    predictor.precision, len(predictor.plan.variants))
+        predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
+        op = predictor.operating_point
+        logger.info("model %s, preset %s, device %s, %s, %d TTA variant(s), operating point: probability >= %g, "
+                    "lesions >= %g mm³", model, args.preset, predictor.device, predictor.precision,
+                    len(predictor.plan.variants), op.threshold, op.min_volume_mm3)
         output_path.mkdir(parents=True, exist_ok=True)
         if grand_challenge:
             run_grand_challenge(predictor, input_path, output_path)

@@ -29,7 +29,8 @@ import torch
 
 from lacunes.device import resolve_device
 from lacunes.io import Subject
-from lacunes.preprocessing import NormalizationConfig, count_nonfinite, prepare_image
+from lacunes.postprocessing import OperatingPoint, finish_probability
+from lacunes.preprocessing import NormalizationConfig, brain_mask, count_nonfinite, prepare_image, repair_nonfinite
 from lacunes.uncertainty import UncertaintyMode, uncertainty_map
 
 logger = logging.getLogger(__name__)
@@ -210,6 +211,9 @@ class Predictor:
         settings: :class:`InferenceSettings` (the recipe by default).
         normalization: the preprocessing the network was trained with.
         metadata: the checkpoint's description, kept for reports.
+        operating_point: threshold, minimum lesion size and brain mask applied to the maps (see
+            :mod:`lacunes.postprocessing`); :meth:`from_checkpoint` reads the checkpoint's.
+        rescorer: the second stage (:class:`lacunes.rescoring.Rescorer`), or None.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("model/lacunes.pt", FAST)
@@ -222,8 +226,12 @@ class Predictor:
         settings: InferenceSettings = FULL,
         normalization: NormalizationConfig = NormalizationConfig(),
         metadata: dict | None = None,
+        operating_point: OperatingPoint = OperatingPoint(),
+        rescorer=None,
     ) -> None:
         self.settings = settings
+        self.operating_point = operating_point
+        self.rescorer = rescorer
         self.normalization = normalization
         self.metadata = metadata or {}
         self.device = resolve_device(settings.device)
@@ -235,13 +243,23 @@ class Predictor:
         self.last_stats: dict[str, Any] = {}
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, settings: InferenceSettings = FULL) -> Predictor:
+    def from_checkpoint(cls, path: str | os.PathLike, settings: InferenceSettings = FULL,
+                        threshold: float | None = None, min_volume_mm3: float | None = None) -> Predictor:
+        """The predictor a checkpoint describes: its network, normalization, operating point and second
+        stage (``threshold`` and ``min_volume_mm3`` override the stored ones)."""
         from lacunes.checkpoint import load_network
+        from lacunes.rescoring import Rescorer
 
         network, payload = load_network(path)
-        norm = payload.get("metadata", {}).get("normalization", {})
+        metadata = payload.get("metadata", {})
+        norm = metadata.get("normalization", {})
         normalization = NormalizationConfig(norm.get("lower", 0.005), norm.get("upper", 0.995))
-        return cls(network, settings, normalization, payload.get("metadata"))
+        op = OperatingPoint.from_dict(metadata.get("operating_point"))
+        if threshold is not None:
+            op = op.replace(threshold=threshold)
+        if min_volume_mm3 is not None:
+            op = op.replace(min_volume_mm3=min_volume_mm3)
+        return cls(network, settings, normalization, metadata, op, Rescorer.from_dict(metadata.get("rescorer")))
 
     # ------------------------------------------------------------------------------------------
 
@@ -324,28 +342,45 @@ class Predictor:
         return roi_for(self.settings, shape)
 
     @torch.inference_mode()
-    def predict_normalized(self, normalized: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probability and uncertainty (float32 (x, y, z), in [0, 1]) of a normalized ``3×X×Y×Z`` array."""
-        prob, unc = self.maps_from_logits(self.variant_logits(normalized), self.settings.uncertainty)
+    def predict_normalized(self, normalized: np.ndarray, mask: np.ndarray | None = None,
+                           spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+        """Probability and uncertainty (float32 (x, y, z), in [0, 1]) of a normalized ``3×X×Y×Z`` array,
+        with the operating point applied (``mask``: the brain, where the operating point masks)."""
+        prob, unc = self.maps_from_logits(self.variant_logits(normalized), self.settings.uncertainty, mask, spacing,
+                                          image=normalized)
         return prob.cpu().numpy(), unc.cpu().numpy()
 
-    def maps_from_logits(self, variant_logits: torch.Tensor, uncertainty: UncertaintyMode | str
+    def maps_from_logits(self, variant_logits: torch.Tensor, uncertainty: UncertaintyMode | str,
+                         mask: np.ndarray | None = None, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                         operating_point: OperatingPoint | None = None, image: np.ndarray | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probability (mean of the variants' sigmoids) and uncertainty from ``V×X×Y×Z`` logits.
+        """Probability and uncertainty from ``V×X×Y×Z`` logits, with the operating point applied.
 
+        The probability is the mean of the variants' sigmoids, 0 outside ``mask`` (when given and the
+        operating point masks), with the candidates the second stage rejects removed (``image``: the
+        normalized input it needs), recalibrated so that 0.5 means the operating point's threshold,
+        and lesions under the minimum size removed (:func:`lacunes.postprocessing.finish_probability`).
+        The uncertainty is computed from the logits shifted to that threshold, 0 outside ``mask``.
         Voxels with a non-finite logit in any variant get probability 0 and uncertainty 1 (logged)."""
+        op = operating_point or self.operating_point
         finite = torch.isfinite(variant_logits).all(0)
         bad = int((~finite).sum())
         if bad:
             logger.error("%d voxel(s) with non-finite network output; set to probability 0, uncertainty 1", bad)
             variant_logits = torch.nan_to_num(variant_logits, nan=0.0)
-        prob = torch.sigmoid(variant_logits).mean(0).clamp(0.0, 1.0)
-        unc = uncertainty_map(uncertainty, variant_logits)
+        raw = torch.sigmoid(variant_logits).mean(0).clamp(0.0, 1.0)
+        unc = uncertainty_map(uncertainty, variant_logits - op.logit_shift)
         if bad:
-            prob = torch.where(finite, prob, torch.zeros_like(prob))
+            raw = torch.where(finite, raw, torch.zeros_like(raw))
             unc = torch.where(finite, unc, torch.ones_like(unc))
-        self.last_stats["nonfinite_outputs"] = bad
-        return prob.float(), unc.float()
+        masking = mask is not None and op.mask_outside_brain
+        if masking:
+            inside = torch.from_numpy(np.asarray(mask, bool)).to(unc.device)
+            unc = torch.where(inside, unc, torch.zeros_like(unc))
+        prob, stats = finish_probability(raw.float().cpu().numpy(), op, mask if masking else None, spacing,
+                                         self.rescorer, image)
+        self.last_stats.update(stats, nonfinite_outputs=bad)
+        return torch.from_numpy(prob).to(unc.device), unc.float()
 
     @torch.inference_mode()
     def variant_logits(self, normalized: np.ndarray) -> torch.Tensor:
@@ -374,13 +409,23 @@ class Predictor:
         """Probability and uncertainty maps of a subject (or a raw ``3×X×Y×Z`` array).
 
         Non-finite input voxels are repaired first (see :func:`lacunes.preprocessing.repair_nonfinite`),
-        then each channel is quantile-normalized. Both outputs are float32 (x, y, z) in [0, 1].
+        then each channel is quantile-normalized. Both outputs are float32 (x, y, z) in [0, 1], with the
+        operating point applied: 0 outside the brain (:func:`lacunes.preprocessing.brain_mask`).
         """
         image = subject.image if isinstance(subject, Subject) else np.asarray(subject, dtype=np.float32)
+        spacing = subject.geometry.spacing if isinstance(subject, Subject) else (1.0, 1.0, 1.0)
         counts = count_nonfinite(image)
         if any(counts):
             logger.warning("repairing non-finite input voxels per channel: %s", counts)
-        return self.predict_normalized(prepare_image(image, self.normalization))
+        image = repair_nonfinite(image)
+        mask = self.brain(image)
+        if mask is not None and not mask.any():
+            logger.warning("the input holds no brain (all channels zero or constant): no lesion can be found")
+        return self.predict_normalized(prepare_image(image, self.normalization), mask, spacing)
+
+    def brain(self, image: np.ndarray) -> np.ndarray | None:
+        """The brain mask of a raw ``3×X×Y×Z`` image, or None when the operating point does not mask."""
+        return brain_mask(image) if self.operating_point.mask_outside_brain else None
 
 
 @torch.inference_mode()

@@ -7,7 +7,7 @@ import numpy as np
 from lacunes.cli import main
 from lacunes.io import read_volume
 
-from .conftest import write_subject
+from .conftest import make_subject_arrays, write_subject
 
 
 def predict(*args):
@@ -96,3 +96,20 @@ def test_precision_option_reaches_the_predictor(tmp_path, tiny_checkpoint, capsy
         probs[precision], _ = read_volume(tmp_path / precision / "sub-003_space-T1_prediction.nii.gz")
     diff = np.abs(probs["bfloat16"] - probs["float32"]).max()
     assert 0 < diff < 0.05
+
+
+def test_operating_point_overrides(tmp_path, tiny_checkpoint, capsys):
+    write_subject(tmp_path / "in", "sub-004")
+    maps = {}
+    for name, extra in (("model", []), ("strict", ["--threshold", "0.9", "--min-volume", "20"])):
+        rc = predict("--input", str(tmp_path / "in"), "--output", str(tmp_path / name), "--model",
+                     str(tiny_checkpoint), *extra)
+        out = capsys.readouterr().out
+        assert rc == 0
+        maps[name], _ = read_volume(tmp_path / name / "sub-004_space-T1_prediction.nii.gz")
+    assert "probability >= 0.9, lesions >= 20 mm³" in out
+    # the same network: the stricter point can only remove voxels from the >= 0.5 mask
+    assert ((maps["strict"] >= 0.5) <= (maps["model"] >= 0.5)).all()
+    images, _ = make_subject_arrays()
+    brain = images["T1"] != 0
+    assert (maps["model"][~brain] == 0).all()

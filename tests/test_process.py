@@ -100,3 +100,28 @@ def test_no_flags_means_the_full_recipe(monkeypatch):
     assert process.build_parser().parse_args([]).precision == "auto"
     monkeypatch.setenv("LACUNES_PRECISION", "bfloat16")
     assert process.build_parser().parse_args([]).precision == "bfloat16"
+
+
+def test_operating_point_from_the_environment(tmp_path, tiny_checkpoint, monkeypatch, caplog):
+    write_subject(tmp_path / "in", "sub-005")
+    monkeypatch.setenv("LACUNES_THRESHOLD", "0.75")
+    monkeypatch.setenv("LACUNES_MIN_VOLUME", "12")
+    caplog.set_level("INFO")
+    assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 0
+    assert "probability >= 0.75, lesions >= 12 mm³" in caplog.text
+    monkeypatch.setenv("LACUNES_THRESHOLD", "high")
+    with pytest.raises(SystemExit, match="LACUNES_THRESHOLD must be a number"):
+        process.build_parser()
+
+
+def test_an_all_zero_scan_gives_empty_maps(tmp_path, tiny_checkpoint):
+    from lacunes.io import Geometry, write_volume
+
+    geom = Geometry((24, 22, 16))
+    (tmp_path / "in").mkdir()
+    for m in ("T1", "T2", "FLAIR"):
+        write_volume(np.zeros(geom.shape, np.float32), geom, tmp_path / "in" / f"sub-009_space-T1_desc-masked_{m}.nii.gz")
+    assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 0
+    for kind in ("prediction", "uncertaintymap"):
+        arr, _ = read_volume(tmp_path / "out" / "images" / f"sub-009_space-T1_{kind}.nii.gz")
+        assert arr.max() == 0

@@ -1,0 +1,247 @@
+"""From the network's logits to the written maps: the operating point and the brain mask.
+
+The challenge binarizes the probability map at a fixed 0.5. A model's best decision threshold is
+rarely 0.5, and tiny components are mostly noise, so a checkpoint carries an :class:`OperatingPoint`
+(chosen on validation subjects, see ``benchmarks/operating_point.py``) and the predictor writes maps
+on which the 0.5 cut *is* that operating point:
+
+0. **Second stage** (when the checkpoint has one, :mod:`lacunes.rescoring`): candidate lesions of the
+   raw map that the re-scorer rejects are set to 0.
+1. **Recalibration** (monotone, piecewise linear): ``p' = 0.5 · p / t`` below the threshold ``t`` and
+   ``0.5 + 0.5 · (p − t) / (1 − t)`` above it, so ``p' >= 0.5`` exactly where ``p >= t``, 0 stays 0
+   and 1 stays 1. The uncertainty is computed from the logits shifted by ``logit(t)``, so it too is
+   centred on the operating point (1 where the model is undecided *at t*).
+2. **Minimum size**: predicted lesions (26-connected components of ``p' >= 0.5``) smaller than
+   ``min_volume_mm3`` are set to probability 0.
+3. **Brain mask**: probability and uncertainty are 0 outside the brain
+   (:func:`lacunes.preprocessing.brain_mask` of the input), so nothing is ever found in the empty
+   background of a skull-stripped scan, and an all-zero scan gives no lesion.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Decision rule written into the probability map (see the module docstring).
+
+    Attributes:
+        threshold: probability (mean over the TTA variants) from which a voxel is a lesion, in (0, 1).
+        min_volume_mm3: predicted lesions smaller than this are removed (0 = keep all).
+        mask_outside_brain: probability and uncertainty 0 outside the input's brain mask.
+    """
+
+    threshold: float = 0.5
+    min_volume_mm3: float = 0.0
+    mask_outside_brain: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if not self.min_volume_mm3 >= 0:
+            raise ValueError(f"min_volume_mm3 must be >= 0, got {self.min_volume_mm3}")
+
+    @property
+    def logit_shift(self) -> float:
+        return math.log(self.threshold / (1.0 - self.threshold))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> OperatingPoint:
+        d = d or {}
+        return cls(**{k: d[k] for k in ("threshold", "min_volume_mm3", "mask_outside_brain") if k in d})
+
+    def replace(self, **changes) -> OperatingPoint:
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+
+#: No recalibration, no size filter, no mask: the raw mean probability (benchmarks and tests).
+RAW = OperatingPoint(0.5, 0.0, False)
+
+
+def recalibrate(probability: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The monotone piecewise-linear map that sends ``threshold`` to 0.5, 0 to 0 and 1 to 1."""
+    if threshold == 0.5:
+        return probability
+    low = 0.5 * probability / threshold
+    high = 0.5 + 0.5 * (probability - threshold) / (1.0 - threshold)
+    return torch.where(probability >= threshold, high, low).clamp(0.0, 1.0)
+
+
+def finish_probability(raw: np.ndarray, op: OperatingPoint, mask: np.ndarray | None,
+                       spacing: tuple[float, ...], rescorer=None, image: np.ndarray | None = None,
+                       candidates: tuple[np.ndarray, int, np.ndarray] | None = None) -> tuple[np.ndarray, dict]:
+    """The written probability map from the raw one (mean of the TTA variants' sigmoids): brain mask,
+    second stage, recalibration to the operating point, minimum size (the module docstring's steps).
+
+    Args:
+        raw: raw probability (x, y, z), float32.
+        op: the operating point.
+        mask: the brain (used when ``op.mask_outside_brain``), or None.
+        spacing: voxel size, mm.
+        rescorer: a :class:`lacunes.rescoring.Rescorer`, or None.
+        image: the normalized ``3×X×Y×Z`` input (needed by the rescorer).
+        candidates: precomputed ``(labels, n, scores)`` of the rescorer's candidates on this ``raw``
+            (the operating-point search scores them once).
+
+    Returns:
+        The map and counts: ``candidates``, ``rejected`` (second stage), ``removed_small_lesions``.
+    """
+    stats = {"candidates": 0, "rejected": 0, "removed_small_lesions": 0}
+    prob = raw
+    if mask is not None and op.mask_outside_brain:
+        prob = np.where(mask, prob, np.float32(0)).astype(np.float32)
+    if rescorer is not None:
+        if candidates is None:
+            if image is None:
+                raise ValueError("this checkpoint re-scores candidates: the normalized image is needed")
+            from lacunes.rescoring import candidate_features
+
+            labels, n, feats = candidate_features(prob, image, mask, spacing, rescorer.candidate_threshold)
+            candidates = (labels, n, rescorer.score(feats) if n else np.zeros(0))
+        labels, n, scores = candidates
+        rejected = np.flatnonzero(scores < rescorer.min_score) + 1
+        if rejected.size:
+            prob = np.where(np.isin(labels, rejected), np.float32(0), prob).astype(np.float32)
+        stats["candidates"], stats["rejected"] = int(n), int(rejected.size)
+    prob = recalibrate(torch.from_numpy(np.ascontiguousarray(prob, np.float32)), op.threshold).numpy()
+    prob, stats["removed_small_lesions"] = remove_small_lesions(prob, op.min_volume_mm3, spacing)
+    return prob.astype(np.float32, copy=False), stats
+
+
+def remove_small_lesions(probability: np.ndarray, min_volume_mm3: float, spacing: tuple[float, ...],
+                         connectivity: int = 26) -> tuple[np.ndarray, int]:
+    """Set the components of ``probability >= 0.5`` smaller than ``min_volume_mm3`` to 0; returns the
+    map (a copy only when something changed) and the number of components removed."""
+    if min_volume_mm3 <= 0:
+        return probability, 0
+    from lacunes.instances import label_instances
+
+    labels, n = label_instances(probability >= 0.5, connectivity)
+    if n == 0:
+        return probability, 0
+    voxel = float(np.prod(spacing))
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:] * voxel
+    small = np.flatnonzero(sizes < min_volume_mm3) + 1
+    if small.size == 0:
+        return probability, 0
+    out = probability.copy()
+    out[np.isin(labels, small)] = 0.0
+    return out, int(small.size)
+
+
+#: The grid searched by :func:`choose_operating_point` (probability thresholds, minimum volumes in mm³,
+#: second-stage score cuts). With a second stage, thresholds under its candidate threshold are skipped.
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99)
+MIN_VOLUMES_MM3 = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 65.0)
+MIN_SCORES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: With a second stage, whose features include the volume, a coarser volume grid.
+MIN_VOLUMES_WITH_RESCORER_MM3 = (0.0, 10.0, 20.0, 40.0)
+
+
+@dataclass
+class OperatingPointScore:
+    """Detection over a set of validation subjects at one operating point (pooled over subjects)."""
+
+    threshold: float
+    min_volume_mm3: float
+    min_score: float | None  # second-stage cut (None without a second stage)
+    f1: float  # pooled: 2·ΣwTP / (ΣwFN + ΣFP + 2·ΣwTP)
+    median_f1: float  # over subjects with lacunes
+    tp: int
+    fp: int
+    fn: int
+    fp_per_subject: float
+    dice: float  # mean over subjects with a detection
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def score_operating_point(results, threshold: float, min_volume_mm3: float,
+                          min_score: float | None = None) -> OperatingPointScore:
+    """Pool :class:`lacunes.metrics.SubjectMetrics` of one operating point."""
+    wtp = sum(r.wtp for r in results)
+    wfn = sum(r.wfn for r in results)
+    fp = sum(r.fp for r in results)
+    denom = wfn + fp + 2 * wtp
+    f1s = [r.f1 for r in results if r.n_ref > 0]
+    dices = [r.dice for r in results if r.n_ref > 0 and r.tp > 0]
+    return OperatingPointScore(
+        threshold, min_volume_mm3, min_score, 2 * wtp / denom if denom else float("nan"),
+        float(np.median(f1s)) if f1s else float("nan"), sum(r.tp for r in results), fp,
+        sum(r.fn for r in results), fp / max(len(results), 1), float(np.mean(dices)) if dices else float("nan"))
+
+
+def _crop_to(box: tuple[slice, ...], *arrays):
+    return [None if a is None else a[(Ellipsis, *box)] for a in arrays]
+
+
+def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=None,
+                           min_scores=MIN_SCORES, progress: bool = True):
+    """The operating point (and second-stage cut) with the best pooled detection F1 on validation cases.
+
+    Args:
+        cases: ``(raw probability X×Y×Z, normalized image 3×X×Y×Z or None, reference, spacing, brain
+            mask)`` per subject; the maps are made by :func:`finish_probability`, as at inference.
+        rescorer: the checkpoint's second stage, or None; its ``min_score`` is searched too.
+        thresholds, volumes, min_scores: the grid (volumes: :data:`MIN_VOLUMES_MM3`, or
+            :data:`MIN_VOLUMES_WITH_RESCORER_MM3` with a second stage, by default).
+
+    Ties (equal F1) go to fewer false positives, then to the smaller minimum volume, then to the
+    lower threshold and score cut (the gentler rule). Returns the chosen operating point (masking
+    outside the brain), the chosen score cut (None without a second stage) and every grid point's score.
+    """
+    from tqdm import tqdm
+
+    from lacunes.metrics import evaluate_subject
+
+    if volumes is None:
+        volumes = MIN_VOLUMES_WITH_RESCORER_MM3 if rescorer is not None else MIN_VOLUMES_MM3
+    prepared = []
+    for raw, image, ref, spacing, mask in cases:
+        if mask is not None and mask.any():
+            # Everything that can change lies in the brain's box (the reference too): scoring the box
+            # gives the same matching (centres move together) and features (the whole mask is inside).
+            from scipy import ndimage as ndi
+
+            box = ndi.find_objects(mask.astype(np.uint8) | (ref > 0).astype(np.uint8))[0]
+            raw, ref, mask = _crop_to(box, raw, ref, mask)
+            image = None if image is None else image[(slice(None), *box)]
+        masked = np.where(mask, raw, np.float32(0)).astype(np.float32) if mask is not None else raw
+        cand = None
+        if rescorer is not None:
+            from lacunes.rescoring import candidate_features
+
+            labels, n, feats = candidate_features(masked, image, mask, spacing, rescorer.candidate_threshold)
+            cand = (labels, n, rescorer.score(feats) if n else np.zeros(0))
+        prepared.append((masked, cand, ref, spacing, mask))
+    if rescorer is not None:
+        thresholds = [t for t in thresholds if t >= rescorer.candidate_threshold]
+    cuts = list(min_scores) if rescorer is not None else [None]
+    scores = []
+    for cut in tqdm(cuts, desc="operating points", disable=not progress):
+        stage = rescorer.replace(min_score=cut) if rescorer is not None else None
+        for t in thresholds:
+            op = OperatingPoint(t, 0.0, True)
+            maps = [finish_probability(masked, op, mask, spacing, stage, candidates=cand)[0]
+                    for masked, cand, _, spacing, mask in prepared]
+            for v in volumes:
+                results = []
+                for prob, (_, _, ref, spacing, _) in zip(maps, prepared):
+                    filtered, _ = remove_small_lesions(prob, v, spacing)
+                    results.append(evaluate_subject(filtered, ref, spacing))
+                scores.append(score_operating_point(results, t, v, cut))
+    best = max(scores, key=lambda s: (np.nan_to_num(s.f1, nan=-1.0), -s.fp, -s.min_volume_mm3, -s.threshold,
+                                      -(s.min_score or 0.0)))
+    return OperatingPoint(best.threshold, best.min_volume_mm3, True), best.min_score, scores

@@ -1,0 +1,205 @@
+"""Second stage: re-score each candidate lesion the network proposes, as two-stage lacune detectors do.
+
+Candidates are the 26-connected components of the raw probability map (mean over the TTA variants)
+at ``candidate_threshold``, inside the brain. Each is described by a few numbers that a reader of
+the scan would look at (:data:`FEATURES`): its size and shape, the network's confidence, its signal on
+T1/T2/FLAIR against its surroundings, a FLAIR rim, its depth under the brain's edge and how much fluid
+lies around it (ventricles, sulci). A logistic regression on these (standardized) features gives each
+candidate a score; candidates scoring under ``min_score`` are set to probability 0.
+
+The regression is fitted on the network's own candidates on labelled training subjects (a candidate
+is positive when it touches a labelled lesion): images, labels and the network's outputs only, so the
+same procedure works on real data. It is stored in the checkpoint as plain numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from lacunes.instances import label_instances
+
+FEATURES = (
+    "log_volume_mm3",  # log of the candidate's volume
+    "max_probability",
+    "mean_probability",
+    "t1", "t2", "flair",  # mean normalized intensity inside
+    "t1_contrast", "t2_contrast", "flair_contrast",  # inside minus a shell 1-2 voxels out
+    "flair_rim",  # FLAIR 1 voxel out minus FLAIR 2-3 voxels out (a gliotic rim is brighter)
+    "log_elongation",  # log ratio of the largest to the smallest principal extent
+    "major_extent_mm",  # standard deviation along the principal axis
+    "depth_mm",  # distance from the centre to the brain's edge
+    "fluid_around",  # share of fluid-like voxels (dark T1, bright T2) within 4 voxels, candidate excluded
+)
+
+
+def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.ndarray | None,
+                       spacing: tuple[float, float, float], threshold: float
+                       ) -> tuple[np.ndarray, int, np.ndarray]:
+    """Candidates of ``probability >= threshold`` (inside ``brain``) and their features.
+
+    Args:
+        probability: raw probability (x, y, z).
+        image: the normalized ``3×X×Y×Z`` input (T1, T2, FLAIR).
+        brain: the brain mask, or None.
+        spacing: voxel size, mm.
+
+    Returns:
+        The label map (0 = background), the number of candidates and an ``n×len(FEATURES)`` array.
+    """
+    candidate = probability >= threshold
+    if brain is not None:
+        candidate &= brain
+    labels, n = label_instances(candidate)
+    feats = np.zeros((n, len(FEATURES)), np.float64)
+    if n == 0:
+        return labels, 0, feats
+    inside_brain = brain if brain is not None else (image != 0).any(0)
+    depth = ndi.distance_transform_edt(np.pad(inside_brain, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    t1, t2 = image[0], image[1]
+    q1 = np.quantile(t1[inside_brain], 0.25) if inside_brain.any() else 0.0
+    q2 = np.quantile(t2[inside_brain], 0.75) if inside_brain.any() else 0.0
+    fluid = inside_brain & (t1 <= q1) & (t2 >= q2)
+    spacing_a = np.asarray(spacing, float)
+    voxel = float(np.prod(spacing_a))
+    ball = ndi.generate_binary_structure(3, 1)
+    for k, box in enumerate(ndi.find_objects(labels)):
+        if box is None:
+            continue
+        pad = 5
+        big = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, dim)) for s, dim in zip(box, labels.shape))
+        comp = labels[big] == k + 1
+        d1 = ndi.binary_dilation(comp, ball, iterations=1)
+        d2 = ndi.binary_dilation(d1, ball, iterations=1)
+        d3 = ndi.binary_dilation(d2, ball, iterations=1)
+        d4 = ndi.binary_dilation(d3, ball, iterations=1)
+        inb = inside_brain[big]
+        shell = d2 & ~comp & inb
+        ring1 = d1 & ~comp & inb
+        ring23 = d3 & ~d1 & inb
+        around = d4 & ~comp & inb
+        img = image[(slice(None), *big)]
+        p = probability[big][comp]
+        vox = int(comp.sum())
+        inside_means = [float(img[c][comp].mean()) for c in range(3)]
+        shell_means = [float(img[c][shell].mean()) if shell.any() else 0.0 for c in range(3)]
+        rim = (float(img[2][ring1].mean()) if ring1.any() else 0.0) - (float(img[2][ring23].mean()) if ring23.any() else 0.0)
+        coords = np.argwhere(comp) * spacing_a
+        if vox >= 2:
+            eig = np.sort(np.linalg.eigvalsh(np.cov(coords.T) + np.eye(3) * (spacing_a.mean() ** 2 / 12)))
+        else:
+            eig = np.full(3, spacing_a.mean() ** 2 / 12)
+        centre = tuple(int(round(c)) for c in np.argwhere(comp).mean(0) + [s.start for s in big])
+        feats[k] = [
+            math.log(vox * voxel), float(p.max()), float(p.mean()), *inside_means,
+            *(a - b for a, b in zip(inside_means, shell_means)), rim,
+            math.log(eig[2] / eig[0]), math.sqrt(eig[2]), float(depth[centre]),
+            float(fluid[big][around].mean()) if around.any() else 0.0,
+        ]
+    return labels, n, feats
+
+
+@dataclass(frozen=True)
+class Rescorer:
+    """A logistic regression over :data:`FEATURES` (standardized with ``mean`` and ``std``).
+
+    Attributes:
+        candidate_threshold: raw probability at which candidates are formed.
+        min_score: candidates scoring under this are removed (set to probability 0).
+    """
+
+    weights: tuple[float, ...]
+    bias: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    candidate_threshold: float = 0.5
+    min_score: float = 0.5
+    features: tuple[str, ...] = FEATURES
+
+    def __post_init__(self) -> None:
+        if tuple(self.features) != FEATURES:
+            raise ValueError(f"this rescorer was fitted on features {list(self.features)}; this version computes "
+                             f"{list(FEATURES)}")
+        if not (len(self.weights) == len(self.mean) == len(self.std) == len(FEATURES)):
+            raise ValueError("rescorer weights, mean and std must have one value per feature")
+        if not 0.0 < self.candidate_threshold < 1.0 or not 0.0 <= self.min_score <= 1.0:
+            raise ValueError(f"candidate_threshold must be in (0, 1) and min_score in [0, 1], got "
+                             f"{self.candidate_threshold}, {self.min_score}")
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        z = (np.asarray(features, np.float64) - np.asarray(self.mean)) / np.asarray(self.std)
+        return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias)))
+
+    def apply(self, probability: np.ndarray, image: np.ndarray, brain: np.ndarray | None,
+              spacing: tuple[float, float, float]) -> tuple[np.ndarray, int, int]:
+        """``probability`` with the rejected candidates set to 0; also the candidate and rejected counts."""
+        labels, n, feats = candidate_features(probability, image, brain, spacing, self.candidate_threshold)
+        if n == 0:
+            return probability, 0, 0
+        rejected = np.flatnonzero(self.score(feats) < self.min_score) + 1
+        if rejected.size == 0:
+            return probability, n, 0
+        out = probability.copy()
+        out[np.isin(labels, rejected)] = 0.0
+        return out, n, int(rejected.size)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> Rescorer | None:
+        if not d:
+            return None
+        known = {"weights", "bias", "mean", "std", "candidate_threshold", "min_score", "features"}
+        d = {k: v for k, v in d.items() if k in known}
+        for key in ("weights", "mean", "std", "features"):
+            d[key] = tuple(d[key])
+        return cls(**d)
+
+    def replace(self, **changes) -> Rescorer:
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+    @classmethod
+    def fit(cls, features: np.ndarray, targets: np.ndarray, candidate_threshold: float, l2: float = 1.0,
+            iterations: int = 50) -> Rescorer:
+        """Class-balanced, L2-regularized logistic regression by Newton's method.
+
+        Raises:
+            ValueError: no candidates, or only one class among them.
+        """
+        x = np.asarray(features, np.float64)
+        y = np.asarray(targets, np.float64)
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != len(FEATURES):
+            raise ValueError(f"need an n×{len(FEATURES)} feature array, got shape {x.shape}")
+        if y.min() == y.max():
+            raise ValueError("the candidates are all positive or all negative: nothing to learn")
+        mean, std = x.mean(0), x.std(0)
+        std[std < 1e-8] = 1.0
+        z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
+        sample = np.where(y > 0.5, 0.5 / y.mean(), 0.5 / (1 - y.mean()))  # each class weighs half
+        w = np.zeros(z.shape[1])
+        reg = np.full(z.shape[1], l2)
+        reg[-1] = 0.0
+        for _ in range(iterations):
+            p = 1.0 / (1.0 + np.exp(-(z @ w)))
+            grad = z.T @ (sample * (p - y)) + reg * w
+            hess = (z * (sample * p * (1 - p))[:, None]).T @ z + np.diag(reg + 1e-9)
+            step = np.linalg.solve(hess, grad)
+            w -= step
+            if np.abs(step).max() < 1e-8:
+                break
+        return cls(tuple(float(v) for v in w[:-1]), float(w[-1]), tuple(float(v) for v in mean),
+                   tuple(float(v) for v in std), candidate_threshold)
+
+
+def candidate_targets(labels: np.ndarray, n: int, reference: np.ndarray) -> np.ndarray:
+    """1 for each candidate that touches a labelled lesion (``reference > 0``), else 0."""
+    if n == 0:
+        return np.zeros(0)
+    return np.asarray(ndi.maximum(reference > 0, labels, np.arange(1, n + 1)), np.float64)

@@ -1,0 +1,150 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lacunes.checkpoint import save_checkpoint
+from lacunes.inference import InferenceSettings, Predictor
+from lacunes.io import Geometry, Subject
+from lacunes.network import build_network
+from lacunes.postprocessing import (
+    RAW,
+    OperatingPoint,
+    choose_operating_point,
+    recalibrate,
+    remove_small_lesions,
+)
+from lacunes.preprocessing import brain_mask
+
+from .conftest import TINY
+
+
+class LogitOf(torch.nn.Module):
+    """The network's logit is the first input channel (a known probability map)."""
+
+    def forward(self, x):
+        return x[:, :1]
+
+
+def settings():
+    return InferenceSettings(roi_size=(16, 16, 16), overlap=0.0, tta="none", progress=False, device="cpu")
+
+
+def logit(p):
+    return math.log(p / (1 - p))
+
+
+def test_recalibration_is_monotone_and_sends_the_threshold_to_one_half():
+    p = torch.linspace(0, 1, 1001)
+    for t in (0.2, 0.5, 0.83):
+        q = recalibrate(p, t)
+        assert (torch.diff(q) >= 0).all()
+        assert q[0] == 0 and q[-1] == 1
+        assert torch.equal(q >= 0.5, p >= t)
+
+
+def test_small_lesions_are_removed_by_physical_volume():
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[2:4, 2:4, 2:4] = 0.9  # 8 voxels
+    prob[10:14, 10:14, 10:14] = 0.8  # 64 voxels
+    out, removed = remove_small_lesions(prob, 10.0, (1.0, 1.0, 1.0))
+    assert removed == 1 and out[2:4, 2:4, 2:4].max() == 0 and out[10:14, 10:14, 10:14].min() == 0.8
+    out, removed = remove_small_lesions(prob, 10.0, (1.0, 1.0, 2.0))  # 8 voxels of 2 mm³ = 16 mm³: kept
+    assert removed == 0 and out is prob
+
+
+def test_operating_point_is_validated_and_round_trips():
+    with pytest.raises(ValueError, match="threshold"):
+        OperatingPoint(threshold=1.0)
+    with pytest.raises(ValueError, match="min_volume"):
+        OperatingPoint(min_volume_mm3=-1)
+    op = OperatingPoint(0.8, 12.0, True)
+    assert OperatingPoint.from_dict({**op.to_dict(), "chosen_on": {"x": 1}}) == op
+    assert OperatingPoint.from_dict(None) == OperatingPoint()
+
+
+def test_predictor_writes_the_operating_point_into_the_map():
+    shape = (24, 24, 16)
+    p = np.full(shape, 0.1, np.float32)
+    p[4:7, 4:7, 4:7] = 0.7  # 27 voxels, below the threshold
+    p[12:18, 12:18, 6:12] = 0.9  # 216 voxels, above it
+    p[20:22, 20:22, 2:4] = 0.95  # 8 voxels, too small
+    x = np.stack([np.log(p / (1 - p))] * 3).astype(np.float32)
+    op = OperatingPoint(0.8, 10.0, False)
+    prob, unc = Predictor(LogitOf(), settings(), operating_point=op).predict_normalized(x)
+    assert (prob[4:7, 4:7, 4:7] < 0.5).all()
+    assert (prob[12:18, 12:18, 6:12] >= 0.5).all()
+    assert prob[20:22, 20:22, 2:4].max() == 0
+    np.testing.assert_allclose(prob[12, 12, 6], 0.5 + 0.5 * (0.9 - 0.8) / 0.2, atol=1e-5)
+    # uncertainty centred on the operating point: |logit(0.9) - logit(0.8)| < 1 → 1
+    assert unc[12, 12, 6] == pytest.approx(1.0) and unc[0, 0, 0] < 0.5
+    raw, _ = Predictor(LogitOf(), settings(), operating_point=RAW).predict_normalized(x)
+    np.testing.assert_allclose(raw, p, atol=1e-5)
+
+
+def test_maps_are_zero_outside_the_brain_and_an_empty_scan_has_no_lesion():
+    class Half(torch.nn.Module):  # undecided everywhere, the empty background included
+        def forward(self, x):
+            return torch.zeros_like(x[:, :1])
+
+    shape = (20, 20, 12)
+    image = np.zeros((3, *shape), np.float32)
+    image[:, 5:15, 5:15, 3:9] = 100.0
+    subject = Subject("sub-1", image, Geometry(shape))
+    prob, unc = Predictor(Half(), settings()).predict(subject)
+    inside = brain_mask(image)
+    assert inside.sum() == 10 * 10 * 6
+    assert (prob[~inside] == 0).all() and (unc[~inside] == 0).all()
+    assert (prob[inside] == 0.5).all() and (unc[inside] == 1).all()
+    prob, unc = Predictor(Half(), settings()).predict(Subject("sub-0", np.zeros((3, *shape), np.float32),
+                                                              Geometry(shape)))
+    assert prob.max() == 0 and unc.max() == 0
+
+
+def test_brain_mask_fills_holes_and_drops_noise_outside():
+    rng = np.random.default_rng(0)
+    image = np.zeros((3, 40, 40, 30), np.float32)
+    idx = np.indices((40, 40, 30))
+    brain = ((idx - np.array([20, 20, 15])[:, None, None, None]) ** 2).sum(0) < 12**2
+    image[:, brain] = 500 + rng.normal(0, 20, (3, brain.sum()))
+    image[:, 18:23, 18:23, 13:18] = 0  # a cavity at zero in all channels
+    image[1, 1, 1, 1] = 400  # an isolated bright voxel outside
+    image[:, 30:34, 2:4, 2:4] = 3.0  # faint background noise
+    mask = brain_mask(image)
+    assert mask[brain].all() and mask[20, 20, 15]
+    assert not mask[1, 1, 1] and not mask[31, 3, 3]
+    assert mask.sum() - brain.sum() < 0.02 * brain.sum()
+    assert not brain_mask(np.zeros((3, 8, 8, 8), np.float32)).any()
+    with pytest.raises(ValueError, match="C×X×Y×Z"):
+        brain_mask(np.zeros((8, 8, 8)))
+
+
+def test_checkpoint_operating_point_is_read_back_and_overridden(tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_network(TINY), TINY, {"operating_point": {"threshold": 0.8, "min_volume_mm3": 15.0,
+                                                                           "mask_outside_brain": True}})
+    p = Predictor.from_checkpoint(path, settings())
+    assert p.operating_point == OperatingPoint(0.8, 15.0, True)
+    p = Predictor.from_checkpoint(path, settings(), threshold=0.6, min_volume_mm3=0)
+    assert p.operating_point == OperatingPoint(0.6, 0.0, True)
+    save_checkpoint(path, build_network(TINY), TINY, {})
+    assert Predictor.from_checkpoint(path, settings()).operating_point == OperatingPoint()
+
+
+def test_the_best_operating_point_rejects_what_only_a_low_threshold_or_no_size_filter_lets_through():
+    shape = (40, 40, 20)
+    cases = []
+    for k in range(3):
+        p = np.full(shape, 0.05, np.float32)
+        ref = np.zeros(shape, np.float32)
+        ref[8:13, 8:13, 8:13] = 1.0
+        p[8:13, 8:13, 8:13] = 0.9  # the lacune: found above 0.8
+        p[25:30, 25:30, 5:10] = 0.7  # a mimic: only below 0.7
+        p[30 + k:32 + k, 5:7, 15:17] = 0.95  # 8 voxels: a speck
+        cases.append((p, None, ref, (1.0, 1.0, 1.0), np.ones(shape, bool)))
+    best, cut, scores = choose_operating_point(cases, thresholds=(0.5, 0.8), volumes=(0.0, 10.0), progress=False)
+    assert (best.threshold, best.min_volume_mm3, cut) == (0.8, 10.0, None)
+    top = {(s.threshold, s.min_volume_mm3): s for s in scores}
+    assert top[(0.8, 10.0)].f1 == 1.0 and top[(0.8, 10.0)].fp == 0
+    assert top[(0.5, 0.0)].fp == 6 and top[(0.8, 0.0)].fp == 3

@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+import torch
+
+from lacunes.checkpoint import save_checkpoint
+from lacunes.inference import InferenceSettings, Predictor
+from lacunes.network import build_network
+from lacunes.postprocessing import OperatingPoint, choose_operating_point, finish_probability
+from lacunes.rescoring import FEATURES, Rescorer, candidate_features, candidate_targets
+
+from .conftest import TINY
+
+
+def scene(seed=0):
+    """A brain with a round fluid lesion (dark T1, bright T2) and a long thin tube of the same signal
+    (a perivascular-space look-alike); the network is equally sure of both."""
+    rng = np.random.default_rng(seed)
+    shape = (48, 48, 40)
+    image = np.zeros((3, *shape), np.float32)
+    idx = np.indices(shape)
+    brain = ((idx - np.array([24, 24, 20])[:, None, None, None]) ** 2).sum(0) < 20**2
+    image[:, brain] = 0.6 + rng.normal(0, 0.02, (3, brain.sum()))
+    ball = ((idx - np.array([18, 24, 20])[:, None, None, None]) ** 2).sum(0) <= 9
+    tube = (np.abs(idx[0] - 30) <= 0) & (np.abs(idx[1] - 24) <= 0) & (np.abs(idx[2] - 20) <= 7)
+    for lesion in (ball, tube):
+        image[0][lesion], image[1][lesion], image[2][lesion] = 0.1, 1.0, 0.1
+    prob = np.full(shape, 0.02, np.float32)
+    prob[ball | tube] = 0.9
+    reference = ball.astype(np.float32)
+    return prob, image, brain, reference, ball, tube
+
+
+def test_features_describe_shape_and_signal():
+    prob, image, brain, reference, ball, tube = scene()
+    labels, n, feats = candidate_features(prob, image, brain, (1.0, 1.0, 1.0), 0.5)
+    assert n == 2 and feats.shape == (2, len(FEATURES))
+    f = {name: feats[:, i] for i, name in enumerate(FEATURES)}
+    k_ball = labels[18, 24, 20] - 1
+    k_tube = 1 - k_ball
+    assert f["log_elongation"][k_tube] > f["log_elongation"][k_ball] + 2
+    assert f["t2_contrast"][k_ball] > 0.3 and f["t1_contrast"][k_ball] < -0.3
+    assert np.exp(f["log_volume_mm3"][k_ball]) == pytest.approx(ball.sum())
+    np.testing.assert_array_equal(candidate_targets(labels, n, reference)[[k_ball, k_tube]], [1, 0])
+
+
+def test_fit_learns_to_reject_the_look_alike_and_round_trips():
+    cases = [scene(seed) for seed in range(3)]
+    feats, targets = [], []
+    for prob, image, brain, reference, *_ in cases:
+        labels, n, f = candidate_features(prob, image, brain, (1.0, 1.0, 1.0), 0.5)
+        feats.append(f)
+        targets.append(candidate_targets(labels, n, reference))
+    r = Rescorer.fit(np.concatenate(feats), np.concatenate(targets), 0.5)
+    assert Rescorer.from_dict({**r.to_dict(), "fit": {"note": 1}}) == r
+    prob, image, brain, reference, ball, tube = cases[0]
+    out, n, rejected = r.apply(prob, image, brain, (1.0, 1.0, 1.0))
+    assert (n, rejected) == (2, 1)
+    assert (out[ball] == 0.9).all() and (out[tube] == 0).all()
+    kept, stats = finish_probability(prob, OperatingPoint(0.5, 0.0, True), brain, (1.0, 1.0, 1.0), r, image)
+    assert stats["rejected"] == 1 and (kept[tube] < 0.5).all() and (kept[ball] >= 0.5).all()
+    with pytest.raises(ValueError, match="all positive or all negative"):
+        Rescorer.fit(np.zeros((3, len(FEATURES))), np.ones(3), 0.5)
+    with pytest.raises(ValueError, match="fitted on features"):
+        Rescorer.from_dict({**r.to_dict(), "features": ["x"] * len(FEATURES)})
+    # the search picks a cut that keeps the lesion and drops the tube
+    val = [(p, img, ref, (1.0, 1.0, 1.0), b) for p, img, b, ref, *_ in cases]
+    op, cut, _ = choose_operating_point(val, r, thresholds=(0.5,), volumes=(0.0,), min_scores=(0.0, 0.5),
+                                        progress=False)
+    assert cut == 0.5
+
+
+def test_a_checkpoint_with_a_second_stage_uses_it(tmp_path):
+    prob, image, brain, reference, ball, tube = scene()
+    r = Rescorer(tuple([0.0] * len(FEATURES)), -5.0, tuple([0.0] * len(FEATURES)), tuple([1.0] * len(FEATURES)))
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_network(TINY), TINY, {"rescorer": r.to_dict()})
+    settings = InferenceSettings(roi_size=(16, 16, 16), tta="none", progress=False, device="cpu")
+    predictor = Predictor.from_checkpoint(path, settings)
+    assert predictor.rescorer == r
+
+    class LogitOf(torch.nn.Module):
+        def forward(self, x):
+            return x[:, :1]
+
+    predictor.network = LogitOf()
+    x = np.concatenate([np.log(prob / (1 - prob))[None], image[1:]]).astype(np.float32)
+    out, _ = predictor.predict_normalized(x, brain)
+    assert out.max() < 0.5 and predictor.last_stats["rejected"] == predictor.last_stats["candidates"] == 2
