@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Quality benchmark: the bundled model (and the β=0 ablation) on held-out synthetic subjects, in the
-challenge's own metrics, with the fast and the full inference settings; the uncertainty options compared
-on the same predictions; a plot of detection rate against lesion diameter.
+"""Quality benchmark: models on held-out synthetic subjects, in the challenge's own metrics, with what
+lies under every predicted lesion (lacune, perivascular space, WMH, CSF, brain edge, outside the brain,
+other tissue), the uncertainty options compared, and detection rate against lesion diameter.
 
-Writes predictions and evaluation reports under --work, the plot next to this file, and the quality
-section of benchmarks/RESULTS.md.
+Each model is run as the container runs it: its checkpoint's operating point (threshold, minimum
+lesion volume) and the brain mask applied (``--raw`` to switch both off). Writes predictions and
+evaluation reports under --work, the plot next to this file, and the quality section of RESULTS.md.
 
-    python benchmarks/quality.py                      # 20 held-out subjects (seed 7777), fast + full
-    python benchmarks/quality.py --full-subjects 3    # full recipe on the first 3 only (CPU)
+    python benchmarks/quality.py                          # blob · fast, β=0 · fast, blob · full (all 20)
+    python benchmarks/quality.py --full-subjects 5        # full recipe on the first 5 only (CPU)
+    python benchmarks/quality.py --runs before=runs/init/cpu-blob.pt:fast --section quality-before
 """
 
 from __future__ import annotations
@@ -30,50 +32,109 @@ sys.path.insert(0, str(HERE))
 
 from results_md import replace_section  # noqa: E402
 
-from lacunes.evaluation import evaluate_pair, pair_subjects, write_reports  # noqa: E402
+from lacunes.breakdown import CATEGORIES, classify_predictions, summarize_breakdown  # noqa: E402
+from lacunes.evaluation import load_reference  # noqa: E402
 from lacunes.inference import PRESETS, Predictor  # noqa: E402
-from lacunes.io import read_subject, write_volume  # noqa: E402
+from lacunes.io import read_subject, read_volume, write_volume  # noqa: E402
 from lacunes.layouts import find_valdo_subjects  # noqa: E402
-from lacunes.metrics import summarize  # noqa: E402
-from lacunes.preprocessing import prepare_image  # noqa: E402
+from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
+from lacunes.postprocessing import RAW  # noqa: E402
+from lacunes.preprocessing import prepare_image, repair_nonfinite  # noqa: E402
 from lacunes.uncertainty import UncertaintyMode  # noqa: E402
 
 HELDOUT_SEED = 7777
+HELDOUT_FIRST_ID = 101
 BINS = [(3, 5), (5, 7), (7, 10), (10, 16)]
+MODES = [UncertaintyMode.INVERSE_LOGIT, UncertaintyMode.TTA_STD, UncertaintyMode.ENTROPY]
 
 
 def ensure_heldout(folder: Path, n: int) -> None:
-    from lacunes.synthetic import generate_dataset
+    """Generate the held-out subjects if missing, and the tissue sidecars of subjects made before
+    phantoms carried them (regenerated from the seed: a subject depends on seed and id only)."""
+    from lacunes.synthetic import generate_dataset, generate_phantom
 
     have = len(list(folder.glob("sub-*_desc-masked_T1.nii.gz"))) if folder.is_dir() else 0
     if have < n:
         print(f"generating {n} held-out subjects (seed {HELDOUT_SEED}) in {folder}")
-        generate_dataset(folder, n, HELDOUT_SEED, first_id=101, progress=True)
+        generate_dataset(folder, n, HELDOUT_SEED, first_id=HELDOUT_FIRST_ID, progress=True)
+    for files in find_valdo_subjects(folder)[:n]:
+        path = tissue_path(files)
+        if not path.is_file():
+            index = int(files.subject_id.split("-")[1])
+            phantom = generate_phantom(HELDOUT_SEED, index)
+            _, geom = read_volume(files.paths["T1"])
+            write_volume(phantom.tissues, geom, path)
+            print(f"  {files.subject_id}: tissue sidecar regenerated")
 
 
-def run_setting(model: Path, setting: str, subjects, out: Path, uncertainty_modes) -> dict:
-    """Predict every subject once; write the probability and one uncertainty map per mode."""
+def tissue_path(files) -> Path:
+    return files.paths["T1"].with_name(f"{files.output_prefix}desc-synthetic_tissues.nii.gz")
+
+
+def parse_runs(text: str, default_full: int | None) -> list[tuple[str, Path, str, int | None]]:
+    """``name=checkpoint:setting[:n],...`` → (name, checkpoint, setting, subjects or None = all)."""
+    runs = []
+    for item in text.split(","):
+        name, rest = item.split("=", 1)
+        parts = rest.split(":")
+        n = int(parts[2]) if len(parts) > 2 else (default_full if parts[1] == "full" else None)
+        runs.append((name, Path(parts[0]) if Path(parts[0]).is_absolute() else ROOT / parts[0], parts[1], n))
+    return runs
+
+
+def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: bool) -> dict:
+    """Predict, write the maps (one uncertainty map per mode with TTA), evaluate and break down."""
     predictor = Predictor.from_checkpoint(model, PRESETS[setting].replace(progress=False))
-    seconds = []
+    if raw:
+        predictor.operating_point, predictor.rescorer = RAW, None
+    op = predictor.operating_point
+    modes = MODES if setting == "full" else MODES[:1]
+    results = {m: [] for m in modes}
+    rows, seconds = [], []
     for files in subjects:
         t0 = time.time()
         subject = read_subject(files.subject_id, files.paths)
-        logits = predictor.variant_logits(prepare_image(subject.image, predictor.normalization))
-        for mode in uncertainty_modes:
-            prob, unc = predictor.maps_from_logits(logits, mode)
-            d = out / str(mode)
-            write_volume(prob.cpu().numpy(), subject.geometry, d / files.prediction_name)
-            write_volume(unc.cpu().numpy(), subject.geometry, d / files.uncertainty_name)
+        image = repair_nonfinite(subject.image)
+        mask = predictor.brain(image)
+        normalized = prepare_image(image, predictor.normalization)
+        logits = predictor.variant_logits(normalized)
+        reference, _ = load_reference(tuple(files.label_paths().values()))
+        spacing = subject.geometry.spacing
+        for mode in modes:
+            prob, unc = (t.cpu().numpy() for t in predictor.maps_from_logits(logits, mode, mask, spacing,
+                                                                                        image=normalized))
+            d = work / str(mode)
+            write_volume(prob, subject.geometry, d / files.prediction_name)
+            write_volume(unc, subject.geometry, d / files.uncertainty_name)
+            results[mode].append(evaluate_subject(prob.astype(np.float64), reference, spacing,
+                                                  unc.astype(np.float64), files.subject_id))
+            if mode == modes[0]:
+                sidecar = files.paths["T1"].with_name(f"{files.output_prefix}desc-synthetic_lesions.json")
+                tissues = read_volume(tissue_path(files))[0] if tissue_path(files).is_file() else None
+                brain = mask if mask is not None else (image != 0).any(0)
+                rows += classify_predictions(prob, reference, brain, spacing,
+                                             json.loads(sidecar.read_text()) if sidecar.is_file() else None,
+                                             tissues, files.subject_id)
         seconds.append(time.time() - t0)
-        print(f"  {files.subject_id}: {seconds[-1]:.1f} s")
-    return {"seconds_per_subject": float(np.mean(seconds)), "variants": len(predictor.plan.variants)}
-
-
-def evaluate(pred_dir: Path, ref_dir: Path) -> tuple[dict, list]:
-    pairs = pair_subjects(pred_dir, ref_dir)
-    results = [evaluate_pair(p) for p in pairs]
-    write_reports(results, pred_dir / "evaluation")
-    return summarize(results), results
+        r = results[modes[0]][-1]
+        print(f"  {name} · {setting} {files.subject_id}: {seconds[-1]:.1f} s, TP {r.tp} FP {r.fp} FN {r.fn}",
+              flush=True)
+    main = results[modes[0]]
+    lesions = [les for r in main for les in r.lesions if les["kind"] == "reference"]
+    big = [les for les in lesions if les["diameter_mm"] >= 5]
+    free = [r.fp for r in main if r.n_ref == 0]
+    return {
+        "name": name, "setting": setting, "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
+        "operating_point": op.to_dict(), "subjects": len(main), "summary": summarize(main),
+        "by_mode": {str(m): summarize(results[m]) for m in modes},
+        "fp_mean": float(np.mean([r.fp for r in main])), "fp_lacune_free": float(np.mean(free)) if free else math.nan,
+        "found": (sum(les["detected"] for les in lesions), len(lesions)),
+        "found_5mm": (sum(les["detected"] for les in big), len(big)),
+        "by_diameter": detection_by_diameter(lesions),
+        "breakdown": summarize_breakdown(rows, len(main)),
+        "seconds_per_subject": float(np.mean(seconds)), "variants": len(predictor.plan.variants),
+        "per_subject": [r.row() for r in main],
+    }
 
 
 def fmt(stat: dict, digits: int = 2) -> str:
@@ -82,11 +143,10 @@ def fmt(stat: dict, digits: int = 2) -> str:
     return f"{stat['median']:.{digits}f} [{stat['q25']:.{digits}f}, {stat['q75']:.{digits}f}]"
 
 
-def detection_by_diameter(results) -> list[tuple[str, int, float]]:
-    rows = [les for r in results for les in r.lesions if les["kind"] == "reference"]
+def detection_by_diameter(lesions: list[dict]) -> list[tuple[str, int, float]]:
     out = []
     for lo, hi in BINS:
-        sel = [les for les in rows if lo <= les["diameter_mm"] < hi]
+        sel = [les for les in lesions if lo <= les["diameter_mm"] < hi]
         out.append((f"{lo}-{hi} mm", len(sel), float(np.mean([les["detected"] for les in sel])) if sel else math.nan))
     return out
 
@@ -110,83 +170,104 @@ def plot(curves: dict[str, list[tuple[str, int, float]]], path: Path) -> None:
     plt.close(fig)
 
 
+def targets(run: dict) -> str:
+    """The specificity targets, reached or not, for one run."""
+    s = run["summary"]
+    checks = [
+        ("median F1 ≥ 0.8", s["f1"]["median"] >= 0.8),
+        ("FP ≤ 1 per subject", run["fp_mean"] <= 1.0),
+        ("FP ≤ 0.5 per lacune-free subject", not run["fp_lacune_free"] > 0.5),
+        ("Dice ≥ 0.7", s["dice"]["median"] >= 0.7),
+        ("every lacune ≥ 5 mm found", run["found_5mm"][0] == run["found_5mm"][1]),
+    ]
+    return ", ".join(f"{label}: {'yes' if ok else 'no'}" for label, ok in checks)
+
+
+def section(runs: list[dict], args, title: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU thread(s) ({cpu})"
+    lines = [
+        f"## {title}",
+        "",
+        f"Command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`".rstrip() + f" — {device}, torch "
+        f"{torch.__version__}. Held-out set: `lacunes synth --n {args.n} --seed {HELDOUT_SEED} --first-id "
+        f"{HELDOUT_FIRST_ID}` (training used seed 2021, the operating point seed 5151). Reference = mean of the two "
+        "raters; centre matching within 5 mm. " + ("Raw maps (no operating point, no brain mask). " if args.raw else
+                                                   "Each checkpoint's operating point and the brain mask applied. ")
+        + "Median [IQR] over subjects (F1 and Dice over subjects with lacunes); FP = false-positive lesions.",
+        "",
+        "| model · setting | operating point | subjects | F1 | Dice | AVD mm³ | lacunes found | ≥ 5 mm found "
+        "| FP / subject | FP / lacune-free subject | unc. flags | s / subject |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        s, op = r["summary"], r["operating_point"]
+        lines.append(
+            f"| {r['name']} · {r['setting']} | p ≥ {op['threshold']:g}, ≥ {op['min_volume_mm3']:g} mm³ | {r['subjects']} "
+            f"| {fmt(s['f1'])} | {fmt(s['dice'])} | {fmt(s['avd_mm3'], 0)} | {r['found'][0]}/{r['found'][1]} "
+            f"| {r['found_5mm'][0]}/{r['found_5mm'][1]} | {r['fp_mean']:.2f} | {r['fp_lacune_free']:.2f} "
+            f"| {fmt(s['unc_flags'])} | {r['seconds_per_subject']:.0f} |")
+    lines += ["", "Targets (issue: median F1 ≥ 0.8, FP ≤ 1 per subject and ≤ 0.5 per lacune-free subject, "
+              "Dice ≥ 0.7, every lacune ≥ 5 mm found):", ""]
+    lines += [f"- {r['name']} · {r['setting']} ({r['subjects']} subjects): {targets(r)}" for r in runs]
+    lines += ["", "What lies under the predicted lesions (lesions per subject; median volume mm³ / median maximum "
+              "probability in brackets):", "",
+              "| model · setting | " + " | ".join(CATEGORIES) + " |", "|---|" + "---|" * len(CATEGORIES)]
+    for r in runs:
+        cells = []
+        for b in r["breakdown"]:
+            cells.append("0" if b["count"] == 0 else
+                         f"{b['per_subject']:.2f} ({b['median_volume_mm3']:.0f} / {b['median_max_probability']:.2f})")
+        lines.append(f"| {r['name']} · {r['setting']} | " + " | ".join(cells) + " |")
+    full = [r for r in runs if len(r["by_mode"]) > 1]
+    for r in full:
+        lines += ["", f"Uncertainty options on the same predictions ({r['name']} · {r['setting']}, {r['subjects']} "
+                  "subjects):", "", "| uncertainty | flags right (a) | voxel score (b) |", "|---|---|---|"]
+        for mode, s in r["by_mode"].items():
+            lines.append(f"| {mode} | {fmt(s['unc_flags'])} | {fmt(s['unc_voxels'])} |")
+    lines += ["", "Detection rate by reference lesion diameter:", "", f"![detection vs diameter]({args.plot})",
+              "", "| run | " + " | ".join(f"{lo}-{hi} mm" for lo, hi in BINS) + " |", "|---|" + "---|" * len(BINS)]
+    for r in runs:
+        lines.append(f"| {r['name']} · {r['setting']} (n={r['subjects']}) | "
+                     + " | ".join(f"{x[2]:.2f} (n={x[1]})" for x in r["by_diameter"]) + " |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--heldout", default=str(ROOT / "data" / "synth-heldout"))
     ap.add_argument("--n", type=int, default=20, help="held-out subjects (generated if missing)")
-    ap.add_argument("--model", default=str(ROOT / "model" / "lacunes.pt"))
-    ap.add_argument("--ablation", default=str(HERE / "models" / "dicebce.pt"), help="the β=0 model")
-    ap.add_argument("--full-subjects", type=int, default=None, help="run the full recipe on the first N only")
+    ap.add_argument("--runs", default=None,
+                    help="name=checkpoint:setting[:subjects],... (default: blob and β=0 with fast, blob with full)")
+    ap.add_argument("--full-subjects", type=int, default=None, help="full-recipe runs on the first N subjects only")
+    ap.add_argument("--raw", action="store_true", help="no operating point and no brain mask (the raw network)")
+    ap.add_argument("--section", default="quality", help="RESULTS.md section to rewrite")
+    ap.add_argument("--title", default="Quality (VALDO Task 3 metrics, held-out synthetic subjects)")
+    ap.add_argument("--plot", default="detection_vs_diameter.png", help="plot file name, next to this script")
     ap.add_argument("--work", default=str(ROOT / "out" / "quality"))
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-
+    runs_spec = args.runs or ("blob=model/lacunes.pt:fast,β=0=benchmarks/models/dicebce.pt:fast,"
+                              "blob=model/lacunes.pt:full")
     heldout, work = Path(args.heldout), Path(args.work)
     ensure_heldout(heldout, args.n)
     subjects = find_valdo_subjects(heldout)[: args.n]
-    n_full = args.full_subjects if args.full_subjects is not None else len(subjects)
-    runs = [("blob", Path(args.model), "fast", subjects), ("β=0", Path(args.ablation), "fast", subjects),
-            ("blob", Path(args.model), "full", subjects[:n_full])]
-    modes = [UncertaintyMode.INVERSE_LOGIT, UncertaintyMode.TTA_STD, UncertaintyMode.ENTROPY]
-    table, unc_rows, curves, meta = [], [], {}, {}
-    for name, model, setting, subs in runs:
-        if not subs or not model.is_file():
-            print(f"skipping {name}/{setting}: {'no subjects' if not subs else f'no model at {model}'}")
+    runs = []
+    for name, model, setting, n in parse_runs(runs_spec, args.full_subjects):
+        if not model.is_file():
+            print(f"skipping {name} · {setting}: no model at {model}")
             continue
-        tag = f"{'blob' if name == 'blob' else 'dicebce'}-{setting}"
-        print(f"{tag}: {len(subs)} subject(s)")
-        info = run_setting(model, setting, subs, work / tag, modes if setting == "full" else modes[:1])
-        ref_dir = work / tag / "reference"
-        ref_dir.mkdir(parents=True, exist_ok=True)
-        for f in subs:  # evaluate only the subjects this run predicted
-            for p in f.label_paths().values():
-                link = ref_dir / p.name
-                if not link.exists():
-                    link.symlink_to(p.resolve())
-        summary, results = evaluate(work / tag / str(modes[0]), ref_dir)
-        fp_free = [r.fp for r in results if r.n_ref == 0]
-        table.append((f"{name} · {setting}", len(subs), summary, info,
-                      float(np.mean(fp_free)) if fp_free else math.nan))
-        curves[f"{name} · {setting} (n={len(subs)})"] = detection_by_diameter(results)
-        if setting == "full":
-            for mode in modes:
-                s, _ = evaluate(work / tag / str(mode), ref_dir)
-                unc_rows.append((str(mode), s))
-        meta[tag] = info
-
-    plot(curves, HERE / "detection_vs_diameter.png")
-    cpu = platform.processor() or platform.machine()
-    lines = [
-        "## Quality (VALDO Task 3 metrics, held-out synthetic subjects)",
-        "",
-        f"Command: `python benchmarks/quality.py --full-subjects {n_full}` — machine: {torch.get_num_threads()} CPU "
-        f"thread(s) ({cpu}), torch {torch.__version__}, no GPU. Held-out set: `lacunes synth --n {args.n} "
-        f"--seed {HELDOUT_SEED} --first-id 101` (the training set used seed 2021). Reference = mean of the two raters; "
-        "centre matching within 5 mm. Median [IQR] over subjects (F1 and Dice over subjects with lacunes).",
-        "",
-        "| model · setting | subjects | F1 | Dice | AVD mm³ | unc. flags | unc. voxels "
-        "| FP per lacune-free subject | s / subject |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for label, n, s, info, fp_free in table:
-        lines.append(f"| {label} | {n} | {fmt(s['f1'])} | {fmt(s['dice'])} | {fmt(s['avd_mm3'], 0)} | "
-                     f"{fmt(s['unc_flags'])} | {fmt(s['unc_voxels'])} | {fp_free:.1f} | {info['seconds_per_subject']:.0f} |")
-    if unc_rows:
-        lines += ["", "Uncertainty options on the same full-recipe predictions (blob model):", "",
-                  "| uncertainty | flags right (a) | voxel score (b) |", "|---|---|---|"]
-        for mode, s in unc_rows:
-            lines.append(f"| {mode} | {fmt(s['unc_flags'])} | {fmt(s['unc_voxels'])} |")
-    lines += ["", "Detection rate by reference lesion diameter:", "", "![detection vs diameter](detection_vs_diameter.png)",
-              "", "| run | " + " | ".join(b[0] for b in next(iter(curves.values()))) + " |",
-              "|---|" + "---|" * len(BINS)]
-    for name, rows in curves.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[2]:.2f} (n={r[1]})" for r in rows) + " |")
-    text = "\n".join(lines)
-    replace_section("quality", text)
-    (work / "quality.json").write_text(json.dumps({"table": [(t[0], t[1], t[2], t[3], t[4]) for t in table]},
-                                                  indent=1, default=str))
+        subs = subjects[:n] if n is not None else subjects
+        tag = f"{name.replace('=', '').replace('β', 'beta')}-{setting}"
+        print(f"{name} · {setting}: {len(subs)} subject(s), {model}")
+        runs.append(run_model(name, model, setting, subs, work / tag, args.raw))
+    plot({f"{r['name']} · {r['setting']} (n={r['subjects']})": r["by_diameter"] for r in runs}, HERE / args.plot)
+    text = section(runs, args, args.title)
+    replace_section(args.section, text)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / f"{args.section}.json").write_text(json.dumps(runs, indent=1, default=str))
     print(text)
     return 0
 

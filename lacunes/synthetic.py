@@ -25,6 +25,8 @@ from scipy import ndimage as ndi
 logger = logging.getLogger(__name__)
 
 MODALITIES = ("T1", "T2", "FLAIR")
+#: Values of the tissue sidecar (``sub-XXX_space-T1_desc-synthetic_tissues.nii.gz``).
+TISSUE_LABELS = {0: "background", 1: "csf", 2: "gm", 3: "wm"}
 
 
 @dataclass(frozen=True)
@@ -106,13 +108,15 @@ class Lesion:
 
 @dataclass
 class Phantom:
-    """A generated subject: images (x, y, z), rater labels and the lesion record."""
+    """A generated subject: images (x, y, z), rater labels, the lesion record and the tissue model
+    (``tissues``: the dominant tissue of each voxel before lesions, see :data:`TISSUE_LABELS`)."""
 
     subject_id: str
     images: dict[str, np.ndarray]
     rater1: np.ndarray
     rater2: np.ndarray
     lesions: list[Lesion]
+    tissues: np.ndarray | None = None
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -390,7 +394,8 @@ def generate_phantom(seed: int, index: int = 1, config: SynthConfig | None = Non
 
     images = _render(rng, cfg, anat, lacune_frac, rim_frac, pvs_frac, wmh_frac)
     sid = subject_id or f"sub-{index:03d}"
-    return Phantom(sid, images, rater1, rater2, lesions)
+    tissues = np.where(anat["mask"], 1 + np.argmax(np.stack([anat["csf"], anat["gm"], anat["wm"]]), axis=0), 0)
+    return Phantom(sid, images, rater1, rater2, lesions, tissues.astype(np.uint8))
 
 
 def _render(
@@ -456,6 +461,8 @@ def write_phantom(phantom: Phantom, out_dir: Path, preview: bool = False) -> lis
     sidecar = out_dir / f"{sid}_space-T1_desc-synthetic_lesions.json"
     sidecar.write_text(json.dumps([asdict(lesion) for lesion in phantom.lesions], indent=1))
     written.append(sidecar)
+    if phantom.tissues is not None:
+        written.append(write_volume(phantom.tissues, geom, out_dir / f"{sid}_space-T1_desc-synthetic_tissues.nii.gz"))
     if preview:
         written.append(write_preview(phantom, out_dir / f"{sid}_preview.png"))
     return written

@@ -100,3 +100,14 @@ def test_write_valdo_layout_and_preview(phantom, tmp_path):
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="lacune_diameter_mm"):
         SynthConfig(lacune_diameter_mm=(10.0, 3.0))
+
+
+def test_tissue_model_is_written_and_lesions_sit_in_tissue(phantom, tmp_path):
+    from lacunes.synthetic import TISSUE_LABELS
+
+    assert set(np.unique(phantom.tissues)) <= set(TISSUE_LABELS)
+    assert ((phantom.tissues > 0) == (phantom.images["T1"] > 0)).mean() > 0.99
+    write_phantom(phantom, tmp_path)
+    tissues, _ = read_volume(tmp_path / f"{phantom.subject_id}_space-T1_desc-synthetic_tissues.nii.gz")
+    np.testing.assert_array_equal(tissues, phantom.tissues)
+    assert (phantom.tissues[phantom.rater1 > 0] >= 2).all()  # lacunes are placed in GM or WM
