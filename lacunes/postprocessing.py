@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from lacunes.metrics import detection_counts
+
 
 @dataclass(frozen=True)
 class OperatingPoint:
@@ -162,25 +164,19 @@ class OperatingPointScore:
     fp: int
     fn: int
     fp_per_subject: float
-    dice: float  # mean over subjects with a detection
+    dice: float = float("nan")  # median over subjects with lacunes; computed for the chosen point only
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def score_operating_point(results, threshold: float, min_volume_mm3: float,
-                          min_score: float | None = None) -> OperatingPointScore:
-    """Pool :class:`lacunes.metrics.SubjectMetrics` of one operating point."""
-    wtp = sum(r.wtp for r in results)
-    wfn = sum(r.wfn for r in results)
-    fp = sum(r.fp for r in results)
+def _pool(counts: list[tuple], threshold: float, min_volume_mm3: float, min_score: float | None) -> OperatingPointScore:
+    tp, fp, fn = (sum(c[i] for c in counts) for i in range(3))
+    wtp, wfn = sum(c[3] for c in counts), sum(c[4] for c in counts)
     denom = wfn + fp + 2 * wtp
-    f1s = [r.f1 for r in results if r.n_ref > 0]
-    dices = [r.dice for r in results if r.n_ref > 0 and r.tp > 0]
-    return OperatingPointScore(
-        threshold, min_volume_mm3, min_score, 2 * wtp / denom if denom else float("nan"),
-        float(np.median(f1s)) if f1s else float("nan"), sum(r.tp for r in results), fp,
-        sum(r.fn for r in results), fp / max(len(results), 1), float(np.mean(dices)) if dices else float("nan"))
+    f1s = [c[5] for c in counts if not math.isnan(c[5])]
+    return OperatingPointScore(threshold, min_volume_mm3, min_score, 2 * wtp / denom if denom else float("nan"),
+                               float(np.median(f1s)) if f1s else float("nan"), tp, fp, fn, fp / max(len(counts), 1))
 
 
 def _crop_to(box: tuple[slice, ...], *arrays):
@@ -198,13 +194,17 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
         thresholds, volumes, min_scores: the grid (volumes: :data:`MIN_VOLUMES_MM3`, or
             :data:`MIN_VOLUMES_WITH_RESCORER_MM3` with a second stage, by default).
 
-    Ties (equal F1) go to fewer false positives, then to the smaller minimum volume, then to the
-    lower threshold and score cut (the gentler rule). Returns the chosen operating point (masking
-    outside the brain), the chosen score cut (None without a second stage) and every grid point's score.
+    Each (cut, threshold) map is labelled once; each minimum volume then drops whole lesions, scored
+    with the challenge's centre matching (:func:`lacunes.metrics.detection_counts`). Ties (equal F1)
+    go to fewer false positives, then to the smaller minimum volume, then to the lower threshold and
+    score cut (the gentler rule). Returns the chosen operating point (masking outside the brain), the
+    chosen score cut (None without a second stage) and every grid point's score (the chosen one with
+    its median Dice).
     """
     from tqdm import tqdm
 
-    from lacunes.metrics import evaluate_subject
+    from lacunes.instances import label_instances
+    from lacunes.metrics import ReferenceLesions, evaluate_subject, lesion_centres_mm
 
     if volumes is None:
         volumes = MIN_VOLUMES_WITH_RESCORER_MM3 if rescorer is not None else MIN_VOLUMES_MM3
@@ -225,7 +225,7 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
 
             labels, n, feats = candidate_features(masked, image, mask, spacing, rescorer.candidate_threshold)
             cand = (labels, n, rescorer.score(feats) if n else np.zeros(0))
-        prepared.append((masked, cand, ref, spacing, mask))
+        prepared.append((masked, cand, ref, ReferenceLesions.from_reference(ref, spacing), spacing, mask))
     if rescorer is not None:
         thresholds = [t for t in thresholds if t >= rescorer.candidate_threshold]
     cuts = list(min_scores) if rescorer is not None else [None]
@@ -234,14 +234,25 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
         stage = rescorer.replace(min_score=cut) if rescorer is not None else None
         for t in thresholds:
             op = OperatingPoint(t, 0.0, True)
-            maps = [finish_probability(masked, op, mask, spacing, stage, candidates=cand)[0]
-                    for masked, cand, _, spacing, mask in prepared]
+            lesions = []  # per case: centres (mm) and volumes (mm³) of the predicted lesions
+            for masked, cand, _, _, spacing, mask in prepared:
+                prob = finish_probability(masked, op, mask, spacing, stage, candidates=cand)[0]
+                labels, n = label_instances(prob >= 0.5)
+                volumes_mm3 = np.bincount(labels.ravel(), minlength=n + 1)[1:] * float(np.prod(spacing))
+                lesions.append((lesion_centres_mm(labels, n, spacing), volumes_mm3))
             for v in volumes:
-                results = []
-                for prob, (_, _, ref, spacing, _) in zip(maps, prepared):
-                    filtered, _ = remove_small_lesions(prob, v, spacing)
-                    results.append(evaluate_subject(filtered, ref, spacing))
-                scores.append(score_operating_point(results, t, v, cut))
+                counts = [detection_counts(centres[vol >= v], refl)
+                          for (centres, vol), (_, _, _, refl, _, _) in zip(lesions, prepared)]
+                scores.append(_pool(counts, t, v, cut))
     best = max(scores, key=lambda s: (np.nan_to_num(s.f1, nan=-1.0), -s.fp, -s.min_volume_mm3, -s.threshold,
                                       -(s.min_score or 0.0)))
-    return OperatingPoint(best.threshold, best.min_volume_mm3, True), best.min_score, scores
+    op = OperatingPoint(best.threshold, best.min_volume_mm3, True)
+    stage = rescorer.replace(min_score=best.min_score) if rescorer is not None else None
+    dices = []
+    for masked, cand, ref, _, spacing, mask in prepared:
+        prob = finish_probability(masked, op, mask, spacing, stage, candidates=cand)[0]
+        r = evaluate_subject(prob.astype(np.float64), ref, spacing)
+        if r.n_ref:
+            dices.append(r.dice)
+    best.dice = float(np.median(dices)) if dices else float("nan")
+    return op, best.min_score, scores

@@ -115,3 +115,27 @@ def test_summary_median_iqr_mean_ignores_nan():
     s = summarize(results)
     assert s["f1"]["n"] == 2 and s["f1"]["median"] == 0.5 and s["f1"]["mean"] == 0.5
     assert s["f1"]["q25"] == 0.25 and s["f1"]["q75"] == 0.75
+
+
+def test_detection_counts_from_centres_equal_the_full_metric():
+    from scipy import ndimage as ndi
+
+    from lacunes.instances import label_instances
+    from lacunes.metrics import ReferenceLesions, detection_counts, lesion_centres_mm
+
+    rng = np.random.default_rng(4)
+    spacing = (1.0, 1.3, 0.8)
+    for case in range(10):
+        shape = (40, 36, 30)
+        ref = np.zeros(shape)
+        for _ in range(rng.integers(0, 4)):
+            c = rng.integers(4, 26, 3)
+            ref[c[0] - 2:c[0] + 2, c[1] - 2:c[1] + 2, c[2] - 1:c[2] + 2] = rng.choice([0.5, 1.0])
+        pred = np.clip(ndi.gaussian_filter(rng.random(shape), 1.5) * 1.6 - 0.3 + 0.5 * (ref > 0), 0, 1)
+        full = evaluate_subject(pred, ref, spacing)
+        labels, n = label_instances(pred >= 0.5)
+        tp, fp, fn, wtp, wfn, f1 = detection_counts(lesion_centres_mm(labels, n, spacing),
+                                                    ReferenceLesions.from_reference(ref, spacing))
+        assert (tp, fp, fn) == (full.tp, full.fp, full.fn)
+        assert wtp == pytest.approx(full.wtp) and wfn == pytest.approx(full.wfn)
+        assert f1 == pytest.approx(full.f1, nan_ok=True)
