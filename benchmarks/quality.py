@@ -38,8 +38,8 @@ from lacunes.inference import PRESETS, Predictor  # noqa: E402
 from lacunes.io import read_subject, read_volume, write_volume  # noqa: E402
 from lacunes.layouts import find_valdo_subjects  # noqa: E402
 from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
-from lacunes.postprocessing import RAW  # noqa: E402
-from lacunes.preprocessing import prepare_image, repair_nonfinite  # noqa: E402
+from lacunes.postprocessing import RAW, OperatingPoint, finish_probability  # noqa: E402
+from lacunes.preprocessing import brain_mask, prepare_image, repair_nonfinite  # noqa: E402
 from lacunes.uncertainty import UncertaintyMode  # noqa: E402
 
 HELDOUT_SEED = 7777
@@ -82,12 +82,26 @@ def parse_runs(text: str, default_full: int | None) -> list[tuple[str, Path, str
     return runs
 
 
-def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: bool) -> dict:
-    """Predict, write the maps (one uncertainty map per mode with TTA), evaluate and break down."""
+def stages(predictor) -> list[tuple[str, OperatingPoint, object]]:
+    """The inference steps added one at a time, ending with the checkpoint's own configuration."""
+    op, rescorer = predictor.operating_point, predictor.rescorer
+    out = [("network only (p ≥ 0.5)", RAW, None), ("+ brain mask", OperatingPoint(0.5, 0.0, True), None),
+           (f"+ operating point (p ≥ {op.threshold:g}, ≥ {op.min_volume_mm3:g} mm³)", op, None)]
+    if rescorer is not None:
+        out.append((f"+ second stage (score ≥ {rescorer.min_score:g})", op, rescorer))
+    return out
+
+
+def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: bool, ablate: bool = False) -> dict:
+    """Predict, write the maps (one uncertainty map per mode with TTA), evaluate and break down; with
+    ``ablate``, also score each inference step on the same network outputs."""
     predictor = Predictor.from_checkpoint(model, PRESETS[setting].replace(progress=False))
     if raw:
         predictor.operating_point, predictor.rescorer = RAW, None
     op = predictor.operating_point
+    steps = stages(predictor) if ablate else []
+    step_results = {label: [] for label, _, _ in steps}
+    step_rows = {label: [] for label, _, _ in steps}
     modes = MODES if setting == "full" else MODES[:1]
     results = {m: [] for m in modes}
     rows, seconds = [], []
@@ -112,9 +126,16 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
                 sidecar = files.paths["T1"].with_name(f"{files.output_prefix}desc-synthetic_lesions.json")
                 tissues = read_volume(tissue_path(files))[0] if tissue_path(files).is_file() else None
                 brain = mask if mask is not None else (image != 0).any(0)
-                rows += classify_predictions(prob, reference, brain, spacing,
-                                             json.loads(sidecar.read_text()) if sidecar.is_file() else None,
-                                             tissues, files.subject_id)
+                mimics = json.loads(sidecar.read_text()) if sidecar.is_file() else None
+                brain_for_steps = mask if mask is not None else brain_mask(image)
+                rows += classify_predictions(prob, reference, brain, spacing, mimics, tissues, files.subject_id)
+                raw_prob = torch.sigmoid(logits).mean(0).clamp(0.0, 1.0).float().cpu().numpy()
+                for label, step_op, step_rescorer in steps:
+                    p_step, _ = finish_probability(raw_prob, step_op, brain_for_steps, spacing, step_rescorer, normalized)
+                    step_results[label].append(evaluate_subject(p_step.astype(np.float64), reference, spacing,
+                                                                subject_id=files.subject_id))
+                    step_rows[label] += classify_predictions(p_step, reference, brain_for_steps, spacing, mimics,
+                                                             tissues, files.subject_id)
         seconds.append(time.time() - t0)
         r = results[modes[0]][-1]
         print(f"  {name} · {setting} {files.subject_id}: {seconds[-1]:.1f} s, TP {r.tp} FP {r.fp} FN {r.fn}",
@@ -133,6 +154,10 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
         "by_diameter": detection_by_diameter(lesions),
         "breakdown": summarize_breakdown(rows, len(main)),
         "seconds_per_subject": float(np.mean(seconds)), "variants": len(predictor.plan.variants),
+        "steps": [{"step": label, "summary": summarize(step_results[label]),
+                   "fp_mean": float(np.mean([r.fp for r in step_results[label]])),
+                   "found": (sum(r.tp for r in step_results[label]), sum(r.n_ref for r in step_results[label])),
+                   "breakdown": summarize_breakdown(step_rows[label], len(step_results[label]))} for label, _, _ in steps],
         "per_subject": [r.row() for r in main],
     }
 
@@ -219,6 +244,17 @@ def section(runs: list[dict], args, title: str) -> str:
             cells.append("0" if b["count"] == 0 else
                          f"{b['per_subject']:.2f} ({b['median_volume_mm3']:.0f} / {b['median_max_probability']:.2f})")
         lines.append(f"| {r['name']} · {r['setting']} | " + " | ".join(cells) + " |")
+    for r in runs:
+        if not r["steps"]:
+            continue
+        lines += ["", f"What each inference step does ({r['name']} · {r['setting']}, {r['subjects']} subjects, the same "
+                  "network outputs; FP lesions per subject by what lies under them):", "",
+                  "| step | F1 | lacunes found | FP / subject | " + " | ".join(CATEGORIES[1:]) + " |",
+                  "|---|---|---|---|" + "---|" * (len(CATEGORIES) - 1)]
+        for st in r["steps"]:
+            cells = [f"{b['per_subject']:.2f}" for b in st["breakdown"][1:]]
+            lines.append(f"| {st['step']} | {fmt(st['summary']['f1'])} | {st['found'][0]}/{st['found'][1]} "
+                         f"| {st['fp_mean']:.2f} | " + " | ".join(cells) + " |")
     full = [r for r in runs if len(r["by_mode"]) > 1]
     for r in full:
         lines += ["", f"Uncertainty options on the same predictions ({r['name']} · {r['setting']}, {r['subjects']} "
@@ -241,6 +277,7 @@ def main() -> int:
                     help="name=checkpoint:setting[:subjects],... (default: blob and β=0 with fast, blob with full)")
     ap.add_argument("--full-subjects", type=int, default=None, help="full-recipe runs on the first N subjects only")
     ap.add_argument("--raw", action="store_true", help="no operating point and no brain mask (the raw network)")
+    ap.add_argument("--no-steps", action="store_true", help="skip the per-step ablation of the fast runs")
     ap.add_argument("--section", default="quality", help="RESULTS.md section to rewrite")
     ap.add_argument("--title", default="Quality (VALDO Task 3 metrics, held-out synthetic subjects)")
     ap.add_argument("--plot", default="detection_vs_diameter.png", help="plot file name, next to this script")
@@ -262,7 +299,8 @@ def main() -> int:
         subs = subjects[:n] if n is not None else subjects
         tag = f"{name.replace('=', '').replace('β', 'beta')}-{setting}"
         print(f"{name} · {setting}: {len(subs)} subject(s), {model}")
-        runs.append(run_model(name, model, setting, subs, work / tag, args.raw))
+        runs.append(run_model(name, model, setting, subs, work / tag, args.raw,
+                              ablate=setting == "fast" and not args.no_steps and not args.raw))
     plot({f"{r['name']} · {r['setting']} (n={r['subjects']})": r["by_diameter"] for r in runs}, HERE / args.plot)
     text = section(runs, args, args.title)
     replace_section(args.section, text)

@@ -67,5 +67,12 @@ def run_subject(
         if write_table:
             outputs.append(write_lesion_table(rows, Path(extras_dir) / f"{stem}lesions.csv"))
     report = SubjectReport(files.subject_id, outputs, len(rows), time.time() - t0)
-    logger.info("%s: %d lesion(s) in %.1f s", files.subject_id, report.lesions, report.seconds)
+    st = predictor.last_stats
+    removed = []
+    if st.get("candidates"):
+        removed.append(f"second stage rejected {st['rejected']} of {st['candidates']} candidate(s)")
+    if st.get("removed_small_lesions"):
+        removed.append(f"{st['removed_small_lesions']} lesion(s) under the minimum volume removed")
+    logger.info("%s: %d lesion(s) in %.1f s%s", files.subject_id, report.lesions, report.seconds,
+                f" ({'; '.join(removed)})" if removed else "")
     return report

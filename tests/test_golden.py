@@ -2,8 +2,8 @@
 (CPU setting ``fast``), compared with the stored expected output.
 
 Tolerance: Dice >= 0.99 between the stored and the new binary masks (prediction >= 0.5), the sum of
-the probability map within 1 %, the same number of lesions. Regenerate after retraining with
-``python -m tests.test_golden --update``.
+the probability map within 1 %, the same number of lesions; both maps 0 outside the brain. Regenerate
+after retraining with ``python -m tests.test_golden --update``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 
 from lacunes.instances import label_instances
 from lacunes.io import read_volume, write_volume
+from lacunes.preprocessing import brain_mask
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "test"
@@ -61,6 +62,10 @@ def test_sample_case_matches_the_stored_output(tmp_path):
     assert dice >= 0.99, f"Dice with the stored mask {dice:.4f}"
     assert got["sum"] == pytest.approx(expected["sum"], rel=0.01)
     assert got["lesions"] == expected["lesions"]
+    image = np.stack([read_volume(SAMPLE / f"sub-201_space-T1_desc-masked_{m}.nii.gz")[0] for m in ("T1", "T2", "FLAIR")])
+    outside = ~brain_mask(image.astype(np.float32))
+    unc, _ = read_volume(out / "images" / "sub-201_space-T1_uncertaintymap.nii.gz")
+    assert outside.sum() > 0.3 * outside.size and prob[outside].max() == 0 and unc[outside].max() == 0
 
 
 def update() -> None:
