@@ -104,7 +104,7 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
     step_rows = {label: [] for label, _, _ in steps}
     modes = MODES if setting == "full" else MODES[:1]
     results = {m: [] for m in modes}
-    rows, seconds = [], []
+    rows, seconds, uncertain = [], [], []
     for files in subjects:
         t0 = time.time()
         subject = read_subject(files.subject_id, files.paths)
@@ -123,6 +123,8 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
             results[mode].append(evaluate_subject(prob.astype(np.float64), reference, spacing,
                                                   unc.astype(np.float64), files.subject_id))
             if mode == modes[0]:
+                inside = mask if mask is not None else (image != 0).any(0)
+                uncertain.append(float((unc[inside] >= 0.5).mean()) if inside.any() else 0.0)
                 sidecar = files.paths["T1"].with_name(f"{files.output_prefix}desc-synthetic_lesions.json")
                 tissues = read_volume(tissue_path(files))[0] if tissue_path(files).is_file() else None
                 brain = mask if mask is not None else (image != 0).any(0)
@@ -154,6 +156,7 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
         "by_diameter": detection_by_diameter(lesions),
         "breakdown": summarize_breakdown(rows, len(main)),
         "seconds_per_subject": float(np.mean(seconds)), "variants": len(predictor.plan.variants),
+        "uncertain_brain_share": float(np.mean(uncertain)),
         "steps": [{"step": label, "summary": summarize(step_results[label]),
                    "fp_mean": float(np.mean([r.fp for r in step_results[label]])),
                    "found": (sum(r.tp for r in step_results[label]), sum(r.n_ref for r in step_results[label])),
@@ -222,8 +225,8 @@ def section(runs: list[dict], args, title: str) -> str:
         + "Median [IQR] over subjects (F1 and Dice over subjects with lacunes); FP = false-positive lesions.",
         "",
         "| model · setting | operating point | subjects | F1 | Dice | AVD mm³ | lacunes found | ≥ 5 mm found "
-        "| FP / subject | FP / lacune-free subject | unc. flags | s / subject |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| FP / subject | FP / lacune-free subject | unc. flags | brain with unc. ≥ 0.5 | s / subject |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         s, op = r["summary"], r["operating_point"]
@@ -231,7 +234,7 @@ def section(runs: list[dict], args, title: str) -> str:
             f"| {r['name']} · {r['setting']} | p ≥ {op['threshold']:g}, ≥ {op['min_volume_mm3']:g} mm³ | {r['subjects']} "
             f"| {fmt(s['f1'])} | {fmt(s['dice'])} | {fmt(s['avd_mm3'], 0)} | {r['found'][0]}/{r['found'][1]} "
             f"| {r['found_5mm'][0]}/{r['found_5mm'][1]} | {r['fp_mean']:.2f} | {r['fp_lacune_free']:.2f} "
-            f"| {fmt(s['unc_flags'])} | {r['seconds_per_subject']:.0f} |")
+            f"| {fmt(s['unc_flags'])} | {100 * r['uncertain_brain_share']:.1f} % | {r['seconds_per_subject']:.0f} |")
     lines += ["", "Targets (issue: median F1 ≥ 0.8, FP ≤ 1 per subject and ≤ 0.5 per lacune-free subject, "
               "Dice ≥ 0.7, every lacune ≥ 5 mm found):", ""]
     lines += [f"- {r['name']} · {r['setting']} ({r['subjects']} subjects): {targets(r)}" for r in runs]

@@ -232,12 +232,14 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
     scores = []
     for cut in tqdm(cuts, desc="operating points", disable=not progress):
         stage = rescorer.replace(min_score=cut) if rescorer is not None else None
+        # The map before recalibration (at threshold 0.5 it is the identity); recalibrating to t then
+        # cutting at 0.5 is the same as cutting this map at t (recalibrate is monotone, t → 0.5).
+        staged = [finish_probability(masked, OperatingPoint(0.5, 0.0, True), mask, spacing, stage, candidates=cand)[0]
+                  for masked, cand, _, _, spacing, mask in prepared]
         for t in thresholds:
-            op = OperatingPoint(t, 0.0, True)
             lesions = []  # per case: centres (mm) and volumes (mm³) of the predicted lesions
-            for masked, cand, _, _, spacing, mask in prepared:
-                prob = finish_probability(masked, op, mask, spacing, stage, candidates=cand)[0]
-                labels, n = label_instances(prob >= 0.5)
+            for prob, (_, _, _, _, spacing, _) in zip(staged, prepared):
+                labels, n = label_instances(prob >= t)
                 volumes_mm3 = np.bincount(labels.ravel(), minlength=n + 1)[1:] * float(np.prod(spacing))
                 lesions.append((lesion_centres_mm(labels, n, spacing), volumes_mm3))
             for v in volumes:
