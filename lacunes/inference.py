@@ -418,6 +418,10 @@ class Predictor:
         if any(counts):
             logger.warning("repairing non-finite input voxels per channel: %s", counts)
         image = repair_nonfinite(image)
+        for name, channel in zip(("T1", "T2", "FLAIR"), image):
+            if channel.size and channel.min() == channel.max():
+                logger.warning("%s is constant (%g everywhere): it carries no information",
+                               name, float(channel.flat[0]))
         mask = self.brain(image)
         if mask is not None and not mask.any():
             logger.warning("the input holds no brain (all channels zero or constant): no lesion can be found")

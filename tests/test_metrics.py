@@ -125,7 +125,7 @@ def test_detection_counts_from_centres_equal_the_full_metric():
 
     rng = np.random.default_rng(4)
     spacing = (1.0, 1.3, 0.8)
-    for case in range(10):
+    for _ in range(10):
         shape = (40, 36, 30)
         ref = np.zeros(shape)
         for _ in range(rng.integers(0, 4)):

@@ -102,6 +102,18 @@ def test_maps_are_zero_outside_the_brain_and_an_empty_scan_has_no_lesion():
     assert prob.max() == 0 and unc.max() == 0
 
 
+def test_constant_modalities_and_empty_scans_are_named(caplog):
+    shape = (12, 12, 8)
+    image = np.zeros((3, *shape), np.float32)
+    image[0, 3:9, 3:9, 2:6] = 50.0
+    image[2] = 7.0
+    Predictor(LogitOf(), settings()).predict(image)
+    assert "T2 is constant (0 everywhere)" in caplog.text and "FLAIR is constant (7 everywhere)" in caplog.text
+    assert "T1 is constant" not in caplog.text
+    Predictor(LogitOf(), settings()).predict(np.zeros((3, *shape), np.float32))
+    assert "holds no brain" in caplog.text
+
+
 def test_brain_mask_fills_holes_and_drops_noise_outside():
     rng = np.random.default_rng(0)
     image = np.zeros((3, 40, 40, 30), np.float32)
