@@ -75,7 +75,7 @@ def parse_runs(text: str, default_full: int | None) -> list[tuple[str, Path, str
     """``name=checkpoint:setting[:n],...`` → (name, checkpoint, setting, subjects or None = all)."""
     runs = []
     for item in text.split(","):
-        name, rest = item.split("=", 1)
+        name, rest = item.rsplit("=", 1)
         parts = rest.split(":")
         n = int(parts[2]) if len(parts) > 2 else (default_full if parts[1] == "full" else None)
         runs.append((name, Path(parts[0]) if Path(parts[0]).is_absolute() else ROOT / parts[0], parts[1], n))
