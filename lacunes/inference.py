@@ -259,7 +259,11 @@ class Predictor:
             op = op.replace(threshold=threshold)
         if min_volume_mm3 is not None:
             op = op.replace(min_volume_mm3=min_volume_mm3)
-        return cls(network, settings, normalization, metadata, op, Rescorer.from_dict(metadata.get("rescorer")))
+        rescorer = Rescorer.from_dict(metadata.get("rescorer"))
+        if rescorer is not None and op.threshold < rescorer.candidate_threshold:
+            logger.warning("threshold %g is under the second stage's candidate threshold %g: voxels between the "
+                           "two are not re-scored", op.threshold, rescorer.candidate_threshold)
+        return cls(network, settings, normalization, metadata, op, rescorer)
 
     # ------------------------------------------------------------------------------------------
 

@@ -1,21 +1,22 @@
-"""From the network's logits to the written maps: the operating point and the brain mask.
+"""From the network's logits to the written maps: the brain mask, the second stage, the operating point.
 
 The challenge binarizes the probability map at a fixed 0.5. A model's best decision threshold is
 rarely 0.5, and tiny components are mostly noise, so a checkpoint carries an :class:`OperatingPoint`
-(chosen on validation subjects, see ``benchmarks/operating_point.py``) and the predictor writes maps
-on which the 0.5 cut *is* that operating point:
+(chosen on validation subjects by ``training/calibrate.py``) and the predictor writes maps on which the
+0.5 cut *is* that operating point. From the raw probability (the mean of the TTA variants' sigmoids),
+in this order (:func:`finish_probability`):
 
-0. **Second stage** (when the checkpoint has one, :mod:`lacunes.rescoring`): candidate lesions of the
+1. **Brain mask**: probability and uncertainty are 0 outside the brain
+   (:func:`lacunes.preprocessing.brain_mask` of the input), so nothing is ever found in the empty
+   background of a skull-stripped scan, and an all-zero scan gives no lesion.
+2. **Second stage** (when the checkpoint has one, :mod:`lacunes.rescoring`): candidate lesions of the
    raw map that the re-scorer rejects are set to 0.
-1. **Recalibration** (monotone, piecewise linear): ``p' = 0.5 · p / t`` below the threshold ``t`` and
+3. **Recalibration** (monotone, piecewise linear): ``p' = 0.5 · p / t`` below the threshold ``t`` and
    ``0.5 + 0.5 · (p − t) / (1 − t)`` above it, so ``p' >= 0.5`` exactly where ``p >= t``, 0 stays 0
    and 1 stays 1. The uncertainty is computed from the logits shifted by ``logit(t)``, so it too is
    centred on the operating point (1 where the model is undecided *at t*).
-2. **Minimum size**: predicted lesions (26-connected components of ``p' >= 0.5``) smaller than
+4. **Minimum size**: predicted lesions (26-connected components of ``p' >= 0.5``) smaller than
    ``min_volume_mm3`` are set to probability 0.
-3. **Brain mask**: probability and uncertainty are 0 outside the brain
-   (:func:`lacunes.preprocessing.brain_mask` of the input), so nothing is ever found in the empty
-   background of a skull-stripped scan, and an all-zero scan gives no lesion.
 """
 
 from __future__ import annotations

@@ -78,10 +78,11 @@ def mine_hard_negatives(net: torch.nn.Module, subjects, indices, device: torch.d
     setting) and store the centres of their false positives (components that touch no label) as
     their ``hard`` crop centres. Returns the count per subject; the network is left in train mode."""
     from lacunes.inference import FAST, Predictor
+    from lacunes.postprocessing import RAW
     from lacunes.training.sampling import false_positive_centres
 
     settings = FAST.replace(progress=False, device=str(device), precision="bfloat16" if bf16 else "auto")
-    predictor = Predictor(net, settings)
+    predictor = Predictor(net, settings, operating_point=RAW)  # the raw map: p >= 0.5, no mask
     found = {}
     try:
         for i in indices:
