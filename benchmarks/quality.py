@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -217,7 +218,7 @@ def section(runs: list[dict], args, title: str) -> str:
     lines = [
         f"## {title}",
         "",
-        f"Command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`".rstrip() + f" — {device}, torch "
+        f"Command: `python benchmarks/quality.py {shlex.join(sys.argv[1:])}`".rstrip() + f" — {device}, torch "
         f"{torch.__version__}. Held-out set: `lacunes synth --n {args.n} --seed {HELDOUT_SEED} --first-id "
         f"{HELDOUT_FIRST_ID}` (training used seed 2021, the operating point seed 5151). Reference = mean of the two "
         "raters; centre matching within 5 mm. " + ("Raw maps (no operating point, no brain mask). " if args.raw else

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import copy
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -81,7 +82,7 @@ def main() -> int:
     lines = [
         "## Training step time on the CPU: float32 against bfloat16 autocast",
         "",
-        f"Command: `python benchmarks/training_precision.py {' '.join(sys.argv[1:])}`".rstrip()
+        f"Command: `python benchmarks/training_precision.py {shlex.join(sys.argv[1:])}`".rstrip()
         + f" — {torch.get_num_threads()} CPU thread(s) ({cpu}, AMX/AVX-512 BF16), torch {torch.__version__}. "
         f"The `cpu-hardneg` recipe's batches ({config.batch_size} subjects × {config.crops_per_subject} crops of "
         f"{'×'.join(map(str, config.crop_size))}), blob loss, Ranger21; {args.steps} timed steps each, alternating, "
