@@ -15,7 +15,13 @@ in this order (:func:`finish_probability`):
    ``0.5 + 0.5 · (p − t) / (1 − t)`` above it, so ``p' >= 0.5`` exactly where ``p >= t``, 0 stays 0
    and 1 stays 1. The uncertainty is computed from the logits shifted by ``logit(t)``, so it too is
    centred on the operating point (1 where the model is undecided *at t*).
-4. **Minimum size**: predicted lesions (26-connected components of ``p' >= 0.5``) smaller than
+4. **Extent** (hysteresis, when ``extent_threshold < threshold``): a lesion is *detected* where the
+   probability reaches ``threshold``, but it *extends* over the connected region of probability
+   ``>= extent_threshold`` around it. A strict detection threshold keeps mimics out; applied to the
+   extent too, it trims every lesion to its core (Dice falls). Inside those regions the map is
+   recalibrated to ``extent_threshold`` instead (``p' >= 0.5`` exactly where ``p >= extent_threshold``),
+   and the uncertainty is centred on it; regions with no voxel at ``threshold`` are unchanged.
+5. **Minimum size**: predicted lesions (26-connected components of ``p' >= 0.5``) smaller than
    ``min_volume_mm3`` are set to probability 0.
 """
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -38,17 +45,27 @@ class OperatingPoint:
         threshold: probability (mean over the TTA variants) from which a voxel is a lesion, in (0, 1).
         min_volume_mm3: predicted lesions smaller than this are removed (0 = keep all).
         mask_outside_brain: probability and uncertainty 0 outside the input's brain mask.
+        extent_threshold: probability over which a detected lesion extends (hysteresis; see the module
+            docstring), in (0, threshold]; None = ``threshold`` (the lesion is what exceeds it).
     """
 
     threshold: float = 0.5
     min_volume_mm3: float = 0.0
     mask_outside_brain: bool = True
+    extent_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if not self.min_volume_mm3 >= 0:
             raise ValueError(f"min_volume_mm3 must be >= 0, got {self.min_volume_mm3}")
+        if self.extent_threshold is not None and not 0.0 < self.extent_threshold <= self.threshold:
+            raise ValueError(f"extent_threshold must be in (0, threshold={self.threshold}], got {self.extent_threshold}")
+
+    @property
+    def extent(self) -> float:
+        """The probability over which a detected lesion extends (``threshold`` without hysteresis)."""
+        return self.threshold if self.extent_threshold is None else self.extent_threshold
 
     @property
     def logit_shift(self) -> float:
@@ -60,7 +77,8 @@ class OperatingPoint:
     @classmethod
     def from_dict(cls, d: dict | None) -> OperatingPoint:
         d = d or {}
-        return cls(**{k: d[k] for k in ("threshold", "min_volume_mm3", "mask_outside_brain") if k in d})
+        return cls(**{k: d[k] for k in ("threshold", "min_volume_mm3", "mask_outside_brain", "extent_threshold")
+                      if k in d})
 
     def replace(self, **changes) -> OperatingPoint:
         from dataclasses import replace
@@ -81,11 +99,35 @@ def recalibrate(probability: torch.Tensor, threshold: float) -> torch.Tensor:
     return torch.where(probability >= threshold, high, low).clamp(0.0, 1.0)
 
 
+def extent_regions(probability: np.ndarray, threshold: float, extent: float) -> np.ndarray:
+    """Hysteresis: the connected regions (26-connectivity) of ``probability >= extent`` that hold a
+    voxel ``>= threshold``, as a boolean map."""
+    from lacunes.instances import label_instances
+
+    labels, n = label_instances(probability >= extent)
+    if n == 0:
+        return np.zeros(probability.shape, bool)
+    cores = np.unique(labels[probability >= threshold])
+    keep = np.zeros(n + 1, bool)
+    keep[cores[cores > 0]] = True
+    return keep[labels]
+
+
+class FinishedMap(NamedTuple):
+    """What :func:`finish_probability` returns."""
+
+    probability: np.ndarray  # the written map (float32, 0.5 = the operating point)
+    stats: dict  # candidates, rejected (second stage), extended_voxels, removed_small_lesions
+    threshold: np.ndarray | float  # the raw probability each voxel was judged against (per voxel with an extent)
+    rejected: np.ndarray | None = None  # voxels of the candidates the second stage rejected (None: none)
+
+
 def finish_probability(raw: np.ndarray, op: OperatingPoint, mask: np.ndarray | None,
                        spacing: tuple[float, ...], rescorer=None, image: np.ndarray | None = None,
-                       candidates: tuple[np.ndarray, int, np.ndarray] | None = None) -> tuple[np.ndarray, dict]:
+                       candidates: tuple[np.ndarray, int, np.ndarray] | None = None) -> FinishedMap:
     """The written probability map from the raw one (mean of the TTA variants' sigmoids): brain mask,
-    second stage, recalibration to the operating point, minimum size (the module docstring's steps).
+    second stage, recalibration to the operating point, extent, minimum size (the module docstring's
+    steps).
 
     Args:
         raw: raw probability (x, y, z), float32.
@@ -98,10 +140,14 @@ def finish_probability(raw: np.ndarray, op: OperatingPoint, mask: np.ndarray | N
             (the operating-point search scores them once).
 
     Returns:
-        The map and counts: ``candidates``, ``rejected`` (second stage), ``removed_small_lesions``.
+        The map, counts (``candidates``, ``rejected`` by the second stage, ``extended_voxels``: voxels
+        under ``threshold`` added by the extent, ``removed_small_lesions``), the decision threshold
+        (a float, or per voxel when lesions were extended: the uncertainty is centred on it) and the
+        voxels of the rejected candidates (the uncertainty is 1 there: the network and the second
+        stage disagree).
     """
-    stats = {"candidates": 0, "rejected": 0, "removed_small_lesions": 0}
-    prob = raw
+    stats = {"candidates": 0, "rejected": 0, "extended_voxels": 0, "removed_small_lesions": 0}
+    prob, rejected_voxels = raw, None
     if mask is not None and op.mask_outside_brain:
         prob = np.where(mask, prob, np.float32(0)).astype(np.float32)
     if rescorer is not None:
@@ -115,11 +161,20 @@ def finish_probability(raw: np.ndarray, op: OperatingPoint, mask: np.ndarray | N
         labels, n, scores = candidates
         rejected = np.flatnonzero(scores < rescorer.min_score) + 1
         if rejected.size:
-            prob = np.where(np.isin(labels, rejected), np.float32(0), prob).astype(np.float32)
+            rejected_voxels = np.isin(labels, rejected)
+            prob = np.where(rejected_voxels, np.float32(0), prob).astype(np.float32)
         stats["candidates"], stats["rejected"] = int(n), int(rejected.size)
-    prob = recalibrate(torch.from_numpy(np.ascontiguousarray(prob, np.float32)), op.threshold).numpy()
-    prob, stats["removed_small_lesions"] = remove_small_lesions(prob, op.min_volume_mm3, spacing)
-    return prob.astype(np.float32, copy=False), stats
+    tensor = torch.from_numpy(np.ascontiguousarray(prob, np.float32))
+    threshold: np.ndarray | float = op.threshold
+    out = recalibrate(tensor, op.threshold).numpy()
+    if op.extent < op.threshold:
+        region = extent_regions(prob, op.threshold, op.extent)
+        stats["extended_voxels"] = int((region & (prob < op.threshold)).sum())
+        if stats["extended_voxels"]:
+            out = np.where(region, recalibrate(tensor, op.extent).numpy(), out)
+            threshold = np.where(region, np.float32(op.extent), np.float32(op.threshold))
+    out, stats["removed_small_lesions"] = remove_small_lesions(out, op.min_volume_mm3, spacing)
+    return FinishedMap(out.astype(np.float32, copy=False), stats, threshold, rejected_voxels)
 
 
 def remove_small_lesions(probability: np.ndarray, min_volume_mm3: float, spacing: tuple[float, ...],
@@ -150,6 +205,8 @@ MIN_VOLUMES_MM3 = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 65.0)
 MIN_SCORES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: With a second stage, whose features include the volume, a coarser volume grid.
 MIN_VOLUMES_WITH_RESCORER_MM3 = (0.0, 10.0, 20.0, 40.0)
+#: Extent thresholds searched at the chosen point (those under its threshold; None = no extent).
+EXTENTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 @dataclass
@@ -166,6 +223,7 @@ class OperatingPointScore:
     fn: int
     fp_per_subject: float
     dice: float = float("nan")  # median over subjects with lacunes; computed for the chosen point only
+    extent_threshold: float | None = None  # hysteresis (searched at the chosen point only)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -185,7 +243,7 @@ def _crop_to(box: tuple[slice, ...], *arrays):
 
 
 def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=None,
-                           min_scores=MIN_SCORES, progress: bool = True):
+                           min_scores=MIN_SCORES, extents=EXTENTS, progress: bool = True):
     """The operating point (and second-stage cut) with the best pooled detection F1 on validation cases.
 
     Args:
@@ -198,9 +256,11 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
     Each (cut, threshold) map is labelled once; each minimum volume then drops whole lesions, scored
     with the challenge's centre matching (:func:`lacunes.metrics.detection_counts`). Ties (equal F1)
     go to fewer false positives, then to the smaller minimum volume, then to the lower threshold and
-    score cut (the gentler rule). Returns the chosen operating point (masking outside the brain), the
-    chosen score cut (None without a second stage) and every grid point's score (the chosen one with
-    its median Dice).
+    score cut (the gentler rule). Then, at that point, the extent threshold (``extents`` under the
+    chosen threshold, or none) with the best median Dice among those that keep the pooled F1 (ties go
+    to the higher one, the smaller change) is chosen. Returns the chosen operating point (masking
+    outside the brain), the chosen score cut (None without a second stage) and every grid point's
+    score (the chosen one and the extents with their median Dice).
     """
     from tqdm import tqdm
 
@@ -249,13 +309,27 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
                 scores.append(_pool(counts, t, v, cut))
     best = max(scores, key=lambda s: (np.nan_to_num(s.f1, nan=-1.0), -s.fp, -s.min_volume_mm3, -s.threshold,
                                       -(s.min_score or 0.0)))
-    op = OperatingPoint(best.threshold, best.min_volume_mm3, True)
     stage = rescorer.replace(min_score=best.min_score) if rescorer is not None else None
-    dices = []
-    for masked, cand, ref, _, spacing, mask in prepared:
-        prob = finish_probability(masked, op, mask, spacing, stage, candidates=cand)[0]
-        r = evaluate_subject(prob.astype(np.float64), ref, spacing)
-        if r.n_ref:
-            dices.append(r.dice)
-    best.dice = float(np.median(dices)) if dices else float("nan")
-    return op, best.min_score, scores
+
+    def score_at(op: OperatingPoint) -> OperatingPointScore:
+        counts, dices = [], []
+        for masked, cand, ref, _, spacing, mask in prepared:
+            prob = finish_probability(masked, op, mask, spacing, stage, candidates=cand).probability
+            r = evaluate_subject(prob.astype(np.float64), ref, spacing)
+            counts.append((r.tp, r.fp, r.fn, r.wtp, r.wfn, r.f1))
+            if r.n_ref:
+                dices.append(r.dice)
+        s = _pool(counts, op.threshold, op.min_volume_mm3, best.min_score)
+        s.dice, s.extent_threshold = (float(np.median(dices)) if dices else float("nan")), op.extent_threshold
+        return s
+
+    op = OperatingPoint(best.threshold, best.min_volume_mm3, True)
+    best.dice = score_at(op).dice
+    chosen = best
+    candidates = [e for e in sorted(extents, reverse=True) if e < op.threshold]
+    for e in tqdm(candidates, desc="extents", disable=not progress or not candidates):
+        s = score_at(op.replace(extent_threshold=e))
+        scores.append(s)
+        if s.f1 >= best.f1 - 1e-9 and np.nan_to_num(s.dice, nan=-1.0) > np.nan_to_num(chosen.dice, nan=-1.0):
+            chosen = s
+    return op.replace(extent_threshold=chosen.extent_threshold), best.min_score, scores

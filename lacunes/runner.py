@@ -68,11 +68,13 @@ def run_subject(
             outputs.append(write_lesion_table(rows, Path(extras_dir) / f"{stem}lesions.csv"))
     report = SubjectReport(files.subject_id, outputs, len(rows), time.time() - t0)
     st = predictor.last_stats
-    removed = []
+    notes = []
     if st.get("candidates"):
-        removed.append(f"second stage rejected {st['rejected']} of {st['candidates']} candidate(s)")
+        notes.append(f"second stage rejected {st['rejected']} of {st['candidates']} candidate(s)")
+    if st.get("extended_voxels"):
+        notes.append(f"{st['extended_voxels']} voxel(s) added to detected lesions by their extent")
     if st.get("removed_small_lesions"):
-        removed.append(f"{st['removed_small_lesions']} lesion(s) under the minimum volume removed")
+        notes.append(f"{st['removed_small_lesions']} lesion(s) under the minimum volume removed")
     logger.info("%s: %d lesion(s) in %.1f s%s", files.subject_id, report.lesions, report.seconds,
-                f" ({'; '.join(removed)})" if removed else "")
+                f" ({'; '.join(notes)})" if notes else "")
     return report

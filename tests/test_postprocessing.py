@@ -12,6 +12,8 @@ from lacunes.postprocessing import (
     RAW,
     OperatingPoint,
     choose_operating_point,
+    extent_regions,
+    finish_probability,
     recalibrate,
     remove_small_lesions,
 )
@@ -59,9 +61,47 @@ def test_operating_point_is_validated_and_round_trips():
         OperatingPoint(threshold=1.0)
     with pytest.raises(ValueError, match="min_volume"):
         OperatingPoint(min_volume_mm3=-1)
+    with pytest.raises(ValueError, match="extent_threshold"):
+        OperatingPoint(0.8, extent_threshold=0.9)
     op = OperatingPoint(0.8, 12.0, True)
     assert OperatingPoint.from_dict({**op.to_dict(), "chosen_on": {"x": 1}}) == op
     assert OperatingPoint.from_dict(None) == OperatingPoint()
+    op = OperatingPoint(0.8, 12.0, True, 0.4)
+    assert OperatingPoint.from_dict(op.to_dict()) == op and op.extent == 0.4 and OperatingPoint(0.8).extent == 0.8
+
+
+def soft_lesions(shape=(30, 30, 16)):
+    """A lesion with a confident core and a softer rim, and a soft region with no core."""
+    p = np.full(shape, 0.02, np.float32)
+    p[4:11, 4:11, 4:11] = 0.7  # rim
+    p[6:9, 6:9, 6:9] = 0.97  # core
+    p[18:24, 18:24, 4:10] = 0.7  # a soft region alone
+    return p
+
+
+def test_a_detected_lesion_extends_over_its_softer_rim_and_nothing_else_does():
+    p = soft_lesions()
+    region = extent_regions(p, 0.95, 0.6)
+    assert region.sum() == 7 ** 3 and region[4:11, 4:11, 4:11].all()
+    plain, stats, t, _ = finish_probability(p, OperatingPoint(0.95, 0.0, False), None, (1.0, 1.0, 1.0))
+    assert (plain >= 0.5).sum() == 27 and stats["extended_voxels"] == 0 and t == 0.95
+    grown, stats, t, _ = finish_probability(p, OperatingPoint(0.95, 0.0, False, 0.6), None, (1.0, 1.0, 1.0))
+    assert (grown >= 0.5).sum() == 7 ** 3 and stats["extended_voxels"] == 7 ** 3 - 27
+    assert (grown[18:24, 18:24, 4:10] < 0.5).all()  # no core: judged against 0.95
+    assert t[5, 5, 5] == pytest.approx(0.6) and t[20, 20, 5] == pytest.approx(0.95)
+    np.testing.assert_allclose(grown[5, 5, 5], 0.5 + 0.5 * (0.7 - 0.6) / 0.4, atol=1e-6)
+    np.testing.assert_allclose(grown[20, 20, 5], 0.5 * 0.7 / 0.95, atol=1e-6)
+
+
+def test_predictor_centres_the_uncertainty_on_the_threshold_each_voxel_was_judged_against():
+    p = soft_lesions()
+    x = np.stack([np.log(p / (1 - p))] * 3).astype(np.float32)
+    prob, unc = Predictor(LogitOf(), settings(), operating_point=OperatingPoint(0.95, 0.0, False, 0.6)
+                          ).predict_normalized(x)
+    assert (prob[4:11, 4:11, 4:11] >= 0.5).all()
+    # rim: |logit(0.7) − logit(0.6)| < 1 → 1; the lone soft region against 0.95: |logit(0.7) − logit(0.95)| ≈ 2.1
+    assert unc[5, 5, 5] == pytest.approx(1.0)
+    assert unc[20, 20, 5] == pytest.approx(1 / abs(logit(0.7) - logit(0.95)), rel=1e-4)
 
 
 def test_predictor_writes_the_operating_point_into_the_map():
@@ -140,6 +180,10 @@ def test_checkpoint_operating_point_is_read_back_and_overridden(tmp_path):
     assert p.operating_point == OperatingPoint(0.8, 15.0, True)
     p = Predictor.from_checkpoint(path, settings(), threshold=0.6, min_volume_mm3=0)
     assert p.operating_point == OperatingPoint(0.6, 0.0, True)
+    save_checkpoint(path, build_network(TINY), TINY, {"operating_point": {"threshold": 0.9, "extent_threshold": 0.6}})
+    assert Predictor.from_checkpoint(path, settings()).operating_point == OperatingPoint(0.9, extent_threshold=0.6)
+    assert Predictor.from_checkpoint(path, settings(), threshold=0.7).operating_point.extent_threshold == 0.6
+    assert Predictor.from_checkpoint(path, settings(), threshold=0.5).operating_point == OperatingPoint(0.5)
     save_checkpoint(path, build_network(TINY), TINY, {})
     assert Predictor.from_checkpoint(path, settings()).operating_point == OperatingPoint()
 
@@ -156,7 +200,23 @@ def test_the_best_operating_point_rejects_what_only_a_low_threshold_or_no_size_f
         p[30 + k:32 + k, 5:7, 15:17] = 0.95  # 8 voxels: a speck
         cases.append((p, None, ref, (1.0, 1.0, 1.0), np.ones(shape, bool)))
     best, cut, scores = choose_operating_point(cases, thresholds=(0.5, 0.8), volumes=(0.0, 10.0), progress=False)
-    assert (best.threshold, best.min_volume_mm3, cut) == (0.8, 10.0, None)
-    top = {(s.threshold, s.min_volume_mm3): s for s in scores}
+    assert (best.threshold, best.min_volume_mm3, cut, best.extent_threshold) == (0.8, 10.0, None, None)
+    top = {(s.threshold, s.min_volume_mm3): s for s in scores if s.extent_threshold is None}
     assert top[(0.8, 10.0)].f1 == 1.0 and top[(0.8, 10.0)].fp == 0
     assert top[(0.5, 0.0)].fp == 6 and top[(0.8, 0.0)].fp == 3
+
+
+def test_the_extent_is_chosen_for_dice_without_losing_detection():
+    cases = []
+    for _ in range(2):
+        p = soft_lesions()
+        ref = np.zeros(p.shape, np.float32)
+        ref[4:11, 4:11, 4:11] = 1.0  # the whole lesion, rim included
+        p[22:26, 2:6, 10:14] = 0.9  # a mimic: kept out by a threshold above 0.9
+        cases.append((p, None, ref, (1.0, 1.0, 1.0), np.ones(p.shape, bool)))
+    best, _, scores = choose_operating_point(cases, thresholds=(0.5, 0.95), volumes=(0.0,), progress=False)
+    assert best.threshold == 0.95 and best.extent_threshold == 0.7  # the highest extent that takes the rim
+    by_extent = {s.extent_threshold: s for s in scores if s.threshold == 0.95}
+    assert by_extent[None].dice == pytest.approx(2 * 27 / (27 + 343))
+    assert by_extent[0.7].dice == 1.0 and by_extent[0.7].f1 == by_extent[None].f1 == 1.0
+    assert 0.95 not in by_extent and by_extent[0.1].dice == 1.0

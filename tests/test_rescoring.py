@@ -56,8 +56,10 @@ def test_fit_learns_to_reject_the_look_alike_and_round_trips():
     out, n, rejected = r.apply(prob, image, brain, (1.0, 1.0, 1.0))
     assert (n, rejected) == (2, 1)
     assert (out[ball] == 0.9).all() and (out[tube] == 0).all()
-    kept, stats = finish_probability(prob, OperatingPoint(0.5, 0.0, True), brain, (1.0, 1.0, 1.0), r, image)
+    kept, stats, _, rejected_voxels = finish_probability(prob, OperatingPoint(0.5, 0.0, True), brain, (1.0, 1.0, 1.0),
+                                                         r, image)
     assert stats["rejected"] == 1 and (kept[tube] < 0.5).all() and (kept[ball] >= 0.5).all()
+    assert rejected_voxels[tube].all() and not rejected_voxels[ball].any()
     with pytest.raises(ValueError, match="all positive or all negative"):
         Rescorer.fit(np.zeros((3, len(FEATURES))), np.ones(3), 0.5)
     with pytest.raises(ValueError, match="fitted on features"):
@@ -84,5 +86,7 @@ def test_a_checkpoint_with_a_second_stage_uses_it(tmp_path):
 
     predictor.network = LogitOf()
     x = np.concatenate([np.log(prob / (1 - prob))[None], image[1:]]).astype(np.float32)
-    out, _ = predictor.predict_normalized(x, brain)
+    out, unc = predictor.predict_normalized(x, brain)
     assert out.max() < 0.5 and predictor.last_stats["rejected"] == predictor.last_stats["candidates"] == 2
+    # the network says lesion (p = 0.9), the second stage says no: uncertain there, certain elsewhere
+    assert (unc[ball] == 1).all() and (unc[tube] == 1).all() and unc[brain & (prob < 0.1)].max() < 0.5

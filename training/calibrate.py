@@ -11,6 +11,8 @@ included), and the best is kept.
 
     python training/calibrate.py runs/x/checkpoints/final.pt --fit-rescorer data/synth-train \\
         --val data/synth-val --out model/lacunes.pt
+    # choose the operating point again, keeping the checkpoint's fitted second stage:
+    python training/calibrate.py model/lacunes.pt --keep-rescorer --val data/synth-val --out model/lacunes.pt
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ def raw_case(predictor, files):
     subject = read_subject(files.subject_id, files.paths)
     image = repair_nonfinite(subject.image)
     normalized = prepare_image(image, predictor.normalization)
-    logits = predictor.variant_logits(normalized)
+    mask = brain_mask(image)
+    logits = predictor.variant_logits(normalized, mask)  # on the brain's box, as at inference
     raw = torch.sigmoid(logits).mean(0).clamp(0.0, 1.0).float().cpu().numpy()
     reference, _ = load_reference(tuple(labels.values()))
-    return raw, normalized, reference, subject.geometry.spacing, brain_mask(image)
+    return raw, normalized, reference, subject.geometry.spacing, mask
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoint")
     ap.add_argument("--val", required=True, help="validation subjects (VALDO layout with rater labels)")
     ap.add_argument("--fit-rescorer", metavar="DIR", help="fit a second stage on these labelled (training) subjects")
+    ap.add_argument("--keep-rescorer", action="store_true",
+                    help="keep the checkpoint's fitted second stage (its score cut is chosen again)")
     ap.add_argument("--candidate-threshold", type=float, default=0.5, help="raw probability of the candidates")
     ap.add_argument("--preset", default="fast", choices=["fast", "full"], help="inference setting (default fast)")
     ap.add_argument("--out", help="write the calibrated checkpoint here (+ .sha256); default: only report")
@@ -70,10 +75,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.fit_rescorer and args.keep_rescorer:
+        ap.error("--fit-rescorer and --keep-rescorer exclude each other")
     predictor = Predictor.from_checkpoint(args.checkpoint, PRESETS[args.preset].replace(progress=False))
+    kept = predictor.rescorer if args.keep_rescorer else None
+    if args.keep_rescorer and kept is None:
+        ap.error(f"--keep-rescorer: {args.checkpoint} has no second stage")
     predictor.operating_point, predictor.rescorer = RAW, None
     report: dict = {"checkpoint": str(args.checkpoint), "setting": args.preset}
-    rescorer = None
+    rescorer = kept
     t0 = time.time()
     if args.fit_rescorer:
         train = find_valdo_subjects(Path(args.fit_rescorer))
@@ -102,16 +112,18 @@ def main(argv: list[str] | None = None) -> int:
     cases = [raw_case(predictor, files) for files in tqdm(subjects, desc="validation", unit="subject")]
     seconds = time.time() - t0
     op, cut, scores = choose_operating_point(cases, rescorer)
-    print(f"{'thr':>5} {'min mm3':>7} {'cut':>5} {'F1':>6} {'med F1':>6} {'TP':>4} {'FP':>5} {'FN':>4} "
-          f"{'FP/subj':>7} {'Dice':>5}")
-    key = (op.threshold, op.min_volume_mm3, cut)
+    print(f"{'thr':>5} {'min mm3':>7} {'cut':>5} {'extent':>6} {'F1':>6} {'med F1':>6} {'TP':>4} {'FP':>5} "
+          f"{'FN':>4} {'FP/subj':>7} {'Dice':>5}")
+    key = (op.threshold, op.min_volume_mm3, cut, op.extent_threshold)
     for s in scores:
-        mark = " <" if (s.threshold, s.min_volume_mm3, s.min_score) == key else ""
+        mark = " <" if (s.threshold, s.min_volume_mm3, s.min_score, s.extent_threshold) == key else ""
         print(f"{s.threshold:>5.2f} {s.min_volume_mm3:>7.0f} {s.min_score if s.min_score is not None else '-':>5} "
+              f"{s.extent_threshold if s.extent_threshold is not None else '-':>6} "
               f"{s.f1:>6.3f} {s.median_f1:>6.3f} {s.tp:>4} {s.fp:>5} {s.fn:>4} {s.fp_per_subject:>7.2f} {s.dice:>5.2f}{mark}")
-    chosen = next(s for s in scores if (s.threshold, s.min_volume_mm3, s.min_score) == key)
+    chosen = next(s for s in scores if (s.threshold, s.min_volume_mm3, s.min_score, s.extent_threshold) == key)
     print(f"chosen: probability >= {op.threshold}, lesions >= {op.min_volume_mm3} mm³"
           + (f", second-stage score >= {cut}" if cut is not None else "")
+          + (f", extent over probability >= {op.extent_threshold}" if op.extent_threshold is not None else "")
           + f": pooled F1 {chosen.f1:.3f}, {chosen.tp} TP, {chosen.fp} FP, {chosen.fn} FN on {len(cases)} validation "
           f"subjects ({seconds:.0f} s of prediction)")
     record = {**op.to_dict(), "chosen_on": {"folder": str(args.val), "subjects": [s.subject_id for s in subjects],
@@ -124,9 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         net, payload = load_network(args.checkpoint)
         metadata = {**payload["metadata"], "operating_point": record}
+        fit = report.get("rescorer_fit") or (payload["metadata"].get("rescorer") or {}).get("fit")
         metadata.pop("rescorer", None)
         if rescorer is not None:
-            metadata["rescorer"] = {**rescorer.replace(min_score=cut).to_dict(), "fit": report["rescorer_fit"]}
+            metadata["rescorer"] = {**rescorer.replace(min_score=cut).to_dict(), "fit": fit}
         half = all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
         out = save_checkpoint(args.out, net, NetworkConfig.from_dict(payload["network"]), metadata, half=half)
         sidecar = write_sha256(out)
