@@ -86,7 +86,7 @@ def parse_runs(text: str, default_full: int | None) -> list[tuple[str, Path, str
 def stages(predictor) -> list[tuple[str, OperatingPoint, object]]:
     """The inference steps added one at a time, ending with the checkpoint's own configuration."""
     op, rescorer = predictor.operating_point, predictor.rescorer
-    out = [("network only (p ≥ 0.5)", RAW, None), ("+ brain mask", OperatingPoint(0.5, 0.0, True), None),
+    out = [("network only (p ≥ 0.5, on the brain's box)", RAW, None), ("+ brain mask", OperatingPoint(0.5, 0.0, True), None),
            (f"+ operating point (p ≥ {op.threshold:g}, ≥ {op.min_volume_mm3:g} mm³)", op, None)]
     if rescorer is not None:
         out.append((f"+ second stage (score ≥ {rescorer.min_score:g})", op, rescorer))
@@ -112,7 +112,7 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
         image = repair_nonfinite(subject.image)
         mask = predictor.brain(image)
         normalized = prepare_image(image, predictor.normalization)
-        logits = predictor.variant_logits(normalized)
+        logits = predictor.variant_logits(normalized, mask)  # on the brain's box, as at inference
         reference, _ = load_reference(tuple(files.label_paths().values()))
         spacing = subject.geometry.spacing
         for mode in modes:
@@ -134,7 +134,7 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
                 rows += classify_predictions(prob, reference, brain, spacing, mimics, tissues, files.subject_id)
                 raw_prob = torch.sigmoid(logits).mean(0).clamp(0.0, 1.0).float().cpu().numpy()
                 for label, step_op, step_rescorer in steps:
-                    p_step, _ = finish_probability(raw_prob, step_op, brain_for_steps, spacing, step_rescorer, normalized)
+                    p_step = finish_probability(raw_prob, step_op, brain_for_steps, spacing, step_rescorer, normalized)[0]
                     step_results[label].append(evaluate_subject(p_step.astype(np.float64), reference, spacing,
                                                                 subject_id=files.subject_id))
                     step_rows[label] += classify_predictions(p_step, reference, brain_for_steps, spacing, mimics,

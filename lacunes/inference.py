@@ -97,6 +97,11 @@ class InferenceSettings:
             smaller: less padding, slightly different values near the borders (fast preset only).
         seed: seeds the TTA noise.
         progress: tqdm progress bar over windows.
+        brain_only: compute only where the brain is, when a brain mask is known (the operating point
+            masks): the volume is cropped to the brain's bounding box plus :data:`CROP_MARGIN` voxels
+            and windows holding no brain voxel are not run. Both change nothing inside the brain
+            beyond the placement of the windows (and, with noise TTA, the noise drawn), and the maps
+            are 0 outside it anyway. Measured in benchmarks/RESULTS.md (clinical field of view).
     """
 
     roi_size: tuple[int, int, int] = (256, 256, 64)
@@ -114,6 +119,7 @@ class InferenceSettings:
     fit_roi_to_image: bool = False
     seed: int = 0
     progress: bool = True
+    brain_only: bool = True
 
     def __post_init__(self) -> None:
         if len(self.roi_size) != 3 or any(int(s) < 16 for s in self.roi_size):
@@ -181,6 +187,22 @@ class TTAPlan:
         return 1 + max(c for c, _ in self.variants)
 
 
+#: Voxels kept around the brain's bounding box when cropping (``brain_only``).
+CROP_MARGIN = 8
+#: The logit given to windows that hold no brain (they are not run; everything there is masked).
+EMPTY_LOGIT = -20.0
+
+
+def brain_box(brain: np.ndarray, margin: int = CROP_MARGIN) -> tuple[slice, slice, slice]:
+    """The bounding box of a non-empty mask, grown by ``margin`` voxels and clipped to the volume."""
+    axes = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(brain.any(axis=other))
+        axes.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, brain.shape[axis])))
+    return tuple(axes)
+
+
 def _round16(n: int) -> int:
     return int(-(-n // 16) * 16)
 
@@ -240,6 +262,7 @@ class Predictor:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
         self.plan = TTAPlan.from_settings(settings)
         self._chunk: int | None = None
+        self._windows = [0, 0]  # windows run, windows in all (brain_only)
         self.last_stats: dict[str, Any] = {}
 
     @classmethod
@@ -255,8 +278,9 @@ class Predictor:
         norm = metadata.get("normalization", {})
         normalization = NormalizationConfig(norm.get("lower", 0.005), norm.get("upper", 0.995))
         op = OperatingPoint.from_dict(metadata.get("operating_point"))
-        if threshold is not None:
-            op = op.replace(threshold=threshold)
+        if threshold is not None:  # a stored extent above the new threshold no longer extends anything
+            extent = op.extent_threshold if op.extent_threshold is not None and op.extent_threshold < threshold else None
+            op = op.replace(threshold=threshold, extent_threshold=extent)
         if min_volume_mm3 is not None:
             op = op.replace(min_volume_mm3=min_volume_mm3)
         rescorer = Rescorer.from_dict(metadata.get("rescorer"))
@@ -350,8 +374,9 @@ class Predictor:
                            spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
         """Probability and uncertainty (float32 (x, y, z), in [0, 1]) of a normalized ``3×X×Y×Z`` array,
         with the operating point applied (``mask``: the brain, where the operating point masks)."""
-        prob, unc = self.maps_from_logits(self.variant_logits(normalized), self.settings.uncertainty, mask, spacing,
-                                          image=normalized)
+        brain = mask if mask is not None and self.operating_point.mask_outside_brain else None
+        prob, unc = self.maps_from_logits(self.variant_logits(normalized, brain), self.settings.uncertainty, mask,
+                                          spacing, image=normalized)
         return prob.cpu().numpy(), unc.cpu().numpy()
 
     def maps_from_logits(self, variant_logits: torch.Tensor, uncertainty: UncertaintyMode | str,
@@ -363,8 +388,10 @@ class Predictor:
         The probability is the mean of the variants' sigmoids, 0 outside ``mask`` (when given and the
         operating point masks), with the candidates the second stage rejects removed (``image``: the
         normalized input it needs), recalibrated so that 0.5 means the operating point's threshold,
-        and lesions under the minimum size removed (:func:`lacunes.postprocessing.finish_probability`).
-        The uncertainty is computed from the logits shifted to that threshold, 0 outside ``mask``.
+        detected lesions extended (hysteresis) and lesions under the minimum size removed
+        (:func:`lacunes.postprocessing.finish_probability`). The uncertainty is computed from the logits
+        shifted to the threshold each voxel was judged against, 1 on candidates the second stage
+        rejected, 0 outside ``mask``.
         Voxels with a non-finite logit in any variant get probability 0 and uncertainty 1 (logged)."""
         op = operating_point or self.operating_point
         finite = torch.isfinite(variant_logits).all(0)
@@ -373,41 +400,83 @@ class Predictor:
             logger.error("%d voxel(s) with non-finite network output; set to probability 0, uncertainty 1", bad)
             variant_logits = torch.nan_to_num(variant_logits, nan=0.0)
         raw = torch.sigmoid(variant_logits).mean(0).clamp(0.0, 1.0)
-        unc = uncertainty_map(uncertainty, variant_logits - op.logit_shift)
         if bad:
             raw = torch.where(finite, raw, torch.zeros_like(raw))
-            unc = torch.where(finite, unc, torch.ones_like(unc))
         masking = mask is not None and op.mask_outside_brain
+        prob, stats, threshold, rejected = finish_probability(raw.float().cpu().numpy(), op,
+                                                              mask if masking else None, spacing, self.rescorer, image)
+        if isinstance(threshold, np.ndarray):
+            shift = torch.from_numpy(np.log(threshold / (1.0 - threshold))).to(variant_logits.device)
+        else:
+            shift = op.logit_shift
+        unc = uncertainty_map(uncertainty, variant_logits - shift)
+        if bad:
+            unc = torch.where(finite, unc, torch.ones_like(unc))
+        if rejected is not None:
+            unc = torch.where(torch.from_numpy(rejected).to(unc.device), torch.ones_like(unc), unc)
         if masking:
             inside = torch.from_numpy(np.asarray(mask, bool)).to(unc.device)
             unc = torch.where(inside, unc, torch.zeros_like(unc))
-        prob, stats = finish_probability(raw.float().cpu().numpy(), op, mask if masking else None, spacing,
-                                         self.rescorer, image)
         self.last_stats.update(stats, nonfinite_outputs=bad)
         return torch.from_numpy(prob).to(unc.device), unc.float()
 
+    def _brain_window_fn(self, windows: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`_window_fn` on windows whose last channel is the brain mask: windows holding no
+        brain voxel are not run (:data:`EMPTY_LOGIT`)."""
+        has_brain = windows[:, -1].flatten(1).any(1)
+        out = torch.full((windows.shape[0], len(self.plan.variants), *windows.shape[2:]), EMPTY_LOGIT,
+                         device=windows.device)
+        self._windows[0] += int(has_brain.sum())
+        self._windows[1] += windows.shape[0]
+        if has_brain.any():
+            out[has_brain] = self._window_fn(windows[has_brain, :-1])
+        return out
+
     @torch.inference_mode()
-    def variant_logits(self, normalized: np.ndarray) -> torch.Tensor:
-        """The window-blended logits of each TTA variant, ``V×X×Y×Z`` float32 (on the device)."""
+    def variant_logits(self, normalized: np.ndarray, brain: np.ndarray | None = None) -> torch.Tensor:
+        """The window-blended logits of each TTA variant, ``V×X×Y×Z`` float32 (on the device).
+
+        With ``brain`` (the brain mask) and ``settings.brain_only``, only the brain's bounding box (plus
+        :data:`CROP_MARGIN`) is windowed and windows with no brain voxel are skipped; logits elsewhere
+        are :data:`EMPTY_LOGIT` (an empty mask runs nothing)."""
         from monai.inferers import sliding_window_inference
 
         if normalized.ndim != 4 or normalized.shape[0] != 3:
             raise ValueError(f"expected a 3×X×Y×Z array, got shape {normalized.shape}")
-        roi = self.roi_for(normalized.shape[1:])
+        shape = normalized.shape[1:]
+        if brain is not None and brain.shape != shape:
+            raise ValueError(f"brain mask shape {brain.shape} != image shape {shape}")
+        crop = brain is not None and self.settings.brain_only
+        box = brain_box(brain) if crop and brain.any() else tuple(slice(0, n) for n in shape)
+        inner = normalized[(slice(None), *box)]
+        roi = self.roi_for(inner.shape[1:])
         windows_per_call = self.window_batch()
         if self._chunk is None:
             self._chunk = self.samples_per_call(roi)
-        x = self.model_input(normalized).to(self.device)
-        with backend_flags(self.device, allow_tf32=self.precision == Precision.TF32):
-            logits = sliding_window_inference(
-                x, roi_size=roi, sw_batch_size=windows_per_call, predictor=self._window_fn,
-                overlap=self.settings.overlap, mode=str(self.settings.blend), padding_mode="constant", cval=0.0,
-                progress=self.settings.progress,
-            )[0]
+        self._windows = [0, 0]
         self.last_stats = {"roi": roi, "variants": len(self.plan.variants), "samples_per_call": self._chunk,
                            "windows_per_call": windows_per_call, "precision": str(self.precision),
-                           "channels_last": self.channels_last}
-        return logits.float()
+                           "channels_last": self.channels_last, "box": tuple((b.start, b.stop) for b in box)}
+        if crop and not brain.any():
+            self.last_stats["windows_run"] = self.last_stats["windows"] = 0
+            return torch.full((len(self.plan.variants), *shape), EMPTY_LOGIT, device=self.device)
+        x = self.model_input(inner).to(self.device)
+        if crop:
+            x = torch.cat([x, torch.from_numpy(np.ascontiguousarray(brain[box]))[None, None].to(x)], dim=1)
+        with backend_flags(self.device, allow_tf32=self.precision == Precision.TF32):
+            logits = sliding_window_inference(
+                x, roi_size=roi, sw_batch_size=windows_per_call,
+                predictor=self._brain_window_fn if crop else self._window_fn,
+                overlap=self.settings.overlap, mode=str(self.settings.blend), padding_mode="constant", cval=0.0,
+                progress=self.settings.progress,
+            )[0].float()
+        if crop:
+            self.last_stats["windows_run"], self.last_stats["windows"] = self._windows
+        if inner.shape[1:] == shape:
+            return logits
+        out = torch.full((logits.shape[0], *shape), EMPTY_LOGIT, device=logits.device)
+        out[(slice(None), *box)] = logits
+        return out
 
     def predict(self, subject: Subject | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probability and uncertainty maps of a subject (or a raw ``3×X×Y×Z`` array).

@@ -198,3 +198,49 @@ def test_cuda_calls_are_capped_below_32_bit_indexing(monkeypatch):
     # 8 recipe windows keep the widest activation (64 channels) under 2**31 elements
     assert p.samples_per_call((256, 256, 64)) == 7
     assert p.samples_per_call((64, 64, 32)) > 100
+
+
+def test_only_the_brain_is_computed_and_the_maps_are_the_same_there():
+    """A small brain in a large empty field of view: cropped to its box, empty windows skipped; a
+    pointwise network gives exactly the same maps (0 outside the brain either way)."""
+    from lacunes.inference import brain_box
+
+    shape = (64, 60, 40)
+    rng = np.random.default_rng(5)
+    image = np.zeros((3, *shape), np.float32)
+    image[:, 6:26, 30:52, 4:20] = rng.uniform(50, 150, size=(3, 20, 22, 16))
+    subject = Subject("sub-1", image, Geometry(shape))
+    calls = []
+
+    class Counting(PlusOne):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return super().forward(x)
+
+    s = settings(overlap=0.25)
+    whole = Predictor(Counting(), s.replace(brain_only=False))
+    prob_all, unc_all = whole.predict(subject)
+    n_all = sum(calls)
+    calls.clear()
+    cropped = Predictor(Counting(), s)
+    prob, unc = cropped.predict(subject)
+    assert sum(calls) < n_all / 4
+    np.testing.assert_allclose(prob, prob_all, atol=1e-6)  # blending sums in another order
+    np.testing.assert_allclose(unc, unc_all, atol=1e-6)
+    assert prob[6:26, 30:52, 4:20].min() > 0 and prob[:5].max() == 0
+    box = brain_box(image.any(0))
+    assert box == (slice(0, 34), slice(22, 60), slice(0, 28))
+    assert cropped.last_stats["box"] == ((0, 34), (22, 60), (0, 28))
+    assert 0 < cropped.last_stats["windows_run"] <= cropped.last_stats["windows"]
+
+
+def test_windows_without_brain_are_skipped_and_an_empty_scan_runs_nothing():
+    shape = (48, 48, 16)
+    image = np.zeros((3, *shape), np.float32)
+    image[:, 2:8, 2:8, 2:8] = 100.0
+    image[:, 38:46, 38:46, 6:14] = 100.0  # two blobs: their box spans the volume, windows between are empty
+    p = Predictor(PlusOne(), settings(overlap=0.0))
+    p.predict(Subject("sub-1", image, Geometry(shape)))
+    assert p.last_stats["windows"] == 9 and p.last_stats["windows_run"] == 2
+    p.predict(Subject("sub-0", np.zeros((3, *shape), np.float32), Geometry(shape)))
+    assert p.last_stats["windows"] == 0
