@@ -13,7 +13,9 @@ Two input layouts are recognised (see README):
 With no flags it runs the published recipe (``full``). ``LACUNES_INFERENCE=fast`` (or ``--preset fast``)
 selects the CPU setting; ``LACUNES_DEVICE`` (or ``--device``) the device; ``LACUNES_PRECISION`` (or
 ``--precision``) the arithmetic (``auto`` = tf32 on CUDA, float32 on the CPU); ``LACUNES_THRESHOLD`` and
-``LACUNES_MIN_VOLUME`` (or ``--threshold``, ``--min-volume``) override the model's operating point.
+``LACUNES_MIN_VOLUME`` (or ``--threshold``, ``--min-volume``) override the model's operating point;
+``LACUNES_RESAMPLE=1`` (or ``--resample``) resamples T2 and FLAIR onto the T1's grid when they lie on
+another grid over the same physical space.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def default_model() -> Path:
     return mounted if mounted.is_file() else HERE / "model" / "lacunes.pt"
 
 
-def make_valdo_algorithm(predictor, input_path: Path, output_path: Path):
+def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resample: bool = False):
     """An evalutils ``SegmentationAlgorithm`` whose cases are the T1 files of ``input_path``."""
     from evalutils import SegmentationAlgorithm
     from evalutils.validators import UniqueImagesValidator
@@ -60,7 +62,8 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path):
         def process_case(self, *, idx, case):
             files = valdo_subject(Path(case["path"]))
             images = Path(self._output_path)
-            run_subject(predictor, files, images / files.prediction_name, images / files.uncertainty_name)
+            run_subject(predictor, files, images / files.prediction_name, images / files.uncertainty_name,
+                        resample=resample)
             return {
                 "outputs": [{"type": "metaio_image", "filename": [files.prediction_name, files.uncertainty_name]}],
                 "inputs": [{"type": "metaio_image", "filename": [files.paths[m].name for m in ("T1", "T2", "FLAIR")]}],
@@ -78,14 +81,14 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path):
     return LacuneSegmentation()
 
 
-def run_grand_challenge(predictor, input_path: Path, output_path: Path) -> None:
+def run_grand_challenge(predictor, input_path: Path, output_path: Path, resample: bool = False) -> None:
     from lacunes.layouts import GC_OUTPUT_SLUGS, grand_challenge_subject
     from lacunes.runner import run_subject
 
     files = grand_challenge_subject(input_path)
     images = output_path / "images"
     run_subject(predictor, files, images / GC_OUTPUT_SLUGS["prediction"] / "output.mha",
-                images / GC_OUTPUT_SLUGS["uncertainty"] / "output.mha")
+                images / GC_OUTPUT_SLUGS["uncertainty"] / "output.mha", resample=resample)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,8 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "operating point); the written map's 0.5 cut means this threshold")
     parser.add_argument("--min-volume", type=float, default=_env_float("LACUNES_MIN_VOLUME"), metavar="MM3",
                         help="remove predicted lesions under this volume (default: $LACUNES_MIN_VOLUME or the model's)")
+    parser.add_argument("--resample", action="store_true", default=_env_flag("LACUNES_RESAMPLE"),
+                        help="resample T2 and FLAIR onto the T1's grid when they lie on another grid over the same "
+                             "physical space (default: $LACUNES_RESAMPLE)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
+
+
+def _env_flag(name: str) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise SystemExit(f"{name} must be 1/0 (true/false, yes/no, on/off), got {value!r}")
 
 
 def _env_float(name: str) -> float | None:
@@ -149,9 +164,9 @@ def main(argv: list[str] | None = None) -> int:
                     len(predictor.plan.variants), op.threshold, op.min_volume_mm3)
         output_path.mkdir(parents=True, exist_ok=True)
         if grand_challenge:
-            run_grand_challenge(predictor, input_path, output_path)
+            run_grand_challenge(predictor, input_path, output_path, args.resample)
         else:
-            make_valdo_algorithm(predictor, input_path, output_path).process()
+            make_valdo_algorithm(predictor, input_path, output_path, args.resample).process()
     except (LacunesInputError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

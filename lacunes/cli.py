@@ -85,7 +85,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if pred.exists() and unc.exists() and not args.overwrite:
                 reports.append(SubjectReport(files.subject_id, [pred, unc], status="skipped"))
                 continue
-            reports.append(run_subject(predictor, files, pred, unc, extras, args.mask, args.table))
+            reports.append(run_subject(predictor, files, pred, unc, extras, args.mask, args.table, args.resample))
         except Exception as exc:  # one bad subject must not stop the cohort
             logger.error("%s failed: %s", name, exc)
             reports.append(SubjectReport(name, status="failed", error=str(exc)))
@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=["auto", "float32", "tf32", "float16", "bfloat16"],
                    help="network arithmetic (default auto: tf32 on CUDA, float32 on the CPU); float16 is the "
                         "fastest on a GPU, bfloat16 on CPUs with AMX; both move probabilities (benchmarks/RESULTS.md)")
+    p.add_argument("--resample", action="store_true",
+                   help="resample T2 and FLAIR onto the T1's grid (linear) when they are on another grid but cover "
+                        "the same physical space (registered, not resampled); outputs are on the T1's grid")
     p.add_argument("--shard", default="1/1", help="i/N: process every N-th subject starting at the i-th")
     p.add_argument("--overwrite", action="store_true", help="redo subjects whose outputs exist")
     p.add_argument("--mask", action="store_true", help="also write a binary mask (extras folder)")

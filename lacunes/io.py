@@ -126,18 +126,67 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     return array, Geometry.from_image(image)
 
 
-def check_same_grid(geometries: dict[Path, Geometry]) -> None:
-    """Shape or spacing differences are errors naming the files; origin/direction ones warnings."""
+#: Appended to grid-mismatch errors of a subject's modalities.
+RESAMPLE_HINT = ("; if the images are registered (same physical space) but on other grids, --resample "
+                 "(LACUNES_RESAMPLE=1 in the container) resamples T2 and FLAIR onto the T1's grid")
+
+
+def same_grid(a: Geometry, b: Geometry) -> bool:
+    """Same shape and spacing (within :data:`SPACING_RTOL`), origin and direction (within tolerances)."""
+    return (a.shape == b.shape and np.allclose(a.spacing, b.spacing, rtol=SPACING_RTOL, atol=0)
+            and np.allclose(a.origin, b.origin, atol=ORIGIN_ATOL_MM, rtol=0)
+            and np.allclose(a.direction, b.direction, atol=DIRECTION_ATOL, rtol=0))
+
+
+def physical_box(geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """Lowest and highest scanner coordinates (mm) of a grid's field of view, voxel edges included."""
+    direction = np.asarray(geom.direction, float).reshape(3, 3)
+    spacing = np.asarray(geom.spacing, float)
+    corners = np.array([[-0.5 + n * bit for n, bit in zip(geom.shape, bits)]
+                        for bits in np.ndindex(2, 2, 2)])  # index space, edges at -0.5 and n - 0.5
+    points = np.asarray(geom.origin, float) + (corners * spacing) @ direction.T
+    return points.min(0), points.max(0)
+
+
+def check_same_space(reference: Geometry, other: Geometry, ref_name: str, other_name: str) -> None:
+    """Raise :class:`GeometryMismatchError` unless both fields of view cover the same physical space:
+    every face of the two boxes within one voxel of the coarser grid (along any axis)."""
+    lo_a, hi_a = physical_box(reference)
+    lo_b, hi_b = physical_box(other)
+    tolerance = max(max(reference.spacing), max(other.spacing))
+    gap = max(np.abs(lo_a - lo_b).max(), np.abs(hi_a - hi_b).max())
+    if gap > tolerance:
+        raise GeometryMismatchError(
+            f"{other_name} does not cover the same physical space as {ref_name} (fields of view "
+            f"{np.round(lo_b, 1).tolist()}–{np.round(hi_b, 1).tolist()} mm vs {np.round(lo_a, 1).tolist()}–"
+            f"{np.round(hi_a, 1).tolist()} mm, {gap:.1f} mm apart; at most {tolerance:g} mm allowed): "
+            "register it to the T1 first")
+
+
+def resample_to(array: np.ndarray, geom: Geometry, target: Geometry) -> np.ndarray:
+    """``array`` (on ``geom``) linearly resampled onto ``target`` in scanner space; 0 outside its field
+    of view. float32 (x, y, z)."""
+    import SimpleITK as sitk
+
+    moving = to_sitk(np.asarray(array, np.float32), geom)
+    reference = to_sitk(np.zeros(target.shape, np.uint8), target)
+    out = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+
+def check_same_grid(geometries: dict[Path, Geometry], hint: str = "") -> None:
+    """Shape or spacing differences are errors naming the files (``hint`` appended); origin/direction
+    ones warnings."""
     items = list(geometries.items())
     ref_path, ref = items[0]
     for path, geom in items[1:]:
         if geom.shape != ref.shape:
             raise GeometryMismatchError(
-                f"shape mismatch: {ref_path.name} is {ref.shape}, {path.name} is {geom.shape}"
+                f"shape mismatch: {ref_path.name} is {ref.shape}, {path.name} is {geom.shape}{hint}"
             )
         if not np.allclose(geom.spacing, ref.spacing, rtol=SPACING_RTOL, atol=0):
             raise GeometryMismatchError(
-                f"spacing mismatch: {ref_path.name} has {ref.spacing}, {path.name} has {geom.spacing}"
+                f"spacing mismatch: {ref_path.name} has {ref.spacing}, {path.name} has {geom.spacing}{hint}"
             )
         if not np.allclose(geom.origin, ref.origin, atol=ORIGIN_ATOL_MM, rtol=0):
             logger.warning("origin differs: %s %s vs %s %s (using the first)", ref_path.name,
@@ -146,17 +195,21 @@ def check_same_grid(geometries: dict[Path, Geometry]) -> None:
             logger.warning("direction differs: %s vs %s (using the first)", ref_path.name, path.name)
 
 
-def read_subject(subject_id: str, paths: dict[str, str | os.PathLike]) -> Subject:
+def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample: bool = False) -> Subject:
     """Read the three modalities of a subject and stack them on the T1's grid.
 
     Args:
         subject_id: identifier used in messages and output names.
         paths: one path per modality in :data:`MODALITIES`.
+        resample: T2 and FLAIR on another grid than the T1 (shape, spacing, origin or direction) are
+            linearly resampled onto it, provided they cover the same physical space
+            (:func:`check_same_space`); outputs are always on the T1's grid.
 
     Raises:
         MissingModalityError: a modality has no path or its file does not exist.
         UnreadableImageError: a file cannot be read as a 3D scalar image.
-        GeometryMismatchError: shapes or spacings differ.
+        GeometryMismatchError: shapes or spacings differ (without ``resample``), or a modality does not
+            cover the T1's field of view (with it).
     """
     missing = [m for m in MODALITIES if m not in paths or paths[m] is None]
     if missing:
@@ -172,9 +225,15 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike]) -> Subjec
         arr, geom = read_volume(p)
         arr = arr.astype(np.float32, copy=False)
         nonfinite[m] = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if resample and m != "T1" and not same_grid(geoms[Path(paths["T1"])], geom):
+            t1_path = Path(paths["T1"])
+            check_same_space(geoms[t1_path], geom, t1_path.name, p.name)
+            logger.info("%s: %s resampled from %s voxels of %s mm onto the T1's grid", subject_id, m,
+                        "×".join(map(str, geom.shape)), "×".join(f"{v:g}" for v in geom.spacing))
+            arr, geom = resample_to(arr, geom, geoms[t1_path]), geoms[t1_path]
         arrays.append(arr)
         geoms[p] = geom
-    check_same_grid(geoms)
+    check_same_grid(geoms, RESAMPLE_HINT)
     for m, n in nonfinite.items():
         if n:
             logger.warning("%s: %s has %d non-finite voxel(s)", subject_id, m, n)

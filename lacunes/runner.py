@@ -46,14 +46,16 @@ def run_subject(
     extras_dir: Path | None = None,
     write_mask: bool = False,
     write_table: bool = False,
+    resample: bool = False,
 ) -> SubjectReport:
     """Read a subject, predict, and write the probability and uncertainty maps on its T1 grid.
 
     Extras (binary mask at 0.5, lesion table CSV) go to ``extras_dir``, never next to the contract's
-    outputs. Nothing is written when reading or predicting fails.
+    outputs. Nothing is written when reading or predicting fails. ``resample``: T2/FLAIR on another grid
+    are resampled onto the T1's (:func:`lacunes.io.read_subject`).
     """
     t0 = time.time()
-    subject = read_subject(files.subject_id, files.paths)
+    subject = read_subject(files.subject_id, files.paths, resample)
     probability, uncertainty = predictor.predict(subject)
     geometry = subject.geometry
     outputs = [write_volume(probability.astype(np.float32), geometry, prediction_path),

@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from lacunes.cli import main
 from lacunes.io import read_volume
@@ -113,3 +114,16 @@ def test_operating_point_overrides(tmp_path, tiny_checkpoint, capsys):
     images, _ = make_subject_arrays()
     brain = images["T1"] != 0
     assert (maps["model"][~brain] == 0).all()
+
+
+def test_resample_flag(tmp_path, tiny_checkpoint, caplog):
+    from .test_io import coarse_flair
+
+    _, _, geom = write_subject(tmp_path / "in", "sub-008", shape=(40, 36, 21))
+    coarse_flair(tmp_path / "in", "sub-008")
+    args = ("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
+            "--preset", "fast", "--no-progress")
+    assert predict(*args) == 1 and "--resample" in caplog.text
+    assert predict(*args, "--resample") == 0
+    prob, g = read_volume(tmp_path / "out" / "sub-008_space-T1_prediction.nii.gz")
+    assert prob.shape == geom.shape and g.spacing == pytest.approx(geom.spacing)

@@ -108,3 +108,39 @@ def test_write_rejects_wrong_shape(tmp_path):
     with pytest.raises(ValueError, match="does not match"):
         write_volume(np.zeros((3, 3, 3)), Geometry((4, 4, 4)), tmp_path / "x.nii.gz")
     assert not list(tmp_path.iterdir())
+
+
+def coarse_flair(folder, sid="sub-001", shift_mm=0.0):
+    """Rewrite the FLAIR of a written subject at 3× the slice thickness (slices averaged by three), over
+    the same physical space (shifted by ``shift_mm`` along the scanner's z); returns the fine FLAIR."""
+    fine, geom = read_volume(paths(folder, sid)["FLAIR"])
+    nz = fine.shape[2] // 3
+    coarse = fine[:, :, : 3 * nz].reshape(*fine.shape[:2], nz, 3).mean(3)
+    direction = np.asarray(geom.direction).reshape(3, 3)
+    centre = np.asarray(geom.origin) + direction @ (np.asarray(geom.spacing) * (0, 0, 1)) + (0, 0, shift_mm)
+    spacing = (geom.spacing[0], geom.spacing[1], 3 * geom.spacing[2])
+    write_volume(coarse, Geometry(coarse.shape, spacing, tuple(centre), geom.direction), paths(folder, sid)["FLAIR"])
+    return fine
+
+
+def test_a_flair_on_another_grid_is_resampled_onto_the_t1_only_when_asked(tmp_path):
+    write_subject(tmp_path, shape=(40, 36, 21))
+    fine = coarse_flair(tmp_path)
+    with pytest.raises(GeometryMismatchError, match="--resample"):
+        read_subject("sub-001", paths(tmp_path))
+    s = read_subject("sub-001", paths(tmp_path), resample=True)
+    t1, geom = read_volume(paths(tmp_path)["T1"])
+    assert s.image.shape == (3, 40, 36, 21) and s.geometry == geom
+    np.testing.assert_array_equal(s.image[0], t1)
+    # away from the edges of the coarse slices' span, linear resampling recovers the fine FLAIR closely
+    inner = (slice(None), slice(None), slice(2, 19))
+    brain = fine[inner] != 0
+    err = np.abs(s.image[2][inner] - fine[inner])[brain]
+    assert np.median(err) < 0.1 * np.median(np.abs(fine[inner][brain]))
+
+
+def test_resampling_refuses_images_that_do_not_cover_the_same_space(tmp_path):
+    write_subject(tmp_path, shape=(40, 36, 21))
+    coarse_flair(tmp_path, shift_mm=20.0)
+    with pytest.raises(GeometryMismatchError, match="does not cover the same physical space"):
+        read_subject("sub-001", paths(tmp_path), resample=True)

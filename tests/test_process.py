@@ -125,3 +125,20 @@ def test_an_all_zero_scan_gives_empty_maps(tmp_path, tiny_checkpoint):
     for kind in ("prediction", "uncertaintymap"):
         arr, _ = read_volume(tmp_path / "out" / "images" / f"sub-009_space-T1_{kind}.nii.gz")
         assert arr.max() == 0
+
+
+def test_a_flair_on_another_grid_needs_resample(tmp_path, tiny_checkpoint, monkeypatch, caplog):
+    from .test_io import coarse_flair
+
+    _, _, geom = write_subject(tmp_path / "in", "sub-004", shape=(40, 36, 21))
+    coarse_flair(tmp_path / "in", "sub-004")
+    assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 2
+    assert "LACUNES_RESAMPLE=1" in caplog.text
+    assert not (tmp_path / "out" / "images" / "sub-004_space-T1_prediction.nii.gz").exists()
+    monkeypatch.setenv("LACUNES_RESAMPLE", "1")
+    assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 0
+    for kind in ("prediction", "uncertaintymap"):
+        check_map(tmp_path / "out" / "images" / f"sub-004_space-T1_{kind}.nii.gz", geom)
+    monkeypatch.setenv("LACUNES_RESAMPLE", "maybe")
+    with pytest.raises(SystemExit, match="LACUNES_RESAMPLE must be"):
+        process.build_parser()
