@@ -1,4 +1,4 @@
-"""``lacunes predict | evaluate | synth | train``: argument parsing only; the work is in the library.
+"""``lacunes predict | report | evaluate | synth | train``: argument parsing only; the work is in the library.
 
 Heavy imports (torch, MONAI, SimpleITK) happen inside the commands, so ``--help`` is instant.
 """
@@ -32,6 +32,14 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
+def require_matplotlib(what: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ValueError(f"{what} draws pictures with matplotlib, which is not installed: pip install matplotlib "
+                         "(it is in requirements-dev.txt)")
+
+
 def default_model_path() -> Path:
     return Path(__file__).resolve().parent.parent / "model" / "lacunes.pt"
 
@@ -42,8 +50,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from lacunes.inference import PRESETS, Predictor
     from lacunes.io import LacunesInputError
     from lacunes.layouts import explicit_subject, find_valdo_t1s, valdo_subject
+    from lacunes.report import SubjectRecord, load_records, picture_for, save_records, write_report
     from lacunes.runner import SubjectReport, run_subject
 
+    if args.qc:
+        require_matplotlib("--qc")
     explicit = [args.t1, args.t2, args.flair]
     if any(explicit) and not all(explicit):
         raise ValueError("--t1, --t2 and --flair go together")
@@ -77,18 +88,33 @@ def cmd_predict(args: argparse.Namespace) -> int:
           f"operating point: probability >= {op.threshold:g}, lesions >= {op.min_volume_mm3:g} mm³")
     extras = Path(args.extras_dir) if args.extras_dir else out / "extras"
     reports: list[SubjectReport] = []
+    out.mkdir(parents=True, exist_ok=True)
+    records = load_records(out)  # run.json: what every run in this folder did, for `lacunes report`
     for item in tqdm(items, desc="subjects", unit="subject", disable=args.no_progress):
         name = item.name if isinstance(item, Path) else item.subject_id
         try:
             files = valdo_subject(item) if isinstance(item, Path) else item
             pred, unc = out / files.prediction_name, out / files.uncertainty_name
+            inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
             if pred.exists() and unc.exists() and not args.overwrite:
                 reports.append(SubjectReport(files.subject_id, [pred, unc], status="skipped"))
-                continue
-            reports.append(run_subject(predictor, files, pred, unc, extras, args.mask, args.table, args.resample))
+                record = records.get(files.subject_id) or SubjectRecord(files.subject_id, "skipped", inputs,
+                                                                        pred.name)
+            else:
+                reports.append(run_subject(predictor, files, pred, unc, extras, args.mask, args.table, args.resample))
+                r = reports[-1]
+                record = SubjectRecord(r.subject_id, "done", inputs, pred.name, r.lesions, r.volume_mm3, r.seconds)
+            drawn = bool(record.picture) and (out / record.picture).is_file()
+            if args.qc and (reports[-1].status == "done" or not drawn):
+                picture_for(out, record)
         except Exception as exc:  # one bad subject must not stop the cohort
             logger.error("%s failed: %s", name, exc)
             reports.append(SubjectReport(name, status="failed", error=str(exc)))
+            record = SubjectRecord(name, "failed", error=str(exc))
+        records[record.subject_id] = record
+        save_records(out, records)
+    if args.qc:
+        print(f"quality control: {write_report(out, records)}")
     failed = [r for r in reports if r.status == "failed"]
     print(f"{'subject':<16} {'status':<8} {'lesions':>7} {'seconds':>8}")
     for r in reports:
@@ -100,6 +126,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for r in failed:
         print(f"  {r.subject_id}: {r.error}")
     return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from lacunes.report import report_folder
+
+    require_matplotlib("lacunes report")
+    print(f"quality control: {report_folder(Path(args.output), progress=not args.no_progress)}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------- evaluate
@@ -205,9 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", action="store_true", help="also write a binary mask (extras folder)")
     p.add_argument("--table", action="store_true", help="also write a lesion table CSV (extras folder)")
     p.add_argument("--extras-dir", help="folder for --mask/--table (default OUTPUT/extras)")
+    p.add_argument("--qc", action="store_true",
+                   help="quality control: a picture of each subject's lesions (OUTPUT/qc/) and OUTPUT/report.html")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--subject-progress", action="store_true", help="also a progress bar over windows")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("report", help="quality-control pictures and report.html for a finished predict run")
+    p.add_argument("output", help="the output folder of 'lacunes predict' (holds run.json)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("evaluate", help="VALDO Task 3 metrics of predictions against rater labels")
     p.add_argument("--pred", required=True, help="folder of <sid>_*prediction.nii.gz (+ *uncertaintymap)")

@@ -26,6 +26,7 @@ class SubjectReport:
     seconds: float = 0.0
     status: str = "done"  # done | skipped | failed
     error: str = ""
+    volume_mm3: float = 0.0  # all detected lesions together
 
 
 def write_lesion_table(rows: list[dict], path: Path) -> Path:
@@ -68,7 +69,8 @@ def run_subject(
                                         Path(extras_dir) / f"{stem}mask.nii.gz"))
         if write_table:
             outputs.append(write_lesion_table(rows, Path(extras_dir) / f"{stem}lesions.csv"))
-    report = SubjectReport(files.subject_id, outputs, len(rows), time.time() - t0)
+    report = SubjectReport(files.subject_id, outputs, len(rows), time.time() - t0,
+                           volume_mm3=float(sum(r["volume_mm3"] for r in rows)))
     st = predictor.last_stats
     notes = []
     if st.get("candidates"):

@@ -56,7 +56,7 @@ def test_explicit_files_and_extras(tmp_path, tiny_checkpoint):
         header = next(csv.reader(f))
     assert header[:3] == ["id", "voxels", "volume_mm3"] and "mean_uncertainty" in header
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "extras", "sub-007_prediction.nii.gz", "sub-007_uncertaintymap.nii.gz"]
+        "extras", "run.json", "sub-007_prediction.nii.gz", "sub-007_uncertaintymap.nii.gz"]
 
 
 def test_argument_errors(tmp_path, tiny_checkpoint, caplog):
