@@ -135,6 +135,7 @@ def _env_float(name: str) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    t0 = time.time()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     from lacunes.layouts import find_valdo_subjects, find_valdo_t1s, grand_challenge_subject, is_grand_challenge_layout
 
     input_path, output_path = Path(args.input), Path(args.output)
-    t0 = time.time()
+    t_imports = time.time()
     try:
         if not input_path.is_dir():
             raise LacunesInputError(f"input folder {input_path} does not exist")
@@ -158,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         grand_challenge_subject(input_path) if grand_challenge else find_valdo_subjects(input_path)
         model = Path(args.model) if args.model else default_model()
         predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
+        logger.info("start-up %.1f s (imports %.1f s, inputs found and model loaded %.1f s)", time.time() - t0, t_imports - t0,
+                    time.time() - t_imports)
         op = predictor.operating_point
         logger.info("model %s, preset %s, device %s, %s, %d TTA variant(s), operating point: probability >= %g, "
                     "lesions >= %g mm³", model, args.preset, predictor.device, predictor.precision,

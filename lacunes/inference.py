@@ -195,12 +195,12 @@ EMPTY_LOGIT = -20.0
 
 def brain_box(brain: np.ndarray, margin: int = CROP_MARGIN) -> tuple[slice, slice, slice]:
     """The bounding box of a non-empty mask, grown by ``margin`` voxels and clipped to the volume."""
-    axes = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        idx = np.flatnonzero(brain.any(axis=other))
-        axes.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, brain.shape[axis])))
-    return tuple(axes)
+    from lacunes.instances import bounding_box
+
+    box = bounding_box(brain, margin)
+    if box is None:
+        raise ValueError("the brain mask is empty")
+    return box
 
 
 def _round16(n: int) -> int:

@@ -21,6 +21,18 @@ def label_instances(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarra
     return labels.astype(np.int32, copy=False), int(n)
 
 
+def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """The bounding box of a mask's true voxels grown by ``margin`` (clipped), or None when empty."""
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        if idx.size == 0:
+            return None
+        box.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, mask.shape[axis])))
+    return tuple(box)
+
+
 def lesion_table(
     probability: np.ndarray,
     uncertainty: np.ndarray | None,
@@ -28,31 +40,38 @@ def lesion_table(
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0),
     threshold: float = 0.5,
     connectivity: int = 26,
+    direction: tuple[float, ...] | None = None,
 ) -> list[dict]:
     """One row per predicted lesion (component of ``probability >= threshold``).
 
-    Columns: id, voxels, volume_mm3, centre_mm (x, y, z: index × spacing + origin, ignoring
-    direction), max_probability, mean_uncertainty (NaN without an uncertainty map).
+    Columns: id, voxels, volume_mm3, centre_mm (x, y, z in scanner coordinates: origin + direction ·
+    (index × spacing); identity direction when none is given), max_probability, mean_uncertainty
+    (NaN without an uncertainty map). Computed inside the lesions' bounding box.
     """
-    labels, n = label_instances(probability >= threshold, connectivity)
+    mask = probability >= threshold
+    box = bounding_box(mask)
     rows = []
-    if n == 0:
+    if box is None:
         return rows
+    labels, n = label_instances(mask[box], connectivity)
     idx = np.arange(1, n + 1)
-    counts = ndi.sum_labels(np.ones_like(labels), labels, idx)
-    centres = ndi.center_of_mass(np.ones_like(labels), labels, idx)
-    maxima = ndi.maximum(probability, labels, idx)
-    means = ndi.mean(uncertainty, labels, idx) if uncertainty is not None else [float("nan")] * n
+    ones = np.ones(labels.shape, np.int8)
+    counts = ndi.sum_labels(ones, labels, idx)
+    centres = ndi.center_of_mass(ones, labels, idx)
+    maxima = ndi.maximum(probability[box], labels, idx)
+    means = ndi.mean(uncertainty[box], labels, idx) if uncertainty is not None else [float("nan")] * n
     voxel = float(np.prod(spacing))
+    d = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
+    start = np.array([b.start for b in box], float)
     for i in range(n):
-        centre = [float(c) * s + o for c, s, o in zip(centres[i], spacing, origin)]
+        centre = np.asarray(origin, float) + d @ ((np.asarray(centres[i]) + start) * np.asarray(spacing, float))
         rows.append({
             "id": i + 1,
             "voxels": int(counts[i]),
             "volume_mm3": float(counts[i]) * voxel,
-            "centre_x_mm": round(centre[0], 3),
-            "centre_y_mm": round(centre[1], 3),
-            "centre_z_mm": round(centre[2], 3),
+            "centre_x_mm": round(float(centre[0]), 3),
+            "centre_y_mm": round(float(centre[1]), 3),
+            "centre_z_mm": round(float(centre[2]), 3),
             "max_probability": float(maxima[i]),
             "mean_uncertainty": float(means[i]),
         })

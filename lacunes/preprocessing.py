@@ -112,8 +112,14 @@ def brain_mask(image: np.ndarray, min_component_share: float = 0.05) -> np.ndarr
             continue
         level = FOREGROUND_FRACTION * float(np.percentile(values, 99))
         fg |= finite & (np.abs(np.nan_to_num(channel)) > level)
-    if not fg.any():
+    from lacunes.instances import bounding_box
+
+    box = bounding_box(fg)
+    if box is None:
         return fg
+    # Components, closing and holes all lie inside the foreground's box: work there (a clinical field
+    # of view is mostly empty), with the same zero padding at its faces as at the volume's.
+    full, fg = fg, fg[box]
     labels, n = ndi.label(fg, structure=ndi.generate_binary_structure(3, 3))
     if n > 1:
         sizes = np.bincount(labels.ravel())[1:]
@@ -123,4 +129,6 @@ def brain_mask(image: np.ndarray, min_component_share: float = 0.05) -> np.ndarr
     ball = np.sum(np.square(np.indices((2 * r + 1,) * 3) - r), axis=0) <= r * r
     padded = np.pad(fg, r + 1)
     closed = ndi.binary_closing(padded, structure=ball)[(slice(r + 1, -(r + 1)),) * 3]
-    return ndi.binary_fill_holes(closed | fg)
+    out = np.zeros(full.shape, bool)
+    out[box] = ndi.binary_fill_holes(closed | fg)
+    return out

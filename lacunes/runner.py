@@ -27,6 +27,7 @@ class SubjectReport:
     status: str = "done"  # done | skipped | failed
     error: str = ""
     volume_mm3: float = 0.0  # all detected lesions together
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: read, inference, write
 
 
 def write_lesion_table(rows: list[dict], path: Path) -> Path:
@@ -57,11 +58,13 @@ def run_subject(
     """
     t0 = time.time()
     subject = read_subject(files.subject_id, files.paths, resample)
+    t1 = time.time()
     probability, uncertainty = predictor.predict(subject)
+    t2 = time.time()
     geometry = subject.geometry
     outputs = [write_volume(probability.astype(np.float32), geometry, prediction_path),
                write_volume(uncertainty.astype(np.float32), geometry, uncertainty_path)]
-    rows = lesion_table(probability, uncertainty, geometry.spacing, geometry.origin)
+    rows = lesion_table(probability, uncertainty, geometry.spacing, geometry.origin, direction=geometry.direction)
     if extras_dir is not None and (write_mask or write_table):
         stem = files.output_prefix or f"{files.subject_id}_"
         if write_mask:
@@ -69,8 +72,10 @@ def run_subject(
                                         Path(extras_dir) / f"{stem}mask.nii.gz"))
         if write_table:
             outputs.append(write_lesion_table(rows, Path(extras_dir) / f"{stem}lesions.csv"))
-    report = SubjectReport(files.subject_id, outputs, len(rows), time.time() - t0,
-                           volume_mm3=float(sum(r["volume_mm3"] for r in rows)))
+    t3 = time.time()
+    report = SubjectReport(files.subject_id, outputs, len(rows), t3 - t0,
+                           volume_mm3=float(sum(r["volume_mm3"] for r in rows)),
+                           phases={"read": t1 - t0, "inference": t2 - t1, "write": t3 - t2})
     st = predictor.last_stats
     notes = []
     if st.get("candidates"):
@@ -79,6 +84,6 @@ def run_subject(
         notes.append(f"{st['extended_voxels']} voxel(s) added to detected lesions by their extent")
     if st.get("removed_small_lesions"):
         notes.append(f"{st['removed_small_lesions']} lesion(s) under the minimum volume removed")
-    logger.info("%s: %d lesion(s) in %.1f s%s", files.subject_id, report.lesions, report.seconds,
-                f" ({'; '.join(notes)})" if notes else "")
+    logger.info("%s: %d lesion(s) in %.1f s (read %.1f s, inference %.1f s, write %.1f s)%s", files.subject_id,
+                report.lesions, report.seconds, *report.phases.values(), f"; {'; '.join(notes)}" if notes else "")
     return report

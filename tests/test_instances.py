@@ -1,0 +1,41 @@
+import numpy as np
+import pytest
+
+from lacunes.instances import bounding_box, label_instances, lesion_table
+from lacunes.preprocessing import brain_mask
+
+
+def test_lesion_table_centres_are_in_scanner_coordinates():
+    prob = np.zeros((30, 20, 10), np.float32)
+    prob[10, 4, 2] = 0.9  # one voxel
+    prob[20:23, 10:13, 5:8] = 0.7  # 27 voxels, centre (21, 11, 6)
+    direction = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)  # x and y swapped
+    rows = lesion_table(prob, None, (1.0, 2.0, 3.0), (5.0, 6.0, 7.0), direction=direction)
+    by_size = sorted(rows, key=lambda r: r["voxels"])
+    assert [r["voxels"] for r in by_size] == [1, 27]
+    # origin + D · (index × spacing): index (10, 4, 2) → (10, 8, 6) mm → swapped (8, 10, 6); (21, 11, 6) → (22, 21, 18)
+    assert (by_size[0]["centre_x_mm"], by_size[0]["centre_y_mm"], by_size[0]["centre_z_mm"]) == (13.0, 16.0, 13.0)
+    assert (by_size[1]["centre_x_mm"], by_size[1]["centre_y_mm"], by_size[1]["centre_z_mm"]) == (27.0, 27.0, 25.0)
+    assert by_size[1]["volume_mm3"] == 27 * 6.0 and by_size[1]["max_probability"] == pytest.approx(0.7)
+    plain = lesion_table(prob, None, (1.0, 2.0, 3.0), (5.0, 6.0, 7.0))
+    assert sorted(r["centre_x_mm"] for r in plain) == [15.0, 26.0]
+    assert lesion_table(np.zeros((4, 4, 4), np.float32), None, (1.0, 1.0, 1.0)) == []
+
+
+def test_brain_mask_in_a_large_empty_field_of_view_equals_the_mask_of_the_brain_alone():
+    rng = np.random.default_rng(2)
+    small = np.zeros((3, 30, 28, 20), np.float32)
+    idx = np.indices(small.shape[1:])
+    ball = (((idx - np.array([15, 14, 10])[:, None, None, None]) / np.array([12, 11, 8])[:, None, None, None]) ** 2
+            ).sum(0) < 1
+    small[:, ball] = rng.uniform(50, 150, size=(3, int(ball.sum())))
+    small[:, 14:17, 13:16, 9:12] = 0  # a dark hole inside
+    big = np.zeros((3, 60, 50, 40), np.float32)
+    big[:, 10:40, 12:40, 5:25] = small
+    mask = brain_mask(big)
+    assert mask[10:40, 12:40, 5:25].sum() == mask.sum()
+    np.testing.assert_array_equal(mask[10:40, 12:40, 5:25], brain_mask(small))
+    assert mask[24:27, 25:28, 14:17].all()  # the hole is filled
+    box = bounding_box(mask)
+    assert all(b.start >= lo and b.stop <= hi for b, (lo, hi) in zip(box, ((10, 40), (12, 40), (5, 25))))
+    assert label_instances(mask)[1] == 1
