@@ -53,6 +53,8 @@ def timed(owner, name, key):
             spent[key] += time.time() - t
     setattr(owner, name, wrapper)
 
+import lacunes
+assert lacunes.__file__.startswith(tree), f"lacunes imported from {lacunes.__file__}, not {tree}"
 import lacunes.runner as runner
 from lacunes.inference import Predictor
 timed(runner, "read_subject", "read")
