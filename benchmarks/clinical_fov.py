@@ -5,7 +5,7 @@ The phantoms are cropped to the brain (153×189×159 voxels at 1 mm); a skull-st
 typically 256×256×170–200 voxels, most of it empty. This benchmark places a held-out phantom in the
 middle of a 256×256×192 field of view of zeros and predicts it twice with the bundled model, each in
 a subprocess of its own (so that its peak host memory is its own): the whole field of view windowed
-(``brain_only=False``) and the project's default (cropped to the brain's box + 8 voxels, windows
+(``brain_only=False``) and the project's default (cropped to the brain's bounding box, windows
 without brain skipped). Reported: time of ``Predictor.predict`` (model loading excluded), peak
 resident memory of the process, windows run, the largest probability difference inside the brain and
 whether the detected lesions (components of the written map at 0.5) are the same. Writes the

@@ -229,8 +229,9 @@ def test_only_the_brain_is_computed_and_the_maps_are_the_same_there():
     np.testing.assert_allclose(unc, unc_all, atol=1e-6)
     assert prob[6:26, 30:52, 4:20].min() > 0 and prob[:5].max() == 0
     box = brain_box(image.any(0))
-    assert box == (slice(0, 34), slice(22, 60), slice(0, 28))
-    assert cropped.last_stats["box"] == ((0, 34), (22, 60), (0, 28))
+    assert box == (slice(6, 26), slice(30, 52), slice(4, 20))
+    assert brain_box(image.any(0), margin=8) == (slice(0, 34), slice(22, 60), slice(0, 28))  # clipped
+    assert cropped.last_stats["box"] == ((6, 26), (30, 52), (4, 20))
     assert 0 < cropped.last_stats["windows_run"] <= cropped.last_stats["windows"]
 
 
