@@ -98,15 +98,70 @@ class Subject:
     nonfinite: dict[str, int] = field(default_factory=dict)
 
 
+def _nifti_data_end(header: bytes) -> int | None:
+    """Where a NIfTI-1/2 file's voxel data must end (vox_offset + voxels × bytes), or None when
+    ``header`` is not a NIfTI header this check understands."""
+    import struct
+
+    for order in "<>":
+        if len(header) >= 348 and struct.unpack(order + "i", header[:4])[0] == 348:
+            dims = struct.unpack(order + "8h", header[40:56])
+            bitpix = struct.unpack(order + "h", header[72:74])[0]
+            offset = int(struct.unpack(order + "f", header[108:112])[0])
+        elif len(header) >= 540 and struct.unpack(order + "i", header[:4])[0] == 540:
+            bitpix = struct.unpack(order + "h", header[14:16])[0]
+            dims = struct.unpack(order + "8q", header[16:80])
+            offset = struct.unpack(order + "q", header[168:176])[0]
+        else:
+            continue
+        if not 1 <= dims[0] <= 7 or bitpix <= 0 or offset <= 0:  # offset 0: a header-only (.hdr) file
+            return None
+        return offset + int(np.prod([max(d, 1) for d in dims[1:dims[0] + 1]])) * bitpix // 8
+    return None
+
+
+def check_complete(path: Path) -> None:
+    """Refuse a damaged file that the reader would accept: a gzip stream is read to its end (truncated or
+    corrupt → error), and a NIfTI file (compressed or not) must hold all the voxels its header announces
+    (readers fill a short file with zeros). Raises :class:`UnreadableImageError` naming the file."""
+    import gzip
+    import zlib
+
+    name = path.name.lower()
+    if not (name.endswith(".gz") or name.endswith(".nii")):
+        return
+    size, header = 0, b""
+    if name.endswith(".gz"):
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":
+                raise UnreadableImageError(f"cannot read {path}: its name ends in .gz but it is not gzip-compressed")
+    try:
+        with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as f:
+            while chunk := f.read(1 << 22):
+                if len(header) < 540:
+                    header += chunk[: 540 - len(header)]
+                size += len(chunk)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise UnreadableImageError(f"{path} is damaged (its compressed data is cut short or corrupt: {exc}); "
+                                   "copy it again from its source") from None
+    if name.endswith((".nii", ".nii.gz")):
+        end = _nifti_data_end(header)
+        if end is not None and size < end:
+            raise UnreadableImageError(f"{path} is truncated: it holds {size} bytes of the {end} its header "
+                                       "announces; copy it again from its source")
+
+
 def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read a 3D scalar image (NIfTI, MetaImage, anything SimpleITK reads) as an (x, y, z) array.
+    A truncated or corrupt NIfTI or gzip file is refused (:func:`check_complete`).
 
     Raises:
-        UnreadableImageError: missing file, unreadable content, not 3D, or not scalar.
+        UnreadableImageError: missing file, damaged or unreadable content, not 3D, or not scalar.
     """
     path = Path(path)
     if not path.is_file():
         raise UnreadableImageError(f"no such file: {path}")
+    check_complete(path)
     import SimpleITK as sitk
 
     try:

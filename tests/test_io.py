@@ -144,3 +144,22 @@ def test_resampling_refuses_images_that_do_not_cover_the_same_space(tmp_path):
     coarse_flair(tmp_path, shift_mm=20.0)
     with pytest.raises(GeometryMismatchError, match="does not cover the same physical space"):
         read_subject("sub-001", paths(tmp_path), resample=True)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
+def test_a_truncated_or_corrupt_file_is_refused(tmp_path, suffix):
+    arr = np.random.default_rng(0).normal(size=(20, 18, 12)).astype(np.float32)
+    path = tmp_path / f"img{suffix}"
+    write_volume(arr, Geometry(arr.shape), path)
+    np.testing.assert_array_equal(read_volume(path)[0], arr)  # the whole file reads
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UnreadableImageError, match="damaged|truncated") as err:
+        read_volume(path)
+    assert str(path) in str(err.value)
+    if suffix == ".nii.gz":
+        corrupt = bytearray(data)
+        corrupt[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # zeros in the middle of the deflate stream
+        path.write_bytes(bytes(corrupt))
+        with pytest.raises(UnreadableImageError, match="damaged"):
+            read_volume(path)
