@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -120,7 +121,7 @@ def main() -> int:
     lines = [
         f"## End to end: one subject per process ({args.preset}, {device})",
         "",
-        f"Command: `python benchmarks/end_to_end.py {' '.join(sys.argv[1:])}` — torch {torch.__version__}. The "
+        f"Command: `python benchmarks/end_to_end.py {shlex.join(sys.argv[1:])}` — torch {torch.__version__}. The "
         f"sample case (`{Path(args.case).name}/`, 153×189×159 voxels) through `process.py` (evalutils VALDO path) in a "
         f"fresh process; the fastest of {args.repeats} interleaved runs per tree. Start-up = process start to the "
         "first read of the subject (interpreter, imports, model, input discovery); write = maps, lesion table, "
