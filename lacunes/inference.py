@@ -187,6 +187,15 @@ class TTAPlan:
         return 1 + max(c for c, _ in self.variants)
 
 
+#: More voxels than this with a non-finite network output is an error (:class:`NonFiniteOutputError`);
+#: up to this many are set to probability 0 and uncertainty 1 (logged).
+NONFINITE_OUTPUT_LIMIT = 100
+
+
+class NonFiniteOutputError(ValueError):
+    """The network's output is not finite beyond a few voxels (damaged weights, overflow)."""
+
+
 #: Voxels kept around the brain's bounding box when cropping (``brain_only``). None are needed: the
 #: maps are 0 outside the brain, and the background of a skull-stripped scan is 0, which is also what
 #: the windows are padded with; every voxel more can add a window (the clinical-size benchmark's
@@ -395,10 +404,15 @@ class Predictor:
         (:func:`lacunes.postprocessing.finish_probability`). The uncertainty is computed from the logits
         shifted to the threshold each voxel was judged against, 1 on candidates the second stage
         rejected, 0 outside ``mask``.
-        Voxels with a non-finite logit in any variant get probability 0 and uncertainty 1 (logged)."""
+        Voxels with a non-finite logit in any variant get probability 0 and uncertainty 1 (logged); more than
+        :data:`NONFINITE_OUTPUT_LIMIT` of them raise :class:`NonFiniteOutputError`."""
         op = operating_point or self.operating_point
         finite = torch.isfinite(variant_logits).all(0)
         bad = int((~finite).sum())
+        if bad > NONFINITE_OUTPUT_LIMIT:
+            raise NonFiniteOutputError(
+                f"the network's output is NaN or infinite in {bad} of {finite.numel()} voxels: the checkpoint's weights "
+                "are probably damaged (or the arithmetic overflowed: try --precision float32); no map written")
         if bad:
             logger.error("%d voxel(s) with non-finite network output; set to probability 0, uncertainty 1", bad)
             variant_logits = torch.nan_to_num(variant_logits, nan=0.0)

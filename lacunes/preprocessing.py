@@ -2,9 +2,11 @@
 
 Normalization (per channel): the foreground is the voxels that are not exactly 0 (the inputs are
 skull-stripped, so the background is 0); the 0.5 % and 99.5 % quantiles of the foreground map to 0
-and 1 (values beyond are kept, not clipped: a bright FLAIR rim stays bright), and the background stays
-exactly 0, which is also the value the sliding window pads with. A channel without foreground, or
-whose quantiles coincide (a constant volume), becomes all zeros instead of NaN.
+and 1, values beyond are kept up to :data:`CLIP` = [-1, 3] (a bright FLAIR rim stays bright: the
+phantoms span about [-0.25, 2]) and clipped there, so that one extreme voxel (a corrupt 1e30, a
+spike) cannot dominate the network's instance normalization and change the map far from it; the
+background stays exactly 0, which is also the value the sliding window pads with. A channel without
+foreground, or whose quantiles coincide (a constant volume), becomes all zeros instead of NaN.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ class NormalizationConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.lower < self.upper <= 1.0:
             raise ValueError(f"need 0 <= lower < upper <= 1, got lower={self.lower}, upper={self.upper}")
+
+
+#: Range of the normalized intensities (quantiles at 0 and 1); values outside are clipped.
+CLIP = (-1.0, 3.0)
 
 
 class NonFiniteError(ValueError):
@@ -73,7 +79,7 @@ def quantile_normalize(image: np.ndarray, config: NormalizationConfig = Normaliz
         lo, hi = np.quantile(values, [config.lower, config.upper])
         if not hi > lo:
             continue
-        out[i][fg] = ((values - lo) / (hi - lo)).astype(np.float32)
+        out[i][fg] = np.clip((values - lo) / (hi - lo), *CLIP).astype(np.float32)
     return out
 
 

@@ -245,3 +245,24 @@ def test_windows_without_brain_are_skipped_and_an_empty_scan_runs_nothing():
     assert p.last_stats["windows"] == 9 and p.last_stats["windows_run"] == 2
     p.predict(Subject("sub-0", np.zeros((3, *shape), np.float32), Geometry(shape)))
     assert p.last_stats["windows"] == 0
+
+
+def test_non_finite_network_output_beyond_a_few_voxels_is_an_error(caplog):
+    from lacunes.inference import NONFINITE_OUTPUT_LIMIT, NonFiniteOutputError
+
+    class NaNAt(torch.nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.n = n
+
+        def forward(self, x):
+            out = x[:, :1] + 1.0
+            out.view(-1)[: self.n] = float("nan")
+            return out
+
+    x = np.random.default_rng(7).normal(size=(3, 32, 32, 16)).astype(np.float32)  # one window, no padding
+    with caplog.at_level(logging.ERROR):
+        prob, unc = Predictor(NaNAt(3), settings(roi_size=(32, 32, 16))).predict_normalized(x)
+    assert "non-finite network output" in caplog.text and (prob == 0).sum() == 3 and (unc == 1).sum() >= 3
+    with pytest.raises(NonFiniteOutputError, match="damaged"):
+        Predictor(NaNAt(NONFINITE_OUTPUT_LIMIT + 1), settings(roi_size=(32, 32, 16))).predict_normalized(x)

@@ -49,3 +49,25 @@ def test_assert_finite_names_the_file():
 def test_bad_quantiles():
     with pytest.raises(ValueError, match="lower < upper"):
         NormalizationConfig(0.9, 0.1)
+
+
+def test_an_isolated_extreme_voxel_is_clipped_and_changes_the_map_only_near_it(tiny_checkpoint):
+    from lacunes.inference import FAST, Predictor
+    from lacunes.preprocessing import CLIP
+
+    from .conftest import make_subject_arrays
+
+    images, _ = make_subject_arrays((40, 36, 20))
+    image = np.stack([images[m] for m in ("T1", "T2", "FLAIR")])
+    spiked = image.copy()
+    spiked[1, 20, 18, 10] = 1e30  # one T2 voxel
+    norm, norm_spiked = quantile_normalize(image), quantile_normalize(spiked)
+    assert norm_spiked[1, 20, 18, 10] == CLIP[1] and np.isfinite(norm_spiked).all()
+    far = np.ones(image.shape[1:], bool)
+    far[12:29, 10:27, 2:19] = False  # more than 8 voxels from the spike
+    np.testing.assert_array_equal(norm_spiked[:, far], norm[:, far])  # the quantiles did not move
+    p = Predictor.from_checkpoint(tiny_checkpoint, FAST.replace(progress=False, device="cpu"))
+    a, _ = p.predict(image)
+    b, _ = p.predict(spiked)
+    changed = np.abs(a - b) > 0.1
+    assert changed.sum() <= 0.01 * changed.size
