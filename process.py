@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from lacunes.inference import PRESETS, Predictor
-    from lacunes.io import LacunesInputError
+    from lacunes.io import LacunesInputError, prepare_output_folder
     from lacunes.layouts import find_valdo_subjects, find_valdo_t1s, grand_challenge_subject, is_grand_challenge_layout
 
     input_path, output_path = Path(args.input), Path(args.output)
@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                                     f"(found: {found})")
         # Every subject's files are checked before the first prediction is written.
         grand_challenge_subject(input_path) if grand_challenge else find_valdo_subjects(input_path)
+        for folder in (output_path, output_path / "images"):  # writable before any inference; leftovers removed
+            prepare_output_folder(folder)
         model = Path(args.model) if args.model else default_model()
         predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
         logger.info("start-up %.1f s (imports %.1f s, inputs found and model loaded %.1f s)", time.time() - t0, t_imports - t0,

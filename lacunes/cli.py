@@ -48,7 +48,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lacunes.inference import PRESETS, Predictor
-    from lacunes.io import LacunesInputError
+    from lacunes.io import LacunesInputError, prepare_output_folder
     from lacunes.layouts import explicit_subject, find_valdo_t1s, valdo_subject
     from lacunes.report import SubjectRecord, load_records, picture_for, save_records, write_report
     from lacunes.runner import SubjectReport, run_subject
@@ -88,7 +88,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
           f"operating point: probability >= {op.threshold:g}, lesions >= {op.min_volume_mm3:g} mm³")
     extras = Path(args.extras_dir) if args.extras_dir else out / "extras"
     reports: list[SubjectReport] = []
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_folder(out)  # writable (checked before any inference), leftovers of a killed run removed
     records = load_records(out)  # run.json: what every run in this folder did, for `lacunes report`
     for item in tqdm(items, desc="subjects", unit="subject", disable=args.no_progress):
         name = item.name if isinstance(item, Path) else item.subject_id

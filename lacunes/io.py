@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -309,6 +310,42 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
         raise ValueError(f"array shape {array.shape} does not match the geometry's {geometry.shape}")
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
     return geometry.apply_to(image)
+
+
+#: Names :func:`atomic_output` gives its temporary files (``.<final name>.<8 random characters><suffix>``).
+_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.nii\.gz|\.[A-Za-z0-9]+)$")
+#: Temporary files older than this (seconds) are a killed run's leftovers (a live write takes seconds).
+STALE_SECONDS = 600
+
+
+def prepare_output_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed, check that files can be written in it (before any inference runs),
+    and remove the temporary files a killed run left there (older than :data:`STALE_SECONDS`).
+
+    Raises:
+        LacunesInputError: the folder cannot be created or written, naming it and the reason.
+    """
+    import time
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise LacunesInputError(f"output folder {folder} is not writable: {exc.strerror or exc}") from None
+    now, removed = time.time(), 0
+    for p in folder.rglob(".*"):
+        try:
+            if p.is_file() and _TEMPORARY.match(p.name) and now - p.stat().st_mtime > STALE_SECONDS:
+                p.unlink()
+                removed += 1
+        except OSError:
+            continue
+    if removed:
+        logger.info("removed %d temporary file(s) left in %s by an interrupted run", removed, folder)
+    return folder
 
 
 @contextmanager

@@ -94,10 +94,17 @@ def find_valdo_subjects(folder: Path) -> list[SubjectFiles]:
     return [valdo_subject(p) for p in t1s]
 
 
+#: What a subject id may be: it names output files, so a name, never a path.
+SUBJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
 def explicit_subject(t1: Path, t2: Path, flair: Path, subject_id: str | None = None) -> SubjectFiles:
-    """A subject given as three explicit files; the id defaults to the T1's name up to its first '_'."""
+    """A subject given as three explicit files; the id defaults to the T1's name up to its first '_'.
+    The id must be a plain name (letters, digits, ``.``, ``_``, ``-``; no path)."""
     t1 = Path(t1)
     sid = subject_id or re.split(r"[_.]", t1.name)[0]
+    if not SUBJECT_ID.match(sid) or sid in (".", ".."):
+        raise LacunesInputError(f"subject id {sid!r} must be a name (letters, digits, '.', '_', '-'), not a path")
     return SubjectFiles(sid, {"T1": t1, "T2": Path(t2), "FLAIR": Path(flair)}, f"{sid}_")
 
 
@@ -113,9 +120,13 @@ def grand_challenge_subject(input_dir: Path) -> SubjectFiles:
     if inputs_json.is_file():
         try:
             sockets = json.loads(inputs_json.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise LacunesInputError(f"{inputs_json} is not valid JSON: {exc}") from exc
-        listed = {s.get("interface", {}).get("slug") for s in sockets if isinstance(s, dict)}
+        if not isinstance(sockets, list):
+            raise LacunesInputError(f"{inputs_json} must hold a list of sockets, found {type(sockets).__name__}: "
+                                    f"{json.dumps(sockets)[:80]}")
+        listed = {s["interface"].get("slug") for s in sockets
+                  if isinstance(s, dict) and isinstance(s.get("interface"), dict)}
         absent = [slug for slug in slugs.values() if slug not in listed]
         if absent:
             raise MissingModalityError(

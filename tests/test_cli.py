@@ -127,3 +127,11 @@ def test_resample_flag(tmp_path, tiny_checkpoint, caplog):
     assert predict(*args, "--resample") == 0
     prob, g = read_volume(tmp_path / "out" / "sub-008_space-T1_prediction.nii.gz")
     assert prob.shape == geom.shape and g.spacing == pytest.approx(geom.spacing)
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_inference(tmp_path, tiny_checkpoint, caplog):
+    write_subject(tmp_path / "in", "sub-001")
+    (tmp_path / "file").write_text("x")
+    rc = predict("--input", str(tmp_path / "in"), "--output", str(tmp_path / "file" / "out"), "--model",
+                 str(tiny_checkpoint), "--no-progress")
+    assert rc == 2 and "is not writable" in caplog.text

@@ -163,3 +163,28 @@ def test_a_truncated_or_corrupt_file_is_refused(tmp_path, suffix):
         path.write_bytes(bytes(corrupt))
         with pytest.raises(UnreadableImageError, match="damaged"):
             read_volume(path)
+
+
+def test_output_folder_is_checked_and_a_killed_runs_temporaries_are_removed(tmp_path, caplog):
+    import os
+    import time
+
+    from lacunes.io import LacunesInputError, prepare_output_folder
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(LacunesInputError, match="is not writable"):
+        prepare_output_folder(tmp_path / "file" / "out")
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    stale = out / "images" / ".sub-1_prediction.nii.gz.k2j4_x9a.nii.gz"
+    fresh = out / ".results.json.abcd1234.json"
+    other = out / ".keep-me"
+    for p in (stale, fresh, other):
+        p.write_bytes(b"")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    os.utime(other, (old, old))
+    with caplog.at_level(logging.INFO):
+        prepare_output_folder(out)
+    assert not stale.exists() and fresh.exists() and other.exists()
+    assert "removed 1 temporary file" in caplog.text

@@ -44,6 +44,11 @@ def test_empty_folder_and_bad_names(tmp_path):
 def test_explicit_subject(tmp_path):
     s = explicit_subject(tmp_path / "sub-9_T1w.nii.gz", tmp_path / "t2.nii.gz", tmp_path / "fl.nii.gz")
     assert s.subject_id == "sub-9" and s.prediction_name == "sub-9_prediction.nii.gz"
+    for bad in ("../x", "a/b", "..", "/etc/x", ""):
+        if bad:
+            with pytest.raises(LacunesInputError, match="must be a name"):
+                explicit_subject(tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz", tmp_path / "fl.nii.gz", bad)
+    assert explicit_subject(tmp_path / "t1.nii.gz", tmp_path / "t2", tmp_path / "f", "sub-1.v2").subject_id == "sub-1.v2"
 
 
 def make_gc(tmp_path, extra=None, sockets=None):
@@ -71,4 +76,12 @@ def test_grand_challenge_errors(tmp_path):
     (inp / "inputs.json").write_text(json.dumps([{"interface": {"slug": s}} for s in GC_INPUT_SLUGS.values()]))
     (inp / "images" / "flair-brain-mri" / "second.mha").write_bytes(b"")
     with pytest.raises(MissingModalityError, match="exactly one image"):
+        grand_challenge_subject(inp)
+
+
+@pytest.mark.parametrize("content", ["null", "3", "[1, 2]", '{"interface": 1}', '[{"interface": "t1"}]', "\u00ff"])
+def test_malformed_inputs_json_is_named(tmp_path, content):
+    inp = make_gc(tmp_path)
+    (inp / "inputs.json").write_bytes(content.encode("latin-1"))
+    with pytest.raises(LacunesInputError, match="inputs.json"):
         grand_challenge_subject(inp)
