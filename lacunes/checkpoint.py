@@ -1,6 +1,7 @@
 """Self-describing checkpoints: network arguments, preprocessing, inference plan, recipe, provenance
 and weights in one file, so that a checkpoint alone rebuilds the predictor. Nothing is pickled but
-plain containers and tensors (loads with ``weights_only=True``)."""
+plain containers and tensors (loads with ``weights_only=True``). The file's sha256 is checked against a
+``.sha256`` sidecar when there is one; the weights' own hash, stored inside, is checked always."""
 
 from __future__ import annotations
 
@@ -22,6 +23,17 @@ def sha256_of(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
+    return h.hexdigest()
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A hash of the weights themselves (names, dtypes, shapes and bytes), stored in the checkpoint and
+    verified when it is read, with or without a ``.sha256`` sidecar next to the file."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        v = state_dict[key].detach().cpu().contiguous().reshape(-1)
+        h.update(f"{key}|{v.dtype}|{tuple(state_dict[key].shape)}|".encode())
+        h.update(v.view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -53,6 +65,7 @@ def save_checkpoint(
         "network": network_config.to_dict(),
         "metadata": metadata or {},
         "state_dict": state,
+        "weights_sha256": weights_sha256(state),
     }
     if extra_state is not None:
         payload["training_state"] = extra_state
@@ -78,6 +91,10 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
     if not isinstance(payload, dict) or "state_dict" not in payload or "network" not in payload:
         raise ValueError(f"{path} is not a lacunes checkpoint (no network arguments or weights)")
+    expected = payload.get("weights_sha256")
+    if expected is not None and weights_sha256(payload["state_dict"]) != expected:
+        raise ValueError(f"{path}: the weights do not match the hash stored with them: the file is damaged; "
+                         "copy it again from its source")
     return payload
 
 

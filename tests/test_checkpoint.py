@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from lacunes.checkpoint import load_network, read_checkpoint, save_checkpoint, weights_sha256, write_sha256
+from lacunes.network import build_network
+
+from .conftest import TINY
+
+
+def test_damaged_weights_are_refused_with_or_without_a_sidecar(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_network(TINY), TINY, {"note": 1}, half=True)
+    payload = read_checkpoint(path)
+    assert payload["weights_sha256"] == weights_sha256(payload["state_dict"])
+    load_network(path)
+    # one weight changed inside an otherwise valid file (the file's own sha256 sidecar absent)
+    key = next(k for k, v in payload["state_dict"].items() if v.is_floating_point())
+    payload["state_dict"][key].view(-1)[0] += 1.0
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="do not match the hash stored with them"):
+        load_network(path)
+    # a sidecar is checked too, first
+    save_checkpoint(path, build_network(TINY), TINY)
+    write_sha256(path)
+    with open(path, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="does not match"):
+        read_checkpoint(path)
+
+
+def test_checkpoints_without_the_hash_still_load(tmp_path):
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, build_network(TINY), TINY)
+    payload = read_checkpoint(path)
+    del payload["weights_sha256"]
+    torch.save(payload, path)
+    load_network(path)
