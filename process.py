@@ -175,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
     except (LacunesInputError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2
+    except Exception as exc:  # evalutils' validators (e.g. two subjects with identical T1 bytes)
+        if not type(exc).__module__.startswith("evalutils"):
+            raise
+        logger.error("%s: %s", type(exc).__name__, exc)
+        return 2
     import resource
 
     peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux

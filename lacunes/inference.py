@@ -219,11 +219,17 @@ def _round16(n: int) -> int:
     return int(-(-n // 16) * 16)
 
 
+#: The smallest window :func:`roi_for` shrinks to: the network halves its input four times and its
+#: instance normalization needs more than one voxel at the bottom (a 16-voxel window fails there).
+MIN_FITTED_ROI = 32
+
+
 def roi_for(settings: InferenceSettings, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """The window for a volume: the settings' one, shrunk to the volume when ``fit_roi_to_image``."""
+    """The window for a volume: the settings' one, shrunk to the volume when ``fit_roi_to_image``
+    (rounded up to 16, at least :data:`MIN_FITTED_ROI`; a smaller volume is padded with zeros)."""
     roi = tuple(int(r) for r in settings.roi_size)
     if settings.fit_roi_to_image:
-        roi = tuple(min(r, _round16(s)) for r, s in zip(roi, shape))
+        roi = tuple(min(r, max(MIN_FITTED_ROI, _round16(s))) for r, s in zip(roi, shape))
     return roi
 
 

@@ -76,11 +76,21 @@ def valdo_subject(t1: Path) -> SubjectFiles:
 
 
 def find_valdo_t1s(folder: Path) -> list[Path]:
-    """All VALDO-layout T1 files directly in ``folder``, sorted."""
+    """All VALDO-layout T1 files directly in ``folder``, sorted; a subject id twice (e.g. as ``.nii.gz``
+    and ``.mha``) is an error naming both files."""
     folder = Path(folder)
     if not folder.is_dir():
         raise LacunesInputError(f"input folder {folder} does not exist")
-    return sorted(p for p in folder.iterdir() if VALDO_T1.match(p.name))
+    t1s = sorted(p for p in folder.iterdir() if VALDO_T1.match(p.name))
+    by_id: dict[str, list[str]] = {}
+    for p in t1s:
+        by_id.setdefault(VALDO_T1.match(p.name)["sid"], []).append(p.name)
+    twice = {sid: names for sid, names in by_id.items() if len(names) > 1}
+    if twice:
+        raise LacunesInputError("the same subject appears more than once in " + str(folder) + ": "
+                                + "; ".join(f"{sid}: {', '.join(names)}" for sid, names in twice.items())
+                                + " (keep one file per subject)")
+    return t1s
 
 
 def find_valdo_subjects(folder: Path) -> list[SubjectFiles]:

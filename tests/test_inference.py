@@ -266,3 +266,16 @@ def test_non_finite_network_output_beyond_a_few_voxels_is_an_error(caplog):
     assert "non-finite network output" in caplog.text and (prob == 0).sum() == 3 and (unc == 1).sum() >= 3
     with pytest.raises(NonFiniteOutputError, match="damaged"):
         Predictor(NaNAt(NONFINITE_OUTPUT_LIMIT + 1), settings(roi_size=(32, 32, 16))).predict_normalized(x)
+
+
+def test_tiny_volumes_work_with_the_full_size_network():
+    """All axes <= 16: the fitted window stays >= 32 so the network's deepest level keeps 2 voxels."""
+    from lacunes.inference import FAST, roi_for
+    from lacunes.network import NetworkConfig, build_network
+
+    assert roi_for(FAST, (5, 12, 40)) == (32, 32, 48)
+    torch.manual_seed(0)
+    p = Predictor(build_network(NetworkConfig()), FAST.replace(progress=False, device="cpu"))
+    image = np.random.default_rng(0).uniform(50, 150, size=(3, 12, 12, 8)).astype(np.float32)
+    prob, unc = p.predict(image)
+    assert prob.shape == (12, 12, 8) and np.isfinite(prob).all() and np.isfinite(unc).all()

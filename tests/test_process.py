@@ -142,3 +142,20 @@ def test_a_flair_on_another_grid_needs_resample(tmp_path, tiny_checkpoint, monke
     monkeypatch.setenv("LACUNES_RESAMPLE", "maybe")
     with pytest.raises(SystemExit, match="LACUNES_RESAMPLE must be"):
         process.build_parser()
+
+
+def test_duplicate_subjects_are_refused_with_a_message(tmp_path, tiny_checkpoint, caplog):
+    import shutil as sh
+
+    write_subject(tmp_path / "in", "sub-001")
+    write_subject(tmp_path / "in", "sub-002")
+    for m in ("T1", "T2", "FLAIR"):  # sub-002's T1 bytes are sub-001's
+        sh.copy(tmp_path / "in" / f"sub-001_space-T1_desc-masked_{m}.nii.gz",
+                tmp_path / "in" / f"sub-002_space-T1_desc-masked_{m}.nii.gz")
+    assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 2
+    assert "ValidationError" in caplog.text
+    caplog.clear()
+    write_subject(tmp_path / "in2", "sub-003")
+    sh.copy(tmp_path / "in2" / "sub-003_space-T1_desc-masked_T1.nii.gz", tmp_path / "in2" / "sub-003_space-T1_desc-masked_T1.nii")
+    assert run(tmp_path / "in2", tmp_path / "out2", tiny_checkpoint) == 2
+    assert "the same subject appears more than once" in caplog.text and "sub-003" in caplog.text
