@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     from lacunes.inference import PRESETS, Predictor
     from lacunes.io import LacunesInputError, prepare_output_folder
     from lacunes.layouts import find_valdo_subjects, find_valdo_t1s, grand_challenge_subject, is_grand_challenge_layout
+    from lacunes.runner import validate_subjects
 
     input_path, output_path = Path(args.input), Path(args.output)
     t_imports = time.time()
@@ -155,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
             found = ", ".join(sorted(p.name for p in input_path.iterdir())[:10]) or "nothing"
             raise LacunesInputError(f"no sub-*_space-*_desc-masked_T1.nii.gz and no inputs.json in {input_path} "
                                     f"(found: {found})")
-        # Every subject's files are checked before the first prediction is written.
-        grand_challenge_subject(input_path) if grand_challenge else find_valdo_subjects(input_path)
+        # Every subject's files are read in full and checked before the first prediction is written.
+        subjects = [grand_challenge_subject(input_path)] if grand_challenge else find_valdo_subjects(input_path)
+        validate_subjects(subjects, args.resample, progress=not args.no_progress and len(subjects) > 1)
         for folder in (output_path, output_path / "images"):  # writable before any inference; leftovers removed
             prepare_output_folder(folder)
         model = Path(args.model) if args.model else default_model()

@@ -159,3 +159,22 @@ def test_duplicate_subjects_are_refused_with_a_message(tmp_path, tiny_checkpoint
     sh.copy(tmp_path / "in2" / "sub-003_space-T1_desc-masked_T1.nii.gz", tmp_path / "in2" / "sub-003_space-T1_desc-masked_T1.nii")
     assert run(tmp_path / "in2", tmp_path / "out2", tiny_checkpoint) == 2
     assert "the same subject appears more than once" in caplog.text and "sub-003" in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other grid", "unreadable"])
+def test_every_subject_is_read_and_checked_before_the_first_output(tmp_path, tiny_checkpoint, caplog, damage):
+    from lacunes.io import Geometry, write_volume
+
+    for sid in ("sub-001", "sub-002", "sub-003"):
+        write_subject(tmp_path / "in", sid)
+    bad = tmp_path / "in" / "sub-002_space-T1_desc-masked_FLAIR.nii.gz"
+    if damage == "truncated":
+        data = bad.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "other grid":
+        write_volume(np.ones((20, 18, 10), np.float32), Geometry((20, 18, 10)), bad)
+    else:
+        bad.write_bytes(b"\x1f\x8b not really")
+    assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 2
+    assert "sub-002" in caplog.text and bad.name in caplog.text
+    assert not any(p.is_file() and not p.name.startswith(".") for p in (tmp_path / "out").rglob("*"))
