@@ -45,13 +45,9 @@ def default_model_path() -> Path:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from lacunes.inference import PRESETS, Predictor
-    from lacunes.io import LacunesInputError, prepare_output_folder
-    from lacunes.layouts import explicit_subject, find_valdo_t1s, valdo_subject
-    from lacunes.report import SubjectRecord, load_records, picture_for, save_records, write_report
-    from lacunes.runner import SubjectReport, run_subject
+    from lacunes.layouts import cohort_items
+    from lacunes.runner import run_cohort
 
     if args.qc:
         require_matplotlib("--qc")
@@ -70,15 +66,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     shard_i, shard_n = parse_shard(args.shard)
 
     out = Path(args.output)
-    if all(explicit):
-        subjects = [explicit_subject(Path(args.t1), Path(args.t2), Path(args.flair), args.subject_id)]
-        t1s = []
-    else:
-        t1s = find_valdo_t1s(Path(args.input))
-        if not t1s:
-            raise LacunesInputError(f"no sub-*_space-*_desc-masked_T1.nii.gz in {args.input}")
-        subjects = []
-    items: list = subjects or t1s
+    items = cohort_items(Path(args.input) if args.input else None,
+                         (Path(args.t1), Path(args.t2), Path(args.flair)) if all(explicit) else None, args.subject_id)
     items = items[shard_i - 1::shard_n]
     model = Path(args.model) if args.model else default_model_path()
     predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
@@ -86,35 +75,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"{len(items)} subject(s) (shard {shard_i}/{shard_n}), model {model}, preset {args.preset}, "
           f"{len(predictor.plan.variants)} TTA variant(s), device {predictor.device}, {predictor.precision}, "
           f"operating point: probability >= {op.threshold:g}, lesions >= {op.min_volume_mm3:g} mm³")
-    extras = Path(args.extras_dir) if args.extras_dir else out / "extras"
-    reports: list[SubjectReport] = []
-    prepare_output_folder(out)  # writable (checked before any inference), leftovers of a killed run removed
-    records = load_records(out)  # run.json: what every run in this folder did, for `lacunes report`
-    for item in tqdm(items, desc="subjects", unit="subject", disable=args.no_progress):
-        name = item.name if isinstance(item, Path) else item.subject_id
-        try:
-            files = valdo_subject(item) if isinstance(item, Path) else item
-            pred, unc = out / files.prediction_name, out / files.uncertainty_name
-            inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
-            if pred.exists() and unc.exists() and not args.overwrite:
-                reports.append(SubjectReport(files.subject_id, [pred, unc], status="skipped"))
-                record = records.get(files.subject_id) or SubjectRecord(files.subject_id, "skipped", inputs,
-                                                                        pred.name)
-            else:
-                reports.append(run_subject(predictor, files, pred, unc, extras, args.mask, args.table, args.resample))
-                r = reports[-1]
-                record = SubjectRecord(r.subject_id, "done", inputs, pred.name, r.lesions, r.volume_mm3, r.seconds)
-            drawn = bool(record.picture) and (out / record.picture).is_file()
-            if args.qc and (reports[-1].status == "done" or not drawn):
-                picture_for(out, record)
-        except Exception as exc:  # one bad subject must not stop the cohort
-            logger.error("%s failed: %s", name, exc)
-            reports.append(SubjectReport(name, status="failed", error=str(exc)))
-            record = SubjectRecord(name, "failed", error=str(exc))
-        records[record.subject_id] = record
-        save_records(out, records)
+    reports = run_cohort(predictor, items, out, overwrite=args.overwrite,
+                         extras_dir=Path(args.extras_dir) if args.extras_dir else None, write_mask=args.mask,
+                         write_table=args.table, resample=args.resample, qc=args.qc, progress=not args.no_progress)
     if args.qc:
-        print(f"quality control: {write_report(out, records)}")
+        print(f"quality control: {out / 'report.html'}")
     failed = [r for r in reports if r.status == "failed"]
     print(f"{'subject':<16} {'status':<8} {'lesions':>7} {'seconds':>8}")
     for r in reports:

@@ -118,6 +118,21 @@ def explicit_subject(t1: Path, t2: Path, flair: Path, subject_id: str | None = N
     return SubjectFiles(sid, {"T1": t1, "T2": Path(t2), "FLAIR": Path(flair)}, f"{sid}_")
 
 
+def cohort_items(input_dir: Path | None = None, files: tuple[Path, Path, Path] | None = None,
+                 subject_id: str | None = None) -> list[SubjectFiles | Path]:
+    """The subjects of a run, for :func:`lacunes.runner.run_cohort`: every T1 of a VALDO-layout folder
+    (each turned into a subject when it runs, so that one with a missing modality fails alone), or one
+    subject from explicit T1, T2 and FLAIR files."""
+    if (input_dir is None) == (files is None):
+        raise ValueError("give either an input folder (VALDO layout) or the T1, T2 and FLAIR files")
+    if files is not None:
+        return [explicit_subject(*files, subject_id)]
+    t1s = find_valdo_t1s(Path(input_dir))
+    if not t1s:
+        raise LacunesInputError(f"no sub-*_space-*_desc-masked_T1.nii.gz in {input_dir}")
+    return list(t1s)
+
+
 def is_grand_challenge_layout(input_dir: Path) -> bool:
     return (Path(input_dir) / "inputs.json").is_file() or (Path(input_dir) / "images" / GC_INPUT_SLUGS["T1"]).is_dir()
 

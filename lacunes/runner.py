@@ -1,4 +1,7 @@
-"""One subject from files to written maps — the step that ``process.py`` and ``lacunes predict`` share."""
+"""From files to written maps: one subject (:func:`run_subject`, shared by ``process.py`` and
+``lacunes predict``), a cohort (:func:`run_cohort`: skip what is done, one failure does not stop the
+others, ``run.json``, quality control) and the checks made before anything is written
+(:func:`validate_subjects`)."""
 
 from __future__ import annotations
 
@@ -108,3 +111,53 @@ def run_subject(
     logger.info("%s: %d lesion(s) in %.1f s (read %.1f s, inference %.1f s, write %.1f s)%s", files.subject_id,
                 report.lesions, report.seconds, *report.phases.values(), f"; {'; '.join(notes)}" if notes else "")
     return report
+
+
+def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bool = False,
+               extras_dir: Path | None = None, write_mask: bool = False, write_table: bool = False,
+               resample: bool = False, qc: bool = False, progress: bool = True) -> list[SubjectReport]:
+    """Predict every subject of ``items`` (:class:`SubjectFiles`, or VALDO T1 paths turned into subjects
+    as they run) into ``output``.
+
+    Subjects whose two maps exist are skipped unless ``overwrite``; a failing subject is logged and
+    reported, and the others go on. The output folder is checked writable first (and a killed run's
+    temporary files removed); ``output/run.json`` records every subject (merged over reruns) after each
+    one; with ``qc``, each subject's picture and ``output/report.html`` (:mod:`lacunes.report`).
+    Extras (``write_mask``, ``write_table``) go to ``extras_dir`` (default ``output/extras``).
+    """
+    from tqdm import tqdm
+
+    from lacunes.io import prepare_output_folder
+    from lacunes.layouts import valdo_subject
+    from lacunes.report import SubjectRecord, load_records, picture_for, save_records, write_report
+
+    output = Path(output)
+    extras = Path(extras_dir) if extras_dir else output / "extras"
+    prepare_output_folder(output)
+    records = load_records(output)
+    reports: list[SubjectReport] = []
+    for item in tqdm(items, desc="subjects", unit="subject", disable=not progress):
+        name = item.name if isinstance(item, Path) else item.subject_id
+        try:
+            files = valdo_subject(item) if isinstance(item, Path) else item
+            pred, unc = output / files.prediction_name, output / files.uncertainty_name
+            inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
+            if pred.exists() and unc.exists() and not overwrite:
+                reports.append(SubjectReport(files.subject_id, [pred, unc], status="skipped"))
+                record = records.get(files.subject_id) or SubjectRecord(files.subject_id, "skipped", inputs, pred.name)
+            else:
+                r = run_subject(predictor, files, pred, unc, extras, write_mask, write_table, resample)
+                reports.append(r)
+                record = SubjectRecord(r.subject_id, "done", inputs, pred.name, r.lesions, r.volume_mm3, r.seconds)
+            drawn = bool(record.picture) and (output / record.picture).is_file()
+            if qc and (reports[-1].status == "done" or not drawn):
+                picture_for(output, record)
+        except Exception as exc:  # one bad subject must not stop the cohort
+            logger.error("%s failed: %s", name, exc)
+            reports.append(SubjectReport(name, status="failed", error=str(exc)))
+            record = SubjectRecord(name, "failed", error=str(exc))
+        records[record.subject_id] = record
+        save_records(output, records)
+    if qc:
+        write_report(output, records)
+    return reports
