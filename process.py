@@ -42,11 +42,26 @@ def default_model() -> Path:
 def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resample: bool = False):
     """An evalutils ``SegmentationAlgorithm`` whose cases are the T1 files of ``input_path``."""
     from evalutils import SegmentationAlgorithm
+    from evalutils.io import ImageLoader
     from evalutils.validators import UniqueImagesValidator
 
     from lacunes.io import atomic_output
     from lacunes.layouts import valdo_subject
     from lacunes.runner import run_subject
+
+    class T1Bytes(ImageLoader):
+        """Cases by their T1 file's bytes: every subject was already read in full and checked
+        (``validate_subjects``), so evalutils need not decode each T1 again just to hash it."""
+
+        @staticmethod
+        def load_image(fname):
+            import hashlib
+
+            return hashlib.sha256(Path(fname).read_bytes()).hexdigest()
+
+        @staticmethod
+        def hash_image(image):
+            return image
 
     class LacuneSegmentation(SegmentationAlgorithm):
         def __init__(self) -> None:
@@ -56,6 +71,7 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resampl
                 output_path=output_path / "images",
                 output_file=output_path / "results.json",
                 file_filters={"input_image": pattern},
+                file_loaders={"input_image": T1Bytes()},
                 validators={"input_image": (UniqueImagesValidator(),)},
             )
 
