@@ -1,4 +1,6 @@
-"""Connected components (26-connectivity by default) and per-lesion tables."""
+"""Connected components (26-connectivity by default), their centres and per-lesion tables: the one
+implementation behind the CLI's lesion table, the quality-control pictures' volumes and the metrics'
+lesion matching."""
 
 from __future__ import annotations
 
@@ -19,6 +21,15 @@ def label_instances(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarra
     """Label the connected components of a binary (x, y, z) mask: int32 labels 1..n, 0 = background."""
     labels, n = ndi.label(np.asarray(mask) > 0, structure=structure(connectivity))
     return labels.astype(np.int32, copy=False), int(n)
+
+
+def lesion_centres_mm(labels: np.ndarray, n: int, spacing: tuple[float, ...]) -> np.ndarray:
+    """Centres of mass of labels 1..n in mm (voxel index × spacing), ``n×3``: the metrics' lesion
+    matching and the lesion table (which adds origin and direction) share them."""
+    if n == 0:
+        return np.zeros((0, 3))
+    com = np.array(ndi.center_of_mass(np.ones(labels.shape, np.uint8), labels, np.arange(1, n + 1)))
+    return com.reshape(n, 3) * np.asarray(spacing)[None]
 
 
 def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
@@ -55,16 +66,15 @@ def lesion_table(
         return rows
     labels, n = label_instances(mask[box], connectivity)
     idx = np.arange(1, n + 1)
-    ones = np.ones(labels.shape, np.int8)
-    counts = ndi.sum_labels(ones, labels, idx)
-    centres = ndi.center_of_mass(ones, labels, idx)
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    start = np.array([b.start for b in box], float) * np.asarray(spacing, float)
+    centres = lesion_centres_mm(labels, n, spacing) + start[None]  # mm from the grid's first voxel
     maxima = ndi.maximum(probability[box], labels, idx)
     means = ndi.mean(uncertainty[box], labels, idx) if uncertainty is not None else [float("nan")] * n
     voxel = float(np.prod(spacing))
     d = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
-    start = np.array([b.start for b in box], float)
     for i in range(n):
-        centre = np.asarray(origin, float) + d @ ((np.asarray(centres[i]) + start) * np.asarray(spacing, float))
+        centre = np.asarray(origin, float) + d @ centres[i]
         rows.append({
             "id": i + 1,
             "voxels": int(counts[i]),

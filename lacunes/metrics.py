@@ -30,7 +30,7 @@ from enum import StrEnum
 import numpy as np
 from scipy import ndimage as ndi
 
-from lacunes.instances import label_instances
+from lacunes.instances import label_instances, lesion_centres_mm
 
 DEFAULT_MATCH_DISTANCE_MM = 5.0
 
@@ -64,13 +64,6 @@ class SubjectMetrics:
         d = asdict(self)
         d.pop("lesions")
         return d
-
-
-def lesion_centres_mm(labels: np.ndarray, n: int, spacing: tuple[float, ...]) -> np.ndarray:
-    if n == 0:
-        return np.zeros((0, 3))
-    com = np.array(ndi.center_of_mass(np.ones(labels.shape, np.uint8), labels, np.arange(1, n + 1)))
-    return com.reshape(n, 3) * np.asarray(spacing)[None]
 
 
 def match_by_centre(pred_centres: np.ndarray, ref_centres: np.ndarray, max_distance_mm: float
