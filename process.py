@@ -179,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             prepare_output_folder(folder)
         model = Path(args.model) if args.model else default_model()
         predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
-        logger.info("start-up %.1f s (imports %.1f s, inputs found and model loaded %.1f s)", time.time() - t0, t_imports - t0,
-                    time.time() - t_imports)
+        logger.info("start-up %.1f s (imports %.1f s; inputs read and checked, model loaded %.1f s)", time.time() - t0,
+                    t_imports - t0, time.time() - t_imports)
         op = predictor.operating_point
         logger.info("model %s, preset %s, device %s, %s, %d TTA variant(s), operating point: probability >= %g, "
                     "lesions >= %g mm³", model, args.preset, predictor.device, predictor.precision,
