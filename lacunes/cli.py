@@ -68,16 +68,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.output)
     items = cohort_items(Path(args.input) if args.input else None,
                          (Path(args.t1), Path(args.t2), Path(args.flair)) if all(explicit) else None, args.subject_id)
-    items = items[shard_i - 1::shard_n]
     model = Path(args.model) if args.model else default_model_path()
     predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
     op = predictor.operating_point
-    print(f"{len(items)} subject(s) (shard {shard_i}/{shard_n}), model {model}, preset {args.preset}, "
+    print(f"{len(items[shard_i - 1::shard_n])} subject(s) (shard {shard_i}/{shard_n}), model {model}, preset {args.preset}, "
           f"{len(predictor.plan.variants)} TTA variant(s), device {predictor.device}, {predictor.precision}, "
           f"operating point: probability >= {op.threshold:g}, lesions >= {op.min_volume_mm3:g} mm³")
     reports = run_cohort(predictor, items, out, overwrite=args.overwrite,
                          extras_dir=Path(args.extras_dir) if args.extras_dir else None, write_mask=args.mask,
-                         write_table=args.table, resample=args.resample, qc=args.qc, progress=not args.no_progress)
+                         write_table=args.table, resample=args.resample, qc=args.qc, progress=not args.no_progress,
+                         shard=(shard_i, shard_n))
     if args.qc:
         print(f"quality control: {out / 'report.html'}")
     failed = [r for r in reports if r.status == "failed"]

@@ -115,9 +115,11 @@ def run_subject(
 
 def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bool = False,
                extras_dir: Path | None = None, write_mask: bool = False, write_table: bool = False,
-               resample: bool = False, qc: bool = False, progress: bool = True) -> list[SubjectReport]:
+               resample: bool = False, qc: bool = False, progress: bool = True,
+               shard: tuple[int, int] = (1, 1)) -> list[SubjectReport]:
     """Predict every subject of ``items`` (:class:`SubjectFiles`, or VALDO T1 paths turned into subjects
-    as they run) into ``output``.
+    as they run) into ``output``; with ``shard=(i, n)``, only every n-th subject from the i-th (1-based),
+    so that n jobs share a cohort.
 
     Subjects whose two maps exist are skipped unless ``overwrite``; a failing subject is logged and
     reported, and the others go on. The output folder is checked writable first (and a killed run's
@@ -131,6 +133,10 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     from lacunes.layouts import valdo_subject
     from lacunes.report import SubjectRecord, load_records, picture_for, save_records, write_report
 
+    shard_i, shard_n = shard
+    if not 1 <= shard_i <= shard_n:
+        raise ValueError(f"shard i/n needs 1 <= i <= n, got {shard_i}/{shard_n}")
+    items = list(items)[shard_i - 1::shard_n]
     output = Path(output)
     extras = Path(extras_dir) if extras_dir else output / "extras"
     prepare_output_folder(output)
