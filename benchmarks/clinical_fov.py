@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import subprocess
 import sys
@@ -32,7 +31,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from results_md import replace_section  # noqa: E402
+from results_md import device_label, replace_section  # noqa: E402
 
 FOV = (256, 256, 192)
 
@@ -88,11 +87,11 @@ def worker(case: Path, out: Path, preset: str, device: str, brain_only: bool, mo
 
 
 def lesion_centres(prob):
-    import numpy as np
-    from scipy import ndimage as ndi
+    """Centres (voxels) of the detected lesions, rounded: what "the same lesions" compares."""
+    from lacunes.instances import label_instances, lesion_centres_mm
 
-    labels, n = ndi.label(prob >= 0.5, np.ones((3, 3, 3)))
-    return [tuple(round(c, 1) for c in centre) for centre in ndi.center_of_mass(prob >= 0.5, labels, range(1, n + 1))]
+    return [tuple(round(float(c), 1) for c in centre)
+            for centre in lesion_centres_mm(*label_instances(prob >= 0.5), (1.0, 1.0, 1.0))]
 
 
 def main() -> int:
@@ -149,8 +148,7 @@ def main() -> int:
     diff_alone = float(np.abs(alone["prob"] - brain["prob"])[mask].max())
     same = lesion_centres(whole["prob"]) == lesion_centres(brain["prob"])
     same_alone = lesion_centres(alone["prob"]) == lesion_centres(brain["prob"])
-    device = (torch.cuda.get_device_name() if args.device.startswith("cuda") else
-              f"{torch.get_num_threads()} CPU thread(s) ({platform.processor() or platform.machine()})")
+    device = device_label(args.device)
     lines = [
         f"## Computing only where the brain is: a clinical field of view ({args.preset}, {device})",
         "",

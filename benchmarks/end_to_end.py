@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shlex
 import subprocess
 import sys
@@ -31,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from results_md import replace_section  # noqa: E402
+from results_md import device_label, replace_section  # noqa: E402
 
 #: Runs in the child: wraps the library's functions with timers, then runs the tree's process.py.
 CHILD = r"""
@@ -116,8 +115,7 @@ def main() -> int:
             results[name].append(r)
             print(f"{name} #{k + 1}: {r['wall']:.1f} s (start-up {r['startup']:.1f}, read {r['read']:.1f}, "
                   f"inference {r['inference']:.1f}, write {r['write']:.1f}), peak {r['peak_gb']:.2f} GB", flush=True)
-    device = (torch.cuda.get_device_name() if args.device.startswith("cuda") else
-              f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    device = device_label(args.device)
     lines = [
         f"## End to end: one subject per process ({args.preset}, {device})",
         "",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shlex
 import sys
 import time
@@ -31,7 +30,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from results_md import replace_section  # noqa: E402
+from results_md import device_label, replace_section  # noqa: E402
 
 from lacunes.breakdown import CATEGORIES, classify_predictions, summarize_breakdown  # noqa: E402
 from lacunes.evaluation import load_reference  # noqa: E402
@@ -213,8 +212,7 @@ def targets(run: dict) -> str:
 
 
 def section(runs: list[dict], args, title: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{torch.get_num_threads()} CPU thread(s) ({cpu})"
+    device = device_label("cuda" if torch.cuda.is_available() else "cpu")
     lines = [
         f"## {title}",
         "",

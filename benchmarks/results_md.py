@@ -1,7 +1,9 @@
-"""Rewrites one marked section of benchmarks/RESULTS.md (shared by the benchmark scripts)."""
+"""Rewrites one marked section of benchmarks/RESULTS.md, and names the device a run used (shared by
+the benchmark scripts)."""
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -17,3 +19,12 @@ def replace_section(name: str, text: str, path: Path = RESULTS) -> None:
     else:
         doc = doc.rstrip() + "\n\n" + block + "\n"
     path.write_text(doc)
+
+
+def device_label(device: str) -> str:
+    """The GPU's name for a CUDA device, else the CPU threads and processor, as the sections state them."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{torch.get_num_threads()} CPU thread(s) ({platform.processor() or platform.machine()})"
