@@ -66,22 +66,14 @@ def figure_size_px(rows: int) -> tuple[int, int]:
 
 
 def lesions_of(probability: np.ndarray, spacing: tuple[float, ...]) -> list[dict]:
-    """Detected lesions (26-connected components of ``probability >= 0.5``): centre voxel, volume, maximum
-    probability, label; highest probability first (then larger)."""
-    from scipy import ndimage as ndi
+    """Detected lesions (the lesion table's rows, :func:`lacunes.instances.lesion_table`): centre voxel,
+    volume, maximum probability, label; highest probability first (then larger)."""
+    from lacunes.instances import lesion_table
 
-    from lacunes.instances import label_instances
-
-    labels, n = label_instances(probability >= 0.5)
-    if n == 0:
-        return []
-    index = np.arange(1, n + 1)
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    peaks = ndi.maximum(probability, labels, index)
-    centres = ndi.center_of_mass(np.ones_like(probability), labels, index)
-    out = [{"label": int(k), "centre": tuple(int(round(c)) for c in centre), "voxels": int(size),
-            "volume_mm3": float(size * np.prod(spacing)), "max_probability": float(peak)}
-           for k, size, peak, centre in zip(index, sizes, peaks, centres)]
+    out = [{"label": row["id"], "voxels": row["voxels"], "volume_mm3": row["volume_mm3"],
+            "max_probability": row["max_probability"],
+            "centre": tuple(int(round(row[f"centre_{a}_mm"] / s)) for a, s in zip("xyz", spacing))}
+           for row in lesion_table(probability, None, spacing)]
     return sorted(out, key=lambda d: (-d["max_probability"], -d["voxels"]))
 
 
