@@ -97,11 +97,11 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resampl
     return LacuneSegmentation()
 
 
-def run_grand_challenge(predictor, input_path: Path, output_path: Path, resample: bool = False) -> None:
-    from lacunes.layouts import GC_OUTPUT_SLUGS, grand_challenge_subject
+def run_grand_challenge(predictor, files, output_path: Path, resample: bool = False) -> None:
+    """The one case of a grand-challenge job (``files``: its discovered and checked subject)."""
+    from lacunes.layouts import GC_OUTPUT_SLUGS
     from lacunes.runner import run_subject
 
-    files = grand_challenge_subject(input_path)
     images = output_path / "images"
     run_subject(predictor, files, images / GC_OUTPUT_SLUGS["prediction"] / "output.mha",
                 images / GC_OUTPUT_SLUGS["uncertainty"] / "output.mha", resample=resample)
@@ -185,9 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("model %s, preset %s, device %s, %s, %d TTA variant(s), operating point: probability >= %g, "
                     "lesions >= %g mm³", model, args.preset, predictor.device, predictor.precision,
                     len(predictor.plan.variants), op.threshold, op.min_volume_mm3)
-        output_path.mkdir(parents=True, exist_ok=True)
         if grand_challenge:
-            run_grand_challenge(predictor, input_path, output_path, args.resample)
+            run_grand_challenge(predictor, subjects[0], output_path, args.resample)
         else:
             make_valdo_algorithm(predictor, input_path, output_path, args.resample).process()
     except (LacunesInputError, FileNotFoundError, ValueError) as exc:

@@ -45,13 +45,13 @@ def write_lesion_table(rows: list[dict], path: Path) -> Path:
 
 def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, progress: bool = False) -> None:
     """Read every subject's files in full and check them before anything is written: readable and
-    complete (:func:`lacunes.io.read_volume`), on one grid (or resampled onto the T1's), not empty, and
-    finite after repair. The first failure raises :class:`lacunes.io.LacunesInputError` naming the
-    subject, the file where known, and the reason."""
+    complete (:func:`lacunes.io.read_volume`), on one grid (or resampled onto the T1's) and not empty
+    (non-finite voxels are counted by :func:`lacunes.io.read_subject` and repaired at inference). The
+    first failure raises :class:`lacunes.io.LacunesInputError` naming the subject, the file where
+    known, and the reason."""
     from tqdm import tqdm
 
     from lacunes.io import LacunesInputError
-    from lacunes.preprocessing import repair_nonfinite
 
     for files in tqdm(subjects, desc="checking inputs", unit="subject", disable=not progress):
         try:
@@ -60,8 +60,6 @@ def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, prog
             raise type(exc)(f"{files.subject_id}: {exc}") from None
         if subject.image.size == 0:
             raise LacunesInputError(f"{files.subject_id}: the images hold no voxel ({files.paths['T1']})")
-        if not np.isfinite(repair_nonfinite(subject.image)).all():  # repair leaves only finite values
-            raise LacunesInputError(f"{files.subject_id}: non-finite values remain after repair")
 
 
 def run_subject(
