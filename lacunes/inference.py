@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -285,6 +286,7 @@ class Predictor:
         self.plan = TTAPlan.from_settings(settings)
         self._chunk: int | None = None
         self._windows = [0, 0]  # windows run, windows in all (brain_only)
+        self.checkpoint: Path | None = None  # the file the weights came from (set by from_checkpoint)
         self.last_stats: dict[str, Any] = {}
 
     @classmethod
@@ -309,7 +311,9 @@ class Predictor:
         if rescorer is not None and op.threshold < rescorer.candidate_threshold:
             logger.warning("threshold %g is under the second stage's candidate threshold %g: voxels between the "
                            "two are not re-scored", op.threshold, rescorer.candidate_threshold)
-        return cls(network, settings, normalization, metadata, op, rescorer)
+        predictor = cls(network, settings, normalization, metadata, op, rescorer)
+        predictor.checkpoint = Path(path)
+        return predictor
 
     # ------------------------------------------------------------------------------------------
 
@@ -421,8 +425,9 @@ class Predictor:
         bad = int((~finite).sum())
         if bad > NONFINITE_OUTPUT_LIMIT:
             raise NonFiniteOutputError(
-                f"the network's output is NaN or infinite in {bad} of {finite.numel()} voxels: the checkpoint's weights "
-                "are probably damaged (or the arithmetic overflowed: try --precision float32); no map written")
+                f"the network's output is NaN or infinite in {bad} of {finite.numel()} voxels: the weights"
+                + (f" of {self.checkpoint}" if self.checkpoint else "")
+                + " are probably damaged (or the arithmetic overflowed: try --precision float32); no map written")
         if bad:
             logger.error("%d voxel(s) with non-finite network output; set to probability 0, uncertainty 1", bad)
             variant_logits = torch.nan_to_num(variant_logits, nan=0.0)

@@ -1,4 +1,5 @@
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -264,8 +265,10 @@ def test_non_finite_network_output_beyond_a_few_voxels_is_an_error(caplog):
     with caplog.at_level(logging.ERROR):
         prob, unc = Predictor(NaNAt(3), settings(roi_size=(32, 32, 16))).predict_normalized(x)
     assert "non-finite network output" in caplog.text and (prob == 0).sum() == 3 and (unc == 1).sum() >= 3
-    with pytest.raises(NonFiniteOutputError, match="damaged"):
-        Predictor(NaNAt(NONFINITE_OUTPUT_LIMIT + 1), settings(roi_size=(32, 32, 16))).predict_normalized(x)
+    broken = Predictor(NaNAt(NONFINITE_OUTPUT_LIMIT + 1), settings(roi_size=(32, 32, 16)))
+    broken.checkpoint = Path("/models/broken.pt")
+    with pytest.raises(NonFiniteOutputError, match="weights of /models/broken.pt are probably damaged"):
+        broken.predict_normalized(x)
 
 
 def test_tiny_volumes_work_with_the_full_size_network():
