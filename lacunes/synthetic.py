@@ -169,12 +169,24 @@ def load_template(margin: int = 4) -> _Template:
 # Geometry helpers
 
 
+@lru_cache(maxsize=32)
+def _spline_upsampling(coarse: int, size: int) -> np.ndarray:
+    """The ``size × coarse`` matrix of a 1-D cubic-spline zoom (``ndi.zoom``, mode nearest, grid mode)."""
+    eye = np.eye(coarse)
+    columns = [ndi.zoom(eye[a], size / coarse, order=3, mode="nearest", grid_mode=True)[:size] for a in range(coarse)]
+    return np.stack(columns, 1)
+
+
 def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int, amplitude: float) -> np.ndarray:
-    """A smooth random field: Gaussian noise on a coarse grid, upsampled with cubic splines."""
+    """A smooth random field: Gaussian noise on a coarse grid, upsampled with cubic splines.
+
+    The spline zoom is separable, so it is applied one axis at a time as a small matrix product (the
+    same field as ``ndi.zoom`` of the whole grid, to float32 precision, 20-30× faster)."""
     small = rng.normal(0.0, amplitude, size=(coarse,) * len(shape)).astype(np.float32)
-    zoom = [s / coarse for s in shape]
-    out = ndi.zoom(small, zoom, order=3, mode="nearest", grid_mode=True)
-    return out[tuple(slice(0, s) for s in shape)].astype(np.float32)
+    out = small.astype(np.float64)
+    for axis, size in enumerate(shape):
+        out = np.moveaxis(np.tensordot(_spline_upsampling(coarse, size), out, axes=([1], [axis])), 0, axis)
+    return out.astype(np.float32)
 
 
 def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
