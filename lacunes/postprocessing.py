@@ -224,9 +224,32 @@ class OperatingPointScore:
     fp_per_subject: float
     dice: float = float("nan")  # median over subjects with lacunes; computed for the chosen point only
     extent_threshold: float | None = None  # hysteresis (searched at the chosen point only)
+    uncertain_share: float = float("nan")  # mean over subjects: share of the brain with uncertainty >= 0.5
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+#: Inverse-logit uncertainty ``1 / |logit - logit(t)|`` is >= 0.5 exactly where the logit lies within
+#: this distance of the decision threshold's logit (:mod:`lacunes.uncertainty`).
+UNCERTAIN_LOGIT_BAND = 2.0
+
+
+def uncertain_share(raw: np.ndarray, threshold: np.ndarray | float, mask: np.ndarray | None,
+                    rejected: np.ndarray | None = None) -> float:
+    """The share of the brain where the default (inverse-logit) uncertainty, centred on ``threshold``
+    as the predictor writes it, is >= 0.5: raw probability within :data:`UNCERTAIN_LOGIT_BAND` logits of
+    the threshold, or a candidate the second stage rejected (uncertainty 1). Without TTA the raw
+    probability's logit is the network's; with TTA the predictor uses the variants' mean logit, which
+    this approximates."""
+    p = np.clip(raw.astype(np.float64), 1e-12, 1 - 1e-12)
+    t = np.clip(np.asarray(threshold, np.float64), 1e-12, 1 - 1e-12)
+    band = np.abs(np.log(p / (1 - p)) - np.log(t / (1 - t))) <= UNCERTAIN_LOGIT_BAND
+    if rejected is not None:
+        band |= rejected
+    if mask is None:
+        return float(band.mean())
+    return float(band[mask].mean()) if mask.any() else 0.0
 
 
 def _pool(counts: list[tuple], threshold: float, min_volume_mm3: float, min_score: float | None) -> OperatingPointScore:
@@ -243,7 +266,8 @@ def _crop_to(box: tuple[slice, ...], *arrays):
 
 
 def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=None,
-                           min_scores=MIN_SCORES, extents=EXTENTS, progress: bool = True):
+                           min_scores=MIN_SCORES, extents=EXTENTS, progress: bool = True,
+                           max_uncertain_share: float | None = None):
     """The operating point (and second-stage cut) with the best pooled detection F1 on validation cases.
 
     Args:
@@ -258,9 +282,16 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
     go to fewer false positives, then to the smaller minimum volume, then to the lower threshold and
     score cut (the gentler rule). Then, at that point, the extent threshold (``extents`` under the
     chosen threshold, or none) with the best median Dice among those that keep the pooled F1 (ties go
-    to the higher one, the smaller change) is chosen. Returns the chosen operating point (masking
-    outside the brain), the chosen score cut (None without a second stage) and every grid point's
-    score (the chosen one and the extents with their median Dice).
+    to the higher one, the smaller change) is chosen.
+
+    With ``max_uncertain_share``, only points whose default uncertainty map (inverse logit, centred on
+    the decision threshold; :func:`uncertain_share`) is >= 0.5 in less than that share of the brain,
+    averaged over the cases, are eligible, for the grid and for the extent alike; where no grid point
+    qualifies, the constraint is dropped (the caller sees it in the chosen score's share). Every score
+    carries its share.
+
+    Returns the chosen operating point (masking outside the brain), the chosen score cut (None without a
+    second stage) and every grid point's score (the chosen one and the extents with their median Dice).
     """
     from tqdm import tqdm
 
@@ -269,7 +300,7 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
 
     if volumes is None:
         volumes = MIN_VOLUMES_WITH_RESCORER_MM3 if rescorer is not None else MIN_VOLUMES_MM3
-    prepared = []
+    prepared, logits_inside = [], []  # logits_inside: the raw logit of every brain voxel, per case
     for raw, image, ref, spacing, mask in cases:
         if mask is not None and mask.any():
             # Everything that can change lies in the brain's box (the reference too): scoring the box
@@ -287,6 +318,9 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
             labels, n, feats = candidate_features(masked, image, mask, spacing, rescorer.candidate_threshold)
             cand = (labels, n, rescorer.score(feats) if n else np.zeros(0))
         prepared.append((masked, cand, ref, ReferenceLesions.from_reference(ref, spacing), spacing, mask))
+        inside = masked[mask] if mask is not None else masked.ravel()
+        inside = np.clip(inside.astype(np.float64), 1e-12, 1 - 1e-12)
+        logits_inside.append(np.log(inside / (1 - inside)).astype(np.float32))
     if rescorer is not None:
         thresholds = [t for t in thresholds if t >= rescorer.candidate_threshold]
     cuts = list(min_scores) if rescorer is not None else [None]
@@ -295,9 +329,19 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
         stage = rescorer.replace(min_score=cut) if rescorer is not None else None
         # The map before recalibration (at threshold 0.5 it is the identity); recalibrating to t then
         # cutting at 0.5 is the same as cutting this map at t (recalibrate is monotone, t → 0.5).
-        staged = [finish_probability(masked, OperatingPoint(0.5, 0.0, True), mask, spacing, stage, candidates=cand)[0]
-                  for masked, cand, _, _, spacing, mask in prepared]
+        finished = [finish_probability(masked, OperatingPoint(0.5, 0.0, True), mask, spacing, stage, candidates=cand)
+                    for masked, cand, _, _, spacing, mask in prepared]
+        staged = [f.probability for f in finished]
+        rejected_inside = [None if f.rejected is None else (f.rejected[mask] if mask is not None else f.rejected.ravel())
+                           for f, (_, _, _, _, _, mask) in zip(finished, prepared)]
         for t in thresholds:
+            shares = []
+            for lg, rej in zip(logits_inside, rejected_inside):
+                band = np.abs(lg - math.log(t / (1 - t))) <= UNCERTAIN_LOGIT_BAND
+                if rej is not None:
+                    band |= rej
+                shares.append(float(band.mean()) if band.size else 0.0)
+            share = float(np.mean(shares)) if shares else 0.0
             lesions = []  # per case: centres (mm) and volumes (mm³) of the predicted lesions
             for prob, (_, _, _, _, spacing, _) in zip(staged, prepared):
                 labels, n = label_instances(prob >= t)
@@ -307,20 +351,29 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
                 counts = [detection_counts(centres[vol >= v], refl)
                           for (centres, vol), (_, _, _, refl, _, _) in zip(lesions, prepared)]
                 scores.append(_pool(counts, t, v, cut))
-    best = max(scores, key=lambda s: (np.nan_to_num(s.f1, nan=-1.0), -s.fp, -s.min_volume_mm3, -s.threshold,
-                                      -(s.min_score or 0.0)))
+                scores[-1].uncertain_share = share
+
+    def eligible(s: OperatingPointScore) -> bool:
+        return max_uncertain_share is None or s.uncertain_share < max_uncertain_share
+
+    constrained = any(eligible(s) for s in scores)
+    pool = [s for s in scores if eligible(s)] if constrained else scores
+    best = max(pool, key=lambda s: (np.nan_to_num(s.f1, nan=-1.0), -s.fp, -s.min_volume_mm3, -s.threshold,
+                                    -(s.min_score or 0.0)))
     stage = rescorer.replace(min_score=best.min_score) if rescorer is not None else None
 
     def score_at(op: OperatingPoint) -> OperatingPointScore:
-        counts, dices = [], []
+        counts, dices, shares = [], [], []
         for masked, cand, ref, _, spacing, mask in prepared:
-            prob = finish_probability(masked, op, mask, spacing, stage, candidates=cand).probability
-            r = evaluate_subject(prob.astype(np.float64), ref, spacing)
+            finished = finish_probability(masked, op, mask, spacing, stage, candidates=cand)
+            r = evaluate_subject(finished.probability.astype(np.float64), ref, spacing)
             counts.append((r.tp, r.fp, r.fn, r.wtp, r.wfn, r.f1))
+            shares.append(uncertain_share(masked, finished.threshold, mask, finished.rejected))
             if r.n_ref:
                 dices.append(r.dice)
         s = _pool(counts, op.threshold, op.min_volume_mm3, best.min_score)
         s.dice, s.extent_threshold = (float(np.median(dices)) if dices else float("nan")), op.extent_threshold
+        s.uncertain_share = float(np.mean(shares)) if shares else 0.0
         return s
 
     op = OperatingPoint(best.threshold, best.min_volume_mm3, True)
@@ -330,6 +383,7 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
     for e in tqdm(candidates, desc="extents", disable=not progress or not candidates):
         s = score_at(op.replace(extent_threshold=e))
         scores.append(s)
-        if s.f1 >= best.f1 - 1e-9 and np.nan_to_num(s.dice, nan=-1.0) > np.nan_to_num(chosen.dice, nan=-1.0):
+        if (s.f1 >= best.f1 - 1e-9 and (not constrained or eligible(s))
+                and np.nan_to_num(s.dice, nan=-1.0) > np.nan_to_num(chosen.dice, nan=-1.0)):
             chosen = s
     return op.replace(extent_threshold=chosen.extent_threshold), best.min_score, scores

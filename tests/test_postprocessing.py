@@ -16,6 +16,7 @@ from lacunes.postprocessing import (
     finish_probability,
     recalibrate,
     remove_small_lesions,
+    uncertain_share,
 )
 from lacunes.preprocessing import brain_mask
 
@@ -102,6 +103,46 @@ def test_predictor_centres_the_uncertainty_on_the_threshold_each_voxel_was_judge
     # rim: |logit(0.7) − logit(0.6)| < 1 → 1; the lone soft region against 0.95: |logit(0.7) − logit(0.95)| ≈ 2.1
     assert unc[5, 5, 5] == pytest.approx(1.0)
     assert unc[20, 20, 5] == pytest.approx(1 / abs(logit(0.7) - logit(0.95)), rel=1e-4)
+
+
+def test_the_uncertain_share_is_that_of_the_written_uncertainty_map():
+    p = soft_lesions()
+    p[25:28, 2:5, 2:5] = 0.3  # within two logits of 0.6, not of 0.95
+    x = np.stack([np.log(p / (1 - p))] * 3).astype(np.float32)
+    for op in (OperatingPoint(0.95, 0.0, False), OperatingPoint(0.95, 0.0, False, 0.6), OperatingPoint(0.5)):
+        _, unc = Predictor(LogitOf(), settings(), operating_point=op).predict_normalized(x)
+        t = finish_probability(p, op, None, (1.0, 1.0, 1.0)).threshold
+        assert uncertain_share(p, t, None) == pytest.approx(float((unc >= 0.5).mean()), abs=1e-6)
+    mask = np.zeros(p.shape, bool)
+    mask[:15] = True
+    rejected = np.zeros(p.shape, bool)
+    rejected[0, 0, 0] = True  # background, certain: counted once rejected (uncertainty 1)
+    assert uncertain_share(p, 0.95, mask) == pytest.approx(3 ** 3 / mask.sum())  # the core only
+    assert uncertain_share(p, 0.95, mask, rejected) == pytest.approx((3 ** 3 + 1) / mask.sum())
+
+
+def test_the_best_operating_point_under_an_uncertainty_budget():
+    shape = (40, 40, 20)
+    cases = []
+    for _ in range(2):
+        p = np.full(shape, 0.3, np.float32)  # undecided at 0.5: the whole brain uncertain there
+        ref = np.zeros(shape, np.float32)
+        ref[5:10, 5:10, 5:10] = ref[25:30, 25:30, 5:10] = 1.0
+        p[5:10, 5:10, 5:10] = 0.95  # found at 0.5 and 0.9
+        p[25:30, 25:30, 5:10] = 0.6  # found at 0.5 only
+        cases.append((p, None, ref, (1.0, 1.0, 1.0), np.ones(shape, bool)))
+    free, _, scores = choose_operating_point(cases, thresholds=(0.5, 0.9), volumes=(0.0,), extents=(),
+                                             progress=False)
+    assert free.threshold == 0.5
+    share = {s.threshold: s.uncertain_share for s in scores}
+    assert share[0.5] == pytest.approx(1 - 125 / p.size) and share[0.9] == pytest.approx(250 / p.size)
+    held, _, _ = choose_operating_point(cases, thresholds=(0.5, 0.9), volumes=(0.0,), extents=(),
+                                        progress=False, max_uncertain_share=0.02)
+    assert held.threshold == 0.9
+    # no point qualifies: the constraint is dropped, the best F1 kept
+    none, _, _ = choose_operating_point(cases, thresholds=(0.5, 0.9), volumes=(0.0,), extents=(),
+                                        progress=False, max_uncertain_share=0.001)
+    assert none.threshold == 0.5
 
 
 def test_predictor_writes_the_operating_point_into_the_map():

@@ -4,15 +4,17 @@ choose its operating point (probability threshold, minimum lesion volume, re-sco
 subjects, and store both in the checkpoint, where the predictor reads them.
 
 The validation subjects must be distinct from the training and the benchmark subjects; for the bundled
-model they are ``lacunes synth --n 12 --seed 5151 --first-id 301``. Every subject is predicted once
+model they are ``lacunes synth --n 24 --seed 5151 --first-id 301``. Every subject is predicted once
 (the ``fast`` setting by default); every grid point is then scored with the challenge's metrics, pooled
 over the validation subjects (rater-weighted detection F1, false positives of lacune-free subjects
-included), and the best is kept.
+included), and the best is kept among the points whose default uncertainty map is >= 0.5 in under 2 %
+of the brain (``--max-uncertain-share``); an extent threshold is then chosen for Dice.
 
     python training/calibrate.py runs/x/checkpoints/final.pt --fit-rescorer data/synth-train \\
         --val data/synth-val --out model/lacunes.pt
     # choose the operating point again, keeping the checkpoint's fitted second stage:
-    python training/calibrate.py model/lacunes.pt --keep-rescorer --val data/synth-val --out model/lacunes.pt
+    python training/calibrate.py model/lacunes.pt --keep-rescorer --val data/synth-val --out model/lacunes.pt \\
+        --cache out/calibration-cache
 """
 
 from __future__ import annotations
@@ -27,8 +29,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def raw_case(predictor, files):
-    """(raw probability, normalized image, reference, spacing, brain mask) of one labelled subject."""
+def raw_case(predictor, files, cache: Path | None = None):
+    """(raw probability, normalized image, reference, spacing, brain mask) of one labelled subject.
+
+    With ``cache``, the raw probability is read from / written to ``cache/<subject>.npy`` (the caller
+    keys the folder by checkpoint weights and setting), so that choosing the operating point again
+    does not predict again."""
+    import numpy as np
     import torch
 
     from lacunes.evaluation import load_reference
@@ -42,8 +49,16 @@ def raw_case(predictor, files):
     image = repair_nonfinite(subject.image)
     normalized = prepare_image(image, predictor.normalization)
     mask = brain_mask(image)
-    logits = predictor.variant_logits(normalized, mask)  # on the brain's box, as at inference
-    raw = torch.sigmoid(logits).mean(0).clamp(0.0, 1.0).float().cpu().numpy()
+    cached = None if cache is None else cache / f"{files.subject_id}.npy"
+    if cached is not None and cached.exists():
+        raw = np.load(cached)
+    else:
+        logits = predictor.variant_logits(normalized, mask)  # on the brain's box, as at inference
+        raw = torch.sigmoid(logits).mean(0).clamp(0.0, 1.0).float().cpu().numpy()
+        if cached is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            np.save(cached.with_suffix(".tmp.npy"), raw)
+            cached.with_suffix(".tmp.npy").replace(cached)
     reference, _ = load_reference(tuple(labels.values()))
     return raw, normalized, reference, subject.geometry.spacing, mask
 
@@ -59,6 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="fast", choices=["fast", "full"], help="inference setting (default fast)")
     ap.add_argument("--out", help="write the calibrated checkpoint here (+ .sha256); default: only report")
     ap.add_argument("--report", help="JSON file with the fit and the score of every grid point")
+    ap.add_argument("--max-uncertain-share", type=float, default=0.02,
+                    help="only points whose uncertainty map is >= 0.5 in less than this share of the validation "
+                         "brains (default 0.02; 1 = no constraint)")
+    ap.add_argument("--cache", metavar="DIR",
+                    help="keep the raw validation maps here (a subfolder per checkpoint weights and setting) and "
+                         "reuse them")
     ap.add_argument("--threads", type=int)
     args = ap.parse_args(argv)
 
@@ -109,25 +130,38 @@ def main(argv: list[str] | None = None) -> int:
         for name, w in sorted(zip(FEATURES, rescorer.weights), key=lambda t: -abs(t[1])):
             print(f"  {name:<18} {w:+.2f}")
     subjects = find_valdo_subjects(Path(args.val))
-    cases = [raw_case(predictor, files) for files in tqdm(subjects, desc="validation", unit="subject")]
+    cache = None
+    if args.cache:
+        from lacunes.checkpoint import weights_sha256
+
+        cache = Path(args.cache) / f"{weights_sha256(predictor.network.state_dict())[:16]}-{args.preset}"
+    cases = [raw_case(predictor, files, cache) for files in tqdm(subjects, desc="validation", unit="subject")]
     seconds = time.time() - t0
-    op, cut, scores = choose_operating_point(cases, rescorer)
+    budget = args.max_uncertain_share if args.max_uncertain_share < 1 else None
+    op, cut, scores = choose_operating_point(cases, rescorer, max_uncertain_share=budget)
     print(f"{'thr':>5} {'min mm3':>7} {'cut':>5} {'extent':>6} {'F1':>6} {'med F1':>6} {'TP':>4} {'FP':>5} "
-          f"{'FN':>4} {'FP/subj':>7} {'Dice':>5}")
+          f"{'FN':>4} {'FP/subj':>7} {'Dice':>5} {'unc%':>5}")
     key = (op.threshold, op.min_volume_mm3, cut, op.extent_threshold)
     for s in scores:
         mark = " <" if (s.threshold, s.min_volume_mm3, s.min_score, s.extent_threshold) == key else ""
         print(f"{s.threshold:>5.2f} {s.min_volume_mm3:>7.0f} {s.min_score if s.min_score is not None else '-':>5} "
               f"{s.extent_threshold if s.extent_threshold is not None else '-':>6} "
-              f"{s.f1:>6.3f} {s.median_f1:>6.3f} {s.tp:>4} {s.fp:>5} {s.fn:>4} {s.fp_per_subject:>7.2f} {s.dice:>5.2f}{mark}")
+              f"{s.f1:>6.3f} {s.median_f1:>6.3f} {s.tp:>4} {s.fp:>5} {s.fn:>4} {s.fp_per_subject:>7.2f} {s.dice:>5.2f} "
+              f"{100 * s.uncertain_share:>5.2f}{mark}")
     chosen = next(s for s in scores if (s.threshold, s.min_volume_mm3, s.min_score, s.extent_threshold) == key)
     print(f"chosen: probability >= {op.threshold}, lesions >= {op.min_volume_mm3} mm³"
           + (f", second-stage score >= {cut}" if cut is not None else "")
           + (f", extent over probability >= {op.extent_threshold}" if op.extent_threshold is not None else "")
-          + f": pooled F1 {chosen.f1:.3f}, {chosen.tp} TP, {chosen.fp} FP, {chosen.fn} FN on {len(cases)} validation "
+          + f": pooled F1 {chosen.f1:.3f}, {chosen.tp} TP, {chosen.fp} FP, {chosen.fn} FN, median Dice {chosen.dice:.2f}, "
+          f"uncertainty >= 0.5 in {100 * chosen.uncertain_share:.2f} % of the brain, on {len(cases)} validation "
           f"subjects ({seconds:.0f} s of prediction)")
+    held = budget is not None and chosen.uncertain_share < budget
+    if budget is not None and not held:
+        print(f"warning: no grid point keeps the uncertainty share under {100 * budget:.1f} %; "
+              "the best F1 was chosen without that constraint")
+    objective = "pooled detection F1" + (f", uncertainty >= 0.5 in < {100 * budget:g} % of the brain" if held else "")
     record = {**op.to_dict(), "chosen_on": {"folder": str(args.val), "subjects": [s.subject_id for s in subjects],
-                                            "setting": args.preset, "objective": "pooled detection F1",
+                                            "setting": args.preset, "objective": objective,
                                             "score": chosen.to_dict()}}
     report["operating_point"] = record
     report["grid"] = [s.to_dict() for s in scores]

@@ -1,0 +1,42 @@
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from lacunes.checkpoint import load_network
+
+from .conftest import write_subject
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
+import calibrate  # noqa: E402
+
+
+def test_calibration_writes_its_choice_and_reuses_the_cached_maps(tiny_checkpoint, tmp_path, capsys):
+    val = tmp_path / "val"
+    for k in range(2):
+        write_subject(val, f"sub-{k + 1:03d}", seed=k)
+    out, report, cache = tmp_path / "cal.pt", tmp_path / "cal.json", tmp_path / "cache"
+    argv = [str(tiny_checkpoint), "--val", str(val), "--out", str(out), "--report", str(report),
+            "--cache", str(cache), "--threads", "1"]
+    assert calibrate.main(argv) == 0
+    maps = sorted(cache.rglob("*.npy"))
+    assert [m.name for m in maps] == ["sub-001.npy", "sub-002.npy"]
+    first = json.loads(report.read_text())
+    chosen = first["operating_point"]
+    grid = first["grid"]
+    assert all("uncertain_share" in g for g in grid)
+    held = chosen["chosen_on"]["score"]["uncertain_share"] < 0.02
+    assert held == ("warning: no grid point" not in capsys.readouterr().out)
+    assert held == ("uncertainty" in chosen["chosen_on"]["objective"])
+    _, payload = load_network(out)
+    assert payload["metadata"]["operating_point"]["threshold"] == chosen["threshold"]
+    # a cached map is what the second run reads: change it, and the grid's scores change with it
+    np.save(maps[0], np.full(np.load(maps[0]).shape, 0.5, np.float32))
+    assert calibrate.main(argv[:-2] + ["--max-uncertain-share", "1"]) == 0
+    second = json.loads(report.read_text())
+    shares = {(g["threshold"], g["min_volume_mm3"]): g["uncertain_share"] for g in second["grid"]
+              if g["extent_threshold"] is None}
+    # subject 1 is p = 0.5 everywhere: undecided at a 0.5 threshold, in all of its brain
+    assert shares[(0.5, 0.0)] >= 0.5
+    assert second["operating_point"]["chosen_on"]["objective"] == "pooled detection F1"
