@@ -157,11 +157,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.no_amp:
         changes["amp"] = False
     config = config.replace(**changes)
-    provenance = {"folder": str(args.data)}
+    if (args.data is None) == (args.synthetic is None):
+        raise SystemExit("lacunes train: give --data FOLDER or --synthetic N (one of them)")
+    generated = None
+    if args.synthetic is not None:
+        from lacunes.training.generated import GeneratedData
+
+        try:
+            generated = GeneratedData(args.synthetic, seed=2021 if args.seed is None else args.seed,
+                                      uses=args.subject_uses, workers=args.workers)
+        except ValueError as exc:
+            raise SystemExit(f"lacunes train --synthetic: {exc}") from None
+        provenance = {"generated": generated.to_dict()}
+    else:
+        provenance = {"folder": str(args.data)}
     if args.data_note:
         provenance["note"] = args.data_note
     final = train(config, args.data, args.run_dir, resume=args.resume, device=args.device,
-                  progress=not args.no_progress, data_provenance=provenance)
+                  progress=not args.no_progress, data_provenance=provenance, generated=generated)
     print(f"final checkpoint: {final}")
     return 0
 
@@ -238,7 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a model (run folder with log, metrics, plot, checkpoints)")
-    p.add_argument("--data", required=True, help="VALDO-layout folder with Rater1/Rater2 labels")
+    p.add_argument("--data", help="VALDO-layout folder with Rater1/Rater2 labels")
+    p.add_argument("--synthetic", type=int, metavar="N",
+                   help="instead of --data: train on phantoms generated in worker processes while training runs, "
+                        "N held at once (an epoch = N subjects); --seed is the generator's seed (default 2021)")
+    p.add_argument("--subject-uses", type=int, default=1, metavar="K",
+                   help="with --synthetic: batches each phantom is drawn for (default 1: never twice; 0 = until a "
+                        "newer one replaces it, so that training never waits for the generator)")
+    p.add_argument("--workers", type=int, help="with --synthetic: generating processes (default: CPU cores - 1)")
     p.add_argument("--run-dir", required=True, help="run folder (config, log, metrics.csv, progress.png, checkpoints/)")
     p.add_argument("--preset", default="valdo",
                    help="valdo (the publication), cpu, cpu-hardneg (continues a cpu run: --init-from) or smoke")

@@ -51,6 +51,34 @@ def test_smoke_run_writes_a_run_folder_and_a_usable_checkpoint(dataset, tmp_path
         train(cfg, dataset, tmp_path / "run", progress=False)
 
 
+def test_training_on_generated_phantoms_needs_no_data_folder_and_resumes(tmp_path, monkeypatch):
+    import lacunes.training.loop as loop
+    from lacunes.cli import main
+
+    run = tmp_path / "run"
+    argv = ["train", "--synthetic", "1", "--preset", "smoke", "--run-dir", str(run), "--workers", "1",
+            "--seed", "3", "--no-progress"]
+    monkeypatch.setattr(loop, "plot_progress", lambda run_dir: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # stopped right after the first epoch's checkpoint
+        main(argv)
+    monkeypatch.undo()
+    stopped = load_network(run / "checkpoints" / "last.pt")[1]["training_state"]["generated"]
+    assert stopped["seed"] == 3 and stopped["next_k"] >= 2  # the pool's fill and the first epoch's 2 batches
+    assert main(argv + ["--resume"]) == 0
+    r = rows(run)
+    assert [int(x["epoch"]) for x in r] == [1, 2] and all(np.isfinite(float(x["loss"])) for x in r)
+    assert all(float(x["data_seconds"]) <= float(x["seconds"]) for x in r)
+    net, payload = load_network(run / "checkpoints" / "final.pt")
+    assert payload["metadata"]["data"]["generated"]["size"] == 1
+    assert net(torch.zeros(1, 3, 32, 32, 16)).shape == (1, 1, 32, 32, 16)
+    log = "".join(p.read_text() for p in run.glob("train-*.log"))
+    assert f"continue at k = {stopped['next_k']}" in log
+    with pytest.raises(SystemExit, match="one of them"):
+        main(["train", "--preset", "smoke", "--run-dir", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="held-out"):
+        main(["train", "--synthetic", "2", "--seed", "7777", "--run-dir", str(tmp_path / "y")])
+
+
 def test_resume_continues_where_it_stopped(dataset, tmp_path, monkeypatch):
     import lacunes.training.loop as loop
 

@@ -70,11 +70,19 @@ def load_training_subject(files: SubjectFiles, config: TrainConfig) -> TrainingS
         raters.append(arr)
         geoms[path] = geom
     check_same_grid(geoms)
+    return training_subject_from_arrays(files.subject_id, subject.image, raters, subject.geometry.spacing, config)
+
+
+def training_subject_from_arrays(subject_id: str, image: np.ndarray, raters: list[np.ndarray],
+                                 spacing: tuple[float, float, float], config: TrainConfig) -> TrainingSubject:
+    """A training subject from its raw ``3×X×Y×Z`` image (T1, T2, FLAIR) and rater masks: the combined
+    label, its instances, the normalized image and the crop-centre candidates (the same for a subject
+    read from files and one generated in memory)."""
     label = combine_raters(raters, config.label_mode)
     instances, n = label_instances(label, config.connectivity)
-    image = quantile_normalize(subject.image, config.normalization)
-    candidates = Candidates.from_arrays(subject.image, instances, config.edge_mm, subject.geometry.spacing, seed=config.seed)
-    return TrainingSubject(files.subject_id, image, label[None].astype(np.uint8), instances[None], n, candidates)
+    normalized = quantile_normalize(image, config.normalization)
+    candidates = Candidates.from_arrays(image, instances, config.edge_mm, spacing, seed=config.seed)
+    return TrainingSubject(subject_id, normalized, label[None].astype(np.uint8), instances[None], n, candidates)
 
 
 def load_training_set(folder: Path, config: TrainConfig, progress: bool = True) -> list[TrainingSubject]:

@@ -1,5 +1,11 @@
 """The training loop: run folder (config, timestamped log, metrics CSV, progress plot, checkpoints),
-``--resume``, mixed precision on CUDA and several GPUs/nodes through ``torchrun`` (DDP)."""
+``--resume``, mixed precision on CUDA (bfloat16 autocast) and several GPUs/nodes through ``torchrun`` (DDP).
+
+The data come from a folder (:class:`lacunes.training.pipeline.FolderSource`, subjects read once) or from
+phantoms generated while training runs (:class:`lacunes.training.generated.GeneratedSource`); either way
+the subjects are held as tensors (on the GPU where they fit) and each batch is cropped and augmented on
+the network's device (:class:`lacunes.training.pipeline.DeviceBatcher`). ``metrics.csv`` records, per
+epoch, the seconds spent getting batches (waiting for generated subjects included) next to the total."""
 
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ from lacunes.device import resolve_device
 from lacunes.losses import BlobLoss, DiceBCELoss
 from lacunes.network import build_network
 from lacunes.training.config import TrainConfig
-from lacunes.training.data import CropDataset, EpochSampler, collate_crops, load_training_set
+from lacunes.training.data import load_training_set
+from lacunes.training.pipeline import DeviceBatcher, FolderSource, hold, holding_device, subject_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -144,17 +151,20 @@ def train(
     device: str = "auto",
     progress: bool = True,
     data_provenance: dict | None = None,
+    generated=None,
 ) -> Path:
     """Train a model; returns the path of the final checkpoint (``checkpoints/final.pt``).
 
     Args:
         config: the recipe (see :mod:`lacunes.training.config`).
-        data_dir: a VALDO-layout folder with rater labels.
+        data_dir: a VALDO-layout folder with rater labels (None with ``generated``).
         run_dir: where the config, log, metrics, plot and checkpoints go.
         resume: continue from ``checkpoints/last.pt`` of ``run_dir`` (the config must be the same).
         device: ``auto``, ``cpu``, ``cuda``...; under ``torchrun`` each process takes its local GPU.
         progress: show a progress bar (rank 0 only).
         data_provenance: recorded in the checkpoints (e.g. the generator's seed).
+        generated: a :class:`lacunes.training.generated.GeneratedData`: train on phantoms generated
+            while training runs instead of a folder.
 
     Raises:
         FileExistsError: ``run_dir`` holds a run and ``resume`` is False.
@@ -162,6 +172,8 @@ def train(
     """
     from tqdm import tqdm
 
+    if (data_dir is None) == (generated is None):
+        raise ValueError("train on a data folder or on generated phantoms (exactly one of them)")
     rank, local_rank, world = _dist_info()
     distributed = world > 1
     run_dir = Path(run_dir)
@@ -187,6 +199,8 @@ def train(
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed + rank)
     use_amp = config.amp and dev.type == "cuda"
+    # bfloat16 needs no loss scaling; float16 (GPUs without bfloat16) does.
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     cpu_bf16 = config.cpu_amp and dev.type == "cpu" and cpu_bf16_supported()
     if config.cpu_amp and dev.type == "cpu" and not cpu_bf16:
         logger.warning("cpu_amp: this CPU has no native bfloat16 (AMX / AVX-512 BF16); training in float32")
@@ -194,14 +208,30 @@ def train(
     try:
         if rank == 0:
             (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
-        subjects = load_training_set(Path(data_dir), config, progress=progress and rank == 0)
-        batches_per_epoch = config.batches_per_epoch or -(-len(subjects) // (config.batch_size * world))
-        dataset = CropDataset(subjects, config, seed=config.seed * 1000 + rank)
-        sampler = EpochSampler(len(subjects), config.batch_size, config.batches_per_epoch, rank, world, config.seed)
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=config.batch_size, sampler=sampler, collate_fn=collate_crops,
-            num_workers=config.num_workers, drop_last=False,
-        )
+        payload = read_checkpoint(last) if resume and last.exists() else None
+        if payload is not None and payload["metadata"].get("train_config") != config.to_dict():
+            raise ConfigMismatchError(f"{last} was trained with another config; compare {run_dir / 'config.json'}")
+        if generated is None:
+            subjects = load_training_set(Path(data_dir), config, progress=progress and rank == 0)
+            batches_per_epoch = config.batches_per_epoch or -(-len(subjects) // (config.batch_size * world))
+            where = holding_device(sum(subject_bytes(sub) for sub in subjects), dev)
+            pin = dev.type == "cuda" and where.type == "cpu"
+            source = FolderSource([hold(sub, where, pin) for sub in subjects], config.batch_size,
+                                  config.batches_per_epoch, rank, world, config.seed)
+            logger.info("training subjects held on %s", where)
+        else:
+            from lacunes.training.generated import GeneratedSource
+
+            batches_per_epoch = config.batches_per_epoch or -(-generated.size // (config.batch_size * world))
+            stream = (payload or {}).get("training_state", {}).get("generated") or {}
+            if stream and stream.get("seed") != generated.seed:
+                raise ConfigMismatchError(f"{last} was trained on phantoms of seed {stream.get('seed')}, "
+                                          f"not {generated.seed}")
+            source = GeneratedSource(generated, config, dev, batches_per_epoch, rank, world,
+                                     start=stream.get("next_k", 0), progress=progress and rank == 0)
+            if stream:
+                logger.info("generated phantoms continue at k = %d (seed %d)", stream["next_k"], generated.seed)
+        batcher = DeviceBatcher(config, dev, seed=config.seed * 1000 + rank)
         net = build_network(config.network)
         if config.init_from:
             from lacunes.checkpoint import load_network
@@ -216,22 +246,18 @@ def train(
         if distributed:
             model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
         optimizer = make_optimizer(config, model.parameters(), batches_per_epoch)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
         loss_fn = BlobLoss(main_criterion=DiceBCELoss(batch=config.batch_dice), alpha=config.alpha,
                            beta=config.effective_beta, connectivity=config.connectivity)
 
         start_epoch, elapsed = 0, 0.0
-        if resume and last.exists():
-            payload = read_checkpoint(last)
-            stored = payload["metadata"].get("train_config")
-            if stored != config.to_dict():
-                raise ConfigMismatchError(f"{last} was trained with another config; compare {run_dir / 'config.json'}")
+        if payload is not None:
             net.load_state_dict(payload["state_dict"])
             state = payload["training_state"]
             _restore_optimizer(optimizer, state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             start_epoch, elapsed = state["epoch"], state["elapsed_s"]
-            by_id = {sub.subject_id: sub for sub in subjects}
+            by_id = {sub.subject_id: sub for sub in source.subjects}
             for sid, centres in state.get("hard_centres", {}).items():
                 if sid in by_id:
                     by_id[sid].candidates.hard = np.asarray(centres, np.int64).reshape(-1, 3)
@@ -241,7 +267,9 @@ def train(
             "train_config": config.to_dict(),
             "normalization": {"method": "quantile", "lower": config.normalization.lower,
                               "upper": config.normalization.upper},
-            "data": data_provenance or {"folder": str(data_dir), "subjects": [s.subject_id for s in subjects]},
+            "data": data_provenance or (
+                {"folder": str(data_dir), "subjects": [s.subject_id for s in source.subjects]} if generated is None
+                else {"generated": generated.to_dict()}),
             "init_from": ({"path": str(config.init_from), "sha256": sha256_of(config.init_from)}
                           if config.init_from else None),
             "hardware": {"device": str(dev.type), "world_size": world, "cpu_bf16": cpu_bf16,
@@ -250,7 +278,7 @@ def train(
         if rank == 0 and start_epoch == 0:
             with open(run_dir / METRICS, "w", newline="") as f:
                 csv.writer(f).writerow(["epoch", "loss", "main", "blob", "lr", "seconds", "crops", "mined_fp",
-                                        "mining_seconds"])
+                                        "mining_seconds", "data_seconds"])
         logger.info("training %s: %d epochs × %d batches, %d process(es) on %s",
                     config.name, config.epochs, batches_per_epoch, world, dev)
 
@@ -263,11 +291,11 @@ def train(
 
         for epoch in range(start_epoch, config.epochs):
             model.train()
-            sampler.set_epoch(epoch)
             t0 = time.time()
             mined, mining_seconds = "", 0.0
             if mining_due(epoch):
                 # Rotating subsets, the same on every process.
+                subjects = source.subjects
                 rounds = epoch // config.mine_every
                 k = min(config.mine_subjects, len(subjects))
                 indices = [(rounds * k + j) % len(subjects) for j in range(k)]
@@ -277,19 +305,26 @@ def train(
                 logger.info("mined %d false positive(s) on %d subject(s) in %.0f s: %s", mined, len(found),
                             mining_seconds, found)
             sums = {"loss": 0.0, "main": 0.0, "blob": 0.0}
-            n_blob, n_batches, n_crops = 0, 0, 0
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress or rank != 0,
-                       leave=False)
-            for batch in bar:
-                image = batch["image"].to(dev, non_blocking=True)
-                label = batch["label"].to(dev, non_blocking=True).float()
-                instances = batch["instances"].to(dev, non_blocking=True).long()
+            n_blob, n_batches, n_crops, data_seconds = 0, 0, 0, 0.0
+            bar = tqdm(total=batches_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                       disable=not progress or rank != 0, leave=False)
+            batches = source.epoch(epoch)
+            while True:
+                t_data = time.perf_counter()
+                held = next(batches, None)
+                if held is None:
+                    break
+                batch = batcher(held)
+                data_seconds += time.perf_counter() - t_data
+                image = batch["image"]
+                label = batch["label"].float()
+                instances = batch["instances"].long()
                 optimizer.zero_grad(set_to_none=True)
                 if cpu_bf16:
                     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
                         logits = model(image)
                 else:
-                    with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
+                    with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
                         logits = model(image)
                 loss = loss_fn(logits.float(), label, instances)
                 scaler.scale(loss).backward()
@@ -303,24 +338,29 @@ def train(
                     n_blob += 1
                 n_batches += 1
                 n_crops += image.shape[0]
+                bar.update(1)
                 bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}")
+            bar.close()
             seconds = time.time() - t0
             elapsed += seconds
             lr = getattr(optimizer, "current_lr", optimizer.param_groups[0]["lr"])
             row = [epoch + 1, sums["loss"] / max(n_batches, 1), sums["main"] / max(n_batches, 1),
                    sums["blob"] / n_blob if n_blob else float("nan"), lr, round(seconds, 2), n_crops * world, mined,
-                   round(mining_seconds, 1)]
+                   round(mining_seconds, 1), round(data_seconds, 2)]
             if rank == 0:
                 with open(run_dir / METRICS, "a", newline="") as f:
                     csv.writer(f).writerow(row)
-                logger.info("epoch %d/%d loss %.4f main %.4f blob %.4f lr %.2e %.1fs; crops by kind so far: %s",
-                            epoch + 1, config.epochs, *row[1:6], dataset.kind_counts)
+                logger.info("epoch %d/%d loss %.4f main %.4f blob %.4f lr %.2e %.1fs (getting batches %.1fs); "
+                            "crops by kind so far: %s", epoch + 1, config.epochs, *row[1:6], data_seconds,
+                            batcher.kind_counts)
                 last_epoch = epoch + 1 == config.epochs
                 if (epoch + 1) % config.checkpoint_every == 0 or last_epoch:
                     state = {"epoch": epoch + 1, "elapsed_s": elapsed, "optimizer": _optimizer_state(optimizer),
                              "scaler": scaler.state_dict(),
-                             "hard_centres": {sub.subject_id: sub.candidates.hard.tolist() for sub in subjects
+                             "hard_centres": {sub.subject_id: sub.candidates.hard.tolist() for sub in source.subjects
                                               if len(sub.candidates.hard)}}
+                    if generated is not None:
+                        state["generated"] = source.state()
                     save_checkpoint(last, net, config.network, {**metadata, "epoch": epoch + 1,
                                                                 "training_seconds": elapsed}, extra_state=state)
                     plot_progress(run_dir)
@@ -331,6 +371,8 @@ def train(
             logger.info("done in %.0f s: %s", elapsed, final)
         return final
     finally:
+        if "source" in locals():
+            source.close()
         if distributed:
             import torch.distributed as dist
 

@@ -1,0 +1,213 @@
+"""Training batches made where the network runs: subjects held as tensors (on the GPU where they fit),
+crops cut and augmented there, a whole batch at a time.
+
+The recipe's augmentation, as the MONAI dictionary transforms of :func:`lacunes.training.data.build_augmentation`
+apply it to each crop, in the same order and with the same distributions:
+
+1. a flip along each axis, each with probability ``flip_prob``;
+2. with probability ``affine_prob``, a random affine about the crop's centre: a rotation about each
+   axis by ``U(-rotate_rad, rotate_rad)`` and a scaling of each axis by ``U(1 - scale, 1 + scale)``,
+   in voxel space, the image resampled trilinearly and the label and instances by nearest neighbour
+   (one ``grid_sample`` for the batch's affine crops), zeros outside;
+3. with probability ``noise_prob``, Gaussian noise of standard deviation ``U(0, noise_std)`` on the image.
+
+Every random decision and parameter (crop kind and centre, flips, angles, scales, noise level) is drawn
+on the CPU from one seeded generator, so nothing waits on the device to decide; the noise itself is
+drawn on the device from a seeded device generator. The same seed gives the same batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lacunes.training.config import TrainConfig
+from lacunes.training.data import TrainingSubject
+from lacunes.training.sampling import CropKind
+
+logger = logging.getLogger(__name__)
+
+#: Subjects are held on a CUDA device while they take at most this share of its free memory.
+GPU_SHARE = 0.5
+
+
+@dataclass
+class HeldSubject:
+    """A training subject as tensors (on the device that holds it) next to its arrays (mining, centres)."""
+
+    subject: TrainingSubject
+    image: torch.Tensor  # 3×X×Y×Z float32
+    label: torch.Tensor  # 1×X×Y×Z uint8
+    instances: torch.Tensor  # 1×X×Y×Z int32
+    uses: int = 0  # batches it was drawn for
+    order: int = 0  # arrival order (generated subjects)
+
+
+def subject_bytes(subject: TrainingSubject) -> int:
+    return subject.image.nbytes + subject.label.nbytes + subject.instances.nbytes
+
+
+def holding_device(subjects_bytes: int, device: torch.device) -> torch.device:
+    """Where to hold subjects of this total size: on ``device`` if it is a CUDA device with room
+    (:data:`GPU_SHARE` of its free memory), else on the CPU (pinned when the network is on a GPU)."""
+    if device.type != "cuda":
+        return torch.device("cpu")
+    free, _ = torch.cuda.mem_get_info(device)
+    return device if subjects_bytes <= GPU_SHARE * free else torch.device("cpu")
+
+
+def hold(subject: TrainingSubject, where: torch.device, pin: bool = False) -> HeldSubject:
+    """The subject's arrays as tensors on ``where`` (on the CPU they share the arrays' memory)."""
+    image = torch.from_numpy(np.ascontiguousarray(subject.image, np.float32))
+    label = torch.from_numpy(np.ascontiguousarray(subject.label, np.uint8))
+    instances = torch.from_numpy(np.ascontiguousarray(subject.instances, np.int32))
+    if where.type != "cpu":
+        image, label, instances = (t.to(where) for t in (image, label, instances))
+    elif pin:
+        image, label, instances = (t.pin_memory() for t in (image, label, instances))
+    return HeldSubject(subject, image, label, instances)
+
+
+def crop_tensor(tensor: torch.Tensor, centre: np.ndarray, size: tuple[int, int, int]) -> torch.Tensor:
+    """The ``C×size`` box of a ``C×X×Y×Z`` tensor around ``centre``, as
+    :func:`lacunes.training.sampling.crop_at`: kept inside the volume where it fits, zero-padded at the
+    end where the volume is smaller than the crop."""
+    spatial = np.array(tensor.shape[1:])
+    size_a = np.array(size)
+    start = np.clip(np.asarray(centre) - size_a // 2, 0, np.maximum(spatial - size_a, 0))
+    stop = np.minimum(start + size_a, spatial)
+    out = tensor[(slice(None), *(slice(int(a), int(b)) for a, b in zip(start, stop)))]
+    pad = size_a - (stop - start)
+    if pad.any():
+        out = F.pad(out, (0, int(pad[2]), 0, int(pad[1]), 0, int(pad[0])))
+    return out
+
+
+def rotation_scaling(angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """``R_x · R_y · R_z · diag(scales)``, 3×3, in (x, y, z) voxel space."""
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rx @ ry @ rz @ np.diag(scales)
+
+
+def affine_theta(matrices: np.ndarray, size: tuple[int, int, int]) -> np.ndarray:
+    """``grid_sample`` parameters (``n×3×4``) for voxel-space matrices ``n×3×3`` (output → input
+    offsets from the crop's centre, x y z): normalized coordinates (``align_corners=True``) and the
+    (z, y, x) order that ``grid_sample`` uses for a ``N×C×X×Y×Z`` input."""
+    half = (np.asarray(size, np.float64) - 1) / 2
+    half = np.where(half > 0, half, 1.0)
+    normalized = matrices * half[None, None, :] / half[None, :, None]  # D⁻¹ · A · D
+    zyx = normalized[:, ::-1, ::-1]
+    theta = np.zeros((len(matrices), 3, 4))
+    theta[:, :, :3] = zyx
+    return theta
+
+
+class DeviceBatcher:
+    """Batches of ``crops_per_subject`` crops per subject, centred by the config's crop shares
+    (:mod:`lacunes.training.sampling`) and augmented on the device (the module docstring)."""
+
+    def __init__(self, config: TrainConfig, device: torch.device | str, seed: int = 0) -> None:
+        self.config = config
+        self.device = torch.device(device)
+        self.kinds, self.shares = config.crop_shares().probabilities()
+        self.rng = np.random.default_rng(seed)
+        self.noise = torch.Generator(device=self.device)
+        self.noise.manual_seed(seed)
+        self.kind_counts: dict[str, int] = {str(k): 0 for k in CropKind}
+
+    def crops(self, held: list[HeldSubject]) -> dict[str, torch.Tensor]:
+        """Un-augmented crops, ``B×C×crop`` on the device (``B = len(held) × crops_per_subject``)."""
+        size = self.config.crop_size
+        images, labels, instances = [], [], []
+        for h in held:
+            for _ in range(self.config.crops_per_subject):
+                kind = self.kinds[self.rng.choice(len(self.kinds), p=self.shares)]
+                centre, drawn = h.subject.candidates.draw(kind, self.rng)
+                self.kind_counts[str(drawn)] += 1
+                images.append(crop_tensor(h.image, centre, size))
+                labels.append(crop_tensor(h.label, centre, size))
+                instances.append(crop_tensor(h.instances, centre, size))
+        batch = {"image": torch.stack(images), "label": torch.stack(labels), "instances": torch.stack(instances)}
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def augment(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Flips, random affine and Gaussian noise, per crop, applied to the whole batch at once."""
+        c = self.config
+        image, label, instances = batch["image"], batch["label"], batch["instances"]
+        n = image.shape[0]
+        flips = self.rng.random((n, 3)) < c.flip_prob
+        affine = self.rng.random(n) < c.affine_prob
+        angles = self.rng.uniform(-c.rotate_rad, c.rotate_rad, (n, 3))
+        scales = self.rng.uniform(1 - c.scale, 1 + c.scale, (n, 3))
+        noisy = self.rng.random(n) < c.noise_prob
+        stds = self.rng.uniform(0.0, c.noise_std, n)
+        image, label, instances = image.clone(), label.clone(), instances.clone()
+        for axis in range(3):
+            rows = np.flatnonzero(flips[:, axis])
+            if rows.size:
+                idx = torch.from_numpy(rows).to(self.device)
+                for t in (image, label, instances):
+                    t[idx] = t[idx].flip(axis + 2)
+        rows = np.flatnonzero(affine)
+        if rows.size:
+            idx = torch.from_numpy(rows).to(self.device)
+            matrices = np.stack([rotation_scaling(angles[i], scales[i]) for i in rows])
+            theta = torch.as_tensor(affine_theta(matrices, c.crop_size), dtype=torch.float32).to(self.device)
+            grid = F.affine_grid(theta, [rows.size, 1, *c.crop_size], align_corners=True)
+            image[idx] = F.grid_sample(image[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            # Label and instances through the same nearest-neighbour lookup (ids are exact in float32).
+            both = torch.cat([label[idx].float(), instances[idx].float()], 1)
+            both = F.grid_sample(both, grid, mode="nearest", padding_mode="zeros", align_corners=True)
+            label[idx] = both[:, :1].round().to(label.dtype)
+            instances[idx] = both[:, 1:].round().to(instances.dtype)
+        rows = np.flatnonzero(noisy)
+        if rows.size:
+            idx = torch.from_numpy(rows).to(self.device)
+            std = torch.as_tensor(stds[rows], dtype=torch.float32).to(self.device).view(-1, 1, 1, 1, 1)
+            noise = torch.randn((rows.size, *image.shape[1:]), generator=self.noise, device=self.device)
+            image[idx] = image[idx] + std * noise
+        return {"image": image, "label": label, "instances": instances}
+
+    def __call__(self, held: list[HeldSubject]) -> dict[str, torch.Tensor]:
+        return self.augment(self.crops(held))
+
+
+class FolderSource:
+    """Batches of a fixed training set: each epoch a seeded permutation of the subjects
+    (:class:`lacunes.training.data.EpochSampler`; under DDP each process takes its share)."""
+
+    def __init__(self, held: list[HeldSubject], batch_size: int, batches_per_epoch: int | None, rank: int = 0,
+                 world: int = 1, seed: int = 0) -> None:
+        from lacunes.training.data import EpochSampler
+
+        self.held = held
+        self.batch_size = batch_size
+        self.sampler = EpochSampler(len(held), batch_size, batches_per_epoch, rank, world, seed)
+        self.wait_seconds = 0.0
+
+    @property
+    def subjects(self) -> list[TrainingSubject]:
+        return [h.subject for h in self.held]
+
+    def epoch(self, epoch: int):
+        self.sampler.set_epoch(epoch)
+        order = list(self.sampler)
+        for start in range(0, len(order), self.batch_size):
+            chosen = [self.held[i] for i in order[start:start + self.batch_size]]
+            for h in chosen:
+                h.uses += 1
+            yield chosen
+
+    def state(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
