@@ -72,18 +72,18 @@ def hold(subject: TrainingSubject, where: torch.device, pin: bool = False) -> He
     return HeldSubject(subject, image, label, instances)
 
 
-def crop_tensor(tensor: torch.Tensor, centre: np.ndarray, size: tuple[int, int, int]) -> torch.Tensor:
+def crop_tensor(tensor: torch.Tensor, centre: np.ndarray, size: tuple[int, int, int], pad: bool = True) -> torch.Tensor:
     """The ``C×size`` box of a ``C×X×Y×Z`` tensor around ``centre``, as
     :func:`lacunes.training.sampling.crop_at`: kept inside the volume where it fits, zero-padded at the
-    end where the volume is smaller than the crop."""
+    end where the volume is smaller than the crop (``pad=False``: the view, unpadded)."""
     spatial = np.array(tensor.shape[1:])
     size_a = np.array(size)
     start = np.clip(np.asarray(centre) - size_a // 2, 0, np.maximum(spatial - size_a, 0))
     stop = np.minimum(start + size_a, spatial)
     out = tensor[(slice(None), *(slice(int(a), int(b)) for a, b in zip(start, stop)))]
-    pad = size_a - (stop - start)
-    if pad.any():
-        out = F.pad(out, (0, int(pad[2]), 0, int(pad[1]), 0, int(pad[0])))
+    missing = size_a - (stop - start)
+    if pad and missing.any():
+        out = F.pad(out, (0, int(missing[2]), 0, int(missing[1]), 0, int(missing[0])))
     return out
 
 
@@ -124,22 +124,28 @@ class DeviceBatcher:
         self.kind_counts: dict[str, int] = {str(k): 0 for k in CropKind}
 
     def crops(self, held: list[HeldSubject]) -> dict[str, torch.Tensor]:
-        """Un-augmented crops, ``B×C×crop`` on the device (``B = len(held) × crops_per_subject``)."""
+        """Un-augmented crops, ``B×C×crop`` on the device (``B = len(held) × crops_per_subject``), each
+        written into one zeroed batch tensor (the padding of :func:`crop_tensor` for free)."""
         size = self.config.crop_size
-        images, labels, instances = [], [], []
+        n = len(held) * self.config.crops_per_subject
+        first = held[0]
+        out = {name: torch.zeros((n, getattr(first, name).shape[0], *size), dtype=getattr(first, name).dtype,
+                                 device=self.device) for name in ("image", "label", "instances")}
+        i = 0
         for h in held:
             for _ in range(self.config.crops_per_subject):
                 kind = self.kinds[self.rng.choice(len(self.kinds), p=self.shares)]
                 centre, drawn = h.subject.candidates.draw(kind, self.rng)
                 self.kind_counts[str(drawn)] += 1
-                images.append(crop_tensor(h.image, centre, size))
-                labels.append(crop_tensor(h.label, centre, size))
-                instances.append(crop_tensor(h.instances, centre, size))
-        batch = {"image": torch.stack(images), "label": torch.stack(labels), "instances": torch.stack(instances)}
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                for name in out:
+                    src = crop_tensor(getattr(h, name), centre, size, pad=False)
+                    out[name][i, :, : src.shape[1], : src.shape[2], : src.shape[3]].copy_(src, non_blocking=True)
+                i += 1
+        return out
 
     def augment(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Flips, random affine and Gaussian noise, per crop, applied to the whole batch at once."""
+        """Flips, random affine and Gaussian noise, per crop, in place on ``batch`` (as made by
+        :meth:`crops`); the affine crops are resampled together."""
         c = self.config
         image, label, instances = batch["image"], batch["label"], batch["instances"]
         n = image.shape[0]
@@ -149,32 +155,31 @@ class DeviceBatcher:
         scales = self.rng.uniform(1 - c.scale, 1 + c.scale, (n, 3))
         noisy = self.rng.random(n) < c.noise_prob
         stds = self.rng.uniform(0.0, c.noise_std, n)
-        image, label, instances = image.clone(), label.clone(), instances.clone()
-        for axis in range(3):
-            rows = np.flatnonzero(flips[:, axis])
-            if rows.size:
-                idx = torch.from_numpy(rows).to(self.device)
+        for i in range(n):
+            dims = [int(a) + 1 for a in np.flatnonzero(flips[i])]  # per-crop tensors are C×X×Y×Z
+            if dims:
                 for t in (image, label, instances):
-                    t[idx] = t[idx].flip(axis + 2)
+                    t[i].copy_(t[i].flip(dims))
         rows = np.flatnonzero(affine)
         if rows.size:
-            idx = torch.from_numpy(rows).to(self.device)
             matrices = np.stack([rotation_scaling(angles[i], scales[i]) for i in rows])
             theta = torch.as_tensor(affine_theta(matrices, c.crop_size), dtype=torch.float32).to(self.device)
             grid = F.affine_grid(theta, [rows.size, 1, *c.crop_size], align_corners=True)
-            image[idx] = F.grid_sample(image[idx], grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+            warped = F.grid_sample(torch.stack([image[i] for i in rows]), grid, mode="bilinear",
+                                   padding_mode="zeros", align_corners=True)
             # Label and instances through the same nearest-neighbour lookup (ids are exact in float32).
-            both = torch.cat([label[idx].float(), instances[idx].float()], 1)
+            both = torch.stack([torch.cat([label[i].float(), instances[i].float()]) for i in rows])
             both = F.grid_sample(both, grid, mode="nearest", padding_mode="zeros", align_corners=True)
-            label[idx] = both[:, :1].round().to(label.dtype)
-            instances[idx] = both[:, 1:].round().to(instances.dtype)
+            for j, i in enumerate(rows):
+                image[i].copy_(warped[j])
+                label[i].copy_(both[j, :1].round())
+                instances[i].copy_(both[j, 1:].round())
         rows = np.flatnonzero(noisy)
         if rows.size:
-            idx = torch.from_numpy(rows).to(self.device)
-            std = torch.as_tensor(stds[rows], dtype=torch.float32).to(self.device).view(-1, 1, 1, 1, 1)
             noise = torch.randn((rows.size, *image.shape[1:]), generator=self.noise, device=self.device)
-            image[idx] = image[idx] + std * noise
-        return {"image": image, "label": label, "instances": instances}
+            for j, i in enumerate(rows):
+                image[i].add_(noise[j], alpha=float(stds[i]))
+        return batch
 
     def __call__(self, held: list[HeldSubject]) -> dict[str, torch.Tensor]:
         return self.augment(self.crops(held))
