@@ -144,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = get_preset(args.preset)
     changes = {}
-    for name in ("epochs", "batch_size", "batches_per_epoch", "lr", "seed", "threads", "num_workers", "optimizer",
+    for name in ("epochs", "batch_size", "batches_per_epoch", "lr", "seed", "threads", "optimizer",
                  "alpha", "beta", "label_mode", "connectivity", "pos_fraction", "edge_fraction", "fluid_fraction",
                  "hard_fraction", "mine_every", "mine_subjects", "init_from"):
         value = getattr(args, name)
@@ -283,7 +283,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--connectivity", type=int, choices=[6, 18, 26])
     p.add_argument("--seed", type=int)
     p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--num-workers", type=int, help="data loader workers")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-note", help="free text recorded as the data's provenance in checkpoints")

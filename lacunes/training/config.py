@@ -46,8 +46,10 @@ class TrainConfig:
         optimizer: ``ranger21`` (recipe) or ``adamw``.
         alpha, beta: blob loss weights; ``loss=dicebce`` forces beta = 0.
         flip_prob, noise_prob, noise_std, affine_prob, rotate_rad, scale: augmentation.
-        amp: mixed precision on CUDA (float16).
+        amp: mixed precision on CUDA (bfloat16 autocast; float16 with loss scaling on GPUs without bfloat16).
         cpu_amp: bfloat16 autocast on the CPU (fast on CPUs with AMX / AVX-512 BF16).
+        num_workers: DataLoader workers of the MONAI loop that ``benchmarks/training.py`` compares against;
+            the training loop makes its batches on the device and uses none.
     """
 
     name: str = "valdo"
