@@ -88,6 +88,11 @@ def test_the_same_seed_gives_the_same_augmented_batches_and_another_seed_others(
         for key in x:
             assert torch.equal(x[key], y[key])
         assert not torch.equal(x["image"], z["image"])
+    d = DeviceBatcher(cfg, "cpu", seed=3)
+    d.set_epoch(1)  # where a run resumed at epoch 1 starts
+    a.set_epoch(1)
+    x, y = a(subjects), d(subjects)
+    assert all(torch.equal(x[key], y[key]) for key in x)
 
 
 def test_label_instances_and_image_stay_aligned_through_flips_and_the_affine():

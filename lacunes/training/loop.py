@@ -291,6 +291,7 @@ def train(
 
         for epoch in range(start_epoch, config.epochs):
             model.train()
+            batcher.set_epoch(epoch)
             t0 = time.time()
             mined, mining_seconds = "", 0.0
             if mining_due(epoch):

@@ -118,10 +118,16 @@ class DeviceBatcher:
         self.config = config
         self.device = torch.device(device)
         self.kinds, self.shares = config.crop_shares().probabilities()
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.noise = torch.Generator(device=self.device)
-        self.noise.manual_seed(seed)
+        self.set_epoch(0)
         self.kind_counts: dict[str, int] = {str(k): 0 for k in CropKind}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw from the epoch's own streams: a run resumed at an epoch makes the batches an
+        uninterrupted run makes there."""
+        self.rng = np.random.default_rng([self.seed, epoch])
+        self.noise.manual_seed(int(np.random.default_rng([self.seed, epoch, 1]).integers(2**62)))
 
     def crops(self, held: list[HeldSubject]) -> dict[str, torch.Tensor]:
         """Un-augmented crops, ``B×C×crop`` on the device (``B = len(held) × crops_per_subject``), each
