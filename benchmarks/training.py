@@ -208,7 +208,7 @@ def main() -> int:
     lines = [
         f"## Training throughput: the project's pipeline against a plain MONAI loop ({hardware})",
         "",
-        f"Command: `python benchmarks/training.py {shlex.join(sys.argv[1:])}`".rstrip()
+        f"Command: `{shlex.join(['python', 'benchmarks/training.py', *sys.argv[1:]])}`"
         + f" — {hardware}, torch {torch.__version__}. {len(ids)} subjects "
         + (f"from {args.data}" if args.data else "generated in memory (seed 2021)")
         + f"; each row a fresh process, {args.batches} timed batches after {args.warmup}. `monai`: DataLoader "
