@@ -258,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject-uses", type=int, default=1, metavar="K",
                    help="with --synthetic: batches each phantom is drawn for (default 1: never twice; 0 = until a "
                         "newer one replaces it, so that training never waits for the generator)")
-    p.add_argument("--workers", type=int, help="with --synthetic: generating processes (default: CPU cores - 1)")
+    p.add_argument("--workers", type=int,
+                   help="with --synthetic: generating processes per training process (default: CPU cores - 1)")
     p.add_argument("--run-dir", required=True, help="run folder (config, log, metrics.csv, progress.png, checkpoints/)")
     p.add_argument("--preset", default="valdo",
                    help="valdo (the publication), cpu, cpu-hardneg (continues a cpu run: --init-from) or smoke")

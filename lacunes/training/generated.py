@@ -51,7 +51,8 @@ class GeneratedData:
         size: subjects held at once (an epoch is ``size`` subjects' worth of batches, as for a folder).
         seed: the phantom generator's seed.
         uses: batches each subject is drawn for (0 = until replaced by a newer one).
-        workers: generating processes (default: the CPU cores less one, at least 1).
+        workers: generating processes of each training process (default: the CPU cores less one, at least 1;
+            under DDP, divide the cores among the training processes).
         first_index: index of the first phantom.
     """
 
@@ -106,7 +107,7 @@ class GeneratedSource:
     def __init__(self, data: GeneratedData, config: TrainConfig, device: torch.device, batches_per_epoch: int,
                  rank: int = 0, world: int = 1, start: int = 0, synth=None, progress: bool = True,
                  maker=generated_subject) -> None:
-        if data.uses and data.size < config.batch_size:
+        if data.size < config.batch_size:
             raise ValueError(f"a pool of {data.size} subject(s) cannot fill a batch of {config.batch_size}")
         self.data, self.config, self.device = data, config, torch.device(device)
         self.batches_per_epoch = batches_per_epoch
