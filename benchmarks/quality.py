@@ -216,7 +216,8 @@ def section(runs: list[dict], args, title: str) -> str:
     lines = [
         f"## {title}",
         "",
-        f"Command: `python benchmarks/quality.py {shlex.join(sys.argv[1:])}`".rstrip() + f" — {device}, torch "
+        f"Command: `{shlex.join(['python', 'benchmarks/quality.py', *(a for a in sys.argv[1:] if a != '--render')])}`"
+        + f" — {device}, torch "
         f"{torch.__version__}. Held-out set: `lacunes synth --n {args.n} --seed {HELDOUT_SEED} --first-id "
         f"{HELDOUT_FIRST_ID}` (training used seed 2021, the operating point seed 5151). Reference = mean of the two "
         "raters; centre matching within 5 mm. " + ("Raw maps (no operating point, no brain mask). " if args.raw else
@@ -224,8 +225,8 @@ def section(runs: list[dict], args, title: str) -> str:
         + "Median [IQR] over subjects (F1 and Dice over subjects with lacunes); FP = false-positive lesions.",
         "",
         "| model · setting | operating point | subjects | F1 | Dice | AVD mm³ | lacunes found | ≥ 5 mm found "
-        "| FP / subject | FP / lacune-free subject | unc. flags | brain with unc. ≥ 0.5 | s / subject |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| FP / subject | FP / lacune-free subject | unc. flags | unc. voxels | brain with unc. ≥ 0.5 | s / subject |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         s, op = r["summary"], r["operating_point"]
@@ -233,7 +234,8 @@ def section(runs: list[dict], args, title: str) -> str:
             f"| {r['name']} · {r['setting']} | p ≥ {op['threshold']:g}, ≥ {op['min_volume_mm3']:g} mm³ | {r['subjects']} "
             f"| {fmt(s['f1'])} | {fmt(s['dice'])} | {fmt(s['avd_mm3'], 0)} | {r['found'][0]}/{r['found'][1]} "
             f"| {r['found_5mm'][0]}/{r['found_5mm'][1]} | {r['fp_mean']:.2f} | {r['fp_lacune_free']:.2f} "
-            f"| {fmt(s['unc_flags'])} | {100 * r['uncertain_brain_share']:.1f} % | {r['seconds_per_subject']:.0f} |")
+            f"| {fmt(s['unc_flags'])} | {fmt(s['unc_voxels'])} | {100 * r['uncertain_brain_share']:.1f} % "
+            f"| {r['seconds_per_subject']:.0f} |")
     lines += ["", "Targets (issue: median F1 ≥ 0.8, FP ≤ 1 per subject and ≤ 0.5 per lacune-free subject, "
               "Dice ≥ 0.7, every lacune ≥ 5 mm found):", ""]
     lines += [f"- {r['name']} · {r['setting']} ({r['subjects']} subjects): {targets(r)}" for r in runs]
@@ -285,7 +287,19 @@ def main() -> int:
     ap.add_argument("--plot", default="detection_vs_diameter.png", help="plot file name, next to this script")
     ap.add_argument("--work", default=str(ROOT / "out" / "quality"))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--render", action="store_true",
+                    help="rewrite the section from the results this command saved (WORK/SECTION.json), predicting "
+                         "nothing (after a change of the tables' layout)")
     args = ap.parse_args()
+    if args.render:
+        saved = Path(args.work) / f"{args.section}.json"
+        if not saved.is_file():
+            raise SystemExit(f"--render: no saved results at {saved}; run the same command without --render first")
+        runs = json.loads(saved.read_text())
+        text = section(runs, args, args.title)
+        replace_section(args.section, text)
+        print(text)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     runs_spec = args.runs or ("blob=model/lacunes.pt:fast,β=0=benchmarks/models/dicebce.pt:fast,"
