@@ -10,6 +10,7 @@ evaluation reports under --work, the plot next to this file, and the quality sec
     python benchmarks/quality.py                          # blob · fast, β=0 · fast, blob · full (all 20)
     python benchmarks/quality.py --full-subjects 5        # full recipe on the first 5 only (CPU)
     python benchmarks/quality.py --runs before=runs/init/cpu-blob.pt:fast --section quality-before
+    python benchmarks/quality.py --generated --runs x=runs/x.pt:full   # no data folder, no SimpleITK (GPU machines)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import math
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -92,9 +94,52 @@ def stages(predictor) -> list[tuple[str, OperatingPoint, object]]:
     return out
 
 
+@dataclass
+class Case:
+    """One held-out subject: raw images, reference (mean of the raters), and what lies where."""
+
+    subject_id: str
+    image: np.ndarray  # 3×X×Y×Z float32, as read
+    reference: np.ndarray
+    spacing: tuple[float, float, float]
+    geometry: object  # lacunes.io.Geometry, for writing the maps (None: not written)
+    mimics: list | None  # the phantom's lesion record (lesions.json)
+    tissues: np.ndarray | None
+    prediction_name: str = ""
+    uncertainty_name: str = ""
+
+
+def file_case(files) -> Case:
+    subject = read_subject(files.subject_id, files.paths)
+    reference, _ = load_reference(tuple(files.label_paths().values()))
+    sidecar = files.paths["T1"].with_name(f"{files.output_prefix}desc-synthetic_lesions.json")
+    tissues = read_volume(tissue_path(files))[0] if tissue_path(files).is_file() else None
+    return Case(files.subject_id, subject.image, reference, subject.geometry.spacing, subject.geometry,
+                json.loads(sidecar.read_text()) if sidecar.is_file() else None, tissues, files.prediction_name,
+                files.uncertainty_name)
+
+
+def partial_file_case(files):
+    return lambda: file_case(files)
+
+
+def generated_case(index: int) -> Case:
+    """Held-out phantom ``index`` made in memory: the same arrays as its files (no SimpleITK needed)."""
+    from dataclasses import asdict
+
+    from lacunes.synthetic import MODALITIES, generate_phantom
+
+    ph = generate_phantom(HELDOUT_SEED, index)
+    image = np.stack([ph.images[m].astype(np.float32) for m in MODALITIES])
+    reference = np.mean([(ph.rater1 > 0).astype(np.float32), (ph.rater2 > 0).astype(np.float32)], axis=0)
+    mimics = json.loads(json.dumps([asdict(les) for les in ph.lesions]))  # as the sidecar reads back
+    return Case(ph.subject_id, image, reference, ph.spacing, None, mimics, ph.tissues)
+
+
 def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: bool, ablate: bool = False) -> dict:
-    """Predict, write the maps (one uncertainty map per mode with TTA), evaluate and break down; with
-    ``ablate``, also score each inference step on the same network outputs."""
+    """Predict, write the maps (one uncertainty map per mode with TTA; not for generated cases),
+    evaluate and break down; with ``ablate``, also score each inference step on the same network
+    outputs. ``subjects``: callables that return a :class:`Case`."""
     predictor = Predictor.from_checkpoint(model, PRESETS[setting].replace(progress=False))
     if raw:
         predictor.operating_point, predictor.rescorer = RAW, None
@@ -105,43 +150,39 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
     modes = MODES if setting == "full" else MODES[:1]
     results = {m: [] for m in modes}
     rows, seconds, uncertain = [], [], []
-    for files in subjects:
+    for load in subjects:
         t0 = time.time()
-        subject = read_subject(files.subject_id, files.paths)
-        image = repair_nonfinite(subject.image)
+        case = load()
+        sid, reference, spacing, mimics, tissues = case.subject_id, case.reference, case.spacing, case.mimics, case.tissues
+        image = repair_nonfinite(case.image)
         mask = predictor.brain(image)
         normalized = prepare_image(image, predictor.normalization)
         logits = predictor.variant_logits(normalized, mask)  # on the brain's box, as at inference
-        reference, _ = load_reference(tuple(files.label_paths().values()))
-        spacing = subject.geometry.spacing
         for mode in modes:
             prob, unc = (t.cpu().numpy() for t in predictor.maps_from_logits(logits, mode, mask, spacing,
                                                                                         image=normalized))
-            d = work / str(mode)
-            write_volume(prob, subject.geometry, d / files.prediction_name)
-            write_volume(unc, subject.geometry, d / files.uncertainty_name)
+            if case.geometry is not None:
+                d = work / str(mode)
+                write_volume(prob, case.geometry, d / case.prediction_name)
+                write_volume(unc, case.geometry, d / case.uncertainty_name)
             results[mode].append(evaluate_subject(prob.astype(np.float64), reference, spacing,
-                                                  unc.astype(np.float64), files.subject_id))
+                                                  unc.astype(np.float64), sid))
             if mode == modes[0]:
                 inside = mask if mask is not None else (image != 0).any(0)
                 uncertain.append(float((unc[inside] >= 0.5).mean()) if inside.any() else 0.0)
-                sidecar = files.paths["T1"].with_name(f"{files.output_prefix}desc-synthetic_lesions.json")
-                tissues = read_volume(tissue_path(files))[0] if tissue_path(files).is_file() else None
                 brain = mask if mask is not None else (image != 0).any(0)
-                mimics = json.loads(sidecar.read_text()) if sidecar.is_file() else None
                 brain_for_steps = mask if mask is not None else brain_mask(image)
-                rows += classify_predictions(prob, reference, brain, spacing, mimics, tissues, files.subject_id)
+                rows += classify_predictions(prob, reference, brain, spacing, mimics, tissues, sid)
                 raw_prob = torch.sigmoid(logits).mean(0).clamp(0.0, 1.0).float().cpu().numpy()
                 for label, step_op, step_rescorer in steps:
                     p_step = finish_probability(raw_prob, step_op, brain_for_steps, spacing, step_rescorer, normalized)[0]
                     step_results[label].append(evaluate_subject(p_step.astype(np.float64), reference, spacing,
-                                                                subject_id=files.subject_id))
+                                                                subject_id=sid))
                     step_rows[label] += classify_predictions(p_step, reference, brain_for_steps, spacing, mimics,
-                                                             tissues, files.subject_id)
+                                                             tissues, sid)
         seconds.append(time.time() - t0)
         r = results[modes[0]][-1]
-        print(f"  {name} · {setting} {files.subject_id}: {seconds[-1]:.1f} s, TP {r.tp} FP {r.fp} FN {r.fn}",
-              flush=True)
+        print(f"  {name} · {setting} {sid}: {seconds[-1]:.1f} s, TP {r.tp} FP {r.fp} FN {r.fn}", flush=True)
     main = results[modes[0]]
     lesions = [les for r in main for les in r.lesions if les["kind"] == "reference"]
     big = [les for les in lesions if les["diameter_mm"] >= 5]
@@ -219,7 +260,8 @@ def section(runs: list[dict], args, title: str) -> str:
         f"Command: `{shlex.join(['python', 'benchmarks/quality.py', *(a for a in sys.argv[1:] if a != '--render')])}`"
         + f" — {device}, torch "
         f"{torch.__version__}. Held-out set: `lacunes synth --n {args.n} --seed {HELDOUT_SEED} --first-id "
-        f"{HELDOUT_FIRST_ID}` (training used seed 2021, the operating point seed 5151). Reference = mean of the two "
+        f"{HELDOUT_FIRST_ID}`{' (generated in memory)' if getattr(args, 'generated', False) else ''} (training used "
+        "seed 2021, the operating point seed 5151). Reference = mean of the two "
         "raters; centre matching within 5 mm. " + ("Raw maps (no operating point, no brain mask). " if args.raw else
                                                    "Each checkpoint's operating point and the brain mask applied. ")
         + "Median [IQR] over subjects (F1 and Dice over subjects with lacunes); FP = false-positive lesions.",
@@ -287,6 +329,9 @@ def main() -> int:
     ap.add_argument("--plot", default="detection_vs_diameter.png", help="plot file name, next to this script")
     ap.add_argument("--work", default=str(ROOT / "out" / "quality"))
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--generated", action="store_true",
+                    help="generate the held-out subjects in memory instead of reading --heldout (the same arrays; no "
+                         "files, no SimpleITK, maps not written: for machines without them)")
     ap.add_argument("--render", action="store_true",
                     help="rewrite the section from the results this command saved (WORK/SECTION.json), predicting "
                          "nothing (after a change of the tables' layout)")
@@ -305,8 +350,13 @@ def main() -> int:
     runs_spec = args.runs or ("blob=model/lacunes.pt:fast,β=0=benchmarks/models/dicebce.pt:fast,"
                               "blob=model/lacunes.pt:full")
     heldout, work = Path(args.heldout), Path(args.work)
-    ensure_heldout(heldout, args.n)
-    subjects = find_valdo_subjects(heldout)[: args.n]
+    if args.generated:
+        from functools import partial
+
+        subjects = [partial(generated_case, HELDOUT_FIRST_ID + k) for k in range(args.n)]
+    else:
+        ensure_heldout(heldout, args.n)
+        subjects = [partial_file_case(f) for f in find_valdo_subjects(heldout)[: args.n]]
     runs = []
     for name, model, setting, n in parse_runs(runs_spec, args.full_subjects):
         if not model.is_file():
