@@ -39,8 +39,9 @@ def default_model() -> Path:
     return mounted if mounted.is_file() else HERE / "model" / "lacunes.pt"
 
 
-def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resample: bool = False):
-    """An evalutils ``SegmentationAlgorithm`` whose cases are the T1 files of ``input_path``."""
+def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resample: bool = False, checked=None):
+    """An evalutils ``SegmentationAlgorithm`` whose cases are the T1 files of ``input_path``
+    (``checked``: the one subject already read by ``validate_subjects``, or None)."""
     from evalutils import SegmentationAlgorithm
     from evalutils.io import ImageLoader
     from evalutils.validators import UniqueImagesValidator
@@ -79,7 +80,7 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resampl
             files = valdo_subject(Path(case["path"]))
             images = Path(self._output_path)
             run_subject(predictor, files, images / files.prediction_name, images / files.uncertainty_name,
-                        resample=resample)
+                        resample=resample, subject=checked)
             return {
                 "outputs": [{"type": "metaio_image", "filename": [files.prediction_name, files.uncertainty_name]}],
                 "inputs": [{"type": "metaio_image", "filename": [files.paths[m].name for m in ("T1", "T2", "FLAIR")]}],
@@ -97,14 +98,15 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resampl
     return LacuneSegmentation()
 
 
-def run_grand_challenge(predictor, files, output_path: Path, resample: bool = False) -> None:
-    """The one case of a grand-challenge job (``files``: its discovered and checked subject)."""
+def run_grand_challenge(predictor, files, output_path: Path, resample: bool = False, checked=None) -> None:
+    """The one case of a grand-challenge job (``files``: its discovered and checked subject; ``checked``:
+    its images as read by ``validate_subjects``)."""
     from lacunes.layouts import GC_OUTPUT_SLUGS
     from lacunes.runner import run_subject
 
     images = output_path / "images"
     run_subject(predictor, files, images / GC_OUTPUT_SLUGS["prediction"] / "output.mha",
-                images / GC_OUTPUT_SLUGS["uncertainty"] / "output.mha", resample=resample)
+                images / GC_OUTPUT_SLUGS["uncertainty"] / "output.mha", resample=resample, subject=checked)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                                     f"(found: {found})")
         # Every subject's files are read in full and checked before the first prediction is written.
         subjects = [grand_challenge_subject(input_path)] if grand_challenge else find_valdo_subjects(input_path)
-        validate_subjects(subjects, args.resample, progress=not args.no_progress and len(subjects) > 1)
+        checked = validate_subjects(subjects, args.resample, progress=not args.no_progress and len(subjects) > 1)
         for folder in (output_path, output_path / "images"):  # writable before any inference; leftovers removed
             prepare_output_folder(folder)
         model = Path(args.model) if args.model else default_model()
@@ -186,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
                     "lesions >= %g mm³", model, args.preset, predictor.device, predictor.precision,
                     len(predictor.plan.variants), op.threshold, op.min_volume_mm3)
         if grand_challenge:
-            run_grand_challenge(predictor, subjects[0], output_path, args.resample)
+            run_grand_challenge(predictor, subjects[0], output_path, args.resample, checked)
         else:
-            make_valdo_algorithm(predictor, input_path, output_path, args.resample).process()
+            make_valdo_algorithm(predictor, input_path, output_path, args.resample, checked).process()
     except (LacunesInputError, FileNotFoundError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

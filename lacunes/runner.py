@@ -15,7 +15,7 @@ import numpy as np
 
 from lacunes.inference import Predictor
 from lacunes.instances import lesion_table
-from lacunes.io import atomic_output, read_subject, write_volume
+from lacunes.io import Subject, atomic_output, read_subject, write_volume
 from lacunes.layouts import SubjectFiles
 
 logger = logging.getLogger(__name__)
@@ -43,12 +43,15 @@ def write_lesion_table(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, progress: bool = False) -> None:
+def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, progress: bool = False):
     """Read every subject's files in full and check them before anything is written: readable and
     complete (:func:`lacunes.io.read_volume`), on one grid (or resampled onto the T1's) and not empty
     (non-finite voxels are counted by :func:`lacunes.io.read_subject` and repaired at inference). The
     first failure raises :class:`lacunes.io.LacunesInputError` naming the subject, the file where
-    known, and the reason."""
+    known, and the reason.
+
+    Returns the subject read when there is exactly one (a single-subject run passes it on to
+    :func:`run_subject` instead of reading it again), else None (a cohort is not held in memory)."""
     from tqdm import tqdm
 
     from lacunes.io import LacunesInputError
@@ -60,6 +63,7 @@ def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, prog
             raise type(exc)(f"{files.subject_id}: {exc}") from None
         if subject.image.size == 0:
             raise LacunesInputError(f"{files.subject_id}: the images hold no voxel ({files.paths['T1']})")
+    return subject if len(subjects) == 1 else None
 
 
 def run_subject(
@@ -71,15 +75,18 @@ def run_subject(
     write_mask: bool = False,
     write_table: bool = False,
     resample: bool = False,
+    subject: Subject | None = None,
 ) -> SubjectReport:
-    """Read a subject, predict, and write the probability and uncertainty maps on its T1 grid.
+    """Read a subject (unless ``subject``, already read from ``files``, is given), predict, and write the
+    probability and uncertainty maps on its T1 grid.
 
     Extras (binary mask at 0.5, lesion table CSV) go to ``extras_dir``, never next to the contract's
     outputs. Nothing is written when reading or predicting fails. ``resample``: T2/FLAIR on another grid
     are resampled onto the T1's (:func:`lacunes.io.read_subject`).
     """
     t0 = time.time()
-    subject = read_subject(files.subject_id, files.paths, resample)
+    if subject is None or subject.subject_id != files.subject_id:
+        subject = read_subject(files.subject_id, files.paths, resample)
     t1 = time.time()
     probability, uncertainty = predictor.predict(subject)
     t2 = time.time()

@@ -72,6 +72,22 @@ def test_grand_challenge_layout(tmp_path, tiny_checkpoint):
         check_map(files[0], geom)
 
 
+def test_a_single_subject_is_read_once_and_a_cohort_checked_first(tmp_path, tiny_checkpoint, monkeypatch):
+    import lacunes.runner
+
+    reads = []
+    real = lacunes.runner.read_subject
+    monkeypatch.setattr(lacunes.runner, "read_subject", lambda sid, *a, **k: reads.append(sid) or real(sid, *a, **k))
+    write_subject(tmp_path / "one", "sub-001")
+    assert run(tmp_path / "one", tmp_path / "out1", tiny_checkpoint) == 0
+    assert reads == ["sub-001"]  # checked, then predicted from the same read
+    reads.clear()
+    write_subject(tmp_path / "two", "sub-001")
+    write_subject(tmp_path / "two", "sub-002", seed=1)
+    assert run(tmp_path / "two", tmp_path / "out2", tiny_checkpoint) == 0
+    assert reads == ["sub-001", "sub-002", "sub-001", "sub-002"]  # all checked before the first output
+
+
 def test_missing_modality_fails_before_any_output(tmp_path, tiny_checkpoint, caplog):
     write_subject(tmp_path / "in", "sub-001")
     write_subject(tmp_path / "in", "sub-002")
