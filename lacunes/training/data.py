@@ -1,6 +1,8 @@
-"""Training data: VALDO-layout subjects → normalized arrays, labels, instance maps and candidate crop
-centres (computed once, held with the dataset) → crops centred by kind (:mod:`lacunes.training.sampling`)
-→ augmentation (MONAI dictionary transforms: flips, random affine, Gaussian noise)."""
+"""Training data: VALDO-layout subjects (or generated arrays) → normalized arrays, labels, instance maps
+and candidate crop centres (computed once, held with the subject). The training loop cuts and augments
+its batches on the device (:mod:`lacunes.training.pipeline`); :class:`CropDataset` does the same per crop
+with MONAI dictionary transforms on the CPU (flips, random affine, Gaussian noise) and is kept as the
+plain-MONAI baseline of ``benchmarks/training.py``."""
 
 from __future__ import annotations
 
