@@ -22,6 +22,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -117,10 +118,6 @@ def file_case(files) -> Case:
     return Case(files.subject_id, subject.image, reference, subject.geometry.spacing, subject.geometry,
                 json.loads(sidecar.read_text()) if sidecar.is_file() else None, tissues, files.prediction_name,
                 files.uncertainty_name)
-
-
-def partial_file_case(files):
-    return lambda: file_case(files)
 
 
 def generated_case(index: int) -> Case:
@@ -351,12 +348,10 @@ def main() -> int:
                               "blob=model/lacunes.pt:full")
     heldout, work = Path(args.heldout), Path(args.work)
     if args.generated:
-        from functools import partial
-
         subjects = [partial(generated_case, HELDOUT_FIRST_ID + k) for k in range(args.n)]
     else:
         ensure_heldout(heldout, args.n)
-        subjects = [partial_file_case(f) for f in find_valdo_subjects(heldout)[: args.n]]
+        subjects = [partial(file_case, f) for f in find_valdo_subjects(heldout)[: args.n]]
     runs = []
     for name, model, setting, n in parse_runs(runs_spec, args.full_subjects):
         if not model.is_file():

@@ -93,15 +93,20 @@ def find_valdo_t1s(folder: Path) -> list[Path]:
     return t1s
 
 
-def find_valdo_subjects(folder: Path) -> list[SubjectFiles]:
-    """Every subject of a VALDO-layout folder; a subject with a missing modality raises."""
+def require_valdo_t1s(folder: Path) -> list[Path]:
+    """:func:`find_valdo_t1s`, where finding none is an error that lists what the folder holds."""
     t1s = find_valdo_t1s(folder)
     if not t1s:
         listing = ", ".join(sorted(p.name for p in Path(folder).iterdir())[:10])
         raise LacunesInputError(
             f"no sub-*_space-*_desc-masked_T1.nii.gz in {folder} (found: {listing or 'nothing'})"
         )
-    return [valdo_subject(p) for p in t1s]
+    return t1s
+
+
+def find_valdo_subjects(folder: Path) -> list[SubjectFiles]:
+    """Every subject of a VALDO-layout folder; a subject with a missing modality raises."""
+    return [valdo_subject(p) for p in require_valdo_t1s(folder)]
 
 
 #: What a subject id may be: it names output files, so a name, never a path.
@@ -127,10 +132,7 @@ def cohort_items(input_dir: Path | None = None, files: tuple[Path, Path, Path] |
         raise ValueError("give either an input folder (VALDO layout) or the T1, T2 and FLAIR files")
     if files is not None:
         return [explicit_subject(*files, subject_id)]
-    t1s = find_valdo_t1s(Path(input_dir))
-    if not t1s:
-        raise LacunesInputError(f"no sub-*_space-*_desc-masked_T1.nii.gz in {input_dir}")
-    return list(t1s)
+    return require_valdo_t1s(Path(input_dir))
 
 
 def is_grand_challenge_layout(input_dir: Path) -> bool:

@@ -235,6 +235,19 @@ class OperatingPointScore:
 UNCERTAIN_LOGIT_BAND = 2.0
 
 
+def _logit(p: np.ndarray | float) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p / (1 - p))
+
+
+def _share_in_band(logits: np.ndarray, threshold_logits: np.ndarray | float, rejected: np.ndarray | None) -> float:
+    """The share of voxels within :data:`UNCERTAIN_LOGIT_BAND` of their threshold's logit, or rejected."""
+    band = np.abs(logits - threshold_logits) <= UNCERTAIN_LOGIT_BAND
+    if rejected is not None:
+        band |= rejected
+    return float(band.mean()) if band.size else 0.0
+
+
 def uncertain_share(raw: np.ndarray, threshold: np.ndarray | float, mask: np.ndarray | None,
                     rejected: np.ndarray | None = None) -> float:
     """The share of the brain where the default (inverse-logit) uncertainty, centred on ``threshold``
@@ -242,14 +255,12 @@ def uncertain_share(raw: np.ndarray, threshold: np.ndarray | float, mask: np.nda
     the threshold, or a candidate the second stage rejected (uncertainty 1). Without TTA the raw
     probability's logit is the network's; with TTA the predictor uses the variants' mean logit, which
     this approximates."""
-    p = np.clip(raw.astype(np.float64), 1e-12, 1 - 1e-12)
-    t = np.clip(np.asarray(threshold, np.float64), 1e-12, 1 - 1e-12)
-    band = np.abs(np.log(p / (1 - p)) - np.log(t / (1 - t))) <= UNCERTAIN_LOGIT_BAND
-    if rejected is not None:
-        band |= rejected
-    if mask is None:
-        return float(band.mean())
-    return float(band[mask].mean()) if mask.any() else 0.0
+    def inside(a):
+        return a[mask] if mask is not None else np.ravel(a)
+
+    t = np.asarray(threshold)
+    return _share_in_band(_logit(inside(raw)), _logit(inside(t) if t.ndim else t),
+                          None if rejected is None else inside(rejected))
 
 
 def _pool(counts: list[tuple], threshold: float, min_volume_mm3: float, min_score: float | None) -> OperatingPointScore:
@@ -318,9 +329,7 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
             labels, n, feats = candidate_features(masked, image, mask, spacing, rescorer.candidate_threshold)
             cand = (labels, n, rescorer.score(feats) if n else np.zeros(0))
         prepared.append((masked, cand, ref, ReferenceLesions.from_reference(ref, spacing), spacing, mask))
-        inside = masked[mask] if mask is not None else masked.ravel()
-        inside = np.clip(inside.astype(np.float64), 1e-12, 1 - 1e-12)
-        logits_inside.append(np.log(inside / (1 - inside)).astype(np.float32))
+        logits_inside.append(_logit(masked[mask] if mask is not None else masked.ravel()).astype(np.float32))
     if rescorer is not None:
         thresholds = [t for t in thresholds if t >= rescorer.candidate_threshold]
     cuts = list(min_scores) if rescorer is not None else [None]
@@ -335,12 +344,7 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
         rejected_inside = [None if f.rejected is None else (f.rejected[mask] if mask is not None else f.rejected.ravel())
                            for f, (_, _, _, _, _, mask) in zip(finished, prepared)]
         for t in thresholds:
-            shares = []
-            for lg, rej in zip(logits_inside, rejected_inside):
-                band = np.abs(lg - math.log(t / (1 - t))) <= UNCERTAIN_LOGIT_BAND
-                if rej is not None:
-                    band |= rej
-                shares.append(float(band.mean()) if band.size else 0.0)
+            shares = [_share_in_band(lg, math.log(t / (1 - t)), rej) for lg, rej in zip(logits_inside, rejected_inside)]
             share = float(np.mean(shares)) if shares else 0.0
             lesions = []  # per case: centres (mm) and volumes (mm³) of the predicted lesions
             for prob, (_, _, _, _, spacing, _) in zip(staged, prepared):

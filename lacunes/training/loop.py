@@ -205,6 +205,7 @@ def train(
     if config.cpu_amp and dev.type == "cpu" and not cpu_bf16:
         logger.warning("cpu_amp: this CPU has no native bfloat16 (AMX / AVX-512 BF16); training in float32")
 
+    source = None
     try:
         if rank == 0:
             (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
@@ -372,7 +373,7 @@ def train(
             logger.info("done in %.0f s: %s", elapsed, final)
         return final
     finally:
-        if "source" in locals():
+        if source is not None:
             source.close()
         if distributed:
             import torch.distributed as dist

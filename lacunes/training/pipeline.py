@@ -217,8 +217,5 @@ class FolderSource:
                 h.uses += 1
             yield chosen
 
-    def state(self) -> dict:
-        return {}
-
     def close(self) -> None:
         pass
