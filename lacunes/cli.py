@@ -262,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --synthetic: generating processes per training process (default: CPU cores - 1)")
     p.add_argument("--run-dir", required=True, help="run folder (config, log, metrics.csv, progress.png, checkpoints/)")
     p.add_argument("--preset", default="valdo",
-                   help="valdo (the publication), cpu, cpu-hardneg (continues a cpu run: --init-from) or smoke")
+                   help="valdo (the publication), cpu, cpu-hardneg (continues a cpu run: --init-from), "
+                        "gpu-hardneg (continues a calibrated model on a GPU: --init-from) or smoke")
     p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--loss", choices=["blob", "dicebce"], help="dicebce = beta 0, the ablation")

@@ -162,7 +162,18 @@ CPU_HARDNEG = CPU.replace(
     fluid_fraction=0.15, hard_fraction=0.25, mine_every=4, mine_subjects=6, batch_dice=True, cpu_amp=True,
 )
 
-PRESETS = {"valdo": VALDO, "cpu": CPU, "cpu-hardneg": CPU_HARDNEG, "smoke": SMOKE}
+#: Stage 3 of the bundled model, on one GPU: continues the calibrated CPU model (``--init-from``) with the
+#: publication's batches (4 subjects × 2 crops of 192×192×32, bfloat16 autocast), half of the crops on
+#: lesions and the rest on the brain's edge, fluid-like voxels and anywhere in the brain, Dice over the
+#: batch. A 192×192 crop holds a phantom's whole axial plane, so every crop also shows the edge and the
+#: CSF spaces around its centre. Trained on generated phantoms (``--synthetic``); 50 batches an epoch,
+#: the epoch count is what one device session's budget allowed (see training/README.md).
+GPU_HARDNEG = VALDO.replace(
+    name="gpu-hardneg", epochs=16, batches_per_epoch=50, pos_fraction=0.5, edge_fraction=0.15,
+    fluid_fraction=0.15, batch_dice=True,
+)
+
+PRESETS = {"valdo": VALDO, "cpu": CPU, "cpu-hardneg": CPU_HARDNEG, "gpu-hardneg": GPU_HARDNEG, "smoke": SMOKE}
 
 
 def get_preset(name: str) -> TrainConfig:
