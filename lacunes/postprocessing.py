@@ -200,7 +200,7 @@ def remove_small_lesions(probability: np.ndarray, min_volume_mm3: float, spacing
 
 #: The grid searched by :func:`choose_operating_point` (probability thresholds, minimum volumes in mm³,
 #: second-stage score cuts). With a second stage, thresholds under its candidate threshold are skipped.
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 MIN_VOLUMES_MM3 = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 65.0)
 MIN_SCORES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: With a second stage, whose features include the volume, a coarser volume grid.
@@ -222,7 +222,7 @@ class OperatingPointScore:
     fp: int
     fn: int
     fp_per_subject: float
-    dice: float = float("nan")  # median over subjects with lacunes; computed for the chosen point only
+    dice: float = float("nan")  # median over subjects with lacunes; computed for the chosen point and its ties only
     extent_threshold: float | None = None  # hysteresis (searched at the chosen point only)
     uncertain_share: float = float("nan")  # mean over subjects: share of the brain with uncertainty >= 0.5
 
@@ -291,7 +291,9 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
     Each (cut, threshold) map is labelled once; each minimum volume then drops whole lesions, scored
     with the challenge's centre matching (:func:`lacunes.metrics.detection_counts`). Ties (equal F1)
     go to fewer false positives, then to the smaller minimum volume, then to the lower threshold and
-    score cut (the gentler rule). Then, at that point, the extent threshold (``extents`` under the
+    score cut (the gentler rule); among the thresholds that tie with that point on F1 and false positives
+    at its cut and minimum volume, the best median Dice over matched lesions is then taken (ties: the
+    lower threshold). Then, at that point, the extent threshold (``extents`` under the
     chosen threshold, or none) with the best median Dice among those that keep the pooled F1 (ties go
     to the higher one, the smaller change) is chosen.
 
@@ -380,8 +382,17 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
         s.uncertain_share = float(np.mean(shares)) if shares else 0.0
         return s
 
+    # Among the thresholds that tie with the best point on F1 and false positives (same cut and minimum
+    # volume), the best median Dice: a sharp network detects the same lesions over a wide range of
+    # thresholds, and only their extent changes.
+    ties = [s for s in pool if s.min_score == best.min_score and s.min_volume_mm3 == best.min_volume_mm3
+            and s.fp == best.fp and abs(np.nan_to_num(s.f1, nan=-1.0) - np.nan_to_num(best.f1, nan=-1.0)) < 1e-9]
+    for s in tqdm(sorted(ties, key=lambda s: s.threshold), desc="thresholds (Dice)",
+                  disable=not progress or len(ties) < 2):
+        s.dice = score_at(OperatingPoint(s.threshold, s.min_volume_mm3, True)).dice
+        if np.nan_to_num(s.dice, nan=-1.0) > np.nan_to_num(best.dice, nan=-1.0):
+            best = s
     op = OperatingPoint(best.threshold, best.min_volume_mm3, True)
-    best.dice = score_at(op).dice
     chosen = best
     candidates = [e for e in sorted(extents, reverse=True) if e < op.threshold]
     for e in tqdm(candidates, desc="extents", disable=not progress or not candidates):

@@ -121,6 +121,26 @@ def test_the_uncertain_share_is_that_of_the_written_uncertainty_map():
     assert uncertain_share(p, 0.95, mask, rejected) == pytest.approx((3 ** 3 + 1) / mask.sum())
 
 
+def test_among_thresholds_that_detect_alike_the_one_with_the_best_dice_is_chosen():
+    # A sharp network: the lesion's core at 0.99, a rim at 0.9 that the reference does not hold. Both
+    # thresholds find it with no false positive; only 0.95 delineates it.
+    shape = (30, 30, 20)
+    cases = []
+    for _ in range(2):
+        p = np.full(shape, 0.01, np.float32)
+        ref = np.zeros(shape, np.float32)
+        p[8:15, 8:15, 6:13] = 0.9
+        p[10:13, 10:13, 8:11] = 0.99
+        ref[10:13, 10:13, 8:11] = 1.0
+        cases.append((p, None, ref, (1.0, 1.0, 1.0), np.ones(shape, bool)))
+    best, _, scores = choose_operating_point(cases, thresholds=(0.5, 0.95), volumes=(0.0,), extents=(),
+                                             progress=False)
+    assert best.threshold == 0.95
+    by_t = {s.threshold: s for s in scores}
+    assert by_t[0.5].f1 == by_t[0.95].f1 == 1.0 and by_t[0.5].fp == by_t[0.95].fp == 0
+    assert by_t[0.5].dice == pytest.approx(2 * 27 / (27 + 343)) and by_t[0.95].dice == 1.0
+
+
 def test_the_best_operating_point_under_an_uncertainty_budget():
     shape = (40, 40, 20)
     cases = []
