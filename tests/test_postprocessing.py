@@ -71,6 +71,11 @@ def test_operating_point_is_validated_and_round_trips():
     assert OperatingPoint.from_dict(op.to_dict()) == op and op.extent == 0.4 and OperatingPoint(0.8).extent == 0.8
 
 
+def validation_case(p, ref):
+    """One case as :func:`choose_operating_point` takes it: 1 mm voxels, no image, the whole volume brain."""
+    return p, None, ref, (1.0, 1.0, 1.0), np.ones(p.shape, bool)
+
+
 def soft_lesions(shape=(30, 30, 16)):
     """A lesion with a confident core and a softer rim, and a soft region with no core."""
     p = np.full(shape, 0.02, np.float32)
@@ -132,7 +137,7 @@ def test_among_thresholds_that_detect_alike_the_one_with_the_best_dice_is_chosen
         p[8:15, 8:15, 6:13] = 0.9
         p[10:13, 10:13, 8:11] = 0.99
         ref[10:13, 10:13, 8:11] = 1.0
-        cases.append((p, None, ref, (1.0, 1.0, 1.0), np.ones(shape, bool)))
+        cases.append(validation_case(p, ref))
     best, _, scores = choose_operating_point(cases, thresholds=(0.5, 0.95), volumes=(0.0,), extents=(),
                                              progress=False)
     assert best.threshold == 0.95
@@ -150,7 +155,7 @@ def test_the_best_operating_point_under_an_uncertainty_budget():
         ref[5:10, 5:10, 5:10] = ref[25:30, 25:30, 5:10] = 1.0
         p[5:10, 5:10, 5:10] = 0.95  # found at 0.5 and 0.9
         p[25:30, 25:30, 5:10] = 0.6  # found at 0.5 only
-        cases.append((p, None, ref, (1.0, 1.0, 1.0), np.ones(shape, bool)))
+        cases.append(validation_case(p, ref))
     free, _, scores = choose_operating_point(cases, thresholds=(0.5, 0.9), volumes=(0.0,), extents=(),
                                              progress=False)
     assert free.threshold == 0.5
@@ -259,7 +264,7 @@ def test_the_best_operating_point_rejects_what_only_a_low_threshold_or_no_size_f
         p[8:13, 8:13, 8:13] = 0.9  # the lacune: found above 0.8
         p[25:30, 25:30, 5:10] = 0.7  # a mimic: only below 0.7
         p[30 + k:32 + k, 5:7, 15:17] = 0.95  # 8 voxels: a speck
-        cases.append((p, None, ref, (1.0, 1.0, 1.0), np.ones(shape, bool)))
+        cases.append(validation_case(p, ref))
     best, cut, scores = choose_operating_point(cases, thresholds=(0.5, 0.8), volumes=(0.0, 10.0), progress=False)
     assert (best.threshold, best.min_volume_mm3, cut, best.extent_threshold) == (0.8, 10.0, None, None)
     top = {(s.threshold, s.min_volume_mm3): s for s in scores if s.extent_threshold is None}
@@ -274,7 +279,7 @@ def test_the_extent_is_chosen_for_dice_without_losing_detection():
         ref = np.zeros(p.shape, np.float32)
         ref[4:11, 4:11, 4:11] = 1.0  # the whole lesion, rim included
         p[22:26, 2:6, 10:14] = 0.9  # a mimic: kept out by a threshold above 0.9
-        cases.append((p, None, ref, (1.0, 1.0, 1.0), np.ones(p.shape, bool)))
+        cases.append(validation_case(p, ref))
     best, _, scores = choose_operating_point(cases, thresholds=(0.5, 0.95), volumes=(0.0,), progress=False)
     assert best.threshold == 0.95 and best.extent_threshold == 0.7  # the highest extent that takes the rim
     by_extent = {s.extent_threshold: s for s in scores if s.threshold == 0.95}
