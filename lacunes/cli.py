@@ -62,6 +62,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             changes[name] = getattr(args, name)
     if args.roi is not None:
         changes["roi_size"] = tuple(args.roi)
+    if args.no_conform:
+        changes["conform"] = False
     settings = PRESETS[args.preset].replace(**changes)
     shard_i, shard_n = parse_shard(args.shard)
 
@@ -215,6 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resample", action="store_true",
                    help="resample T2 and FLAIR onto the T1's grid (linear) when they are on another grid but cover "
                         "the same physical space (registered, not resampled); outputs are on the T1's grid")
+    p.add_argument("--no-conform", action="store_true",
+                   help="give the network the arrays as stored (default: each subject is reoriented to the model's "
+                        "array order and resampled to its voxel size, and the maps brought back onto its grid)")
     p.add_argument("--shard", default="1/1", help="i/N: process every N-th subject starting at the i-th")
     p.add_argument("--overwrite", action="store_true", help="redo subjects whose outputs exist")
     p.add_argument("--mask", action="store_true", help="also write a binary mask (extras folder)")

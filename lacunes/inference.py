@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from lacunes.conform import ModelSpace
+from lacunes.conform import plan as conform_plan
 from lacunes.device import resolve_device
 from lacunes.io import Subject
 from lacunes.postprocessing import OperatingPoint, finish_probability
@@ -99,6 +101,10 @@ class InferenceSettings:
             the network's instance-normalization statistics (both presets).
         seed: seeds the TTA noise.
         progress: tqdm progress bar over windows.
+        conform: bring a subject to the model's space first (:mod:`lacunes.conform`: the orientation
+            and voxel size recorded in the checkpoint, 1 mm and the phantoms' array order when it records
+            none) and the maps back onto the subject's own grid. Off: the arrays go to the network as
+            stored (how the pipeline ran before; for comparisons).
         brain_only: compute only where the brain is, when a brain mask is known (the operating point
             masks): the volume is cropped to the brain's bounding box (plus :data:`CROP_MARGIN`
             voxels) and windows holding no brain voxel are not run. Both change nothing inside the brain
@@ -122,6 +128,7 @@ class InferenceSettings:
     seed: int = 0
     progress: bool = True
     brain_only: bool = True
+    conform: bool = True
 
     def __post_init__(self) -> None:
         if len(self.roi_size) != 3 or any(int(s) < 16 for s in self.roi_size):
@@ -259,6 +266,8 @@ class Predictor:
         operating_point: threshold, minimum lesion size and brain mask applied to the maps (see
             :mod:`lacunes.postprocessing`); :meth:`from_checkpoint` reads the checkpoint's.
         rescorer: the second stage (:class:`lacunes.rescoring.Rescorer`), or None.
+        model_space: the orientation and voxel size the network was trained in (subjects are conformed
+            to it, :mod:`lacunes.conform`); :meth:`from_checkpoint` reads the checkpoint's.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("model/lacunes.pt", FAST)
@@ -273,8 +282,10 @@ class Predictor:
         metadata: dict | None = None,
         operating_point: OperatingPoint = OperatingPoint(),
         rescorer=None,
+        model_space: ModelSpace = ModelSpace(),
     ) -> None:
         self.settings = settings
+        self.model_space = model_space
         self.operating_point = operating_point
         self.rescorer = rescorer
         self.normalization = normalization
@@ -311,7 +322,8 @@ class Predictor:
         if rescorer is not None and op.threshold < rescorer.candidate_threshold:
             logger.warning("threshold %g is under the second stage's candidate threshold %g: voxels between the "
                            "two are not re-scored", op.threshold, rescorer.candidate_threshold)
-        predictor = cls(network, settings, normalization, metadata, op, rescorer)
+        predictor = cls(network, settings, normalization, metadata, op, rescorer,
+                        ModelSpace.from_dict(metadata.get("model_space")))
         predictor.checkpoint = Path(path)
         return predictor
 
@@ -511,18 +523,28 @@ class Predictor:
         return out
 
     def predict(self, subject: Subject | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probability and uncertainty maps of a subject (or a raw ``3×X×Y×Z`` array).
+        """Probability and uncertainty maps of a subject (or a raw ``3×X×Y×Z`` array, taken as already in
+        the model's space).
 
-        Non-finite input voxels are repaired first (see :func:`lacunes.preprocessing.repair_nonfinite`),
-        then each channel is quantile-normalized. Both outputs are float32 (x, y, z) in [0, 1], with the
-        operating point applied: 0 outside the brain (:func:`lacunes.preprocessing.brain_mask`).
+        Non-finite input voxels are repaired first (see :func:`lacunes.preprocessing.repair_nonfinite`);
+        a subject is then conformed to the model's space (``settings.conform``, :mod:`lacunes.conform`);
+        each channel is quantile-normalized. Both outputs are float32 (x, y, z) in [0, 1] on the subject's
+        own grid, with the operating point applied: 0 outside the brain
+        (:func:`lacunes.preprocessing.brain_mask`).
         """
         image = subject.image if isinstance(subject, Subject) else np.asarray(subject, dtype=np.float32)
         spacing = subject.geometry.spacing if isinstance(subject, Subject) else (1.0, 1.0, 1.0)
         counts = count_nonfinite(image)
         if any(counts):
             logger.warning("repairing non-finite input voxels per channel: %s", counts)
-        image = repair_nonfinite(image)
+        image = native = repair_nonfinite(image)
+        conform = None
+        if isinstance(subject, Subject) and self.settings.conform:
+            conform = conform_plan(subject.geometry, self.model_space)
+            if not conform.identity:
+                logger.info("%s: to the model's space: %s", subject.subject_id, conform.describe())
+                image = conform.to_model(image)
+                spacing = conform.model.spacing
         for name, channel in zip(("T1", "T2", "FLAIR"), image):
             if channel.size and channel.min() == channel.max():
                 logger.warning("%s is constant (%g everywhere): it carries no information",
@@ -530,7 +552,17 @@ class Predictor:
         mask = self.brain(image)
         if mask is not None and not mask.any():
             logger.warning("the input holds no brain (all channels zero or constant): no lesion can be found")
-        return self.predict_normalized(prepare_image(image, self.normalization), mask, spacing)
+        prob, unc = self.predict_normalized(prepare_image(image, self.normalization), mask, spacing)
+        if conform is None or conform.identity:
+            return prob, unc
+        self.last_stats["conform"] = conform.to_dict()
+        prob, unc = conform.probability_to_native(prob), conform.to_native(unc)
+        if conform.resampled:  # interpolation keeps [0, 1]; 0 outside the brain on the input's own grid
+            inside = self.brain(native)
+            if inside is not None:
+                prob, unc = np.where(inside, prob, 0.0), np.where(inside, unc, 0.0)
+            prob, unc = np.clip(prob, 0.0, 1.0).astype(np.float32), np.clip(unc, 0.0, 1.0).astype(np.float32)
+        return prob, unc
 
     def brain(self, image: np.ndarray) -> np.ndarray | None:
         """The brain mask of a raw ``3×X×Y×Z`` image, or None when the operating point does not mask."""

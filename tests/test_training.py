@@ -125,7 +125,13 @@ def test_training_data_checks_name_the_file(tmp_path):
     images, label, geom = write_subject(tmp_path, "sub-001")
     cfg = get_preset("smoke")
     subjects = load_training_set(tmp_path, cfg, progress=False)
-    assert subjects[0].n_instances == 1 and subjects[0].image.shape == (3, *geom.shape)
+    # conformed to the model's space as inference does: the fixture's 1.1×0.9×1.5 mm, axes swapped, → 1 mm
+    from lacunes.conform import plan
+
+    model = plan(geom).model
+    assert subjects[0].n_instances == 1 and subjects[0].image.shape == (3, *model.shape)
+    assert subjects[0].label.shape == (1, *model.shape)
+    assert abs(subjects[0].label.sum() - label.sum() * geom.voxel_volume) < 0.1 * label.sum() * geom.voxel_volume
     bad = label.astype(np.float32)
     bad[0, 0, 0] = np.nan
     write_volume(bad, geom, tmp_path / "sub-001_space-T1_desc-Rater1_Lacunes.mha")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lacunes.conform import ModelSpace, plan
 from lacunes.instances import label_instances
 from lacunes.io import check_same_grid, read_subject, read_volume
 from lacunes.layouts import SubjectFiles, find_valdo_subjects
@@ -50,7 +51,8 @@ def combine_raters(raters: list[np.ndarray], mode: LabelMode) -> np.ndarray:
 
 
 def load_training_subject(files: SubjectFiles, config: TrainConfig) -> TrainingSubject:
-    """Read, check (finite values, same grid), normalize and label one subject.
+    """Read, check (finite values, same grid), conform to the model's space (1 mm, the phantoms' array
+    order: :mod:`lacunes.conform`, as inference does), normalize and label one subject.
 
     Raises:
         MissingLabelError: no ``Rater1``/``Rater2`` file (or only Rater2 with ``label_mode=rater1``).
@@ -72,7 +74,12 @@ def load_training_subject(files: SubjectFiles, config: TrainConfig) -> TrainingS
         raters.append(arr)
         geoms[path] = geom
     check_same_grid(geoms)
-    return training_subject_from_arrays(files.subject_id, subject.image, raters, subject.geometry.spacing, config)
+    conform = plan(subject.geometry, ModelSpace())  # trained where inference conforms to (lacunes.conform)
+    if not conform.identity:
+        logger.info("%s: to the model's space: %s", files.subject_id, conform.describe())
+    image = conform.to_model(subject.image) if not conform.identity else subject.image
+    raters = [conform.mask_to_model(r) for r in raters] if not conform.identity else raters
+    return training_subject_from_arrays(files.subject_id, image, raters, conform.model.spacing, config)
 
 
 def training_subject_from_arrays(subject_id: str, image: np.ndarray, raters: list[np.ndarray],

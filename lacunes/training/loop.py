@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lacunes.checkpoint import read_checkpoint, save_checkpoint, sha256_of
+from lacunes.conform import ModelSpace
 from lacunes.device import resolve_device
 from lacunes.losses import BlobLoss, DiceBCELoss
 from lacunes.network import build_network
@@ -271,6 +272,7 @@ def train(
             "data": data_provenance or (
                 {"folder": str(data_dir), "subjects": [s.subject_id for s in source.subjects]} if generated is None
                 else {"generated": generated.to_dict()}),
+            "model_space": ModelSpace().to_dict(),  # where the training subjects are (lacunes.conform)
             "init_from": ({"path": str(config.init_from), "sha256": sha256_of(config.init_from)}
                           if config.init_from else None),
             "hardware": {"device": str(dev.type), "world_size": world, "cpu_bf16": cpu_bf16,
