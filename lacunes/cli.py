@@ -128,10 +128,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from lacunes.synthetic import generate_dataset
+    from lacunes.synthetic import AcquisitionConfig, SynthConfig, generate_dataset
 
+    config = SynthConfig(acquisition=AcquisitionConfig()) if args.acquisitions else None
     ids = generate_dataset(Path(args.out), args.n, args.seed, first_id=args.first_id, preview=args.preview,
-                           progress=not args.no_progress)
+                           config=config, progress=not args.no_progress)
     print(f"wrote {len(ids)} subject(s) to {args.out}: {ids[0]} … {ids[-1]}")
     return 0
 
@@ -167,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         try:
             generated = GeneratedData(args.synthetic, seed=2021 if args.seed is None else args.seed,
-                                      uses=args.subject_uses, workers=args.workers)
+                                      uses=args.subject_uses, workers=args.workers, acquisitions=args.acquisitions)
         except ValueError as exc:
             raise SystemExit(f"lacunes train --synthetic: {exc}") from None
         provenance = {"generated": generated.to_dict()}
@@ -252,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0); a subject depends on seed and id")
     p.add_argument("--first-id", type=int, default=1, help="number of the first subject (sub-001 by default)")
     p.add_argument("--preview", action="store_true", help="also write a PNG of orthogonal slices per subject")
+    p.add_argument("--acquisitions", action="store_true",
+                   help="randomize each subject's acquisition (voxel size, thick-slice T2/FLAIR, contrasts, bias, "
+                        "noise), conformed back to 1 mm as inference does; the labels stay exact")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_synth)
 
@@ -265,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "newer one replaces it, so that training never waits for the generator)")
     p.add_argument("--workers", type=int,
                    help="with --synthetic: generating processes per training process (default: CPU cores - 1)")
+    p.add_argument("--acquisitions", action="store_true",
+                   help="with --synthetic: randomize each phantom's acquisition (voxel size 0.7-1.5 mm, thick-slice "
+                        "T2/FLAIR, contrasts, bias, noise), conformed to 1 mm as inference does")
     p.add_argument("--run-dir", required=True, help="run folder (config, log, metrics.csv, progress.png, checkpoints/)")
     p.add_argument("--preset", default="valdo",
                    help="valdo (the publication), cpu, cpu-hardneg (continues a cpu run: --init-from), "

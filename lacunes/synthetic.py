@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -45,6 +45,44 @@ class ContrastTable:
 
 
 @dataclass(frozen=True)
+class AcquisitionConfig:
+    """How a phantom's acquisition is randomized (``SynthConfig.acquisition``), the way real scans differ.
+
+    Each choice is drawn per subject from a stream of its own (``[seed, index, 1]``), so a phantom's
+    anatomy and lesions are those of the same phantom without randomization. The images are rendered at
+    1 mm as usual, then "acquired": blurred by the acquired voxel's profile (a Gaussian whose FWHM is
+    the voxel size), sampled on the acquisition grid, and brought back to the 1 mm grid exactly as
+    inference conforms a scan (:mod:`lacunes.conform`: linear). Labels stay on the 1 mm grid: the
+    network learns the true extent from blurred images.
+
+    Attributes:
+        p_resolution: share of subjects acquired at another voxel size (all three modalities, isotropic).
+        voxel_mm: range of that voxel size.
+        p_thick: share of subjects whose T2 and FLAIR are thick-slice (registered to the T1 and resampled
+            onto its grid, as ``--resample`` does).
+        slice_mm: range of their slice thickness.
+        slice_axis_weights: probability of each array axis being the slice axis (z mostly).
+        p_contrast: share of subjects with other tissue contrasts.
+        contrast_spread: tissue means multiplied by a factor in [1 - spread, 1 + spread] (per tissue and
+            modality), then the tissue order enforced (a monotone reordering).
+        gamma: range of a monotone intensity curve ``x ** gamma`` (log-uniform) applied per modality.
+        bias_strength: range of the bias field's strength (the default generator uses 0.12).
+        noise: range of the noise sigma relative to white matter (one value per subject).
+    """
+
+    p_resolution: float = 0.6
+    voxel_mm: tuple[float, float] = (0.7, 1.5)
+    p_thick: float = 0.4
+    slice_mm: tuple[float, float] = (2.0, 5.0)
+    slice_axis_weights: tuple[float, float, float] = (0.15, 0.15, 0.7)
+    p_contrast: float = 0.7
+    contrast_spread: float = 0.2
+    gamma: tuple[float, float] = (0.7, 1.4)
+    bias_strength: tuple[float, float] = (0.04, 0.3)
+    noise: tuple[float, float] = (0.01, 0.07)
+
+
+@dataclass(frozen=True)
 class SynthConfig:
     """Parameters of the phantom generator (defaults are the documented ones).
 
@@ -64,6 +102,8 @@ class SynthConfig:
         p_rater2_miss_small: probability that rater 2 misses a lacune under 5 mm.
         p_rater2_border: probability that rater 2 draws a lacune one voxel wider or narrower.
         intensity_scale: stored value of T1 white matter (files are int16).
+        acquisition: randomize the acquisition (:class:`AcquisitionConfig`); None = every phantom at
+            1 mm with the default contrasts (the held-out benchmark and the sample case).
     """
 
     p_no_lacune: float = 0.3
@@ -84,6 +124,7 @@ class SynthConfig:
     p_rater2_border: float = 0.4
     intensity_scale: float = 800.0
     contrasts: ContrastTable = field(default_factory=ContrastTable)
+    acquisition: AcquisitionConfig | None = None
 
     def __post_init__(self) -> None:
         lo, hi = self.lacune_diameter_mm
@@ -119,6 +160,7 @@ class Phantom:
     tissues: np.ndarray | None = None
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    acquisition: dict | None = None  # what was drawn (AcquisitionConfig), None when not randomized
 
     @property
     def lacunes(self) -> list[Lesion]:
@@ -321,6 +363,10 @@ def generate_phantom(seed: int, index: int = 1, config: SynthConfig | None = Non
         A :class:`Phantom` with int16 images (x, y, z) at 1 mm and uint8 rater masks.
     """
     cfg = config or SynthConfig()
+    drawn = None
+    if cfg.acquisition is not None:  # its own stream: anatomy and lesions stay those of the plain phantom
+        acq_rng = np.random.default_rng([seed, index, 1])
+        cfg, drawn = _draw_acquisition(acq_rng, cfg)
     rng = np.random.default_rng([seed, index])
     tpl = load_template()
     anat = _deform_anatomy(rng, cfg, tpl)
@@ -407,7 +453,81 @@ def generate_phantom(seed: int, index: int = 1, config: SynthConfig | None = Non
     images = _render(rng, cfg, anat, lacune_frac, rim_frac, pvs_frac, wmh_frac)
     sid = subject_id or f"sub-{index:03d}"
     tissues = np.where(anat["mask"], 1 + np.argmax(np.stack([anat["csf"], anat["gm"], anat["wm"]]), axis=0), 0)
-    return Phantom(sid, images, rater1, rater2, lesions, tissues.astype(np.uint8))
+    if drawn is not None:
+        images = _acquire(images, drawn)
+    return Phantom(sid, images, rater1, rater2, lesions, tissues.astype(np.uint8), acquisition=drawn)
+
+
+#: Tissue order each modality keeps whatever contrast is drawn (darkest first).
+_TISSUE_ORDER = {"T1": ("csf", "gm", "wm"), "T2": ("wm", "gm", "csf"), "FLAIR": ("csf", "wm", "gm")}
+
+
+def _draw_acquisition(rng: np.random.Generator, cfg: SynthConfig) -> tuple[SynthConfig, dict]:
+    """Draw one subject's acquisition (:class:`AcquisitionConfig`): the generator's settings for its
+    contrasts, bias and noise, and what :func:`_acquire` does to the rendered images."""
+    acq = cfg.acquisition
+    drawn: dict = {"voxel_mm": 1.0, "thick": None, "gamma": {m: 1.0 for m in MODALITIES}}
+    if rng.random() < acq.p_resolution:
+        drawn["voxel_mm"] = float(rng.uniform(*acq.voxel_mm))
+    if rng.random() < acq.p_thick:
+        axis = int(rng.choice(3, p=np.asarray(acq.slice_axis_weights) / sum(acq.slice_axis_weights)))
+        drawn["thick"] = {"axis": axis, "mm": float(rng.uniform(*acq.slice_mm))}
+    contrasts = cfg.contrasts
+    if rng.random() < acq.p_contrast:
+        tables = {}
+        for m in MODALITIES:
+            table = {k: v * float(rng.uniform(1 - acq.contrast_spread, 1 + acq.contrast_spread))
+                     for k, v in getattr(contrasts, m).items()}
+            order = _TISSUE_ORDER[m]
+            for k, v in zip(order, sorted(table[t] for t in order)):  # keep the tissue order
+                table[k] = v
+            tables[m] = table
+            drawn["gamma"][m] = float(np.exp(rng.uniform(np.log(acq.gamma[0]), np.log(acq.gamma[1]))))
+        contrasts = ContrastTable(**tables)
+        drawn["contrasts"] = tables
+    bias = float(rng.uniform(*acq.bias_strength))
+    noise = float(rng.uniform(*acq.noise))
+    drawn.update(bias_strength=bias, noise=noise)
+    return replace(cfg, contrasts=contrasts, bias_strength=bias, noise_range=(noise, noise)), drawn
+
+
+def acquisition_grids(shape: tuple[int, int, int], drawn: dict, modality: str):
+    """The 1 mm grid, the modality's acquisition grid and the T1's grid of a drawn acquisition."""
+    from lacunes.conform import grid_with_spacing
+    from lacunes.io import Geometry
+
+    native = Geometry(shape=tuple(shape))
+    t1 = grid_with_spacing(native, (drawn["voxel_mm"],) * 3)
+    voxel = [drawn["voxel_mm"]] * 3
+    if drawn["thick"] is not None and modality != "T1":
+        voxel[drawn["thick"]["axis"]] = max(voxel[drawn["thick"]["axis"]], drawn["thick"]["mm"])
+    return native, grid_with_spacing(native, voxel), t1
+
+
+def _acquire(images: dict[str, np.ndarray], drawn: dict) -> dict[str, np.ndarray]:
+    """The rendered 1 mm images as acquired (:class:`AcquisitionConfig`), back on the 1 mm grid."""
+    from lacunes.conform import resample_axis_aligned
+
+    out = {}
+    for m, img in images.items():
+        native, acquired, t1 = acquisition_grids(img.shape, drawn, m)
+        x = img.astype(np.float32)
+        gamma = drawn["gamma"][m]
+        if gamma != 1.0:  # a monotone intensity curve, anchored at the brain's bright end
+            top = float(np.percentile(x[x > 0], 99)) if (x > 0).any() else 1.0
+            x = top * (x / top) ** gamma
+        fwhm = np.asarray(acquired.spacing)
+        sigma = np.sqrt(np.maximum(fwhm**2 - 1.0, 0.0)) / 2.3548
+        if sigma.any():
+            x = ndi.gaussian_filter(x, sigma)
+        if acquired != native:
+            x = resample_axis_aligned(x, native, acquired)
+            if acquired != t1:  # T2/FLAIR resampled onto the T1's grid (--resample)
+                x = resample_axis_aligned(x, acquired, t1)
+            if t1 != native:  # the subject conformed to the model's 1 mm grid
+                x = resample_axis_aligned(x, t1, native)
+        out[m] = np.round(x).clip(0, 32767).astype(np.int16)
+    return out
 
 
 def _render(

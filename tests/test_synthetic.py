@@ -111,3 +111,35 @@ def test_tissue_model_is_written_and_lesions_sit_in_tissue(phantom, tmp_path):
     tissues, _ = read_volume(tmp_path / f"{phantom.subject_id}_space-T1_desc-synthetic_tissues.nii.gz")
     np.testing.assert_array_equal(tissues, phantom.tissues)
     assert (phantom.tissues[phantom.rater1 > 0] >= 2).all()  # lacunes are placed in GM or WM
+
+
+def test_randomized_acquisitions_keep_the_anatomy_and_labels_and_vary_the_images(phantom):
+    from lacunes.synthetic import AcquisitionConfig, acquisition_grids
+
+    thick = AcquisitionConfig(p_resolution=1.0, voxel_mm=(1.4, 1.4), p_thick=1.0, slice_mm=(4.0, 4.0),
+                              slice_axis_weights=(0.0, 0.0, 1.0), p_contrast=1.0)
+    acquired = generate_phantom(seed=5, index=3, config=SynthConfig(acquisition=thick))
+    np.testing.assert_array_equal(acquired.rater1, phantom.rater1)  # labels exact, on the 1 mm grid
+    assert [les.centre_vox for les in acquired.lesions] == [les.centre_vox for les in phantom.lesions]
+    drawn = acquired.acquisition
+    assert drawn["voxel_mm"] == 1.4 and drawn["thick"] == {"axis": 2, "mm": 4.0} and "contrasts" in drawn
+    for name in acquired.images:
+        assert acquired.images[name].shape == phantom.images[name].shape
+        assert acquired.images[name].dtype == np.int16
+
+    def roughness(img, axis):  # mean squared difference of neighbours along an axis, inside the brain
+        x = img.astype(np.float32)
+        d = np.diff(x, axis=axis)
+        inside = np.diff((x > 0).astype(np.int8), axis=axis) == 0
+        return float((d[inside] ** 2).mean())
+
+    # the 4 mm slices blur FLAIR along z far more than in-plane; the T1 (1.4 mm isotropic) is not thick
+    flair = acquired.images["FLAIR"]
+    assert roughness(flair, 2) < 0.5 * roughness(flair, 0)
+    assert roughness(acquired.images["T1"], 2) > 0.5 * roughness(acquired.images["T1"], 0)
+    assert roughness(flair, 0) < roughness(phantom.images["FLAIR"], 0)  # 1.4 mm voxels: blurred in-plane too
+    native, grid, t1 = acquisition_grids(flair.shape, drawn, "FLAIR")
+    assert grid.spacing == (1.4, 1.4, 4.0) and t1.spacing == (1.4, 1.4, 1.4) and native.spacing == (1.0, 1.0, 1.0)
+    # another index draws another acquisition; the default generator draws none
+    assert generate_phantom(seed=5, index=4, config=SynthConfig(acquisition=AcquisitionConfig())).acquisition != drawn
+    assert phantom.acquisition is None

@@ -54,6 +54,9 @@ class GeneratedData:
         workers: generating processes of each training process (default: the CPU cores less one, at least 1;
             under DDP, divide the cores among the training processes).
         first_index: index of the first phantom.
+        acquisitions: randomize each phantom's acquisition (voxel size, thick-slice T2/FLAIR, contrast,
+            bias, noise: :class:`lacunes.synthetic.AcquisitionConfig`), then conform it to 1 mm as
+            inference does.
     """
 
     size: int
@@ -61,6 +64,7 @@ class GeneratedData:
     uses: int = 1
     workers: int | None = None
     first_index: int = 1
+    acquisitions: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -78,6 +82,14 @@ class GeneratedData:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def synth_config(self):
+        """The generator's parameters (None = :class:`lacunes.synthetic.SynthConfig`'s defaults)."""
+        if not self.acquisitions:
+            return None
+        from lacunes.synthetic import AcquisitionConfig, SynthConfig
+
+        return SynthConfig(acquisition=AcquisitionConfig())
 
 
 def generated_subject(seed: int, index: int, config: TrainConfig, synth=None) -> TrainingSubject:
@@ -111,7 +123,8 @@ class GeneratedSource:
             raise ValueError(f"a pool of {data.size} subject(s) cannot fill a batch of {config.batch_size}")
         self.data, self.config, self.device = data, config, torch.device(device)
         self.batches_per_epoch = batches_per_epoch
-        self.rank, self.world, self.synth, self.maker = rank, world, synth, maker
+        self.rank, self.world, self.maker = rank, world, maker
+        self.synth = synth if synth is not None else data.synth_config()
         self.next_k = start  # next phantom to ask for (its index: first_index + rank + world·k)
         self.received = 0
         self.held: list[HeldSubject] = []
