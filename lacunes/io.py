@@ -30,6 +30,10 @@ SPACING_RTOL = 1e-3
 #: Origin difference in mm and direction-cosine difference beyond which a warning is logged.
 ORIGIN_ATOL_MM = 1e-2
 DIRECTION_ATOL = 1e-3
+#: Beyond these, images that must share a grid are refused (the same index is elsewhere in the scanner):
+#: an origin difference over half the smallest voxel, a direction cosine off by more than 0.01 (~0.6°).
+ORIGIN_ERROR_VOXELS = 0.5
+DIRECTION_ERROR = 1e-2
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -231,8 +235,9 @@ def resample_to(array: np.ndarray, geom: Geometry, target: Geometry) -> np.ndarr
 
 
 def check_same_grid(geometries: dict[Path, Geometry], hint: str = "") -> None:
-    """Shape or spacing differences are errors naming the files (``hint`` appended); origin/direction
-    ones warnings."""
+    """Shape or spacing differences, an origin shifted by more than half a voxel or another direction
+    (a misregistered or mirrored modality) are errors naming the files (``hint`` appended); smaller
+    origin or direction differences (header rounding) warnings."""
     items = list(geometries.items())
     ref_path, ref = items[0]
     for path, geom in items[1:]:
@@ -244,11 +249,21 @@ def check_same_grid(geometries: dict[Path, Geometry], hint: str = "") -> None:
             raise GeometryMismatchError(
                 f"spacing mismatch: {ref_path.name} has {ref.spacing}, {path.name} has {geom.spacing}{hint}"
             )
-        if not np.allclose(geom.origin, ref.origin, atol=ORIGIN_ATOL_MM, rtol=0):
-            logger.warning("origin differs: %s %s vs %s %s (using the first)", ref_path.name,
-                           ref.origin, path.name, geom.origin)
-        if not np.allclose(geom.direction, ref.direction, atol=DIRECTION_ATOL, rtol=0):
-            logger.warning("direction differs: %s vs %s (using the first)", ref_path.name, path.name)
+        shift = float(np.abs(np.subtract(geom.origin, ref.origin)).max())
+        turn = float(np.abs(np.subtract(geom.direction, ref.direction)).max())
+        if shift > ORIGIN_ERROR_VOXELS * min(ref.spacing) or turn > DIRECTION_ERROR:
+            # the same voxel index is another place in the scanner: mixing them voxel by voxel is wrong
+            raise GeometryMismatchError(
+                f"{path.name} is not on the grid of {ref_path.name}: "
+                + (f"origin {tuple(round(v, 3) for v in geom.origin)} vs {tuple(round(v, 3) for v in ref.origin)} "
+                   f"({shift:.2f} mm apart)" if shift > ORIGIN_ERROR_VOXELS * min(ref.spacing) else
+                   f"direction {tuple(round(v, 3) for v in geom.direction)} vs "
+                   f"{tuple(round(v, 3) for v in ref.direction)}") + hint)
+        if shift > ORIGIN_ATOL_MM:
+            logger.warning("origin differs: %s %s vs %s %s (%.3f mm, under half a voxel: using the first)",
+                           ref_path.name, ref.origin, path.name, geom.origin, shift)
+        if turn > DIRECTION_ATOL:
+            logger.warning("direction differs slightly: %s vs %s (using the first)", ref_path.name, path.name)
 
 
 def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample: bool = False) -> Subject:

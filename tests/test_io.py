@@ -71,14 +71,41 @@ def test_spacing_mismatch_is_an_error(tmp_path):
         read_subject("sub-001", p)
 
 
-def test_origin_difference_is_a_warning(tmp_path, caplog):
+def test_a_small_origin_difference_is_a_warning(tmp_path, caplog):
     images, _, geom = write_subject(tmp_path)
     p = paths(tmp_path)
-    write_volume(images["T2"], Geometry(geom.shape, SPACING, (0.0, 0.0, 0.0), DIRECTION), p["T2"])
+    write_volume(images["T2"], Geometry(geom.shape, SPACING, tuple(o + 0.2 for o in ORIGIN), DIRECTION), p["T2"])
     with caplog.at_level(logging.WARNING):
         s = read_subject("sub-001", p)
     assert "origin differs" in caplog.text
     assert s.geometry.origin == pytest.approx(ORIGIN)
+
+
+@pytest.mark.parametrize("change", ["shifted", "mirrored"])
+def test_a_misregistered_modality_is_refused_unless_resampled(tmp_path, change):
+    """A FLAIR shifted by a voxel with a matching origin, or stored mirrored with a matching direction,
+    lies elsewhere in the scanner than its array suggests: refused with the flag named; with --resample
+    it is brought onto the T1's grid, where it matches the T1's array again."""
+    images, _, geom = write_subject(tmp_path)
+    p = paths(tmp_path)
+    d = np.asarray(DIRECTION).reshape(3, 3)
+    if change == "shifted":
+        flair = np.zeros_like(images["FLAIR"])
+        flair[1:] = images["FLAIR"][:-1]  # the content moves a voxel along x ...
+        origin = tuple(np.asarray(ORIGIN) - d[:, 0] * SPACING[0])  # ... and the origin a voxel back
+        other = Geometry(geom.shape, SPACING, origin, DIRECTION)
+    else:
+        flair = images["FLAIR"][::-1].copy()
+        direction = d.copy()
+        direction[:, 0] *= -1
+        origin = tuple(np.asarray(ORIGIN) + d[:, 0] * SPACING[0] * (geom.shape[0] - 1))
+        other = Geometry(geom.shape, SPACING, origin, tuple(direction.ravel()))
+    write_volume(flair, other, p["FLAIR"])
+    with pytest.raises(GeometryMismatchError, match="not on the grid of .*--resample"):
+        read_subject("sub-001", p)
+    s = read_subject("sub-001", p, resample=True)
+    inner = (slice(0, -1), slice(None), slice(None)) if change == "shifted" else (slice(None),) * 3
+    np.testing.assert_allclose(s.image[2][inner], images["FLAIR"][inner], atol=1e-3)
 
 
 def test_4d_and_unreadable_files_are_clear_errors(tmp_path):
