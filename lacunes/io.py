@@ -327,8 +327,11 @@ def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply_to(image)
 
 
-#: Names :func:`atomic_output` gives its temporary files (``.<final name>.<8 random characters><suffix>``).
-_TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.nii\.gz|\.[A-Za-z0-9]+)$")
+#: Marks the temporary files :func:`atomic_output` writes (``.<final name>.lacunes-tmp.<8 random
+#: characters><suffix>``), so that the clean-up of a killed run's leftovers never matches a user's own
+#: hidden files (``.results.20231130.csv`` looks like a name with 8 random characters).
+TEMPORARY_MARK = ".lacunes-tmp."
+_TEMPORARY = re.compile(r"^\..+" + re.escape(TEMPORARY_MARK) + r"[a-z0-9_]{8}(\.nii\.gz|\.[A-Za-z0-9]+)$")
 #: Temporary files older than this (seconds) are a killed run's leftovers (a live write takes seconds).
 STALE_SECONDS = 600
 
@@ -371,7 +374,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMPORARY_MARK}", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
@@ -382,15 +385,90 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+class WriteError(OSError):
+    """An output could not be written in full (a full disk, a quota); nothing is left under its name."""
+
+
+def verify_written(path: Path, image: sitk.Image) -> None:
+    """Raise :class:`WriteError` unless ``path`` holds all of ``image``: SimpleITK reports a short write
+    (a full disk) only as a warning, so the file is checked — a NIfTI or gzip file to the end of its
+    data (:func:`check_complete`), other formats read back and compared in size."""
+    import SimpleITK as sitk
+
+    try:
+        if path.stat().st_size == 0:
+            raise UnreadableImageError(f"{path} is empty")
+        name = path.name.lower()
+        if name.endswith((".nii", ".nii.gz", ".gz")):
+            check_complete(path)
+            reader = sitk.ImageFileReader()
+            reader.SetFileName(str(path))
+            reader.ReadImageInformation()
+            size = reader.GetSize()
+        else:
+            size = sitk.ReadImage(str(path)).GetSize()
+        if tuple(size) != tuple(image.GetSize()):
+            raise UnreadableImageError(f"{path} holds {size} voxels, {image.GetSize()} were written")
+    except (UnreadableImageError, RuntimeError, OSError) as exc:
+        raise WriteError(f"writing {path.name} in {path.parent} failed (is the disk full?): {exc}") from None
+
+
 def write_image_atomic(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write through a temporary file in the same folder, then rename: never a half-written file."""
+    """Write through a temporary file in the same folder, check it holds the whole image
+    (:func:`verify_written`), then rename: never a half-written file under the final name.
+
+    Raises:
+        WriteError: the file could not be written in full (nothing is left behind).
+    """
     import SimpleITK as sitk
 
     with atomic_output(path) as tmp:
-        sitk.WriteImage(image, str(tmp), compress)
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError as exc:
+            raise WriteError(f"cannot write {Path(path).name} in {Path(path).parent}: "
+                             f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
+        verify_written(tmp, image)
     return Path(path)
 
 
 def write_volume(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
     """Write an (x, y, z) array with the reference geometry, atomically."""
     return write_image_atomic(to_sitk(array, geometry), path)
+
+
+def write_volumes(items: list[tuple[np.ndarray, Geometry, str | os.PathLike]]) -> list[Path]:
+    """Write several (x, y, z) arrays that belong together (a subject's probability and uncertainty
+    maps): each to a temporary file, checked (:func:`verify_written`), and only when all are complete
+    are they renamed into place — so a failure leaves none of them, never one without the other.
+
+    Raises:
+        WriteError: a file could not be written in full.
+    """
+    from contextlib import ExitStack
+
+    import SimpleITK as sitk
+
+    with ExitStack() as stack:
+        for array, geometry, path in items:
+            tmp = stack.enter_context(atomic_output(path))
+            image = to_sitk(array, geometry)
+            try:
+                sitk.WriteImage(image, str(tmp), True)
+            except RuntimeError as exc:
+                raise WriteError(f"cannot write {Path(path).name} in {Path(path).parent}: "
+                                 f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
+            verify_written(tmp, image)
+    return [Path(path) for _, _, path in items]
+
+
+def output_complete(path: Path) -> bool:
+    """Whether an existing output file is whole (a rerun keeps it): a NIfTI or gzip file holds all the
+    data its header announces; other formats are not empty."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return False
+        check_complete(path)
+        return True
+    except (UnreadableImageError, OSError):
+        return False

@@ -15,7 +15,7 @@ import numpy as np
 
 from lacunes.inference import Predictor
 from lacunes.instances import lesion_table
-from lacunes.io import Subject, atomic_output, read_subject, write_volume
+from lacunes.io import Subject, atomic_output, output_complete, read_subject, write_volume, write_volumes
 from lacunes.layouts import SubjectFiles
 
 logger = logging.getLogger(__name__)
@@ -91,8 +91,8 @@ def run_subject(
     probability, uncertainty = predictor.predict(subject)
     t2 = time.time()
     geometry = subject.geometry
-    outputs = [write_volume(probability.astype(np.float32), geometry, prediction_path),
-               write_volume(uncertainty.astype(np.float32), geometry, uncertainty_path)]
+    outputs = write_volumes([(probability.astype(np.float32), geometry, prediction_path),
+                             (uncertainty.astype(np.float32), geometry, uncertainty_path)])
     rows = lesion_table(probability, uncertainty, geometry.spacing, geometry.origin, direction=geometry.direction)
     if extras_dir is not None and (write_mask or write_table):
         stem = files.output_prefix or f"{files.subject_id}_"
@@ -153,7 +153,11 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
             files = valdo_subject(item) if isinstance(item, Path) else item
             pred, unc = output / files.prediction_name, output / files.uncertainty_name
             inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
-            if pred.exists() and unc.exists() and not overwrite:
+            if (pred.exists() or unc.exists()) and not overwrite and not (output_complete(pred)
+                                                                           and output_complete(unc)):
+                logger.warning("%s: its outputs in %s are incomplete or damaged (a full disk, a killed copy): "
+                               "predicting again", files.subject_id, output)
+            if output_complete(pred) and output_complete(unc) and not overwrite:
                 reports.append(SubjectReport(files.subject_id, [pred, unc], status="skipped"))
                 record = records.get(files.subject_id) or SubjectRecord(files.subject_id, "skipped", inputs, pred.name)
             else:
