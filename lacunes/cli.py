@@ -118,9 +118,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     results = [evaluate_pair(p, args.matching, args.max_distance_mm)
                for p in tqdm(pairs, desc="evaluating", unit="subject", disable=args.no_progress)]
     print(format_summary(results))
+    missing = [p.subject_id for p in pairs if p.prediction is None]
     out = Path(args.out) if args.out else Path(args.pred) / "evaluation"
     paths = write_reports(results, out)
     print(f"reports: {', '.join(str(p) for p in paths.values())}")
+    if missing:
+        print(f"{len(missing)} subject(s) without a prediction, scored as empty predictions: {', '.join(missing)}")
+        return 1
     return 0
 
 

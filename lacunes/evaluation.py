@@ -30,7 +30,7 @@ _SID = re.compile(r"^(sub-[^_.]+)")
 @dataclass(frozen=True)
 class EvaluationPair:
     subject_id: str
-    prediction: Path
+    prediction: Path | None  # None: the reference has no prediction (scored as an empty one)
     uncertainty: Path | None
     references: tuple[Path, ...]
 
@@ -43,7 +43,9 @@ def _sid(path: Path) -> str | None:
 def pair_subjects(pred_dir: Path, ref_dir: Path) -> list[EvaluationPair]:
     """Pair ``<sid>_*prediction.nii.gz`` (and ``*uncertaintymap``) with ``<sid>_*Lacunes.nii.gz``.
 
-    The reference is the mean of Rater1 and Rater2 when both exist, else the single label file.
+    The reference is the mean of Rater1 and Rater2 when both exist, else the single label file. A
+    reference subject without a prediction is paired with ``prediction=None`` (scored as an empty
+    prediction, and named in a warning): leaving it out would raise the scores.
 
     Raises:
         LacunesInputError: no prediction, or a prediction without a reference.
@@ -66,7 +68,16 @@ def pair_subjects(pred_dir: Path, ref_dir: Path) -> list[EvaluationPair]:
                                     f"found {[r.name for r in refs] or 'none'}")
         unc = pred.with_name(pred.name.replace("prediction", "uncertaintymap"))
         pairs.append(EvaluationPair(sid, pred, unc if unc.is_file() else None, chosen))
-    return pairs
+    predicted = {p.subject_id for p in pairs}
+    missing = sorted({sid for r in ref_dir.glob("sub-*Lacunes.nii*") if (sid := _sid(r)) and sid not in predicted})
+    for sid in missing:
+        refs = sorted(ref_dir.glob(f"{sid}_*Lacunes.nii*"))
+        raters = [r for r in refs if re.search(r"desc-Rater[12]_", r.name)]
+        pairs.append(EvaluationPair(sid, None, None, tuple(raters) if len(raters) == 2 else tuple(refs[:1])))
+    if missing:
+        logger.warning("%d subject(s) of %s have no prediction in %s and are scored as empty predictions: %s",
+                       len(missing), ref_dir, pred_dir, ", ".join(missing))
+    return sorted(pairs, key=lambda p: p.subject_id)
 
 
 def load_reference(paths: tuple[Path, ...]) -> tuple[np.ndarray, object]:
@@ -83,6 +94,9 @@ def load_reference(paths: tuple[Path, ...]) -> tuple[np.ndarray, object]:
 def evaluate_pair(pair: EvaluationPair, matching: Matching | str = Matching.CENTRE,
                   max_distance_mm: float = DEFAULT_MATCH_DISTANCE_MM) -> SubjectMetrics:
     ref, ref_geom = load_reference(pair.references)
+    if pair.prediction is None:  # no prediction: an empty one (the challenge scores a missing case worst)
+        return evaluate_subject(np.zeros(ref.shape), ref, ref_geom.spacing, None, pair.subject_id, matching,
+                                max_distance_mm)
     pred, pred_geom = read_volume(pair.prediction)
     files = {pair.references[0]: ref_geom, pair.prediction: pred_geom}
     unc = None

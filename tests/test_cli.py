@@ -41,6 +41,12 @@ def test_cohort_with_a_bad_subject_continues_and_reports(tmp_path, tiny_checkpoi
     rc = predict("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
                  "--overwrite", "--shard", "2/2")
     assert rc == 0 and "1 done, 0 skipped" in capsys.readouterr().out  # shard 2/2 = sub-002 only
+    # a map truncated after the run (a full disk, a killed copy) is not taken as done
+    pred = tmp_path / "out" / "sub-003_space-T1_prediction.nii.gz"
+    pred.write_bytes(pred.read_bytes()[:300])
+    rc = predict("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(tiny_checkpoint))
+    assert rc == 0 and "1 done, 2 skipped" in capsys.readouterr().out
+    assert read_volume(pred)[0].shape == (30, 28, 18)
 
 
 def test_explicit_files_and_extras(tmp_path, tiny_checkpoint):
@@ -79,6 +85,28 @@ def test_evaluate_writes_reports(tmp_path, capsys):
     assert "sub-001" in out and "1.000" in out
     for name in ("per_subject.csv", "lesions.csv", "summary.csv", "summary.json"):
         assert (tmp_path / "pred" / "evaluation" / name).is_file()
+
+
+def test_evaluate_scores_a_missing_prediction_and_refuses_a_shifted_one(tmp_path, capsys):
+    from lacunes.io import Geometry, GeometryMismatchError, write_volume
+
+    _, label, geom = write_subject(tmp_path / "ref", "sub-001")
+    write_subject(tmp_path / "ref", "sub-002")
+    (tmp_path / "pred").mkdir()
+    write_volume(label.astype(np.float32), geom, tmp_path / "pred" / "sub-001_space-T1_prediction.nii.gz")
+    rc = main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "1 subject(s) without a prediction" in out and "sub-002" in out
+    rows = list(csv.DictReader(open(tmp_path / "pred" / "evaluation" / "per_subject.csv")))
+    assert [r["subject_id"] for r in rows] == ["sub-001", "sub-002"]
+    assert float(rows[1]["f1"]) == 0.0  # scored, as an empty prediction
+    # a prediction whose origin is 20 mm off lies elsewhere in the scanner: refused, not scored
+    shifted = Geometry(geom.shape, geom.spacing, tuple(o + 20.0 for o in geom.origin), geom.direction)
+    write_volume(label.astype(np.float32), shifted, tmp_path / "pred" / "sub-001_space-T1_prediction.nii.gz")
+    from lacunes.evaluation import evaluate_pair, pair_subjects
+
+    with pytest.raises(GeometryMismatchError, match="sub-001.*not on the grid"):
+        evaluate_pair(pair_subjects(tmp_path / "pred", tmp_path / "ref")[0])
 
 
 def test_synth_command(tmp_path, capsys):
