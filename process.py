@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", default="/input", help="input folder (default /input)")
     parser.add_argument("--output", default="/output", help="output folder (default /output)")
     parser.add_argument("--model", default=None, help="checkpoint (default /opt/ml/model/lacunes.pt, else model/lacunes.pt)")
-    parser.add_argument("--preset", default=os.environ.get("LACUNES_INFERENCE", "full"), choices=["full", "fast"],
+    parser.add_argument("--preset", default=os.environ.get("LACUNES_INFERENCE", "full").strip().lower(),
+                        choices=["full", "fast"],
                         help="inference setting (default: $LACUNES_INFERENCE or full, the published recipe)")
     parser.add_argument("--device", default=os.environ.get("LACUNES_DEVICE", "auto"),
                         help="auto (cuda, mps, cpu), cpu, cuda... (default: $LACUNES_DEVICE or auto)")
@@ -154,7 +155,10 @@ def _env_float(name: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.preset not in ("full", "fast"):  # argparse does not check a default (from the environment)
+        parser.error(f"LACUNES_INFERENCE must be full or fast, got {os.environ.get('LACUNES_INFERENCE')!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from lacunes.inference import PRESETS, Predictor

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -131,16 +132,17 @@ class InferenceSettings:
     conform: bool = True
 
     def __post_init__(self) -> None:
-        if len(self.roi_size) != 3 or any(int(s) < 16 for s in self.roi_size):
-            raise ValueError(f"roi_size must be 3 sizes >= 16, got {self.roi_size}")
+        if len(self.roi_size) != 3 or any(int(s) < 16 or int(s) % 16 for s in self.roi_size):
+            # the U-Net halves its input four times: other sizes fail inside the network, subject by subject
+            raise ValueError(f"roi_size must be 3 multiples of 16, got {self.roi_size}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.sw_batch_size is not None and self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
         if self.n_noise < 0 or self.noise_std < 0:
             raise ValueError(f"n_noise and noise_std must be >= 0, got {self.n_noise}, {self.noise_std}")
-        if self.memory_gb <= 0:
-            raise ValueError(f"memory_gb must be > 0, got {self.memory_gb}")
+        if not (math.isfinite(self.memory_gb) and self.memory_gb > 0):
+            raise ValueError(f"memory_gb must be a positive number, got {self.memory_gb}")
         for name, enum in (("tta", TTAMode), ("blend", BlendMode), ("precision", Precision),
                            ("uncertainty", UncertaintyMode)):
             value = getattr(self, name)

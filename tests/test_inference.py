@@ -150,6 +150,11 @@ def test_settings_validation():
         InferenceSettings(tta="lots")
     with pytest.raises(ValueError, match="roi_size"):
         InferenceSettings(roi_size=(8, 8, 8))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        InferenceSettings(roi_size=(17, 17, 17))
+    for bad in (float("nan"), float("inf"), 0.0):
+        with pytest.raises(ValueError, match="memory_gb"):
+            InferenceSettings(memory_gb=bad)
     with pytest.raises(ValueError, match="CUDA is not available"):
         Predictor(PlusOne(), InferenceSettings(device="cuda"))
 

@@ -112,6 +112,13 @@ def test_no_flags_means_the_full_recipe(monkeypatch):
     assert (args.preset, args.input, args.output) == ("full", "/input", "/output")
     monkeypatch.setenv("LACUNES_INFERENCE", "fast")
     assert process.build_parser().parse_args([]).preset == "fast"
+    monkeypatch.setenv("LACUNES_INFERENCE", "FAST")
+    assert process.build_parser().parse_args([]).preset == "fast"
+    monkeypatch.setenv("LACUNES_INFERENCE", "bogus")  # a clear usage error, not a KeyError traceback
+    with pytest.raises(SystemExit) as stop:
+        process.main([])
+    assert stop.value.code == 2
+    monkeypatch.delenv("LACUNES_INFERENCE")
     monkeypatch.delenv("LACUNES_PRECISION", raising=False)
     assert process.build_parser().parse_args([]).precision == "auto"
     monkeypatch.setenv("LACUNES_PRECISION", "bfloat16")
