@@ -156,6 +156,43 @@ def check_complete(path: Path) -> None:
                                        "announces; copy it again from its source")
 
 
+#: Largest volume read (voxels), checked from the header before anything is decoded: 10⁸ voxels is a
+#: 0.5 mm whole-head scan (464×464×464); a 1024³ volume would need about 7 GB before anything could be
+#: said about it, beyond the platform's 4 GB. ``LACUNES_MAX_VOXELS`` changes it.
+MAX_VOXELS = 100_000_000
+
+
+def check_size(path: Path) -> None:
+    """Refuse, from its header alone, a volume larger than :data:`MAX_VOXELS` (or
+    ``$LACUNES_MAX_VOXELS``) before decoding it. Raises :class:`UnreadableImageError`."""
+    import SimpleITK as sitk
+
+    limit = int(os.environ.get("LACUNES_MAX_VOXELS", MAX_VOXELS))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise UnreadableImageError(f"cannot read {path}: {_reason(exc)}") from None
+    size = tuple(int(v) for v in reader.GetSize())
+    voxels = int(np.prod(size, dtype=np.int64))
+    if voxels > limit:
+        raise UnreadableImageError(
+            f"{path} is {'×'.join(map(str, size))} voxels ({voxels:.3g}), more than the {limit:.3g} this tool reads "
+            "(set LACUNES_MAX_VOXELS to raise the limit where memory allows)")
+
+
+def _reason(exc: Exception) -> str:
+    """What a SimpleITK/ITK error says, without its source locations (``…ReaderBase.cxx:99:``)."""
+    text = re.sub(r"\s+", " ", str(exc)).strip()
+    if "ERROR:" in text:
+        text = text.split("ERROR:", 1)[1].strip()
+    text = re.sub(r"\S+\.(cxx|hxx|h):\d+:?\s*|\(0x[0-9a-f]+\)", "", text).strip()
+    if text.startswith("Unable to determine ImageIO reader"):
+        return "no image format recognizes its content (not NIfTI, MetaImage, NRRD…: a damaged or other file)"
+    return text[:300] or type(exc).__name__
+
+
 def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read a 3D scalar image (NIfTI, MetaImage, anything SimpleITK reads) as an (x, y, z) array.
     A truncated or corrupt NIfTI or gzip file is refused (:func:`check_complete`).
@@ -166,14 +203,17 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     path = Path(path)
     if not path.is_file():
         raise UnreadableImageError(f"no such file: {path}")
-    check_complete(path)
+    if path.stat().st_size == 0:
+        raise UnreadableImageError(f"cannot read {path}: the file is empty (0 bytes)")
     import SimpleITK as sitk
+
+    check_size(path)
+    check_complete(path)
 
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UnreadableImageError(f"cannot read {path}: {first}") from exc
+        raise UnreadableImageError(f"cannot read {path}: {_reason(exc)}") from None
     if image.GetDimension() != 3:
         raise UnreadableImageError(
             f"{path} is {image.GetDimension()}D (size {image.GetSize()}); a 3D volume is expected"

@@ -250,3 +250,20 @@ def test_a_short_write_raises_and_leaves_neither_map(tmp_path, monkeypatch):
     assert output_complete(a) and output_complete(b)
     a.write_bytes(a.read_bytes()[:200])  # a map damaged afterwards is not taken as done
     assert not output_complete(a)
+
+
+def test_oversized_empty_and_foreign_files_are_refused_with_a_reason(tmp_path, monkeypatch):
+    import gzip
+
+    write_volume(np.zeros((30, 30, 30), np.float32), Geometry((30, 30, 30)), tmp_path / "big.nii.gz")
+    monkeypatch.setenv("LACUNES_MAX_VOXELS", "10000")  # from the header alone, before decoding
+    with pytest.raises(UnreadableImageError, match=r"30×30×30 voxels .*LACUNES_MAX_VOXELS"):
+        read_volume(tmp_path / "big.nii.gz")
+    monkeypatch.delenv("LACUNES_MAX_VOXELS")
+    (tmp_path / "empty.nii.gz").write_bytes(b"")
+    with pytest.raises(UnreadableImageError, match="empty"):
+        read_volume(tmp_path / "empty.nii.gz")
+    (tmp_path / "other.nii.gz").write_bytes(gzip.compress(b"a text file, compressed" * 20))
+    with pytest.raises(UnreadableImageError, match="no image format recognizes") as err:
+        read_volume(tmp_path / "other.nii.gz")
+    assert ".cxx" not in str(err.value)
