@@ -306,6 +306,26 @@ def check_same_grid(geometries: dict[Path, Geometry], hint: str = "") -> None:
             logger.warning("direction differs slightly: %s vs %s (using the first)", ref_path.name, path.name)
 
 
+#: Share of a volume's outer faces that must be exactly 0: inputs are skull-stripped (the brain mask,
+#: the normalization's foreground and the sliding window's padding all take 0 as "no brain").
+MIN_ZERO_BORDER = 0.5
+
+
+def check_background(array: np.ndarray, path: Path) -> None:
+    """Refuse a volume whose background is not 0 (not skull-stripped, or offset: a background of -100
+    or noise changed a lesion from 315 to 102 voxels): at least :data:`MIN_ZERO_BORDER` of the voxels
+    on its six faces must be exactly 0. Raises :class:`LacunesInputError` naming the file."""
+    if min(array.shape) < 3:
+        return
+    faces = [array[0], array[-1], array[:, 0], array[:, -1], array[:, :, 0], array[:, :, -1]]
+    zero = sum(int(np.count_nonzero(f == 0)) for f in faces) / sum(f.size for f in faces)
+    if zero < MIN_ZERO_BORDER:
+        values = np.concatenate([f.ravel() for f in faces])
+        raise LacunesInputError(
+            f"{path} has no zero background: {100 * zero:.0f} % of the voxels on its faces are 0 (median "
+            f"{float(np.median(values)):g}); inputs must be skull-stripped with 0 outside the brain")
+
+
 def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample: bool = False) -> Subject:
     """Read the three modalities of a subject and stack them on the T1's grid.
 
@@ -330,6 +350,11 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
     absent = [f"{m}: {paths[m]}" for m in MODALITIES if not Path(paths[m]).is_file()]
     if absent:
         raise MissingModalityError(f"missing file(s) for {subject_id}: {'; '.join(absent)}")
+    resolved = {m: Path(paths[m]).resolve() for m in MODALITIES}
+    for a, b in ((a, b) for i, a in enumerate(MODALITIES) for b in MODALITIES[i + 1:]):
+        if resolved[a] == resolved[b]:
+            raise LacunesInputError(f"{subject_id}: the same file is given as {a} and {b} ({paths[a]}); "
+                                    "each contrast needs its own image")
     arrays, geoms, nonfinite = [], {}, {}
     for m in MODALITIES:
         p = Path(paths[m])
@@ -345,6 +370,13 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
         arrays.append(arr)
         geoms[p] = geom
     check_same_grid(geoms, RESAMPLE_HINT)
+    for i, a in enumerate(MODALITIES):
+        for j in range(i + 1, len(MODALITIES)):
+            if arrays[i].any() and np.array_equal(arrays[i], arrays[j]):  # (an empty scan is its own case)
+                raise LacunesInputError(f"{subject_id}: {a} and {MODALITIES[j]} hold the same image "
+                                        f"({Path(paths[a]).name}, {Path(paths[MODALITIES[j]]).name}): a copy given twice?")
+    for m, arr in zip(MODALITIES, arrays):
+        check_background(arr, Path(paths[m]))
     for m, n in nonfinite.items():
         if n:
             logger.warning("%s: %s has %d non-finite voxel(s)", subject_id, m, n)

@@ -7,6 +7,7 @@ import SimpleITK as sitk
 from lacunes.io import (
     Geometry,
     GeometryMismatchError,
+    LacunesInputError,
     MissingModalityError,
     UnreadableImageError,
     read_subject,
@@ -267,3 +268,21 @@ def test_oversized_empty_and_foreign_files_are_refused_with_a_reason(tmp_path, m
     with pytest.raises(UnreadableImageError, match="no image format recognizes") as err:
         read_volume(tmp_path / "other.nii.gz")
     assert ".cxx" not in str(err.value)
+
+
+def test_one_file_given_twice_or_a_background_that_is_not_zero_is_refused(tmp_path):
+    images, _, geom = write_subject(tmp_path)
+    p = paths(tmp_path)
+    with pytest.raises(LacunesInputError, match="same file is given as T1 and FLAIR"):
+        read_subject("sub-001", {**p, "FLAIR": p["T1"]})
+    copy = tmp_path / "copy_T1.nii.gz"
+    copy.write_bytes(p["T1"].read_bytes())
+    with pytest.raises(LacunesInputError, match="T1 and T2 hold the same image"):
+        read_subject("sub-001", {**p, "T2": copy})
+    for background in (-100.0, "noise"):
+        t2 = images["T2"].copy()
+        outside = t2 == 0
+        t2[outside] = -100.0 if background == -100.0 else np.random.default_rng(0).normal(0, 5, outside.sum())
+        write_volume(t2, geom, p["T2"])
+        with pytest.raises(LacunesInputError, match="no zero background.*skull-stripped"):
+            read_subject("sub-001", p)
