@@ -311,19 +311,22 @@ def check_same_grid(geometries: dict[Path, Geometry], hint: str = "") -> None:
 MIN_ZERO_BORDER = 0.5
 
 
-def check_background(array: np.ndarray, path: Path) -> None:
-    """Refuse a volume whose background is not 0 (not skull-stripped, or offset: a background of -100
-    or noise changed a lesion from 315 to 102 voxels): at least :data:`MIN_ZERO_BORDER` of the voxels
-    on its six faces must be exactly 0. Raises :class:`LacunesInputError` naming the file."""
+def check_background(array: np.ndarray, path: Path) -> bool:
+    """Warn (naming the file and what the model expects) when a volume's background is not 0 — not
+    skull-stripped, or offset (a background of -100 or noise changes the brain mask and the
+    normalization) — judged on its six faces: under :data:`MIN_ZERO_BORDER` of their voxels exactly 0.
+    Returns whether the background is zero."""
     if min(array.shape) < 3:
-        return
+        return True
     faces = [array[0], array[-1], array[:, 0], array[:, -1], array[:, :, 0], array[:, :, -1]]
     zero = sum(int(np.count_nonzero(f == 0)) for f in faces) / sum(f.size for f in faces)
     if zero < MIN_ZERO_BORDER:
         values = np.concatenate([f.ravel() for f in faces])
-        raise LacunesInputError(
-            f"{path} has no zero background: {100 * zero:.0f} % of the voxels on its faces are 0 (median "
-            f"{float(np.median(values)):g}); inputs must be skull-stripped with 0 outside the brain")
+        logger.warning("%s has no zero background: %.0f %% of the voxels on its faces are 0 (median %g); the "
+                       "model expects skull-stripped inputs with exactly 0 outside the brain, and its brain mask "
+                       "and normalization will be off", path, 100 * zero, float(np.median(values)))
+        return False
+    return True
 
 
 def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample: bool = False) -> Subject:

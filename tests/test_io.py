@@ -270,7 +270,7 @@ def test_oversized_empty_and_foreign_files_are_refused_with_a_reason(tmp_path, m
     assert ".cxx" not in str(err.value)
 
 
-def test_one_file_given_twice_or_a_background_that_is_not_zero_is_refused(tmp_path):
+def test_one_file_given_twice_is_refused_and_a_background_that_is_not_zero_named(tmp_path, caplog):
     images, _, geom = write_subject(tmp_path)
     p = paths(tmp_path)
     with pytest.raises(LacunesInputError, match="same file is given as T1 and FLAIR"):
@@ -284,5 +284,12 @@ def test_one_file_given_twice_or_a_background_that_is_not_zero_is_refused(tmp_pa
         outside = t2 == 0
         t2[outside] = -100.0 if background == -100.0 else np.random.default_rng(0).normal(0, 5, outside.sum())
         write_volume(t2, geom, p["T2"])
-        with pytest.raises(LacunesInputError, match="no zero background.*skull-stripped"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
             read_subject("sub-001", p)
+        assert "T2.nii.gz has no zero background" in caplog.text and "skull-stripped" in caplog.text
+    caplog.clear()
+    write_volume(images["T2"], geom, p["T2"])
+    with caplog.at_level(logging.WARNING):
+        read_subject("sub-001", p)
+    assert "background" not in caplog.text
