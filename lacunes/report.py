@@ -169,6 +169,24 @@ def save_records(output: Path, records: dict[str, SubjectRecord]) -> Path:
     return path
 
 
+def update_records(output: Path, changed: dict[str, SubjectRecord]) -> dict[str, SubjectRecord]:
+    """Merge ``changed`` into ``output/run.json`` under a lock (``.run.json.lock``) and return all the
+    records: concurrent runs into one folder (``--shard 1/2`` and ``2/2``) each add their subjects to
+    what the file holds when they write, instead of overwriting each other's."""
+    import fcntl
+
+    output = Path(output)
+    with open(output / f".{RUN_RECORD}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            records = load_records(output)
+            records.update(changed)
+            save_records(output, records)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return records
+
+
 def picture_for(output: Path, record: SubjectRecord) -> SubjectRecord:
     """Draw a done subject's picture from its recorded inputs and prediction (``lacunes report``)."""
     from lacunes.io import read_subject, read_volume

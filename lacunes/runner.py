@@ -135,8 +135,8 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     from tqdm import tqdm
 
     from lacunes.io import prepare_output_folder
-    from lacunes.layouts import valdo_subject
-    from lacunes.report import SubjectRecord, load_records, picture_for, save_records, write_report
+    from lacunes.layouts import VALDO_T1, valdo_subject
+    from lacunes.report import SubjectRecord, load_records, picture_for, update_records, write_report
 
     shard_i, shard_n = shard
     if not 1 <= shard_i <= shard_n:
@@ -148,7 +148,11 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     records = load_records(output)
     reports: list[SubjectReport] = []
     for item in tqdm(items, desc="subjects", unit="subject", disable=not progress):
-        name = item.name if isinstance(item, Path) else item.subject_id
+        if isinstance(item, Path):  # a VALDO T1: its subject id even when the subject cannot be built
+            match = VALDO_T1.match(item.name)
+            name = match["sid"] if match else item.name
+        else:
+            name = item.subject_id
         try:
             files = valdo_subject(item) if isinstance(item, Path) else item
             pred, unc = output / files.prediction_name, output / files.uncertainty_name
@@ -171,8 +175,7 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
             logger.error("%s failed: %s", name, exc)
             reports.append(SubjectReport(name, status="failed", error=str(exc)))
             record = SubjectRecord(name, "failed", error=str(exc))
-        records[record.subject_id] = record
-        save_records(output, records)
+        records = update_records(output, {record.subject_id: record})
     if qc:
         write_report(output, records)
     return reports

@@ -38,6 +38,10 @@ def test_cohort_with_a_bad_subject_continues_and_reports(tmp_path, tiny_checkpoi
         tmp_path / "in" / "sub-002_space-T1_desc-masked_T2.nii.gz")
     rc = predict("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(tiny_checkpoint))
     assert rc == 0 and "1 done, 2 skipped" in capsys.readouterr().out
+    from lacunes.report import load_records  # the failed attempt and the repaired one are one subject
+
+    records = load_records(tmp_path / "out")
+    assert sorted(records) == ["sub-001", "sub-002", "sub-003"] and records["sub-002"].status == "done"
     rc = predict("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
                  "--overwrite", "--shard", "2/2")
     assert rc == 0 and "1 done, 0 skipped" in capsys.readouterr().out  # shard 2/2 = sub-002 only
@@ -61,8 +65,9 @@ def test_explicit_files_and_extras(tmp_path, tiny_checkpoint):
     with open(tmp_path / "out" / "extras" / "sub-007_lesions.csv") as f:
         header = next(csv.reader(f))
     assert header[:3] == ["id", "voxels", "volume_mm3"] and "mean_uncertainty" in header
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
         "extras", "run.json", "sub-007_prediction.nii.gz", "sub-007_uncertaintymap.nii.gz"]
+    assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == [".run.json.lock"]
 
 
 def test_argument_errors(tmp_path, tiny_checkpoint, caplog):

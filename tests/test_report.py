@@ -80,3 +80,24 @@ def test_predict_qc_and_report_command(tmp_path, tiny_checkpoint):
     assert main(["report", str(out), "--no-progress"]) == 0
     assert (out / "qc" / "sub-001.png").is_file() and check_report(out).images == ["qc/sub-001.png"]
     assert main(["report", str(tmp_path / "in")]) == 2  # no run.json there: a message, not a traceback
+
+
+def _add_records(folder: str, prefix: str, n: int) -> None:
+    from lacunes.report import SubjectRecord, update_records
+
+    for i in range(n):
+        update_records(Path(folder), {f"{prefix}{i}": SubjectRecord(f"{prefix}{i}", "done")})
+
+
+def test_concurrent_runs_into_one_folder_keep_each_others_records(tmp_path):
+    """Two shards writing run.json at once: every subject of both is in the record afterwards."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    jobs = [ctx.Process(target=_add_records, args=(str(tmp_path), prefix, 15)) for prefix in ("sub-a", "sub-b")]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join(60)
+        assert job.exitcode == 0
+    assert sorted(load_records(tmp_path)) == sorted([f"sub-a{i}" for i in range(15)] + [f"sub-b{i}" for i in range(15)])
