@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Turn a training checkpoint into a released one: weights in half precision (half the file), no
-optimizer state, the inference defaults recorded, and a ``.sha256`` sidecar next to it.
+optimizer state, the inference defaults and the model's space (orientation, voxel size) recorded, and a
+``.sha256`` sidecar next to it.
 
     python training/release.py runs/cpu-blob/checkpoints/final.pt model/lacunes.pt
 """
@@ -14,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lacunes.checkpoint import load_network, save_checkpoint, write_sha256  # noqa: E402
+from lacunes.conform import ModelSpace  # noqa: E402
 from lacunes.inference import FULL  # noqa: E402
 from lacunes.network import NetworkConfig  # noqa: E402
 
@@ -22,6 +24,8 @@ def main(src: str, dst: str) -> int:
     net, payload = load_network(src)
     metadata = dict(payload["metadata"])
     metadata["inference_defaults"] = FULL.to_dict()
+    # the space inference conforms subjects to (checkpoints trained before it was recorded: 1 mm phantoms)
+    metadata.setdefault("model_space", ModelSpace().to_dict())
     metadata["released_from"] = str(Path(src))
     out = save_checkpoint(dst, net, NetworkConfig.from_dict(payload["network"]), metadata, half=True)
     sidecar = write_sha256(out)
