@@ -101,11 +101,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def load_network(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the network from a checkpoint, in eval mode, float32; returns it with the payload."""
     payload = read_checkpoint(path)
-    config = NetworkConfig.from_dict(payload["network"])
-    net = build_network(config)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
+    try:
+        config = NetworkConfig.from_dict(payload["network"])
+        net = build_network(config)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: its network arguments {payload['network']} do not describe a network: {exc}") from None
+    try:
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()})
+    except RuntimeError as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines()[1:] if ln.strip()), str(exc).splitlines()[0])
+        raise ValueError(f"{path}: its weights do not fit the network its arguments describe "
+                         f"({payload['network']}): {first}") from None
     net.eval()
     return net, payload
+
+
+def check_lacune_network(config: NetworkConfig, path: str | os.PathLike, modalities: int = 3) -> None:
+    """A lacune model takes the three contrasts and gives one logit: other shapes are refused at load,
+    not subject by subject. Raises ``ValueError`` naming the file."""
+    if config.in_channels != modalities or config.out_channels != 1:
+        raise ValueError(f"{path} is not a lacune model of this tool: its network takes {config.in_channels} "
+                         f"channel(s) and gives {config.out_channels} (expected {modalities} in: T1, T2, FLAIR; 1 out)")
 
 
 def write_sha256(path: str | os.PathLike) -> Path:

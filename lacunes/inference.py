@@ -307,10 +307,12 @@ class Predictor:
                         threshold: float | None = None, min_volume_mm3: float | None = None) -> Predictor:
         """The predictor a checkpoint describes: its network, normalization, operating point and second
         stage (``threshold`` and ``min_volume_mm3`` override the stored ones)."""
-        from lacunes.checkpoint import load_network
+        from lacunes.checkpoint import check_lacune_network, load_network
+        from lacunes.network import NetworkConfig
         from lacunes.rescoring import Rescorer
 
         network, payload = load_network(path)
+        check_lacune_network(NetworkConfig.from_dict(payload["network"]), path)
         metadata = payload.get("metadata", {})
         norm = metadata.get("normalization", {})
         normalization = NormalizationConfig(norm.get("lower", 0.005), norm.get("upper", 0.995))

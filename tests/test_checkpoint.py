@@ -36,3 +36,23 @@ def test_checkpoints_without_the_hash_still_load(tmp_path):
     del payload["weights_sha256"]
     torch.save(payload, path)
     load_network(path)
+
+
+def test_checkpoints_that_do_not_fit_are_refused_at_load_with_the_reason(tmp_path):
+    import dataclasses
+
+    from lacunes.inference import Predictor
+
+    torch.manual_seed(0)
+    path = tmp_path / "m.pt"
+    # settings that do not match the weights (the weights of a wider network)
+    wider = dataclasses.replace(TINY, features=(8, 8, 8, 8, 16, 8))
+    save_checkpoint(path, build_network(wider), TINY)
+    with pytest.raises(ValueError, match="weights do not fit the network"):
+        load_network(path)
+    # a network of another shape: one channel in, or two out
+    for shape in ({"in_channels": 1}, {"out_channels": 2}):
+        other = dataclasses.replace(TINY, **shape)
+        save_checkpoint(path, build_network(other), other)
+        with pytest.raises(ValueError, match="not a lacune model"):
+            Predictor.from_checkpoint(path)
