@@ -228,8 +228,17 @@ class Conform:
                 "model_shape": list(self.model.shape)}
 
 
+#: Voxels thicker than this (mm) along some axis are named in a warning: resampling to the model's
+#: voxel size cannot bring back what thick slices blurred, and the smallest lacunes may be missed.
+THICK_SLICE_MM = 2.0
+
+
 def plan(geom: Geometry, space: ModelSpace = ModelSpace()) -> Conform:
     """Plan the way from ``geom`` to ``space`` (:class:`Conform`); nothing is computed on voxels."""
+    if max(geom.spacing) > THICK_SLICE_MM:
+        logger.warning("voxels of %s mm: resampled to %s mm, but what slices thicker than %g mm blurred cannot be "
+                       "brought back; lacunes smaller than about %.0f mm may be missed", "×".join(f"{v:g}" for v in
+                       geom.spacing), "×".join(f"{v:g}" for v in space.spacing), THICK_SLICE_MM, max(geom.spacing))
     axes, flips = orientation(geom.direction, space.direction)
     oriented = reorient_geometry(geom, axes, flips)
     resampled = not np.allclose(oriented.spacing, space.spacing, rtol=space.spacing_rtol, atol=0)

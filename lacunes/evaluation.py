@@ -77,6 +77,10 @@ def pair_subjects(pred_dir: Path, ref_dir: Path) -> list[EvaluationPair]:
     if missing:
         logger.warning("%d subject(s) of %s have no prediction in %s and are scored as empty predictions: %s",
                        len(missing), ref_dir, pred_dir, ", ".join(missing))
+    no_uncertainty = [p.subject_id for p in pairs if p.prediction is not None and p.uncertainty is None]
+    if no_uncertainty:
+        logger.warning("%d prediction(s) have no *uncertaintymap next to them (%s): their uncertainty scores are NaN",
+                       len(no_uncertainty), ", ".join(no_uncertainty[:5]) + (" …" if len(no_uncertainty) > 5 else ""))
     return sorted(pairs, key=lambda p: p.subject_id)
 
 

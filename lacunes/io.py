@@ -364,6 +364,8 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
         arr, geom = read_volume(p)
         arr = arr.astype(np.float32, copy=False)
         nonfinite[m] = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        if arr.size and nonfinite[m] == arr.size:  # repairing it would leave nothing of the contrast
+            raise UnreadableImageError(f"{p} holds no finite value (all {arr.size} voxels NaN or infinite)")
         if resample and m != "T1" and not same_grid(geoms[Path(paths["T1"])], geom):
             t1_path = Path(paths["T1"])
             check_same_space(geoms[t1_path], geom, t1_path.name, p.name)

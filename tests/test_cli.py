@@ -92,7 +92,7 @@ def test_evaluate_writes_reports(tmp_path, capsys):
         assert (tmp_path / "pred" / "evaluation" / name).is_file()
 
 
-def test_evaluate_scores_a_missing_prediction_and_refuses_a_shifted_one(tmp_path, capsys):
+def test_evaluate_scores_a_missing_prediction_and_refuses_a_shifted_one(tmp_path, capsys, caplog):
     from lacunes.io import Geometry, GeometryMismatchError, write_volume
 
     _, label, geom = write_subject(tmp_path / "ref", "sub-001")
@@ -102,6 +102,7 @@ def test_evaluate_scores_a_missing_prediction_and_refuses_a_shifted_one(tmp_path
     rc = main(["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 1 and "1 subject(s) without a prediction" in out and "sub-002" in out
+    assert "no *uncertaintymap next to them (sub-001)" in caplog.text
     rows = list(csv.DictReader(open(tmp_path / "pred" / "evaluation" / "per_subject.csv")))
     assert [r["subject_id"] for r in rows] == ["sub-001", "sub-002"]
     assert float(rows[1]["f1"]) == 0.0  # scored, as an empty prediction

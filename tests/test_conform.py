@@ -95,6 +95,17 @@ def test_maps_go_back_with_their_lesion_volume_and_centre(native_mm, radius_mm):
         assert abs(np.mean(back_volumes) - true_volume) <= 0.1 * true_volume
 
 
+def test_thick_slices_are_named_in_a_warning(caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        plan(Geometry(shape=(10, 10, 10), spacing=(1.0, 1.0, 1.3)))
+    assert "thicker" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        plan(Geometry(shape=(10, 10, 10), spacing=(1.0, 1.0, 3.0)))
+    assert "voxels of 1×1×3 mm" in caplog.text and "may be missed" in caplog.text
+
+
 def test_masks_are_cut_at_half_after_interpolation():
     native = Geometry(shape=(30, 30, 10), spacing=(1.0, 1.0, 3.0))
     c = plan(native)

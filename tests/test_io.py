@@ -130,6 +130,10 @@ def test_nonfinite_voxels_are_counted(tmp_path):
     p["T2"] = write_volume(t2, geom, tmp_path / "t2.mha")
     s = read_subject("sub-001", p)
     assert s.nonfinite["T2"] == 3 and s.nonfinite["T1"] == 0
+    # a contrast with no finite voxel at all would run on the other two: refused
+    p["FLAIR"] = write_volume(np.full(geom.shape, np.nan, np.float32), geom, tmp_path / "flair.mha")
+    with pytest.raises(UnreadableImageError, match="flair.mha holds no finite value"):
+        read_subject("sub-001", p)
 
 
 def test_write_rejects_wrong_shape(tmp_path):
