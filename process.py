@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from lacunes.inference import PRESETS, Predictor
-    from lacunes.io import LacunesInputError, prepare_output_folder
+    from lacunes.io import LacunesInputError, WriteError, prepare_output_folder
     from lacunes.layouts import find_valdo_subjects, find_valdo_t1s, grand_challenge_subject, is_grand_challenge_layout
     from lacunes.runner import validate_subjects
 
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             run_grand_challenge(predictor, subjects[0], output_path, args.resample, checked)
         else:
             make_valdo_algorithm(predictor, input_path, output_path, args.resample, checked).process()
-    except (LacunesInputError, FileNotFoundError, ValueError) as exc:
+    except (LacunesInputError, FileNotFoundError, ValueError, WriteError) as exc:
         logger.error("%s", exc)
         return 2
     except Exception as exc:  # evalutils' validators (e.g. two subjects with identical T1 bytes)
