@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Acquisition benchmark: the held-out phantoms stored the way real scans come, each scored against the
+same subject as generated.
+
+Every held-out subject (seed 7777, generated in memory) is stored in each of the ways below, predicted
+as a user's scan is (``Predictor.predict`` on the stored arrays and geometry; the ``--resample`` case
+through files and ``read_subject``), and its probability map is brought back onto the generated grid
+(the inverse permutation exactly; resampled maps by cubic B-spline) to be scored against the
+generated reference with the challenge's metrics.
+
+    python benchmarks/acquisitions.py                                   # bundled model, conform on, fast
+    python benchmarks/acquisitions.py --runs "stored as it is=model/lacunes.pt:fast:noconform" \\
+        --variants permuted,lps,iso0.7,iso1.3 --section acquisitions-before
+
+Writes the ``acquisitions`` section of RESULTS.md (``--section``) and WORK/SECTION.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+from results_md import device_label, replace_section  # noqa: E402
+
+from lacunes.conform import grid_with_spacing, resample_axis_aligned  # noqa: E402
+from lacunes.inference import PRESETS, Predictor  # noqa: E402
+from lacunes.io import Geometry, Subject  # noqa: E402
+from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
+
+HELDOUT_SEED = 7777
+HELDOUT_FIRST_ID = 101
+PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # array axes along y, z, x (a sagittal stack)
+LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+@dataclass
+class Stored:
+    """A subject as stored: the three modalities on ``geometry`` (or, with ``files``, written and read
+    back with ``--resample``), and how its maps come back onto the generated grid."""
+
+    image: np.ndarray | None
+    geometry: Geometry | None
+    back: object  # callable: map on the stored grid -> map on the generated grid
+    files: dict | None = None  # modality -> (array, geometry), read through read_subject(resample=True)
+
+
+def generated_grid(shape) -> Geometry:
+    return Geometry(shape=tuple(int(s) for s in shape))
+
+
+def as_generated(image, geom):
+    return Stored(image, geom, lambda m, order=1: m)
+
+
+def permuted(image, geom):
+    stored = np.ascontiguousarray(image.transpose(0, 2, 3, 1))
+    g = Geometry(shape=stored.shape[1:], direction=PERMUTED)
+    return Stored(stored, g, lambda m, order=1: np.ascontiguousarray(m.transpose(2, 0, 1)))
+
+
+def lps(image, geom):
+    stored = np.ascontiguousarray(image[:, ::-1, ::-1])
+    g = Geometry(shape=stored.shape[1:], origin=(geom.shape[0] - 1.0, geom.shape[1] - 1.0, 0.0), direction=LPS)
+    return Stored(stored, g, lambda m, order=1: np.ascontiguousarray(m[::-1, ::-1]))
+
+
+def isotropic(mm: float):
+    def make(image, geom):
+        target = grid_with_spacing(geom, (mm,) * 3)
+        stored = resample_axis_aligned(image, geom, target)  # linear, as a resampled scan is
+        return Stored(stored, target, lambda m, order=1: resample_axis_aligned(m, target, geom, order))
+
+    make.__name__ = f"iso{mm:g}"
+    return make
+
+
+def thick_t2_flair(image, geom, mm: float = 3.0):
+    """T1 as generated; T2 and FLAIR acquired with 3 mm slices along z (the slice profile's blur, then
+    sampled), on their own grid: predicted with ``--resample``."""
+    from scipy import ndimage as ndi
+
+    target = grid_with_spacing(geom, (1.0, 1.0, mm))
+    sigma = (0.0, 0.0, math.sqrt(mm**2 - 1) / 2.3548)
+    files = {"T1": (image[0], geom)}
+    for k, m in ((1, "T2"), (2, "FLAIR")):
+        files[m] = (resample_axis_aligned(ndi.gaussian_filter(image[k], sigma), geom, target), target)
+    return Stored(None, geom, lambda m, order=1: m, files)
+
+
+def clinical_fov(image, geom, shape=(256, 256, 192)):
+    pad = [(max(0, (s - n) // 2), max(0, s - n - (s - n) // 2)) for s, n in zip(shape, image.shape[1:])]
+    stored = np.pad(image, [(0, 0), *pad])
+    origin = tuple(-float(p[0]) for p in pad)
+    crop = tuple(slice(p[0], p[0] + n) for p, n in zip(pad, image.shape[1:]))
+    return Stored(stored, Geometry(shape=stored.shape[1:], origin=origin), lambda m, order=1: m[crop])
+
+
+def float_scaled(image, geom):
+    return Stored((image / 800.0).astype(np.float32), geom, lambda m, order=1: m)
+
+
+def other_contrast(image, geom, gammas=(0.6, 1.5, 0.7)):
+    """Monotone intensity curves per modality (x ** gamma, anchored at the brain's 99th percentile)."""
+    out = np.empty_like(image)
+    for k, g in enumerate(gammas):
+        x = image[k]
+        top = float(np.percentile(x[x > 0], 99))
+        out[k] = top * (np.clip(x, 0, None) / top) ** g
+    return Stored(out, geom, lambda m, order=1: m)
+
+
+def strong_bias(image, geom, strength=0.35):
+    from lacunes.synthetic import _smooth_field
+
+    field = np.exp(_smooth_field(np.random.default_rng(99), image.shape[1:], 4, strength)).astype(np.float32)
+    return Stored(image * field[None], geom, lambda m, order=1: m)
+
+
+VARIANTS = {
+    "generated": ("as generated (1 mm, the phantoms' array order)", as_generated),
+    "permuted": ("axes permuted (sagittal stack, same physical space)", permuted),
+    "lps": ("first two axes reversed (LPS storage)", lps),
+    "iso0.7": ("resampled to 0.7 mm isotropic", isotropic(0.7)),
+    "iso1.3": ("resampled to 1.3 mm isotropic", isotropic(1.3)),
+    "iso1.5": ("resampled to 1.5 mm isotropic", isotropic(1.5)),
+    "thick3": ("T2 and FLAIR at 1×1×3 mm on their own grid (--resample)", thick_t2_flair),
+    "fov": ("clinical field of view 256×256×192 (zero-padded)", clinical_fov),
+    "float": ("float32, intensities / 800", float_scaled),
+    "contrast": ("other contrasts (monotone curves, gamma 0.6 / 1.5 / 0.7)", other_contrast),
+    "bias": ("strong bias field (strength 0.35, default 0.12)", strong_bias),
+}
+
+
+def heldout(index: int):
+    from lacunes.synthetic import MODALITIES, generate_phantom
+
+    ph = generate_phantom(HELDOUT_SEED, index)
+    image = np.stack([ph.images[m].astype(np.float32) for m in MODALITIES])
+    reference = np.mean([(ph.rater1 > 0).astype(np.float32), (ph.rater2 > 0).astype(np.float32)], axis=0)
+    return ph.subject_id, image, reference
+
+
+def predict_stored(predictor: Predictor, sid: str, stored: Stored):
+    if stored.files is None:
+        return predictor.predict(Subject(sid, stored.image, stored.geometry))
+    from lacunes.io import read_subject, write_volume
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {}
+        for m, (arr, g) in stored.files.items():
+            paths[m] = write_volume(arr, g, Path(tmp) / f"{sid}_space-T1_desc-masked_{m}.nii.gz")
+        subject = read_subject(sid, paths, resample=True)
+    return predictor.predict(subject)
+
+
+def run(name: str, model: Path, setting: str, conform: bool, variants: list[str], indices: list[int]) -> dict:
+    predictor = Predictor.from_checkpoint(model, PRESETS[setting].replace(progress=False, conform=conform))
+    results = {v: [] for v in variants}
+    seconds = {v: [] for v in variants}
+    dps = {v: [] for v in variants}
+    maps = {}
+    for index in indices:
+        sid, image, reference = heldout(index)
+        geom = generated_grid(image.shape[1:])
+        for v in variants:
+            stored = VARIANTS[v][1](image, geom)
+            t0 = time.time()
+            prob, unc = predict_stored(predictor, sid, stored)
+            seconds[v].append(time.time() - t0)
+            back_p = np.clip(stored.back(prob, 3), 0, 1)
+            back_u = np.clip(stored.back(unc, 1), 0, 1)
+            r = evaluate_subject(back_p.astype(np.float64), reference, geom.spacing, back_u.astype(np.float64), sid)
+            results[v].append(r)
+            if v in ("generated", "permuted", "lps"):
+                maps[v] = back_p
+            print(f"  {name} · {v} {sid}: {seconds[v][-1]:.1f} s, TP {r.tp} FP {r.fp} FN {r.fn}, "
+                  f"Dice {r.dice:.2f}", flush=True)
+        # storage that only reorders the array must give the same map (up to the permutation)
+        for v in ("permuted", "lps"):
+            if v in maps and "generated" in maps:
+                dps[v].append(float(np.abs(maps[v] - maps["generated"]).max()))
+        maps.clear()
+    out = {"name": name, "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
+           "setting": setting, "conform": conform, "subjects": len(indices), "variants": {}}
+    for v in variants:
+        rs = results[v]
+        lesions = [les for r in rs for les in r.lesions if les["kind"] == "reference"]
+        big = [les for les in lesions if les["diameter_mm"] >= 4]
+        out["variants"][v] = {
+            "summary": summarize(rs), "fp_mean": float(np.mean([r.fp for r in rs])),
+            "found": (sum(les["detected"] for les in lesions), len(lesions)),
+            "found_4mm": (sum(les["detected"] for les in big), len(big)),
+            "avd_max": float(max(r.avd_mm3 for r in rs)), "seconds": float(np.mean(seconds[v])),
+            "max_abs_dp": max(dps[v]) if dps[v] else None,
+        }
+    return out
+
+
+def fmt(stat: dict, digits: int = 2) -> str:
+    if stat["n"] == 0 or math.isnan(stat["median"]):
+        return "n/a"
+    return f"{stat['median']:.{digits}f}"
+
+
+def section(runs: list[dict], args) -> str:
+    device = device_label("cuda" if torch.cuda.is_available() else "cpu")
+    first = runs[0]["subjects"] if runs else 0
+    lines = [
+        f"## {args.title}",
+        "",
+        f"Command: `{shlex.join(['python', 'benchmarks/acquisitions.py', *(a for a in sys.argv[1:] if a != '--render')])}`"
+        f" — {device}, torch {torch.__version__}. Held-out phantoms {HELDOUT_FIRST_ID}–{HELDOUT_FIRST_ID + first - 1} "
+        f"(`lacunes synth --seed {HELDOUT_SEED}`, generated in memory), each stored as the row says, predicted "
+        "as stored and its map brought back onto the generated grid (inverse permutation; resampled maps by cubic "
+        "B-spline) to be scored against the generated reference (mean of the raters, centre matching within 5 mm). "
+        "Found = reference lacunes detected; Dice = median over subjects with lacunes of the mean Dice over matched "
+        "lacunes; AVD max = the largest absolute volume difference of a subject; max |Δp| = the largest difference "
+        "from the map of the subject as generated (storage that only reorders the array).",
+        "",
+        "| model · setting · conform | stored as | found | ≥ 4 mm found | FP / subject | F1 | Dice | AVD max mm³ "
+        "| max \\|Δp\\| | s / subject |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        for v, s in r["variants"].items():
+            dp = "" if s["max_abs_dp"] is None else f"{s['max_abs_dp']:.1e}"
+            lines.append(
+                f"| {r['name']} · {r['setting']} · {'on' if r['conform'] else 'off'} | {VARIANTS[v][0]} "
+                f"| {s['found'][0]}/{s['found'][1]} | {s['found_4mm'][0]}/{s['found_4mm'][1]} | {s['fp_mean']:.2f} "
+                f"| {fmt(s['summary']['f1'])} | {fmt(s['summary']['dice'])} | {s['avd_max']:.0f} | {dp} "
+                f"| {s['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def parse_runs(text: str) -> list[tuple[str, Path, str, bool]]:
+    """``name=checkpoint:setting[:noconform],...``"""
+    out = []
+    for item in text.split(","):
+        name, rest = item.rsplit("=", 1)
+        parts = rest.split(":")
+        path = Path(parts[0]) if Path(parts[0]).is_absolute() else ROOT / parts[0]
+        out.append((name, path, parts[1] if len(parts) > 1 else "fast", not (len(parts) > 2 and parts[2] == "noconform")))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", default="bundled=model/lacunes.pt:fast",
+                    help="name=checkpoint:setting[:noconform],... (default: the bundled model, fast, conform on)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
+    ap.add_argument("--n", type=int, default=20, help="held-out subjects (from 101)")
+    ap.add_argument("--first", type=int, default=HELDOUT_FIRST_ID)
+    ap.add_argument("--section", default="acquisitions")
+    ap.add_argument("--title", default="Scans as they come (acquisition benchmark)")
+    ap.add_argument("--work", default=str(ROOT / "out" / "acquisitions"))
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--render", action="store_true", help="rewrite the section from WORK/SECTION.json only")
+    args = ap.parse_args()
+    saved = Path(args.work) / f"{args.section}.json"
+    if args.render:
+        runs = json.loads(saved.read_text())
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = [v for v in variants if v not in VARIANTS]
+        if unknown:
+            raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        indices = list(range(args.first, args.first + args.n))
+        runs = [run(name, model, setting, conform, variants, indices)
+                for name, model, setting, conform in parse_runs(args.runs)]
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(runs, indent=1, default=str))
+    text = section(runs, args)
+    replace_section(args.section, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
