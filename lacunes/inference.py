@@ -561,7 +561,7 @@ class Predictor:
             return prob, unc
         self.last_stats["conform"] = conform.to_dict()
         prob, unc = conform.probability_to_native(prob), conform.to_native(unc)
-        if conform.resampled:  # interpolation keeps [0, 1]; 0 outside the brain on the input's own grid
+        if conform.resampled:  # 0 outside the brain on the input's own grid, [0, 1] after interpolation
             inside = self.brain(native)
             if inside is not None:
                 prob, unc = np.where(inside, prob, 0.0), np.where(inside, unc, 0.0)
