@@ -497,16 +497,20 @@ def write_image_atomic(image: sitk.Image, path: str | os.PathLike, compress: boo
     Raises:
         WriteError: the file could not be written in full (nothing is left behind).
     """
+    with atomic_output(path) as tmp:
+        _write_checked(image, tmp, Path(path), compress)
+    return Path(path)
+
+
+def _write_checked(image: sitk.Image, tmp: Path, path: Path, compress: bool = True) -> None:
+    """Write ``image`` to ``tmp`` (the temporary name of ``path``) and check it holds all of it."""
     import SimpleITK as sitk
 
-    with atomic_output(path) as tmp:
-        try:
-            sitk.WriteImage(image, str(tmp), compress)
-        except RuntimeError as exc:
-            raise WriteError(f"cannot write {Path(path).name} in {Path(path).parent}: "
-                             f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
-        verify_written(tmp, image)
-    return Path(path)
+    try:
+        sitk.WriteImage(image, str(tmp), compress)
+    except RuntimeError as exc:
+        raise WriteError(f"cannot write {path.name} in {path.parent}: {_reason(exc)}") from None
+    verify_written(tmp, image)
 
 
 def write_volume(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
@@ -524,18 +528,9 @@ def write_volumes(items: list[tuple[np.ndarray, Geometry, str | os.PathLike]]) -
     """
     from contextlib import ExitStack
 
-    import SimpleITK as sitk
-
     with ExitStack() as stack:
         for array, geometry, path in items:
-            tmp = stack.enter_context(atomic_output(path))
-            image = to_sitk(array, geometry)
-            try:
-                sitk.WriteImage(image, str(tmp), True)
-            except RuntimeError as exc:
-                raise WriteError(f"cannot write {Path(path).name} in {Path(path).parent}: "
-                                 f"{str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from None
-            verify_written(tmp, image)
+            _write_checked(to_sitk(array, geometry), stack.enter_context(atomic_output(path)), Path(path))
     return [Path(path) for _, _, path in items]
 
 
