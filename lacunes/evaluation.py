@@ -40,6 +40,17 @@ def _sid(path: Path) -> str | None:
     return m.group(1) if m else None
 
 
+def _references(ref_dir: Path, sid: str) -> tuple[Path, ...]:
+    """A subject's label files: Rater1 and Rater2 when both exist, else its single ``*Lacunes`` file."""
+    refs = sorted(ref_dir.glob(f"{sid}_*Lacunes.nii*"))
+    raters = [r for r in refs if re.search(r"desc-Rater[12]_", r.name)]
+    chosen = tuple(raters) if len(raters) == 2 else tuple(refs)
+    if len(chosen) not in (1, 2):
+        raise LacunesInputError(f"{sid}: expected Rater1/Rater2 or one *Lacunes file in {ref_dir}, "
+                                f"found {[r.name for r in refs] or 'none'}")
+    return chosen
+
+
 def pair_subjects(pred_dir: Path, ref_dir: Path) -> list[EvaluationPair]:
     """Pair ``<sid>_*prediction.nii.gz`` (and ``*uncertaintymap``) with ``<sid>_*Lacunes.nii.gz``.
 
@@ -60,20 +71,11 @@ def pair_subjects(pred_dir: Path, ref_dir: Path) -> list[EvaluationPair]:
     pairs = []
     for pred in preds:
         sid = _sid(pred)
-        refs = sorted(ref_dir.glob(f"{sid}_*Lacunes.nii*"))
-        raters = [r for r in refs if re.search(r"desc-Rater[12]_", r.name)]
-        chosen = tuple(raters) if len(raters) == 2 else tuple(refs)
-        if len(chosen) not in (1, 2):
-            raise LacunesInputError(f"{sid}: expected Rater1/Rater2 or one *Lacunes file in {ref_dir}, "
-                                    f"found {[r.name for r in refs] or 'none'}")
         unc = pred.with_name(pred.name.replace("prediction", "uncertaintymap"))
-        pairs.append(EvaluationPair(sid, pred, unc if unc.is_file() else None, chosen))
+        pairs.append(EvaluationPair(sid, pred, unc if unc.is_file() else None, _references(ref_dir, sid)))
     predicted = {p.subject_id for p in pairs}
     missing = sorted({sid for r in ref_dir.glob("sub-*Lacunes.nii*") if (sid := _sid(r)) and sid not in predicted})
-    for sid in missing:
-        refs = sorted(ref_dir.glob(f"{sid}_*Lacunes.nii*"))
-        raters = [r for r in refs if re.search(r"desc-Rater[12]_", r.name)]
-        pairs.append(EvaluationPair(sid, None, None, tuple(raters) if len(raters) == 2 else tuple(refs[:1])))
+    pairs += [EvaluationPair(sid, None, None, _references(ref_dir, sid)) for sid in missing]
     if missing:
         logger.warning("%d subject(s) of %s have no prediction in %s and are scored as empty predictions: %s",
                        len(missing), ref_dir, pred_dir, ", ".join(missing))
