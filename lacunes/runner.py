@@ -157,11 +157,11 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
             files = valdo_subject(item) if isinstance(item, Path) else item
             pred, unc = output / files.prediction_name, output / files.uncertainty_name
             inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
-            if (pred.exists() or unc.exists()) and not overwrite and not (output_complete(pred)
-                                                                           and output_complete(unc)):
+            done = not overwrite and output_complete(pred) and output_complete(unc)  # each map read once
+            if not done and not overwrite and (pred.exists() or unc.exists()):
                 logger.warning("%s: its outputs in %s are incomplete or damaged (a full disk, a killed copy): "
                                "predicting again", files.subject_id, output)
-            if output_complete(pred) and output_complete(unc) and not overwrite:
+            if done:
                 reports.append(SubjectReport(files.subject_id, [pred, unc], status="skipped"))
                 record = records.get(files.subject_id) or SubjectRecord(files.subject_id, "skipped", inputs, pred.name)
             else:
