@@ -162,19 +162,24 @@ def check_complete(path: Path) -> None:
 MAX_VOXELS = 100_000_000
 
 
+def header_size(path: Path) -> tuple[int, ...]:
+    """An image file's size in voxels, from its header alone (raises SimpleITK's ``RuntimeError``)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    return tuple(int(v) for v in reader.GetSize())
+
+
 def check_size(path: Path) -> None:
     """Refuse, from its header alone, a volume larger than :data:`MAX_VOXELS` (or
     ``$LACUNES_MAX_VOXELS``) before decoding it. Raises :class:`UnreadableImageError`."""
-    import SimpleITK as sitk
-
     limit = int(os.environ.get("LACUNES_MAX_VOXELS", MAX_VOXELS))
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        size = header_size(path)
     except RuntimeError as exc:
         raise UnreadableImageError(f"cannot read {path}: {_reason(exc)}") from None
-    size = tuple(int(v) for v in reader.GetSize())
     voxels = int(np.prod(size, dtype=np.int64))
     if voxels > limit:
         raise UnreadableImageError(
@@ -291,12 +296,13 @@ def check_same_grid(geometries: dict[Path, Geometry], hint: str = "") -> None:
             )
         shift = float(np.abs(np.subtract(geom.origin, ref.origin)).max())
         turn = float(np.abs(np.subtract(geom.direction, ref.direction)).max())
-        if shift > ORIGIN_ERROR_VOXELS * min(ref.spacing) or turn > DIRECTION_ERROR:
+        shifted = shift > ORIGIN_ERROR_VOXELS * min(ref.spacing)
+        if shifted or turn > DIRECTION_ERROR:
             # the same voxel index is another place in the scanner: mixing them voxel by voxel is wrong
             raise GeometryMismatchError(
                 f"{path.name} is not on the grid of {ref_path.name}: "
                 + (f"origin {tuple(round(v, 3) for v in geom.origin)} vs {tuple(round(v, 3) for v in ref.origin)} "
-                   f"({shift:.2f} mm apart)" if shift > ORIGIN_ERROR_VOXELS * min(ref.spacing) else
+                   f"({shift:.2f} mm apart)" if shifted else
                    f"direction {tuple(round(v, 3) for v in geom.direction)} vs "
                    f"{tuple(round(v, 3) for v in ref.direction)}") + hint)
         if shift > ORIGIN_ATOL_MM:
@@ -478,10 +484,7 @@ def verify_written(path: Path, image: sitk.Image) -> None:
         name = path.name.lower()
         if name.endswith((".nii", ".nii.gz", ".gz")):
             check_complete(path)
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(path))
-            reader.ReadImageInformation()
-            size = reader.GetSize()
+            size = header_size(path)
         else:
             size = sitk.ReadImage(str(path)).GetSize()
         if tuple(size) != tuple(image.GetSize()):
