@@ -35,6 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+from quality import HELDOUT_FIRST_ID, HELDOUT_SEED, generated_case  # noqa: E402
 from results_md import device_label, replace_section  # noqa: E402
 
 from lacunes.conform import grid_with_spacing, resample_axis_aligned  # noqa: E402
@@ -42,8 +43,6 @@ from lacunes.inference import PRESETS, Predictor  # noqa: E402
 from lacunes.io import Geometry, Subject  # noqa: E402
 from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
 
-HELDOUT_SEED = 7777
-HELDOUT_FIRST_ID = 101
 PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # array axes along y, z, x (a sagittal stack)
 LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -94,8 +93,10 @@ def thick_t2_flair(image, geom, mm: float = 3.0):
     sampled), on their own grid: predicted with ``--resample``."""
     from scipy import ndimage as ndi
 
+    from lacunes.synthetic import voxel_profile_sigma
+
     target = grid_with_spacing(geom, (1.0, 1.0, mm))
-    sigma = (0.0, 0.0, math.sqrt(mm**2 - 1) / 2.3548)
+    sigma = voxel_profile_sigma(target.spacing)
     files = {"T1": (image[0], geom)}
     for k, m in ((1, "T2"), (2, "FLAIR")):
         files[m] = (resample_axis_aligned(ndi.gaussian_filter(image[k], sigma), geom, target), target)
@@ -146,15 +147,6 @@ VARIANTS = {
 }
 
 
-def heldout(index: int):
-    from lacunes.synthetic import MODALITIES, generate_phantom
-
-    ph = generate_phantom(HELDOUT_SEED, index)
-    image = np.stack([ph.images[m].astype(np.float32) for m in MODALITIES])
-    reference = np.mean([(ph.rater1 > 0).astype(np.float32), (ph.rater2 > 0).astype(np.float32)], axis=0)
-    return ph.subject_id, image, reference
-
-
 def predict_stored(predictor: Predictor, sid: str, stored: Stored):
     if stored.files is None:
         return predictor.predict(Subject(sid, stored.image, stored.geometry))
@@ -175,7 +167,8 @@ def run(name: str, model: Path, setting: str, conform: bool, variants: list[str]
     dps = {v: [] for v in variants}
     maps = {}
     for index in indices:
-        sid, image, reference = heldout(index)
+        case = generated_case(index)  # the held-out phantom in memory, as benchmarks/quality.py makes it
+        sid, image, reference = case.subject_id, case.image, case.reference
         geom = generated_grid(image.shape[1:])
         for v in variants:
             stored = VARIANTS[v][1](image, geom)

@@ -504,6 +504,13 @@ def acquisition_grids(shape: tuple[int, int, int], drawn: dict, modality: str):
     return native, grid_with_spacing(native, voxel), t1
 
 
+def voxel_profile_sigma(voxel_mm) -> np.ndarray:
+    """Per axis, the Gaussian sigma (in 1 mm voxels) that blurs a 1 mm image to the resolution of
+    ``voxel_mm`` voxels (a slice profile of FWHM the voxel size; 0 where the voxel is 1 mm or finer)."""
+    fwhm = np.asarray(voxel_mm, float)
+    return np.sqrt(np.maximum(fwhm**2 - 1.0, 0.0)) / 2.3548
+
+
 def _acquire(images: dict[str, np.ndarray], drawn: dict) -> dict[str, np.ndarray]:
     """The rendered 1 mm images as acquired (:class:`AcquisitionConfig`), back on the 1 mm grid."""
     from lacunes.conform import resample_axis_aligned
@@ -516,8 +523,7 @@ def _acquire(images: dict[str, np.ndarray], drawn: dict) -> dict[str, np.ndarray
         if gamma != 1.0:  # a monotone intensity curve, anchored at the brain's bright end
             top = float(np.percentile(x[x > 0], 99)) if (x > 0).any() else 1.0
             x = top * (x / top) ** gamma
-        fwhm = np.asarray(acquired.spacing)
-        sigma = np.sqrt(np.maximum(fwhm**2 - 1.0, 0.0)) / 2.3548
+        sigma = voxel_profile_sigma(acquired.spacing)
         if sigma.any():
             x = ndi.gaussian_filter(x, sigma)
         if acquired != native:
