@@ -504,6 +504,13 @@ def acquisition_grids(shape: tuple[int, int, int], drawn: dict, modality: str):
     return native, grid_with_spacing(native, voxel), t1
 
 
+def intensity_curve(x: np.ndarray, gamma: float) -> np.ndarray:
+    """A monotone intensity curve ``top · (x / top) ** gamma``, anchored at the brain's bright end
+    (``top`` = the 99th percentile of the positive voxels); 0 stays 0."""
+    top = float(np.percentile(x[x > 0], 99)) if (x > 0).any() else 1.0
+    return top * (np.clip(x, 0, None) / top) ** gamma
+
+
 def voxel_profile_sigma(voxel_mm) -> np.ndarray:
     """Per axis, the Gaussian sigma (in 1 mm voxels) that blurs a 1 mm image to the resolution of
     ``voxel_mm`` voxels (a slice profile of FWHM the voxel size; 0 where the voxel is 1 mm or finer)."""
@@ -519,10 +526,8 @@ def _acquire(images: dict[str, np.ndarray], drawn: dict) -> dict[str, np.ndarray
     for m, img in images.items():
         native, acquired, t1 = acquisition_grids(img.shape, drawn, m)
         x = img.astype(np.float32)
-        gamma = drawn["gamma"][m]
-        if gamma != 1.0:  # a monotone intensity curve, anchored at the brain's bright end
-            top = float(np.percentile(x[x > 0], 99)) if (x > 0).any() else 1.0
-            x = top * (x / top) ** gamma
+        if drawn["gamma"][m] != 1.0:
+            x = intensity_curve(x, drawn["gamma"][m])
         sigma = voxel_profile_sigma(acquired.spacing)
         if sigma.any():
             x = ndi.gaussian_filter(x, sigma)
