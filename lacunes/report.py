@@ -270,5 +270,5 @@ def report_folder(output: Path, progress: bool = True) -> Path:
         except Exception as exc:  # a moved input must not stop the report
             logger.error("%s: no picture: %s", r.subject_id, exc)
             r.picture = ""
-    save_records(output, records)
+    records = update_records(output, records)  # under the lock, like a running lacunes predict
     return write_report(output, records)
