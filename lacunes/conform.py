@@ -11,7 +11,9 @@ Two steps, planned from the input's geometry alone (:func:`plan`):
    training's random affine covers it.
 2. **Resampling** — when the reoriented voxel size differs from the model's by more than
    :attr:`ModelSpace.spacing_rtol`, the volume is linearly interpolated onto a grid of the model's
-   voxel size covering the same field of view (centred on it). The probability map goes back by cubic
+   voxel size covering the same field of view (centred on it), skull-stripped inputs as such
+   (:func:`resample_masked`: the background's zeros are not blended into the brain's edge, which
+   would move the quantiles the normalization maps to 0 and 1). The probability map goes back by cubic
    B-spline interpolation (:data:`PROBABILITY_ORDER`: linear interpolation erodes small lesions), the
    uncertainty map linearly; lesions cut at 0.5 keep their extent and volume up to the native grid's
    own discretization (tests/test_conform.py).
@@ -159,6 +161,32 @@ def resample_axis_aligned(array: np.ndarray, source: Geometry, target: Geometry,
     return out.reshape(*lead, *target.shape)
 
 
+def resample_masked(array: np.ndarray, source: Geometry, target: Geometry) -> np.ndarray:
+    """A skull-stripped image (``…×X×Y×Z``, background exactly 0) linearly resampled as one: per
+    channel, the non-zero voxels' mask and the image are interpolated alike and divided (normalized
+    convolution), and the target voxels where the mask interpolates under 0.5 are background.
+
+    Plain linear interpolation blends the background's zeros into the brain's edge: a ring of voxels
+    between 0 and the tissue's values, some 4 % of the brain after one resampling, enough to pull the
+    0.5 % quantile that the normalization maps to 0 from the tissue (T2 white matter at 320) down to
+    about 0 (the held-out phantoms at 0.7 or 1.3 mm), so that every intensity the network and the
+    second stage see shifts. Here the brain keeps its edge and its values. A volume without exact
+    zeros (not skull-stripped) is resampled exactly as :func:`resample_axis_aligned` does. float32."""
+    lead = array.shape[:-3]
+    flat = np.asarray(array, np.float32).reshape(-1, *array.shape[-3:])
+    out = np.zeros((flat.shape[0], *target.shape), np.float32)
+    for k, channel in enumerate(flat):
+        inside = channel != 0
+        value = resample_axis_aligned(channel, source, target)
+        if inside.all():
+            out[k] = value
+            continue
+        weight = resample_axis_aligned(inside.astype(np.float32), source, target)
+        keep = weight >= 0.5
+        out[k][keep] = value[keep] / weight[keep]
+    return out.reshape(*lead, *target.shape)
+
+
 @dataclass(frozen=True)
 class Conform:
     """How one input grid maps to the model's space (:func:`plan`), and back.
@@ -188,9 +216,9 @@ class Conform:
 
     def to_model(self, array: np.ndarray) -> np.ndarray:
         """An image (``…×X×Y×Z`` on the native grid) in the model's space: reoriented, then linearly
-        resampled when needed."""
+        resampled when needed, its background kept out of the brain's edge (:func:`resample_masked`)."""
         out = reorient(array, self.axes, self.flips)
-        return resample_axis_aligned(out, self.oriented, self.model) if self.resampled else out
+        return resample_masked(out, self.oriented, self.model) if self.resampled else out
 
     def mask_to_model(self, mask: np.ndarray) -> np.ndarray:
         """A binary mask (a rater's label) in the model's space: reoriented, and where resampled,

@@ -270,13 +270,28 @@ def check_same_space(reference: Geometry, other: Geometry, ref_name: str, other_
 
 def resample_to(array: np.ndarray, geom: Geometry, target: Geometry) -> np.ndarray:
     """``array`` (on ``geom``) linearly resampled onto ``target`` in scanner space; 0 outside its field
-    of view. float32 (x, y, z)."""
+    of view. A skull-stripped image (background exactly 0) is resampled as one, as
+    :func:`lacunes.conform.resample_masked` does: image and non-zero mask interpolated alike and
+    divided, background where the mask falls under 0.5, so that no ring of background-blended voxels
+    moves the normalization's quantiles. float32 (x, y, z)."""
     import SimpleITK as sitk
 
-    moving = to_sitk(np.asarray(array, np.float32), geom)
+    array = np.asarray(array, np.float32)
     reference = to_sitk(np.zeros(target.shape, np.uint8), target)
-    out = sitk.Resample(moving, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+    def linear(a: np.ndarray) -> np.ndarray:
+        out = sitk.Resample(to_sitk(a, geom), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+        return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
+
+    value = linear(array)
+    inside = array != 0
+    if inside.all():  # not skull-stripped: only the field of view's edge is background
+        return value
+    weight = linear(inside.astype(np.float32))
+    keep = weight >= 0.5
+    out = np.zeros(target.shape, np.float32)
+    out[keep] = value[keep] / weight[keep]
+    return out
 
 
 def check_same_grid(geometries: dict[Path, Geometry], hint: str = "") -> None:

@@ -51,9 +51,10 @@ class AcquisitionConfig:
     Each choice is drawn per subject from a stream of its own (``[seed, index, 1]``), so a phantom's
     anatomy and lesions are those of the same phantom without randomization. The images are rendered at
     1 mm as usual, then "acquired": blurred by the acquired voxel's profile (a Gaussian whose FWHM is
-    the voxel size), sampled on the acquisition grid, and brought back to the 1 mm grid exactly as
-    inference conforms a scan (:mod:`lacunes.conform`: linear). Labels stay on the 1 mm grid: the
-    network learns the true extent from blurred images.
+    the voxel size) and skull-stripped again with the brain's own mask, sampled on the acquisition
+    grid, and brought back to the 1 mm grid exactly as inference conforms a scan (:mod:`lacunes.conform`:
+    linear, the background kept out of the brain's edge, :func:`lacunes.conform.resample_masked`).
+    Labels stay on the 1 mm grid: the network learns the true extent from blurred images.
 
     Attributes:
         p_resolution: share of subjects acquired at another voxel size (all three modalities, isotropic).
@@ -520,7 +521,7 @@ def voxel_profile_sigma(voxel_mm) -> np.ndarray:
 
 def _acquire(images: dict[str, np.ndarray], drawn: dict) -> dict[str, np.ndarray]:
     """The rendered 1 mm images as acquired (:class:`AcquisitionConfig`), back on the 1 mm grid."""
-    from lacunes.conform import resample_axis_aligned
+    from lacunes.conform import resample_masked
 
     out = {}
     for m, img in images.items():
@@ -529,14 +530,14 @@ def _acquire(images: dict[str, np.ndarray], drawn: dict) -> dict[str, np.ndarray
         if drawn["gamma"][m] != 1.0:
             x = intensity_curve(x, drawn["gamma"][m])
         sigma = voxel_profile_sigma(acquired.spacing)
-        if sigma.any():
-            x = ndi.gaussian_filter(x, sigma)
-        if acquired != native:
-            x = resample_axis_aligned(x, native, acquired)
+        if sigma.any():  # the slice profile's blur, then skull-stripped again (the brain's own extent)
+            x = np.where(img != 0, ndi.gaussian_filter(x, sigma), np.float32(0))
+        if acquired != native:  # each resampling of a skull-stripped scan as inference does it
+            x = resample_masked(x, native, acquired)
             if acquired != t1:  # T2/FLAIR resampled onto the T1's grid (--resample)
-                x = resample_axis_aligned(x, acquired, t1)
+                x = resample_masked(x, acquired, t1)
             if t1 != native:  # the subject conformed to the model's 1 mm grid
-                x = resample_axis_aligned(x, t1, native)
+                x = resample_masked(x, t1, native)
         out[m] = np.round(x).clip(0, 32767).astype(np.int16)
     return out
 

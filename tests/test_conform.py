@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from lacunes.conform import ModelSpace, grid_with_spacing, orientation, plan, resample_axis_aligned
+from lacunes.conform import ModelSpace, grid_with_spacing, orientation, plan, resample_axis_aligned, resample_masked
 from lacunes.inference import InferenceSettings, Predictor
 from lacunes.io import Geometry, Subject
+from lacunes.preprocessing import quantile_normalize
 
 PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # array axes along y, z, x (columns)
 LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
@@ -113,6 +114,37 @@ def test_masks_are_cut_at_half_after_interpolation():
     model = c.mask_to_model(label)
     assert model.dtype == np.uint8 and set(np.unique(model)) <= {0, 1}
     assert abs(model.sum() * c.model.voxel_volume - label.sum() * native.voxel_volume) < 0.15 * label.sum() * 3
+
+
+@pytest.mark.parametrize("native_mm", [0.7, 1.3])
+def test_a_skull_stripped_scan_keeps_its_edge_and_its_quantiles_when_conformed(native_mm):
+    """The brain's values stay among the brain's values (no ring blended with the background's zeros),
+    its volume stays, and so do the quantiles the normalization maps to 0 and 1."""
+    native = grid_with_spacing(Geometry(shape=(48, 48, 48)), (native_mm,) * 3)
+    brain = ball_probability(native, (24.0, 24.0, 24.0), 18.0) >= 0.5
+    tissue = 300.0 + 600.0 * (centres_mm(native)[0] - 6.0) / 36.0  # from 300 to 900 across the brain
+    image = np.where(brain, tissue, 0.0).astype(np.float32)[None]
+    c = plan(native)
+    model = c.to_model(image)[0]
+    inside = model != 0
+    assert model[inside].min() >= 300.0 - 1e-3 and model.max() <= 900.0 + 1e-3
+    assert abs(inside.sum() * c.model.voxel_volume - brain.sum() * native.voxel_volume) < 0.02 * brain.sum() * native.voxel_volume
+    lo, hi = np.quantile(image[0][brain], [0.005, 0.995])
+    lo_m, hi_m = np.quantile(model[inside], [0.005, 0.995])
+    assert abs(lo_m - lo) < 15 and abs(hi_m - hi) < 15
+    # plain linear interpolation is what this guards against: the background pulls the edge to ~0
+    blended = resample_axis_aligned(image, c.oriented, c.model)[0]
+    assert np.quantile(blended[blended != 0], 0.005) < 0.5 * lo
+    normalized = quantile_normalize(model[None])[0]
+    assert abs(np.median(normalized[inside]) - 0.5) < 0.05
+
+
+def test_a_volume_without_background_resamples_as_plain_linear_interpolation():
+    native = Geometry(shape=(12, 12, 12), spacing=(1.3, 1.3, 1.3))
+    c = plan(native)
+    image = np.random.default_rng(0).uniform(1.0, 2.0, (2, *native.shape)).astype(np.float32)
+    np.testing.assert_array_equal(resample_masked(image, c.oriented, c.model),
+                                  resample_axis_aligned(image, c.oriented, c.model))
 
 
 def test_resample_refuses_grids_of_other_directions():
