@@ -467,8 +467,10 @@ def prepare_output_folder(folder: str | os.PathLike) -> Path:
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path`` (same suffix, so writers pick the same format); on
-    success it is renamed to ``path`` with the usual permissions, on any error it is removed. A crash
-    therefore never leaves a half-written file under the final name."""
+    success it is flushed to the disk (fsync: a full disk that the writer did not report surfaces
+    here, as :class:`WriteError`), renamed to ``path`` with the usual permissions, and the rename
+    itself flushed; on any error it is removed. A crash or a power cut therefore never leaves a
+    half-written file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
@@ -477,10 +479,33 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+        try:
+            _fsync(tmp)
+        except OSError as exc:
+            raise WriteError(f"writing {path.name} in {path.parent} failed: {exc.strerror or exc}") from None
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
+    """Flush a file's data (or a folder's entries) to the disk. A folder that cannot be opened for it
+    (some network file systems, Windows) is left to the operating system."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
 
 
 class WriteError(OSError):

@@ -275,6 +275,43 @@ def test_a_short_write_raises_and_leaves_neither_map(tmp_path, monkeypatch):
     assert not output_complete(a)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs (skipped where the tests may not mount one: not root, a container without the
+    capability)."""
+    import shutil
+    import subprocess
+
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(folder)],
+                                                       capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
+
+
+def test_a_full_disk_is_an_error_and_leaves_no_map_under_its_name(small_disk):
+    """On a real full disk (1 MiB tmpfs, two maps of ~0.7 MB each): the write that does not fit raises
+    WriteError naming the file, neither map nor any temporary is left, and the disk has room again."""
+    import shutil
+
+    from lacunes.io import WriteError, write_volumes
+
+    geom = Geometry((64, 64, 48))
+    volume = np.random.default_rng(0).random(geom.shape).astype(np.float32)  # compresses little
+    a, b = small_disk / "s_prediction.nii.gz", small_disk / "s_uncertaintymap.nii.gz"
+    with pytest.raises(WriteError, match="s_uncertaintymap.nii.gz"):
+        write_volumes([(volume, geom, a), (volume, geom, b)])
+    assert sorted(small_disk.iterdir()) == []
+    assert shutil.disk_usage(small_disk).used < 100_000
+    small = np.zeros(geom.shape, np.float32)  # maps that fit are written whole
+    write_volumes([(small, geom, a), (small, geom, b)])
+    np.testing.assert_array_equal(read_volume(b)[0], small)
+
+
 def test_oversized_empty_and_foreign_files_are_refused_with_a_reason(tmp_path, monkeypatch):
     import gzip
 
