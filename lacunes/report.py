@@ -54,6 +54,9 @@ class SubjectRecord:
     seconds: float = 0.0
     error: str = ""
     picture: str = ""  # relative to the output folder
+    # the completion record: every output written for the subject (relative to the output folder where
+    # inside it) -> {"bytes": ..., "sha256": ...}; a rerun keeps a subject only while they all match
+    outputs: dict[str, dict] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> SubjectRecord:

@@ -15,7 +15,7 @@ import numpy as np
 
 from lacunes.inference import Predictor
 from lacunes.instances import lesion_table
-from lacunes.io import Subject, atomic_output, output_complete, read_subject, write_volume, write_volumes
+from lacunes.io import Subject, atomic_output, read_subject, write_volume, write_volumes
 from lacunes.layouts import SubjectFiles
 
 logger = logging.getLogger(__name__)
@@ -66,6 +66,51 @@ def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, prog
     return subject if len(subjects) == 1 else None
 
 
+def extras_paths(files: SubjectFiles, extras_dir: Path | None, write_mask: bool, write_table: bool) -> dict[str, Path]:
+    """Where a subject's extras go: ``mask`` (binary at 0.5) and ``table`` (lesion CSV), as asked."""
+    if extras_dir is None:
+        return {}
+    stem = files.output_prefix or f"{files.subject_id}_"
+    out = {}
+    if write_mask:
+        out["mask"] = Path(extras_dir) / f"{stem}mask.nii.gz"
+    if write_table:
+        out["table"] = Path(extras_dir) / f"{stem}lesions.csv"
+    return out
+
+
+def _record_key(path: Path, output: Path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(output.resolve())) if path.is_relative_to(output.resolve()) else str(path)
+
+
+def fingerprints(paths: list[Path], output: Path) -> dict[str, dict]:
+    """The completion record of written files: size and sha256 of each (keyed as in run.json)."""
+    from lacunes.checkpoint import sha256_of
+
+    return {_record_key(p, output): {"bytes": Path(p).stat().st_size, "sha256": sha256_of(p)} for p in paths}
+
+
+def record_mismatch(record, paths: list[Path], output: Path) -> str | None:
+    """Why the outputs ``paths`` of a subject are not known complete (None when they are): the
+    subject has no completion record, or a file is missing, was not recorded (an extra asked for
+    only now), or differs from its record (a killed copy, a file changed since)."""
+    if record is None or record.status not in ("done", "skipped") or not record.outputs:
+        return "no record of a completed run"
+    from lacunes.checkpoint import sha256_of
+
+    for p in paths:
+        key = _record_key(p, output)
+        kept = record.outputs.get(key)
+        if not Path(p).is_file():
+            return f"{key} is missing"
+        if kept is None:
+            return f"{key} was not written by the recorded run"
+        if Path(p).stat().st_size != kept.get("bytes") or sha256_of(p) != kept.get("sha256"):
+            return f"{key} differs from the recorded run"
+    return None
+
+
 def run_subject(
     predictor: Predictor,
     files: SubjectFiles,
@@ -94,13 +139,11 @@ def run_subject(
     outputs = write_volumes([(probability.astype(np.float32), geometry, prediction_path),
                              (uncertainty.astype(np.float32), geometry, uncertainty_path)])
     rows = lesion_table(probability, uncertainty, geometry.spacing, geometry.origin, direction=geometry.direction)
-    if extras_dir is not None and (write_mask or write_table):
-        stem = files.output_prefix or f"{files.subject_id}_"
-        if write_mask:
-            outputs.append(write_volume((probability >= 0.5).astype(np.uint8), geometry,
-                                        Path(extras_dir) / f"{stem}mask.nii.gz"))
-        if write_table:
-            outputs.append(write_lesion_table(rows, Path(extras_dir) / f"{stem}lesions.csv"))
+    extras = extras_paths(files, extras_dir, write_mask, write_table)
+    if "mask" in extras:
+        outputs.append(write_volume((probability >= 0.5).astype(np.uint8), geometry, extras["mask"]))
+    if "table" in extras:
+        outputs.append(write_lesion_table(rows, extras["table"]))
     t3 = time.time()
     report = SubjectReport(files.subject_id, outputs, len(rows), t3 - t0,
                            volume_mm3=float(sum(r["volume_mm3"] for r in rows)),
@@ -157,17 +200,19 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
             files = valdo_subject(item) if isinstance(item, Path) else item
             pred, unc = output / files.prediction_name, output / files.uncertainty_name
             inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
-            done = not overwrite and output_complete(pred) and output_complete(unc)  # each map read once
-            if not done and not overwrite and (pred.exists() or unc.exists()):
-                logger.warning("%s: its outputs in %s are incomplete or damaged (a full disk, a killed copy): "
-                               "predicting again", files.subject_id, output)
-            if done:
-                reports.append(SubjectReport(files.subject_id, [pred, unc], status="skipped"))
-                record = records.get(files.subject_id) or SubjectRecord(files.subject_id, "skipped", inputs, pred.name)
+            expected = [pred, unc, *extras_paths(files, extras, write_mask, write_table).values()]
+            why = None if overwrite else record_mismatch(records.get(files.subject_id), expected, output)
+            if not overwrite and why is not None and any(p.exists() for p in expected):
+                logger.warning("%s: outputs in %s not known complete (%s): predicting again", files.subject_id,
+                               output, why)
+            if not overwrite and why is None:
+                reports.append(SubjectReport(files.subject_id, expected, status="skipped"))
+                record = records[files.subject_id]
             else:
                 r = run_subject(predictor, files, pred, unc, extras, write_mask, write_table, resample)
                 reports.append(r)
-                record = SubjectRecord(r.subject_id, "done", inputs, pred.name, r.lesions, r.volume_mm3, r.seconds)
+                record = SubjectRecord(r.subject_id, "done", inputs, pred.name, r.lesions, r.volume_mm3, r.seconds,
+                                       outputs=fingerprints(r.outputs, output))
             drawn = bool(record.picture) and (output / record.picture).is_file()
             if qc and (reports[-1].status == "done" or not drawn):
                 picture_for(output, record)

@@ -70,6 +70,46 @@ def test_explicit_files_and_extras(tmp_path, tiny_checkpoint):
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == [".run.json.lock"]
 
 
+def test_a_subject_is_done_only_while_its_completion_record_matches_its_files(tmp_path, tiny_checkpoint, capsys,
+                                                                              caplog):
+    """run.json records the size and sha256 of every output; a rerun keeps a subject only when all the
+    outputs it now asks for are recorded and match: extras asked for after a run killed before them,
+    a map changed since, or outputs without a record are predicted again."""
+    import json
+
+    write_subject(tmp_path / "in", "sub-001", shape=(30, 28, 18))
+    out = tmp_path / "out"
+    args = ("--input", str(tmp_path / "in"), "--output", str(out), "--model", str(tiny_checkpoint))
+    assert predict(*args) == 0
+    record = json.loads((out / "run.json").read_text())["subjects"][0]["outputs"]
+    pred = out / "sub-001_space-T1_prediction.nii.gz"
+    assert sorted(record) == ["sub-001_space-T1_prediction.nii.gz", "sub-001_space-T1_uncertaintymap.nii.gz"]
+    assert record[pred.name]["bytes"] == pred.stat().st_size and len(record[pred.name]["sha256"]) == 64
+    capsys.readouterr()
+    assert predict(*args) == 0 and "0 done, 1 skipped" in capsys.readouterr().out
+    # the extras were never written (a kill after the maps, or asked for only now): predicted again
+    assert predict(*args, "--mask", "--table") == 0 and "1 done, 0 skipped" in capsys.readouterr().out
+    assert "extras/sub-001_space-T1_mask.nii.gz is missing" in caplog.text
+    assert (out / "extras" / "sub-001_space-T1_mask.nii.gz").is_file()
+    assert predict(*args, "--mask", "--table") == 0 and "0 done, 1 skipped" in capsys.readouterr().out
+    # a mask left by another run (killed before its record was written) is not taken for this one's
+    (out / "extras" / "sub-001_space-T1_mask.nii.gz").rename(out / "extras" / "kept.nii.gz")
+    assert predict(*args, "--overwrite") == 0 and "1 done" in capsys.readouterr().out  # a record without extras
+    (out / "extras" / "kept.nii.gz").rename(out / "extras" / "sub-001_space-T1_mask.nii.gz")
+    assert predict(*args, "--mask") == 0 and "1 done, 0 skipped" in capsys.readouterr().out
+    assert "extras/sub-001_space-T1_mask.nii.gz was not written by the recorded run" in caplog.text
+    # a map rewritten since (same size, other bytes): predicted again
+    data = bytearray(pred.read_bytes())
+    data[-1] ^= 0xFF
+    pred.write_bytes(bytes(data))
+    assert predict(*args) == 0 and "1 done, 0 skipped" in capsys.readouterr().out
+    assert "differs from the recorded run" in caplog.text
+    # outputs without any record (run.json deleted): predicted again
+    (out / "run.json").unlink()
+    assert predict(*args) == 0 and "1 done, 0 skipped" in capsys.readouterr().out
+    assert "no record of a completed run" in caplog.text
+
+
 def test_argument_errors(tmp_path, tiny_checkpoint, caplog):
     assert predict("--output", str(tmp_path)) == 2
     assert "either --input" in caplog.text
