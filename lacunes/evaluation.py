@@ -97,25 +97,37 @@ def load_reference(paths: tuple[Path, ...]) -> tuple[np.ndarray, object]:
     return np.mean(arrays, axis=0), next(iter(geoms.values()))
 
 
+def _read_map(path: Path) -> tuple[np.ndarray, object]:
+    """A prediction or uncertainty map, float64, with the NaN voxels a NIfTI file holds kept as NaN (its
+    reader returns them as 0), so that such a map is scored as invalid instead of as an empty one."""
+    from lacunes.io import nan_mask
+
+    array, geom = read_volume(path)
+    array = array.astype(np.float64)
+    nan = nan_mask(path, array.shape)
+    if nan is not None:
+        logger.warning("%s holds %d NaN voxel(s)", Path(path).name, int(nan.sum()))
+        array[nan] = np.nan
+    return array, geom
+
+
 def evaluate_pair(pair: EvaluationPair, matching: Matching | str = Matching.CENTRE,
                   max_distance_mm: float = DEFAULT_MATCH_DISTANCE_MM) -> SubjectMetrics:
     ref, ref_geom = load_reference(pair.references)
     if pair.prediction is None:  # no prediction: an empty one (the challenge scores a missing case worst)
         return evaluate_subject(np.zeros(ref.shape), ref, ref_geom.spacing, None, pair.subject_id, matching,
                                 max_distance_mm)
-    pred, pred_geom = read_volume(pair.prediction)
+    pred, pred_geom = _read_map(pair.prediction)
     files = {pair.references[0]: ref_geom, pair.prediction: pred_geom}
     unc = None
     if pair.uncertainty is not None:
-        unc, unc_geom = read_volume(pair.uncertainty)
+        unc, unc_geom = _read_map(pair.uncertainty)
         files[pair.uncertainty] = unc_geom
     try:
         check_same_grid(files)
     except GeometryMismatchError as exc:
         raise GeometryMismatchError(f"{pair.subject_id}: {exc}") from None
-    result = evaluate_subject(pred.astype(np.float64), ref, ref_geom.spacing,
-                              None if unc is None else unc.astype(np.float64), pair.subject_id,
-                              matching, max_distance_mm)
+    result = evaluate_subject(pred, ref, ref_geom.spacing, unc, pair.subject_id, matching, max_distance_mm)
     if not result.valid:
         logger.warning("%s: prediction or uncertainty outside [0, 1] or not finite: scored as invalid",
                        pair.subject_id)

@@ -156,6 +156,36 @@ def check_complete(path: Path) -> None:
                                        "announces; copy it again from its source")
 
 
+def nan_mask(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray | None:
+    """Where a floating-point NIfTI file (``.nii``, ``.nii.gz``) holds NaN, as an (x, y, z) mask of
+    ``shape``; None when it holds none or is not such a file. SimpleITK's NIfTI reader turns NaN into
+    0, so that a prediction full of NaN would otherwise read as an empty one."""
+    import gzip
+    import struct
+
+    path = Path(path)
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return None
+    with (gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")) as f:
+        data = f.read()
+    for order in "<>":
+        if len(data) >= 348 and struct.unpack(order + "i", data[:4])[0] == 348:
+            code, offset = struct.unpack(order + "h", data[70:72])[0], int(struct.unpack(order + "f", data[108:112])[0])
+        elif len(data) >= 540 and struct.unpack(order + "i", data[:4])[0] == 540:
+            code, offset = struct.unpack(order + "h", data[12:14])[0], struct.unpack(order + "q", data[168:176])[0]
+        else:
+            continue
+        dtype = {16: "f4", 64: "f8"}.get(code)
+        count = int(np.prod(shape))
+        if dtype is None or len(data) < offset + count * int(dtype[1]):
+            return None
+        values = np.frombuffer(data, np.dtype(order + dtype), count, offset)
+        nan = np.isnan(values)
+        return nan.reshape(tuple(shape), order="F") if nan.any() else None
+    return None
+
+
 #: Largest volume read (voxels), checked from the header before anything is decoded: 10⁸ voxels is a
 #: 0.5 mm whole-head scan (464×464×464); a 1024³ volume would need about 7 GB before anything could be
 #: said about it, beyond the platform's 4 GB. ``LACUNES_MAX_VOXELS`` changes it.

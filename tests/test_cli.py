@@ -155,6 +155,24 @@ def test_evaluate_scores_a_missing_prediction_and_refuses_a_shifted_one(tmp_path
         evaluate_pair(pair_subjects(tmp_path / "pred", tmp_path / "ref")[0])
 
 
+def test_evaluate_scores_a_prediction_holding_nan_as_invalid(tmp_path, caplog):
+    """SimpleITK reads a NIfTI's NaN as 0: a map of the true lesion with NaN elsewhere would score as
+    perfect. The NaN are found in the file itself and the prediction is scored invalid (worst)."""
+    from lacunes.evaluation import evaluate_pair, pair_subjects
+    from lacunes.io import write_volume
+
+    _, label, geom = write_subject(tmp_path / "ref", "sub-001")
+    (tmp_path / "pred").mkdir()
+    pred = np.where(label > 0, 1.0, np.nan).astype(np.float32)
+    write_volume(pred, geom, tmp_path / "pred" / "sub-001_space-T1_prediction.nii.gz")
+    result = evaluate_pair(pair_subjects(tmp_path / "pred", tmp_path / "ref")[0])
+    assert not result.valid and result.f1 == 0.0
+    assert f"holds {int((label == 0).sum())} NaN voxel(s)" in caplog.text
+    write_volume(np.where(label > 0, 1.0, 0.0).astype(np.float32), geom,
+                 tmp_path / "pred" / "sub-001_space-T1_prediction.nii.gz")
+    assert evaluate_pair(pair_subjects(tmp_path / "pred", tmp_path / "ref")[0]).valid
+
+
 def test_synth_command(tmp_path, capsys):
     assert main(["synth", "--n", "1", "--out", str(tmp_path), "--seed", "3", "--first-id", "7", "--no-progress"]) == 0
     assert (tmp_path / "sub-007_space-T1_desc-masked_FLAIR.nii.gz").is_file()
