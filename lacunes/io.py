@@ -380,6 +380,25 @@ def check_background(array: np.ndarray, path: Path) -> bool:
     return True
 
 
+#: An MR image holds a continuum of intensities; a volume with at most this many distinct non-zero
+#: values is a label or mask image given in a modality's place.
+MAX_LABEL_VALUES = 2
+
+
+def check_not_a_label(array: np.ndarray, path: Path, modality: str) -> None:
+    """Refuse a label or mask image given as a contrast (at most :data:`MAX_LABEL_VALUES` distinct
+    non-zero values, judged on up to 10⁶ of its non-zero voxels). Raises :class:`LacunesInputError`."""
+    values = array[array != 0]
+    if values.size == 0:
+        return
+    sample = values[:: max(1, values.size // 1_000_000)]
+    distinct = np.unique(sample[np.isfinite(sample)])
+    if distinct.size <= MAX_LABEL_VALUES:
+        raise LacunesInputError(
+            f"{path} holds only {distinct.size} distinct non-zero value(s) ({', '.join(f'{v:g}' for v in distinct)}): "
+            f"a label or mask image, not a {modality} scan")
+
+
 def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample: bool = False) -> Subject:
     """Read the three modalities of a subject and stack them on the T1's grid.
 
@@ -395,6 +414,7 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
         UnreadableImageError: a file cannot be read as a 3D scalar image.
         GeometryMismatchError: shapes or spacings differ (without ``resample``), or a modality does not
             cover the T1's field of view (with it).
+        LacunesInputError: one file or image given for two contrasts, or a label image given as one.
     """
     missing = [m for m in MODALITIES if m not in paths or paths[m] is None]
     if missing:
@@ -432,6 +452,7 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
                 raise LacunesInputError(f"{subject_id}: {a} and {MODALITIES[j]} hold the same image "
                                         f"({Path(paths[a]).name}, {Path(paths[MODALITIES[j]]).name}): a copy given twice?")
     for m, arr in zip(MODALITIES, arrays):
+        check_not_a_label(arr, Path(paths[m]), m)
         check_background(arr, Path(paths[m]))
     for m, n in nonfinite.items():
         if n:

@@ -329,6 +329,21 @@ def test_oversized_empty_and_foreign_files_are_refused_with_a_reason(tmp_path, m
     assert ".cxx" not in str(err.value)
 
 
+def test_a_label_image_given_as_a_contrast_is_refused(tmp_path):
+    _, label, geom = write_subject(tmp_path)
+    p = paths(tmp_path)
+    lesion = tmp_path / "sub-001_space-T1_Lacunes.nii.gz"
+    write_volume(label.astype(np.uint8), geom, lesion)
+    with pytest.raises(LacunesInputError, match=r"Lacunes.nii.gz holds only 1 distinct non-zero value\(s\) \(1\): "
+                                                r"a label or mask image, not a T1 scan"):
+        read_subject("sub-001", {**p, "T1": lesion})
+    mask = tmp_path / "brain_mask.nii.gz"
+    write_volume((read_volume(p["T2"])[0] > 0).astype(np.float32) * 2, geom, mask)
+    with pytest.raises(LacunesInputError, match="not a FLAIR scan"):
+        read_subject("sub-001", {**p, "FLAIR": mask})
+    assert read_subject("sub-001", p).image.shape[0] == 3  # the real contrasts pass
+
+
 def test_one_file_given_twice_is_refused_and_a_background_that_is_not_zero_named(tmp_path, caplog):
     images, _, geom = write_subject(tmp_path)
     p = paths(tmp_path)
