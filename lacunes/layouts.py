@@ -12,11 +12,14 @@ Grand-challenge layout: ``/input/inputs.json`` lists the sockets and each image 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from lacunes.io import MODALITIES, LacunesInputError, MissingModalityError
+
+logger = logging.getLogger(__name__)
 
 T1_SUFFIXES = ("T1.nii.gz", "T1.nii", "T1.mha")
 VALDO_T1 = re.compile(r"^(?P<sid>sub-[^_]+)_space-.*_desc-masked_T1\.(nii\.gz|nii|mha)$")
@@ -75,13 +78,38 @@ def valdo_subject(t1: Path) -> SubjectFiles:
     return SubjectFiles(match["sid"], paths, prefix)
 
 
+#: A file that looks like a T1 scan (a ``…T1`` image) without following the VALDO names.
+LOOKS_LIKE_T1 = re.compile(r"t1\.(nii\.gz|nii|mha)$", re.IGNORECASE)
+
+
+def near_miss(name: str) -> str | None:
+    """Why a file that looks like a T1 scan is not taken as one (None when it is not such a file or
+    follows the layout): what a user most likely meant, in a few words."""
+    if VALDO_T1.match(name) or not LOOKS_LIKE_T1.search(name):
+        return None
+    if re.match(VALDO_T1.pattern, name, re.IGNORECASE):
+        return "the names are case-sensitive (sub-, space-, desc-masked_T1)"
+    desc = re.search(r"_desc-([^_]+)_", name)
+    if desc and desc.group(1) != "masked":
+        return f"desc-{desc.group(1)} where desc-masked (a skull-stripped scan) is expected"
+    if not name.startswith("sub-"):
+        return "the name does not start with sub-"
+    return "no _space-<space>_desc-masked_ before T1"
+
+
 def find_valdo_t1s(folder: Path) -> list[Path]:
     """All VALDO-layout T1 files directly in ``folder``, sorted; a subject id twice (e.g. as ``.nii.gz``
-    and ``.mha``) is an error naming both files."""
+    and ``.mha``) is an error naming both files. Files that look like T1 scans but do not follow the
+    names are listed in a warning, each with what is wrong with its name (:func:`near_miss`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise LacunesInputError(f"input folder {folder} does not exist")
     t1s = sorted(p for p in folder.iterdir() if VALDO_T1.match(p.name))
+    missed = sorted((p.name, why) for p in folder.iterdir() if (why := near_miss(p.name)))
+    if missed:
+        logger.warning("%d file(s) in %s look like T1 scans but are not taken (expected sub-XXX_space-<space>_"
+                       "desc-masked_T1.nii.gz): %s", len(missed), folder,
+                       "; ".join(f"{name}: {why}" for name, why in missed[:10]) + (" …" if len(missed) > 10 else ""))
     by_id: dict[str, list[str]] = {}
     for p in t1s:
         by_id.setdefault(VALDO_T1.match(p.name)["sid"], []).append(p.name)

@@ -41,6 +41,19 @@ def test_empty_folder_and_bad_names(tmp_path):
         valdo_subject(tmp_path / "brain_T1.nii.gz")
 
 
+def test_files_that_look_like_t1_scans_but_are_not_taken_are_named_with_the_reason(tmp_path, caplog):
+    write_subject(tmp_path, "sub-001")
+    for name in ("SUB-004_space-T1_desc-masked_T1.nii.gz", "sub-008_T1.nii.gz",
+                 "sub-005_space-T1_desc-brain_T1.nii.gz", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    assert [s.subject_id for s in find_valdo_subjects(tmp_path)] == ["sub-001"]
+    assert "3 file(s) in" in caplog.text and "look like T1 scans but are not taken" in caplog.text
+    assert "SUB-004_space-T1_desc-masked_T1.nii.gz: the names are case-sensitive" in caplog.text
+    assert "sub-005_space-T1_desc-brain_T1.nii.gz: desc-brain where desc-masked" in caplog.text
+    assert "sub-008_T1.nii.gz: no _space-<space>_desc-masked_ before T1" in caplog.text
+    assert "notes.txt" not in caplog.text and "sub-001" not in caplog.text
+
+
 def test_explicit_subject(tmp_path):
     s = explicit_subject(tmp_path / "sub-9_T1w.nii.gz", tmp_path / "t2.nii.gz", tmp_path / "fl.nii.gz")
     assert s.subject_id == "sub-9" and s.prediction_name == "sub-9_prediction.nii.gz"
