@@ -153,6 +153,15 @@ def _env_float(name: str) -> float | None:
         raise SystemExit(f"{name} must be a number, got {value!r}") from None
 
 
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove the output folders this run created, deepest first, where a failure left them empty."""
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except OSError:  # absent, or not empty: what is in it stays
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     parser = build_parser()
@@ -163,10 +172,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from lacunes.inference import PRESETS, Predictor
     from lacunes.io import LacunesInputError, WriteError, prepare_output_folder
-    from lacunes.layouts import find_valdo_subjects, find_valdo_t1s, grand_challenge_subject, is_grand_challenge_layout
+    from lacunes.layouts import (
+        GC_OUTPUT_SLUGS,
+        find_valdo_subjects,
+        find_valdo_t1s,
+        grand_challenge_subject,
+        is_grand_challenge_layout,
+    )
     from lacunes.runner import validate_subjects
 
     input_path, output_path = Path(args.input), Path(args.output)
+    images = output_path / "images"
+    created = [] if images.exists() else [images, *(images / slug for slug in GC_OUTPUT_SLUGS.values())]
     t_imports = time.time()
     try:
         if not input_path.is_dir():
@@ -197,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
             make_valdo_algorithm(predictor, input_path, output_path, args.resample, checked).process()
     except (LacunesInputError, FileNotFoundError, ValueError, WriteError) as exc:
         logger.error("%s", exc)
+        _remove_empty(created)
         return 2
     except Exception as exc:  # evalutils' validators (e.g. two subjects with identical T1 bytes)
+        _remove_empty(created)
         if not type(exc).__module__.startswith("evalutils"):
             raise
         logger.error("%s: %s", type(exc).__name__, exc)

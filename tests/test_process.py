@@ -104,6 +104,11 @@ def test_empty_input_and_missing_model(tmp_path, tiny_checkpoint, caplog):
     write_subject(tmp_path / "in")
     assert run(tmp_path / "in", tmp_path / "out", tmp_path / "absent.pt") == 2
     assert "no checkpoint" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []  # no empty images/ left behind
+    (tmp_path / "out" / "images").mkdir()
+    (tmp_path / "out" / "images" / "mine.txt").write_text("kept")
+    assert run(tmp_path / "in", tmp_path / "out", tmp_path / "absent.pt") == 2
+    assert (tmp_path / "out" / "images" / "mine.txt").read_text() == "kept"  # a folder it did not create stays
 
 
 def test_no_flags_means_the_full_recipe(monkeypatch):
