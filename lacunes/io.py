@@ -186,10 +186,49 @@ def nan_mask(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray | No
     return None
 
 
-#: Largest volume read (voxels), checked from the header before anything is decoded: 10⁸ voxels is a
-#: 0.5 mm whole-head scan (464×464×464); a 1024³ volume would need about 7 GB before anything could be
-#: said about it, beyond the platform's 4 GB. ``LACUNES_MAX_VOXELS`` changes it.
-MAX_VOXELS = 100_000_000
+#: Peak host memory per voxel of a subject's grid while it is read, conformed, normalized, predicted
+#: and written (three int16 modalities; benchmarks/memory.py: 5.02 GB for a 400×400×320 field of view,
+#: 87 bytes per voxel over the process's 0.57 GB at rest), rounded up for inputs stored wider.
+BYTES_PER_VOXEL = 100
+#: The process at rest: interpreter, torch, the model (benchmarks/memory.py: 0.57 GB).
+BASE_BYTES = 600_000_000
+
+
+def memory_limit() -> tuple[int, str]:
+    """The memory a run may use (bytes) and where that number comes from: ``$LACUNES_MEMORY_LIMIT_GB``,
+    else the container's limit (cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``), else the
+    machine's physical memory."""
+    env = os.environ.get("LACUNES_MEMORY_LIMIT_GB")
+    if env is not None:
+        try:
+            gb = float(env)
+        except ValueError:
+            gb = float("nan")
+        if not (np.isfinite(gb) and gb > 0):
+            raise LacunesInputError(f"LACUNES_MEMORY_LIMIT_GB must be a positive number of GB, got {env!r}")
+        return int(gb * 1e9), "LACUNES_MEMORY_LIMIT_GB"
+    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(cgroup).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < physical:
+            return int(text), "the container's memory limit"
+    return int(physical), "this machine's memory"
+
+
+def max_voxels() -> tuple[int, str]:
+    """The largest grid (voxels) a subject may have, and why: ``$LACUNES_MAX_VOXELS``, else what
+    :func:`memory_limit` holds at :data:`BYTES_PER_VOXEL` over :data:`BASE_BYTES`."""
+    env = os.environ.get("LACUNES_MAX_VOXELS")
+    if env is not None:
+        try:
+            return int(env), "LACUNES_MAX_VOXELS"
+        except ValueError:
+            raise LacunesInputError(f"LACUNES_MAX_VOXELS must be a whole number, got {env!r}") from None
+    limit, source = memory_limit()
+    return max(0, (limit - BASE_BYTES) // BYTES_PER_VOXEL), f"{limit / 1e9:.1f} GB ({source})"
 
 
 def header_size(path: Path) -> tuple[int, ...]:
@@ -203,18 +242,20 @@ def header_size(path: Path) -> tuple[int, ...]:
 
 
 def check_size(path: Path) -> None:
-    """Refuse, from its header alone, a volume larger than :data:`MAX_VOXELS` (or
-    ``$LACUNES_MAX_VOXELS``) before decoding it. Raises :class:`UnreadableImageError`."""
-    limit = int(os.environ.get("LACUNES_MAX_VOXELS", MAX_VOXELS))
+    """Refuse, from its header alone and before decoding it, a volume larger than :func:`max_voxels`
+    (the memory a run may use, or ``$LACUNES_MAX_VOXELS``). Raises :class:`UnreadableImageError`."""
     try:
         size = header_size(path)
     except RuntimeError as exc:
         raise UnreadableImageError(f"cannot read {path}: {_reason(exc)}") from None
     voxels = int(np.prod(size, dtype=np.int64))
+    limit, why = max_voxels()
     if voxels > limit:
+        need = (BASE_BYTES + voxels * BYTES_PER_VOXEL) / 1e9
         raise UnreadableImageError(
-            f"{path} is {'×'.join(map(str, size))} voxels ({voxels:.3g}), more than the {limit:.3g} this tool reads "
-            "(set LACUNES_MAX_VOXELS to raise the limit where memory allows)")
+            f"{path} is {'×'.join(map(str, size))} voxels ({voxels:.3g}): a subject of that size needs about "
+            f"{need:.1f} GB, more than the {limit:.3g} voxels allowed by {why} (crop it to the head, or set "
+            "LACUNES_MEMORY_LIMIT_GB where more memory is available)")
 
 
 def _reason(exc: Exception) -> str:
@@ -487,7 +528,9 @@ STALE_SECONDS = 600
 
 def prepare_output_folder(folder: str | os.PathLike) -> Path:
     """Create ``folder`` if needed, check that files can be written in it (before any inference runs),
-    and remove the temporary files a killed run left there (older than :data:`STALE_SECONDS`).
+    and remove the temporary files a killed run left there (older than :data:`STALE_SECONDS`): only
+    files carrying :data:`TEMPORARY_MARK`, only in ``folder`` and the two levels of subfolders this
+    tool writes into (``extras/``, ``qc/``, ``images/<slug>/``), never deeper in a user's tree.
 
     Raises:
         LacunesInputError: the folder cannot be created or written, naming it and the reason.
@@ -503,7 +546,7 @@ def prepare_output_folder(folder: str | os.PathLike) -> Path:
     except OSError as exc:
         raise LacunesInputError(f"output folder {folder} is not writable: {exc.strerror or exc}") from None
     now, removed = time.time(), 0
-    for p in folder.rglob(".*"):
+    for p in (q for pattern in (".*", "*/.*", "*/*/.*") for q in folder.glob(pattern)):
         try:
             if p.is_file() and _TEMPORARY.match(p.name) and now - p.stat().st_mtime > STALE_SECONDS:
                 p.unlink()

@@ -231,7 +231,9 @@ def test_output_folder_is_checked_and_a_killed_runs_temporaries_are_removed(tmp_
     other = out / ".keep-me"
     # the user's own hidden files, named like temporaries but not ours (the output folder may be theirs)
     (out / "notes" / "deep").mkdir(parents=True)
-    users = [out / ".results.20231130.csv", out / "notes" / "deep" / ".backup.20240101.txt"]
+    users = [out / ".results.20231130.csv", out / "notes" / "deep" / ".backup.20240101.txt",
+             out / "notes" / "deep" / "er" / ".x.nii.gz.lacunes-tmp.abcd1234.nii.gz"]  # deeper than it writes
+    users[-1].parent.mkdir()
     for p in (stale, fresh, other, *users):
         p.write_bytes(b"")
     old = time.time() - 2 * 86400
@@ -310,6 +312,31 @@ def test_a_full_disk_is_an_error_and_leaves_no_map_under_its_name(small_disk):
     small = np.zeros(geom.shape, np.float32)  # maps that fit are written whole
     write_volumes([(small, geom, a), (small, geom, b)])
     np.testing.assert_array_equal(read_volume(b)[0], small)
+
+
+def test_the_size_limit_follows_the_memory_a_run_may_use(tmp_path, monkeypatch):
+    """Refused from the header when the subject's estimated peak (BYTES_PER_VOXEL per voxel over
+    BASE_BYTES) exceeds the memory limit, with the size needed and where the limit comes from."""
+    from lacunes.io import BASE_BYTES, BYTES_PER_VOXEL, LacunesInputError, max_voxels, memory_limit
+
+    monkeypatch.delenv("LACUNES_MAX_VOXELS", raising=False)
+    monkeypatch.delenv("LACUNES_MEMORY_LIMIT_GB", raising=False)
+    limit, source = memory_limit()
+    assert limit > 1e9 and source in ("the container's memory limit", "this machine's memory")
+    write_volume(np.zeros((120, 120, 80), np.int16), Geometry((120, 120, 80)), tmp_path / "wide.nii.gz")
+    gb = (BASE_BYTES + 1_000_000 * BYTES_PER_VOXEL) / 1e9  # room for 10^6 voxels, the file holds 1.15 10^6
+    monkeypatch.setenv("LACUNES_MEMORY_LIMIT_GB", str(gb))
+    assert max_voxels()[0] == 1_000_000
+    with pytest.raises(UnreadableImageError, match=r"120×120×80 voxels \(1.15e\+06\): a subject of that size needs "
+                                                   r"about 0.7 GB, more than the 1e\+06 voxels allowed by 0.7 GB "
+                                                   r"\(LACUNES_MEMORY_LIMIT_GB\)"):
+        read_volume(tmp_path / "wide.nii.gz")
+    monkeypatch.setenv("LACUNES_MEMORY_LIMIT_GB", str(gb + 0.2))
+    assert read_volume(tmp_path / "wide.nii.gz")[0].shape == (120, 120, 80)
+    for bad in ("lots", "-1", "nan"):
+        monkeypatch.setenv("LACUNES_MEMORY_LIMIT_GB", bad)
+        with pytest.raises(LacunesInputError, match="LACUNES_MEMORY_LIMIT_GB must be a positive number"):
+            read_volume(tmp_path / "wide.nii.gz")
 
 
 def test_oversized_empty_and_foreign_files_are_refused_with_a_reason(tmp_path, monkeypatch):
