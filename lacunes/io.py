@@ -188,7 +188,9 @@ def nan_mask(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray | No
 
 #: Peak host memory per voxel of a subject's grid while it is read, conformed, normalized, predicted
 #: and written (three int16 modalities; benchmarks/memory.py: 5.02 GB for a 400×400×320 field of view,
-#: 87 bytes per voxel over the process's 0.57 GB at rest), rounded up for inputs stored wider.
+#: 87 bytes per voxel over the process's 0.57 GB at rest), rounded up for inputs stored wider. The
+#: network's own working memory comes on top while it runs (on the CPU at most ``--memory-gb``, or one
+#: window: about 2.7 GB for ``fast``); on large fields of view the volume's share is the peak.
 BYTES_PER_VOXEL = 100
 #: The process at rest: interpreter, torch, the model (benchmarks/memory.py: 0.57 GB).
 BASE_BYTES = 600_000_000
@@ -253,8 +255,8 @@ def check_size(path: Path) -> None:
     if voxels > limit:
         need = (BASE_BYTES + voxels * BYTES_PER_VOXEL) / 1e9
         raise UnreadableImageError(
-            f"{path} is {'×'.join(map(str, size))} voxels ({voxels:.3g}): a subject of that size needs about "
-            f"{need:.1f} GB, more than the {limit:.3g} voxels allowed by {why} (crop it to the head, or set "
+            f"{path} is {'×'.join(map(str, size))} voxels ({voxels:.3g}): holding a subject of that size needs "
+            f"about {need:.1f} GB, more than the {limit:.3g} voxels allowed by {why} (crop it to the head, or set "
             "LACUNES_MEMORY_LIMIT_GB where more memory is available)")
 
 

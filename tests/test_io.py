@@ -327,8 +327,8 @@ def test_the_size_limit_follows_the_memory_a_run_may_use(tmp_path, monkeypatch):
     gb = (BASE_BYTES + 1_000_000 * BYTES_PER_VOXEL) / 1e9  # room for 10^6 voxels, the file holds 1.15 10^6
     monkeypatch.setenv("LACUNES_MEMORY_LIMIT_GB", str(gb))
     assert max_voxels()[0] == 1_000_000
-    with pytest.raises(UnreadableImageError, match=r"120×120×80 voxels \(1.15e\+06\): a subject of that size needs "
-                                                   r"about 0.7 GB, more than the 1e\+06 voxels allowed by 0.7 GB "
+    with pytest.raises(UnreadableImageError, match=r"120×120×80 voxels \(1.15e\+06\): holding a subject of that "
+                                                   r"size needs about 0.7 GB, more than the 1e\+06 voxels allowed by 0.7 GB "
                                                    r"\(LACUNES_MEMORY_LIMIT_GB\)"):
         read_volume(tmp_path / "wide.nii.gz")
     monkeypatch.setenv("LACUNES_MEMORY_LIMIT_GB", str(gb + 0.2))
