@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--precision", default=os.environ.get("LACUNES_PRECISION", "auto"),
                         choices=["auto", "float32", "tf32", "float16", "bfloat16"],
                         help="network arithmetic (default: $LACUNES_PRECISION or auto = tf32 on CUDA, float32 on CPU)")
+    parser.add_argument("--backend", default=os.environ.get("LACUNES_BACKEND", "auto"),
+                        help="where the network runs: auto (OpenVINO on the CPU when installed, else PyTorch), torch "
+                             "or openvino (default: $LACUNES_BACKEND or auto)")
     parser.add_argument("--threshold", type=float, default=_env_float("LACUNES_THRESHOLD"),
                         help="probability from which a voxel is a lacune (default: $LACUNES_THRESHOLD or the model's "
                              "operating point); the written map's 0.5 cut means this threshold")
@@ -168,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.preset not in ("full", "fast"):  # argparse does not check a default (from the environment)
         parser.error(f"LACUNES_INFERENCE must be full or fast, got {os.environ.get('LACUNES_INFERENCE')!r}")
+    if args.backend not in ("auto", "torch", "openvino"):
+        parser.error(f"--backend / LACUNES_BACKEND must be auto, torch or openvino, got {args.backend!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from lacunes.inference import PRESETS, Predictor
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not input_path.is_dir():
             raise LacunesInputError(f"input folder {input_path} does not exist")
-        settings = PRESETS[args.preset].replace(device=args.device, precision=args.precision,
+        settings = PRESETS[args.preset].replace(device=args.device, precision=args.precision, backend=args.backend,
                                                 progress=not args.no_progress)
         grand_challenge = is_grand_challenge_layout(input_path)
         if not grand_challenge and not find_valdo_t1s(input_path):
@@ -205,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("start-up %.1f s (imports %.1f s; inputs read and checked, model loaded %.1f s)", time.time() - t0,
                     t_imports - t0, time.time() - t_imports)
         op = predictor.operating_point
-        logger.info("model %s, preset %s, device %s, %s, %d TTA variant(s), operating point: probability >= %g, "
-                    "lesions >= %g mm³", model, args.preset, predictor.device, predictor.precision,
-                    len(predictor.plan.variants), op.threshold, op.min_volume_mm3)
+        logger.info("model %s, preset %s, device %s, %s, backend %s, %d TTA variant(s), operating point: "
+                    "probability >= %g, lesions >= %g mm³", model, args.preset, predictor.device, predictor.precision,
+                    predictor.backend, len(predictor.plan.variants), op.threshold, op.min_volume_mm3)
         if grand_challenge:
             run_grand_challenge(predictor, subjects[0], output_path, args.resample, checked)
         else:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lacunes.backends import Backend, OpenVINONetwork, resolve_backend
 from lacunes.conform import ModelSpace
 from lacunes.conform import plan as conform_plan
 from lacunes.device import resolve_device
@@ -106,6 +107,9 @@ class InferenceSettings:
             and voxel size recorded in the checkpoint, 1 mm and the phantoms' array order when it records
             none) and the maps back onto the subject's own grid. Off: the arrays go to the network as
             stored (how the pipeline ran before; for comparisons).
+        backend: where the network runs (:mod:`lacunes.backends`): ``auto`` = OpenVINO on the CPU
+            when installed (the same float32 network about 3× faster; ``bfloat16`` there is OpenVINO's
+            bf16), PyTorch otherwise; ``torch``; ``openvino``.
         brain_only: compute only where the brain is, when a brain mask is known (the operating point
             masks): the volume is cropped to the brain's bounding box (plus :data:`CROP_MARGIN`
             voxels) and windows holding no brain voxel are not run. Both change nothing inside the brain
@@ -130,6 +134,7 @@ class InferenceSettings:
     progress: bool = True
     brain_only: bool = True
     conform: bool = True
+    backend: Backend = Backend.AUTO
 
     def __post_init__(self) -> None:
         if len(self.roi_size) != 3 or any(int(s) < 16 or int(s) % 16 for s in self.roi_size):
@@ -144,7 +149,7 @@ class InferenceSettings:
         if not (math.isfinite(self.memory_gb) and self.memory_gb > 0):
             raise ValueError(f"memory_gb must be a positive number, got {self.memory_gb}")
         for name, enum in (("tta", TTAMode), ("blend", BlendMode), ("precision", Precision),
-                           ("uncertainty", UncertaintyMode)):
+                           ("uncertainty", UncertaintyMode), ("backend", Backend)):
             value = getattr(self, name)
             try:
                 object.__setattr__(self, name, enum(value))
@@ -293,7 +298,9 @@ class Predictor:
         self.normalization = normalization
         self.metadata = metadata or {}
         self.device = resolve_device(settings.device)
+        self.backend = resolve_backend(settings.backend, self.device, network)
         self.network = network.to(self.device).eval()
+        self._compiled: OpenVINONetwork | None = None  # converted on first use (lacunes.backends)
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
         self.plan = TTAPlan.from_settings(settings)
@@ -371,6 +378,10 @@ class Predictor:
 
     def _run_network(self, x: torch.Tensor) -> torch.Tensor:
         """Network over a batch in chunks; on CUDA out-of-memory the chunk halves and retries."""
+        if self.backend == Backend.OPENVINO:
+            if self._compiled is None:
+                self._compiled = OpenVINONetwork(self.network, self.precision.value)
+            return self._compiled(x)
         outputs, i = [], 0
         while i < x.shape[0]:
             chunk = self._chunk or x.shape[0]
@@ -504,6 +515,7 @@ class Predictor:
         self._windows = [0, 0]
         self.last_stats = {"roi": roi, "variants": len(self.plan.variants), "samples_per_call": self._chunk,
                            "windows_per_call": windows_per_call, "precision": str(self.precision),
+                           "backend": str(self.backend),
                            "channels_last": self.channels_last, "box": tuple((b.start, b.stop) for b in box)}
         if crop and not brain.any():
             self.last_stats["windows_run"] = self.last_stats["windows"] = 0

@@ -50,3 +50,19 @@ def tiny_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("model") / "tiny.pt"
     save_checkpoint(path, build_network(TINY), TINY, {"normalization": {"lower": 0.005, "upper": 0.995}})
     return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def network_cache(tmp_path_factory):
+    """Networks converted for the OpenVINO backend are cached in the session's temporary folder, never
+    in the user's ~/.cache."""
+    import os
+
+    folder = tmp_path_factory.mktemp("lacunes-cache")
+    before = os.environ.get("LACUNES_CACHE")
+    os.environ["LACUNES_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("LACUNES_CACHE", None)
+    else:
+        os.environ["LACUNES_CACHE"] = before

@@ -76,7 +76,7 @@ def test_a_checkpoint_with_a_second_stage_uses_it(tmp_path):
     r = Rescorer(tuple([0.0] * len(FEATURES)), -5.0, tuple([0.0] * len(FEATURES)), tuple([1.0] * len(FEATURES)))
     path = tmp_path / "m.pt"
     save_checkpoint(path, build_network(TINY), TINY, {"rescorer": r.to_dict()})
-    settings = InferenceSettings(roi_size=(16, 16, 16), tta="none", progress=False, device="cpu")
+    settings = InferenceSettings(roi_size=(16, 16, 16), tta="none", progress=False, device="cpu", backend="torch")
     predictor = Predictor.from_checkpoint(path, settings)
     assert predictor.rescorer == r
 

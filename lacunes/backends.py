@@ -1,0 +1,164 @@
+"""Where the network runs: PyTorch, or on a CPU the same network compiled by OpenVINO.
+
+PyTorch's eager 3D convolutions are the whole cost of inference on a CPU. OpenVINO (Intel's inference
+runtime) converts the torch module once into its own graph and compiles it for the CPU at hand:
+the same float32 arithmetic about 3× faster on this project's 2-core benchmark machine, and bfloat16
+(where the CPU has AMX or AVX-512 BF16) faster again at a documented error (benchmarks/RESULTS.md).
+Everything around the network (sliding window, TTA, masking, post-processing) is unchanged: the
+compiled network is called exactly like the module, ``B×3×X×Y×Z`` in, logits ``B×1×X×Y×Z`` out.
+
+Conversion takes seconds to tens of seconds, so the converted graph (float32 weights, dynamic input
+shape) is cached on disk, keyed by the weights' sha256 and the runtime's version (:func:`cache_dir`);
+compiling it for one input shape takes a fraction of a second and is done once per shape and process.
+
+``auto`` (the default) picks OpenVINO on the CPU when the ``openvino`` package is installed, PyTorch
+otherwise and always on a GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+class Backend(StrEnum):
+    AUTO = "auto"
+    TORCH = "torch"
+    OPENVINO = "openvino"
+
+
+def openvino_version() -> str | None:
+    """The installed OpenVINO runtime's version, or None when it is not installed."""
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__ if hasattr(openvino, "__version__") else openvino.get_version()
+
+
+def resolve_backend(name: Backend | str, device: torch.device, network: torch.nn.Module | None = None) -> Backend:
+    """The backend in effect: ``auto`` → OpenVINO on the CPU when installed (and ``network``, when given,
+    is a convolutional network it can take), else PyTorch.
+
+    Raises:
+        ValueError: ``openvino`` asked for on another device than the CPU, or not installed.
+    """
+    backend = Backend(name)
+    if backend == Backend.AUTO:
+        convertible = network is None or any(isinstance(m, torch.nn.Conv3d) for m in network.modules())
+        return Backend.OPENVINO if device.type == "cpu" and convertible and openvino_version() else Backend.TORCH
+    if backend == Backend.OPENVINO:
+        if device.type != "cpu":
+            raise ValueError(f"the openvino backend runs on the CPU, not on {device}")
+        if openvino_version() is None:
+            raise ValueError("the openvino backend needs the openvino package (pip install openvino)")
+    return backend
+
+
+def cache_dir() -> Path:
+    """Where converted networks are kept: ``$LACUNES_CACHE``, else ``$XDG_CACHE_HOME/lacunes``, else
+    ``~/.cache/lacunes``."""
+    if os.environ.get("LACUNES_CACHE"):
+        return Path(os.environ["LACUNES_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "lacunes"
+
+
+def weights_key(network: torch.nn.Module) -> str:
+    from lacunes.checkpoint import weights_sha256
+
+    return weights_sha256({k: v.detach().cpu() for k, v in network.state_dict().items()})
+
+
+#: OpenVINO's names for the precisions this backend offers.
+PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16"}
+
+
+class OpenVINONetwork:
+    """A torch network compiled by OpenVINO for the CPU, called like the module on ``B×3×X×Y×Z``
+    float32 tensors (logits out, float32).
+
+    Args:
+        network: the torch module (its weights key the cache).
+        precision: ``float32`` or ``bfloat16`` (:data:`PRECISION_HINTS`).
+        threads: CPU threads for inference (default: torch's).
+        cache: folder for converted networks (default :func:`cache_dir`; None-like "" = no cache).
+    """
+
+    def __init__(self, network: torch.nn.Module, precision: str = "float32", threads: int | None = None,
+                 cache: Path | str | None = None) -> None:
+        import openvino as ov
+
+        if precision not in PRECISION_HINTS:
+            raise ValueError(f"the openvino backend runs in {sorted(PRECISION_HINTS)}, not {precision!r}")
+        self.core = ov.Core()
+        self.config = {"INFERENCE_PRECISION_HINT": PRECISION_HINTS[precision],
+                       "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
+        self.precision = precision
+        self.cache = cache_dir() if cache is None else (Path(cache) if cache else None)
+        self.model = self._load_or_convert(network)
+        self._compiled: dict[tuple[int, ...], object] = {}
+        self.seconds_converting = 0.0
+
+    def _load_or_convert(self, network: torch.nn.Module):
+        import openvino as ov
+
+        runtime = re.sub(r"[^A-Za-z0-9.]+", "-", openvino_version() or "none")  # e.g. 2026.4.1-22982-…/2026/4
+        key = f"{weights_key(network)[:24]}-openvino-{runtime}"
+        path = self.cache / f"{key}.xml" if self.cache is not None else None
+        if path is not None and path.is_file() and path.with_suffix(".bin").is_file():
+            try:
+                return self.core.read_model(str(path))
+            except RuntimeError as exc:  # a damaged cache entry: converted again below
+                logger.warning("cached network %s cannot be read (%s): converting again", path, exc)
+        t0 = time.time()
+        was_training = network.training
+        network = network.eval()
+        channels = _in_channels(network)
+        with torch.no_grad():
+            model = ov.convert_model(network, example_input=torch.zeros(1, channels, 32, 32, 32),
+                                     input=[ov.PartialShape([-1, channels, -1, -1, -1])])
+        network.train(was_training)
+        logger.info("network converted for OpenVINO in %.1f s", time.time() - t0)
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                    xml = Path(tmp) / path.name
+                    ov.save_model(model, str(xml), compress_to_fp16=False)  # float32 weights, as trained
+                    os.replace(xml.with_suffix(".bin"), path.with_suffix(".bin"))
+                    os.replace(xml, path)
+            except OSError as exc:  # a read-only or full cache: the conversion is simply not kept
+                logger.warning("cannot cache the converted network in %s: %s", path.parent, exc)
+        return model
+
+    def compiled_for(self, shape: tuple[int, ...]):
+        compiled = self._compiled.get(shape)
+        if compiled is None:
+            model = self.model.clone()
+            model.reshape({0: list(shape)})
+            compiled = self.core.compile_model(model, "CPU", self.config)
+            self._compiled[shape] = compiled
+        return compiled
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        compiled = self.compiled_for(tuple(int(s) for s in x.shape))
+        out = compiled(np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32))[0]
+        return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+
+def _in_channels(network: torch.nn.Module) -> int:
+    for module in network.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            return int(module.in_channels)
+    raise ValueError("the network has no 3D convolution to read its input channels from")
