@@ -13,7 +13,7 @@ each lower precision changes). On CUDA each run predicts twice and the second (w
 cuDNN search done) is timed; the first is in the notes. Writes a section of benchmarks/RESULTS.md.
 
     python benchmarks/inference.py                          # the default runs for the available device
-    python benchmarks/inference.py --runs project/fast/float32   # one run: KIND/PRESET/PRECISION[/cl]
+    python benchmarks/inference.py --runs project/fast/float32   # one run: KIND/PRESET/PRECISION[/cl][/BACKEND]
     python benchmarks/inference.py --export-case case.npz   # the sample case as one array (no SimpleITK needed)
 """
 
@@ -35,7 +35,8 @@ sys.path.insert(0, str(HERE))
 
 from results_md import replace_section  # noqa: E402
 
-CPU_RUNS = "baseline/full/float32,project/full/float32,project/full/bfloat16,project/fast/float32"
+CPU_RUNS = ("baseline/full/float32,project/full/float32/torch,project/full/float32/openvino,"
+            "project/full/bfloat16/openvino,project/fast/float32/torch,project/fast/float32/openvino")
 CUDA_RUNS = ("baseline/full/float32,baseline/full/tf32,project/full/float32,project/full/tf32,project/full/float16,"
              "project/full/float16/cl,project/full/bfloat16,project/fast/tf32")
 
@@ -63,11 +64,19 @@ def one(spec: str, model: Path, case: Path, out: Path, device: str) -> dict:
 
     kind, preset, precision, *flags = spec.split("/")
     image = load_case(case)
+    backend = next((f for f in flags if f in ("torch", "openvino")), "torch")
     settings = PRESETS[preset].replace(progress=False, device=device, precision=precision,
-                                       channels_last="cl" in flags)
+                                       channels_last="cl" in flags, backend=backend)
     predictor = Predictor.from_checkpoint(model, settings)
     normalized = prepare_image(image, predictor.normalization)
     cuda = predictor.device.type == "cuda"
+    prepare = 0.0
+    if kind == "project" and predictor.backend == "openvino":  # converted (or read from the cache) up front
+        from lacunes.backends import OpenVINONetwork
+
+        t0 = time.perf_counter()
+        predictor._compiled = OpenVINONetwork(predictor.network, predictor.precision.value)
+        prepare = time.perf_counter() - t0
 
     def run():
         if kind == "baseline":
@@ -93,6 +102,7 @@ def one(spec: str, model: Path, case: Path, out: Path, device: str) -> dict:
               "channels_last": predictor.channels_last if kind == "project" else False,
               "peak_host_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
               "variants": len(predictor.plan.variants), "roi": list(predictor.roi_for(normalized.shape[1:])),
+              "backend": str(predictor.backend) if kind == "project" else "torch", "prepare_seconds": prepare,
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     if kind == "project":
         result["samples_per_call"] = predictor.last_stats.get("samples_per_call")
@@ -121,7 +131,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=str(ROOT / "model" / "lacunes.pt"))
     ap.add_argument("--case", default=str(ROOT / "test"), help="a VALDO folder (first subject) or an .npz")
-    ap.add_argument("--runs", default=None, help=f"comma-separated KIND/PRESET/PRECISION[/cl]; default on CPU: "
+    ap.add_argument("--runs", default=None, help=f"comma-separated KIND/PRESET/PRECISION[/cl][/torch|/openvino]; default on CPU: "
                                                   f"{CPU_RUNS}; on CUDA: {CUDA_RUNS}")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--work", default=str(ROOT / "out" / "inference-benchmark"))
@@ -184,11 +194,19 @@ def main() -> int:
             notes.append(f"cold run {r['cold_seconds']:.1f} s")
         if r.get("samples_per_call"):
             notes.append(f"{r['samples_per_call']} sample(s) per network call")
+        if r.get("prepare_seconds"):
+            notes.append(f"network converted or read from the cache before the run in {r['prepare_seconds']:.1f} s")
+        if base and r["preset"] == "full" and spec != reference:
+            from lacunes.instances import label_instances
+
+            mine, theirs = (label_instances(p >= 0.5)[1] for p in (prob(spec), prob(reference)))
+            notes.append(f"{mine} lesion(s) at 0.5, baseline {theirs}")
         ratio = r["seconds"] / base["seconds"] if base else float("nan")
         gpu = f"{r['peak_gpu_gb']:.2f}" if "peak_gpu_gb" in r else "–"
         tf = f"{r['tflops']:.1f}" if "tflops" in r else "–"
         setting = (f"{r['preset']} ({r['variants']} variant(s), roi {'×'.join(map(str, r['roi']))}), {r['precision']}"
-                   + (", channels-last" if r["channels_last"] else ""))
+                   + (", channels-last" if r["channels_last"] else "")
+                   + (f", {r['backend']}" if r["kind"] == "project" else ""))
         rows.append(f"| {r['kind']} | {setting} | {r['seconds']:.1f} | {ratio:.2f} | {r['peak_host_gb']:.2f} | {gpu} | "
                     f"{tf} | {'; '.join(notes)} |")
     any_r = next(iter(results.values()))
