@@ -33,7 +33,8 @@ LABEL org.opencontainers.image.title="lacunes" \
 ENV PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/venv/bin:$PATH \
-    MPLCONFIGDIR=/tmp
+    MPLCONFIGDIR=/tmp \
+    LACUNES_CACHE=/opt/app/cache
 
 RUN groupadd -r -g 1001 algorithm \
  && useradd -m --no-log-init -r -u 1001 -g algorithm algorithm \
@@ -47,4 +48,9 @@ COPY --chown=algorithm:algorithm lacunes/ /opt/app/lacunes/
 COPY --chown=algorithm:algorithm process.py /opt/app/
 
 USER 1001:1001
+# The bundled network converted for the CPU backend (OpenVINO) once, here, instead of at every start
+# (lacunes.backends: the cache is keyed by the weights' hash and the runtime's version).
+RUN python -c "from lacunes.backends import OpenVINONetwork; from lacunes.checkpoint import load_network; \
+OpenVINONetwork(load_network('/opt/app/model/lacunes.pt')[0])" \
+ && ls /opt/app/cache/*.xml
 ENTRYPOINT ["python", "/opt/app/process.py"]

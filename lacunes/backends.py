@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import time
+import warnings
 from enum import StrEnum
 from pathlib import Path
 
@@ -125,7 +126,10 @@ class OpenVINONetwork:
         was_training = network.training
         network = network.eval()
         channels = _in_channels(network)
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # the tracer notes that shape checks become constants: true for the inputs this network gets
+            # (multiples of 16, where the U-Net's skip connections always match), so not shown to users
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             model = ov.convert_model(network, example_input=torch.zeros(1, channels, 32, 32, 32),
                                      input=[ov.PartialShape([-1, channels, -1, -1, -1])])
         network.train(was_training)
