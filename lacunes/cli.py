@@ -56,6 +56,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError("--t1, --t2 and --flair go together")
     if all(explicit) == bool(args.input):
         raise ValueError("give either --input DIR (VALDO layout) or --t1/--t2/--flair")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)  # the OpenVINO backend takes the same count
     changes = {"device": args.device, "progress": not args.no_progress and args.subject_progress}
     for name in ("overlap", "sw_batch_size", "tta", "uncertainty", "memory_gb", "precision", "backend"):
         if getattr(args, name) is not None:
@@ -193,16 +199,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lacunes", description="Lacune segmentation for brain MRI (VALDO Task 3).")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from lacunes import __version__
+
+    parser.add_argument("--version", action="version", version=f"lacunes {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="probability and uncertainty maps for one subject or a cohort")
-    p.add_argument("--input", help="folder of subjects in the VALDO layout")
+    p.add_argument("-i", "--input", help="folder of subjects in the VALDO layout")
     p.add_argument("--t1", help="T1 file (with --t2 and --flair) instead of --input")
     p.add_argument("--t2")
     p.add_argument("--flair")
     p.add_argument("--subject-id", help="id for --t1/--t2/--flair (default: the T1's name up to '_')")
-    p.add_argument("--output", required=True, help="output folder for <prefix>prediction/uncertaintymap.nii.gz")
+    p.add_argument("-o", "--output", required=True, help="output folder for <prefix>prediction/uncertaintymap.nii.gz")
     p.add_argument("--model", help="checkpoint (default: the bundled model/lacunes.pt)")
+    p.add_argument("--threads", type=int, help="CPU threads for the network (default: torch's, all cores)")
     p.add_argument("--preset", choices=["full", "fast"], default="full",
                    help="full = the published recipe (default); fast = no TTA, overlap 0.25 (CPU)")
     p.add_argument("--tta", choices=["none", "flips", "full"], help="override the preset's TTA plan")

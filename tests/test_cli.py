@@ -21,6 +21,27 @@ def test_help_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+def test_version_short_flags_and_threads(tmp_path, tiny_checkpoint, capsys, caplog):
+    import torch
+
+    from lacunes import __version__
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"lacunes {__version__}"
+    write_subject(tmp_path / "in", "sub-001", shape=(30, 28, 18))
+    before = torch.get_num_threads()
+    try:
+        assert predict("-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
+                       "--threads", "1") == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert (tmp_path / "out" / "sub-001_space-T1_prediction.nii.gz").is_file()
+    assert predict("-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--threads", "0") == 2
+    assert "--threads must be at least 1" in caplog.text
+
+
 def test_cohort_with_a_bad_subject_continues_and_reports(tmp_path, tiny_checkpoint, capsys):
     for i, sid in enumerate(("sub-001", "sub-002", "sub-003")):
         write_subject(tmp_path / "in", sid, shape=(30, 28, 18), seed=i)
