@@ -287,3 +287,13 @@ def test_tiny_volumes_work_with_the_full_size_network():
     image = np.random.default_rng(0).uniform(50, 150, size=(3, 12, 12, 8)).astype(np.float32)
     prob, unc = p.predict(image)
     assert prob.shape == (12, 12, 8) and np.isfinite(prob).all() and np.isfinite(unc).all()
+
+
+def test_an_uncalibrated_checkpoint_is_named_in_a_warning(tiny_checkpoint, caplog):
+    with caplog.at_level(logging.WARNING):
+        Predictor.from_checkpoint(tiny_checkpoint, FAST)
+    assert "carries no calibrated operating point" in caplog.text and "p >= 0.5" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        Predictor.from_checkpoint(tiny_checkpoint, FAST, threshold=0.7)  # the user chose the operating point
+    assert "calibrated" not in caplog.text

@@ -169,6 +169,9 @@ def test_fine_tuning_with_mining_and_resume_keeps_the_mined_centres(dataset, tmp
     import lacunes.training.loop as loop
 
     start = train(get_preset("smoke").replace(epochs=1), dataset, tmp_path / "start", progress=False)
+    payload = torch.load(start, weights_only=True)  # as if calibrated: fine-tuning has to say it is no more
+    payload["metadata"]["operating_point"] = {"threshold": 0.9}
+    torch.save(payload, start)
     cfg = get_preset("smoke").replace(epochs=3, init_from=str(start), mine_every=2, mine_subjects=2,
                                       hard_fraction=0.5, pos_fraction=0.3, edge_fraction=0.1, batch_dice=True,
                                       cpu_amp=True)
@@ -202,6 +205,7 @@ def test_fine_tuning_with_mining_and_resume_keeps_the_mined_centres(dataset, tmp
     assert payload["metadata"]["init_from"]["path"] == str(start)
     log = "".join(p.read_text() for p in (tmp_path / "ft").glob("train-*.log"))
     assert "starting from the weights of" in log and "crops by kind" in log
+    assert "is calibrated (operating point); the checkpoints of this run are not" in log
 
 
 def test_batch_dice_penalizes_false_positives_in_lesion_free_crops():

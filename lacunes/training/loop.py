@@ -243,6 +243,11 @@ def train(
                 raise ConfigMismatchError(f"{config.init_from} holds another network: {start_payload['network']}")
             net.load_state_dict(start_net.state_dict())
             logger.info("starting from the weights of %s", config.init_from)
+            calibrated = [k for k in ("operating_point", "rescorer") if start_payload.get("metadata", {}).get(k)]
+            if calibrated and rank == 0:
+                logger.warning("%s is calibrated (%s); the checkpoints of this run are not, and predict at p >= 0.5 "
+                               "with no second stage until calibrated again on labelled subjects "
+                               "(training/calibrate.py)", config.init_from, " and ".join(calibrated).replace("_", " "))
         net = net.to(dev)
         model = net
         if distributed:
