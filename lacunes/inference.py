@@ -534,6 +534,8 @@ class Predictor:
                 overlap=self.settings.overlap, mode=str(self.settings.blend), padding_mode="constant", cval=0.0,
                 progress=self.settings.progress,
             )[0].float()
+        if self._compiled is not None:  # its working memory is not needed while the maps are finished and written
+            self._compiled.release()
         if crop:
             self.last_stats["windows_run"], self.last_stats["windows"] = self._windows
         if inner.shape[1:] == shape:
