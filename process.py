@@ -12,7 +12,8 @@ Two input layouts are recognised (see README):
 
 With no flags it runs the published recipe (``full``). ``LACUNES_INFERENCE=fast`` (or ``--preset fast``)
 selects the CPU setting; ``LACUNES_DEVICE`` (or ``--device``) the device; ``LACUNES_PRECISION`` (or
-``--precision``) the arithmetic (``auto`` = tf32 on CUDA, float32 on the CPU); ``LACUNES_THRESHOLD`` and
+``--precision``) the arithmetic (``auto`` = tf32 on CUDA, float32 on the CPU); ``LACUNES_BACKEND`` (or
+``--backend``) where the network runs (``auto`` = OpenVINO on the CPU, PyTorch on a GPU); ``LACUNES_THRESHOLD`` and
 ``LACUNES_MIN_VOLUME`` (or ``--threshold``, ``--min-volume``) override the model's operating point;
 ``LACUNES_RESAMPLE=1`` (or ``--resample``) resamples T2 and FLAIR onto the T1's grid when they lie on
 another grid over the same physical space.
