@@ -83,6 +83,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
           f"{len(predictor.plan.variants)} TTA variant(s), device {predictor.device}, {predictor.precision}, "
           f"backend {predictor.backend}, "
           f"operating point: probability >= {op.threshold:g}, lesions >= {op.min_volume_mm3:g} mm³")
+    print(f"model: {predictor.data_statement}")
     reports = run_cohort(predictor, items, out, overwrite=args.overwrite,
                          extras_dir=Path(args.extras_dir) if args.extras_dir else None, write_mask=args.mask,
                          write_table=args.table, resample=args.resample, qc=args.qc, progress=not args.no_progress,

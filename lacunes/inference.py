@@ -342,6 +342,22 @@ class Predictor:
         predictor.checkpoint = Path(path)
         return predictor
 
+    @property
+    def data_statement(self) -> str:
+        """One line on what the network was trained on (from the checkpoint's metadata), and what a user
+        should do about it."""
+        stated = self.metadata.get("data_statement")
+        if stated:
+            return str(stated)
+        data = self.metadata.get("data") or {}
+        if data.get("generated"):
+            return ("trained on synthetic phantoms only (generated, seed "
+                    f"{data['generated'].get('seed')}), never on patient data: check it, or recalibrate it, on "
+                    "labelled subjects of your cohort before trusting its maps")
+        if data.get("folder"):
+            return f"trained on the subjects in {data['folder']}" + (f" ({data['note']})" if data.get("note") else "")
+        return "its training data are not recorded in the checkpoint"
+
     # ------------------------------------------------------------------------------------------
 
     @property

@@ -297,3 +297,21 @@ def test_an_uncalibrated_checkpoint_is_named_in_a_warning(tiny_checkpoint, caplo
     with caplog.at_level(logging.WARNING):
         Predictor.from_checkpoint(tiny_checkpoint, FAST, threshold=0.7)  # the user chose the operating point
     assert "calibrated" not in caplog.text
+
+
+def test_the_predictor_says_what_its_network_was_trained_on(tiny_checkpoint):
+    network = Predictor.from_checkpoint(tiny_checkpoint, FAST).network
+    generated = Predictor(network, FAST, metadata={"data": {"generated": {"seed": 2026}}})
+    assert generated.data_statement.startswith("trained on synthetic phantoms only (generated, seed 2026)")
+    assert "recalibrate it" in generated.data_statement
+    folder = Predictor(network, FAST, metadata={"data": {"folder": "/data/mine", "note": "12 subjects"}})
+    assert folder.data_statement == "trained on the subjects in /data/mine (12 subjects)"
+    assert "not recorded" in Predictor(network, FAST).data_statement
+    assert Predictor(network, FAST, metadata={"data_statement": "ours"}).data_statement == "ours"
+
+
+@pytest.mark.skipif(not (Path(__file__).resolve().parent.parent / "model" / "lacunes.pt").is_file(),
+                    reason="no bundled weights")
+def test_the_bundled_model_says_it_never_saw_patient_data():
+    bundled = Predictor.from_checkpoint(Path(__file__).resolve().parent.parent / "model" / "lacunes.pt", FAST)
+    assert "synthetic phantoms only" in bundled.data_statement and "never on patient data" in bundled.data_statement
