@@ -20,7 +20,6 @@ that applies, in this order:
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -113,6 +112,3 @@ def summarize_breakdown(rows: list[PredictedLesion], n_subjects: int) -> list[di
         })
     return out
 
-
-def category_counts(rows: list[PredictedLesion]) -> Counter:
-    return Counter(r.category for r in rows)
