@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 from quality import HELDOUT_FIRST_ID, HELDOUT_SEED, generated_case  # noqa: E402
 from results_md import device_label, replace_section  # noqa: E402
 
-from lacunes.conform import grid_with_spacing, resample_axis_aligned  # noqa: E402
+from lacunes.conform import grid_with_spacing, resample_axis_aligned, resample_masked  # noqa: E402
 from lacunes.inference import PRESETS, Predictor  # noqa: E402
 from lacunes.io import Geometry, Subject  # noqa: E402
 from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
@@ -78,19 +78,23 @@ def lps(image, geom):
     return Stored(stored, g, lambda m, order=1: np.ascontiguousarray(m[::-1, ::-1]))
 
 
-def isotropic(mm: float):
+def isotropic(mm: float, blended: bool = False):
+    """Resampled to ``mm`` isotropic voxels, skull-stripped on that grid (``resample_masked``: a scan
+    acquired and skull-stripped at that resolution), or with ``blended`` linearly interpolated as a
+    whole, the background's zeros blended into the brain's edge (a stripped scan resampled by a tool
+    that ignores the mask)."""
     def make(image, geom):
         target = grid_with_spacing(geom, (mm,) * 3)
-        stored = resample_axis_aligned(image, geom, target)  # linear, as a resampled scan is
+        stored = (resample_axis_aligned if blended else resample_masked)(image, geom, target)
         return Stored(stored, target, lambda m, order=1: resample_axis_aligned(m, target, geom, order))
 
-    make.__name__ = f"iso{mm:g}"
+    make.__name__ = f"iso{mm:g}" + ("-blended" if blended else "")
     return make
 
 
 def thick_t2_flair(image, geom, mm: float = 3.0):
     """T1 as generated; T2 and FLAIR acquired with 3 mm slices along z (the slice profile's blur, then
-    sampled), on their own grid: predicted with ``--resample``."""
+    skull-stripped and sampled), on their own grid: predicted with ``--resample``."""
     from scipy import ndimage as ndi
 
     from lacunes.synthetic import voxel_profile_sigma
@@ -98,8 +102,9 @@ def thick_t2_flair(image, geom, mm: float = 3.0):
     target = grid_with_spacing(geom, (1.0, 1.0, mm))
     sigma = voxel_profile_sigma(target.spacing)
     files = {"T1": (image[0], geom)}
-    for k, m in ((1, "T2"), (2, "FLAIR")):
-        files[m] = (resample_axis_aligned(ndi.gaussian_filter(image[k], sigma), geom, target), target)
+    for k, m in ((1, "T2"), (2, "FLAIR")):  # blurred, skull-stripped, sampled on the thick grid
+        blurred = np.where(image[k] != 0, ndi.gaussian_filter(image[k].astype(np.float32), sigma), 0)
+        files[m] = (resample_masked(blurred, geom, target), target)
     return Stored(None, geom, lambda m, order=1: m, files)
 
 
@@ -134,9 +139,11 @@ VARIANTS = {
     "generated": ("as generated (1 mm, the phantoms' array order)", as_generated),
     "permuted": ("axes permuted (sagittal stack, same physical space)", permuted),
     "lps": ("first two axes reversed (LPS storage)", lps),
-    "iso0.7": ("resampled to 0.7 mm isotropic", isotropic(0.7)),
-    "iso1.3": ("resampled to 1.3 mm isotropic", isotropic(1.3)),
-    "iso1.5": ("resampled to 1.5 mm isotropic", isotropic(1.5)),
+    "iso0.7": ("0.7 mm isotropic (resampled, skull-stripped on its grid)", isotropic(0.7)),
+    "iso1.3": ("1.3 mm isotropic (resampled, skull-stripped on its grid)", isotropic(1.3)),
+    "iso1.5": ("1.5 mm isotropic (resampled, skull-stripped on its grid)", isotropic(1.5)),
+    "iso1.3-blended": ("resampled to 1.3 mm with the background blended into the brain's edge",
+                       isotropic(1.3, blended=True)),
     "thick3": ("T2 and FLAIR at 1×1×3 mm on their own grid (--resample)", thick_t2_flair),
     "fov": ("clinical field of view 256×256×192 (zero-padded)", clinical_fov),
     "float": ("float32, intensities / 800", float_scaled),
