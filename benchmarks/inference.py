@@ -6,7 +6,9 @@ off), the recipe's window batch (7 windows per call on a GPU, 1 on the CPU, wher
 probabilities averaged (:func:`lacunes.inference.reference_predict`; on CUDA with cuDNN autotuning, as
 the project). Project: :class:`Predictor` (all TTA variants of a window batch in one network call,
 ``inference_mode``, on CUDA cuDNN autotuning and the chosen precision; ``/cl`` = channels-last
-tensors). Both on the bundled sample case with the same settings, each run in a subprocess of its own
+tensors; ``/torch`` or ``/openvino`` = the backend, :mod:`lacunes.backends`), its operating point and
+second stage off so that both compare the network stage (the TTA mean of the sigmoids). Both on the
+bundled sample case with the same settings, each run in a subprocess of its own
 so that its peak host memory is its own. Every run's probabilities are compared with the float32
 baseline's (max abs difference; the predictor at float32 must stay ≤ 1e-3, and the table states what
 each lower precision changes). On CUDA each run predicts twice and the second (warm: CUDA context,
@@ -77,6 +79,10 @@ def one(spec: str, model: Path, case: Path, out: Path, device: str) -> dict:
         t0 = time.perf_counter()
         predictor._compiled = OpenVINONetwork(predictor.network, predictor.precision.value)
         prepare = time.perf_counter() - t0
+
+    from lacunes.postprocessing import RAW
+
+    predictor.operating_point, predictor.rescorer = RAW, None  # the network stage, as the baseline computes it
 
     def run():
         if kind == "baseline":
