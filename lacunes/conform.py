@@ -174,17 +174,23 @@ def resample_masked(array: np.ndarray, source: Geometry, target: Geometry) -> np
     zeros (not skull-stripped) is resampled exactly as :func:`resample_axis_aligned` does. float32."""
     lead = array.shape[:-3]
     flat = np.asarray(array, np.float32).reshape(-1, *array.shape[-3:])
-    out = np.zeros((flat.shape[0], *target.shape), np.float32)
-    for k, channel in enumerate(flat):
-        inside = channel != 0
-        value = resample_axis_aligned(channel, source, target)
-        if inside.all():
-            out[k] = value
-            continue
-        weight = resample_axis_aligned(inside.astype(np.float32), source, target)
-        keep = weight >= 0.5
-        out[k][keep] = value[keep] / weight[keep]
-    return out.reshape(*lead, *target.shape)
+    out = [masked_linear(channel, lambda a: resample_axis_aligned(a, source, target)) for channel in flat]
+    return np.stack(out).reshape(*lead, *target.shape)
+
+
+def masked_linear(channel: np.ndarray, linear) -> np.ndarray:
+    """One skull-stripped volume through ``linear`` (any linear resampler, array → float32 array) as
+    :func:`resample_masked` describes: image and non-zero mask resampled alike and divided, background
+    where the mask falls under 0.5; a volume without exact zeros is just ``linear(channel)``."""
+    inside = channel != 0
+    value = linear(channel)
+    if inside.all():
+        return value
+    weight = linear(inside.astype(np.float32))
+    keep = weight >= 0.5
+    out = np.zeros(value.shape, np.float32)
+    out[keep] = value[keep] / weight[keep]
+    return out
 
 
 @dataclass(frozen=True)

@@ -356,15 +356,9 @@ def resample_to(array: np.ndarray, geom: Geometry, target: Geometry) -> np.ndarr
         out = sitk.Resample(to_sitk(a, geom), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
 
-    value = linear(array)
-    inside = array != 0
-    if inside.all():  # not skull-stripped: only the field of view's edge is background
-        return value
-    weight = linear(inside.astype(np.float32))
-    keep = weight >= 0.5
-    out = np.zeros(target.shape, np.float32)
-    out[keep] = value[keep] / weight[keep]
-    return out
+    from lacunes.conform import masked_linear
+
+    return masked_linear(array, linear)
 
 
 def check_same_grid(geometries: dict[Path, Geometry], hint: str = "") -> None:
