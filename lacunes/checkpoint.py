@@ -17,6 +17,21 @@ from lacunes.network import NetworkConfig, build_network
 
 FORMAT_VERSION = 1
 
+BUNDLED_NAME = "lacunes.pt"
+
+
+def bundled_checkpoint() -> Path:
+    """The bundled model: ``lacunes/bundled/lacunes.pt`` in an installed wheel (package data), else the
+    repository's ``model/lacunes.pt`` (a checkout, an editable install, the container)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "bundled" / BUNDLED_NAME, here.parent / "model" / BUNDLED_NAME):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"the bundled model is neither at {here / 'bundled' / BUNDLED_NAME} (an installed package) nor at "
+        f"{here.parent / 'model' / BUNDLED_NAME} (a checkout): reinstall the package (pip install lacunes-*.whl) "
+        "or pass --model")
+
 
 def sha256_of(path: str | os.PathLike) -> str:
     h = hashlib.sha256()

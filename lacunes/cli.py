@@ -36,12 +36,14 @@ def require_matplotlib(what: str) -> None:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise ValueError(f"{what} draws pictures with matplotlib, which is not installed: pip install matplotlib "
-                         "(it is in requirements-dev.txt)")
+        raise ValueError(f"{what} draws pictures with matplotlib, which is not installed: pip install 'lacunes[qc]' "
+                         "(or pip install matplotlib)")
 
 
 def default_model_path() -> Path:
-    return Path(__file__).resolve().parent.parent / "model" / "lacunes.pt"
+    from lacunes.checkpoint import bundled_checkpoint
+
+    return bundled_checkpoint()
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -212,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flair")
     p.add_argument("--subject-id", help="id for --t1/--t2/--flair (default: the T1's name up to '_')")
     p.add_argument("-o", "--output", required=True, help="output folder for <prefix>prediction/uncertaintymap.nii.gz")
-    p.add_argument("--model", help="checkpoint (default: the bundled model/lacunes.pt)")
+    p.add_argument("--model", help="checkpoint (default: the bundled model, model/lacunes.pt in a checkout)")
     p.add_argument("--threads", type=int, help="CPU threads for the network (default: torch's, all cores)")
     p.add_argument("--preset", choices=["full", "fast"], default="full",
                    help="full = the published recipe (default); fast = no TTA, overlap 0.25 (CPU)")
