@@ -66,6 +66,13 @@ def resolve_backend(name: Backend | str, device: torch.device, network: torch.nn
     return backend
 
 
+def openvino_cpu_capabilities() -> list[str]:
+    """What OpenVINO's CPU plugin computes in on this machine (e.g. ``FP32``, ``BF16``, ``INT8``)."""
+    import openvino as ov
+
+    return list(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+
+
 def cache_dir() -> Path:
     """Where converted networks are kept: ``$LACUNES_CACHE``, else ``$XDG_CACHE_HOME/lacunes``, else
     ``~/.cache/lacunes``."""

@@ -99,7 +99,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
               f"{r.seconds:>8.1f}")
     done = sum(r.status == "done" for r in reports)
     skipped = sum(r.status == "skipped" for r in reports)
-    print(f"{done} done, {skipped} skipped (use --overwrite to redo), {len(failed)} failed")
+    extras = sum(r.extras_from_maps for r in reports)
+    print(f"{done} done, {skipped} skipped (use --overwrite to redo)"
+          + (f", extras of {extras} made from their saved maps" if extras else "") + f", {len(failed)} failed")
     for r in failed:
         print(f"  {r.subject_id}: {r.error}")
     return 1 if failed else 0

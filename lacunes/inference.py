@@ -299,6 +299,14 @@ class Predictor:
         self.metadata = metadata or {}
         self.device = resolve_device(settings.device)
         self.backend = resolve_backend(settings.backend, self.device, network)
+        if self.backend == Backend.OPENVINO and settings.precision == Precision.BFLOAT16:
+            from lacunes.backends import openvino_cpu_capabilities
+
+            offered = openvino_cpu_capabilities()
+            if "BF16" not in offered:  # OpenVINO would run float32 anyway, under another name
+                logger.warning("this CPU has no bfloat16 arithmetic (OpenVINO offers %s): running float32",
+                               ", ".join(offered))
+                self.settings = settings = settings.replace(precision=Precision.FLOAT32)
         self.network = network.to(self.device).eval()
         self._compiled: OpenVINONetwork | None = None  # converted on first use (lacunes.backends)
         if self.channels_last:
@@ -307,6 +315,7 @@ class Predictor:
         self._chunk: int | None = None
         self._windows = [0, 0]  # windows run, windows in all (brain_only)
         self.checkpoint: Path | None = None  # the file the weights came from (set by from_checkpoint)
+        self._weights_sha256: str | None = None
         self.last_stats: dict[str, Any] = {}
 
     @classmethod
@@ -340,7 +349,18 @@ class Predictor:
         predictor = cls(network, settings, normalization, metadata, op, rescorer,
                         ModelSpace.from_dict(metadata.get("model_space")))
         predictor.checkpoint = Path(path)
+        predictor._weights_sha256 = payload.get("weights_sha256")
         return predictor
+
+    @property
+    def weights_sha256(self) -> str:
+        """The hash of the network's weights (:func:`lacunes.checkpoint.weights_sha256`), as stored in the
+        checkpoint it came from."""
+        if self._weights_sha256 is None:
+            from lacunes.checkpoint import weights_sha256
+
+            self._weights_sha256 = weights_sha256(self.network.state_dict())
+        return self._weights_sha256
 
     @property
     def data_statement(self) -> str:

@@ -57,6 +57,8 @@ class SubjectRecord:
     # the completion record: every output written for the subject (relative to the output folder where
     # inside it) -> {"bytes": ..., "sha256": ...}; a rerun keeps a subject only while they all match
     outputs: dict[str, dict] = field(default_factory=dict)
+    # what decided the maps (lacunes.provenance.run_settings): a rerun with other settings never skips
+    settings: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict) -> SubjectRecord:

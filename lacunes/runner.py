@@ -29,6 +29,7 @@ class SubjectReport:
     seconds: float = 0.0
     status: str = "done"  # done | skipped | failed
     error: str = ""
+    extras_from_maps: bool = False  # skipped, the extras asked for only now made from the saved maps
     volume_mm3: float = 0.0  # all detected lesions together
     phases: dict[str, float] = field(default_factory=dict)  # seconds: read, inference, write
 
@@ -161,6 +162,46 @@ def run_subject(
     return report
 
 
+def extras_from_maps(files: SubjectFiles, prediction: Path, uncertainty: Path, extras: dict[str, Path]) -> list[Path]:
+    """Write the extras (``mask``, ``table``) of a finished subject from its saved maps, without inference."""
+    from lacunes.io import read_volume
+
+    probability, geometry = read_volume(prediction)
+    written = []
+    if "mask" in extras:
+        written.append(write_volume((probability >= 0.5).astype(np.uint8), geometry, extras["mask"]))
+    if "table" in extras:
+        unc, _ = read_volume(uncertainty)
+        rows = lesion_table(probability, unc, geometry.spacing, geometry.origin, direction=geometry.direction)
+        written.append(write_lesion_table(rows, extras["table"]))
+    logger.info("%s: %s made from the saved maps (no inference)", files.subject_id, ", ".join(extras))
+    return written
+
+
+def _item_name(item) -> str:
+    """The subject id of a cohort item, even when the subject cannot be built from it."""
+    from lacunes.layouts import VALDO_T1
+
+    if isinstance(item, Path):
+        match = VALDO_T1.match(item.name)
+        return match["sid"] if match else item.name
+    return item.subject_id
+
+
+def settings_conflicts(records: dict, names: list[str], requested: dict) -> list[tuple[str, str]]:
+    """The subjects recorded as done with other settings than ``requested``: (id, what differs)."""
+    from lacunes.provenance import settings_difference
+
+    out = []
+    for name in names:
+        record = records.get(name)
+        if record is not None and record.status in ("done", "skipped") and record.settings:
+            why = settings_difference(record.settings, requested)
+            if why:
+                out.append((name, why))
+    return out
+
+
 def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bool = False,
                extras_dir: Path | None = None, write_mask: bool = False, write_table: bool = False,
                resample: bool = False, qc: bool = False, progress: bool = True,
@@ -169,7 +210,10 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     as they run) into ``output``; with ``shard=(i, n)``, only every n-th subject from the i-th (1-based),
     so that n jobs share a cohort.
 
-    Subjects whose two maps exist are skipped unless ``overwrite``; a failing subject is logged and
+    A subject is skipped (unless ``overwrite``) only while its maps match their completion record in
+    ``run.json`` and were made with the same settings (:mod:`lacunes.provenance`); a folder holding maps of
+    other settings is refused before anything runs. Extras asked for only now are made from the saved
+    maps. Every map gets a JSON sidecar, the folder a ``dataset_description.json``. A failing subject is logged and
     reported, and the others go on. The output folder is checked writable first (and a killed run's
     temporary files removed); ``output/run.json`` records every subject (merged over reruns) after each
     one; with ``qc``, each subject's picture and ``output/report.html`` (:mod:`lacunes.report`).
@@ -178,7 +222,14 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     from tqdm import tqdm
 
     from lacunes.io import prepare_output_folder
-    from lacunes.layouts import VALDO_T1, valdo_subject
+    from lacunes.layouts import valdo_subject
+    from lacunes.provenance import (
+        run_settings,
+        settings_difference,
+        subject_provenance,
+        write_dataset_description,
+        write_sidecar,
+    )
     from lacunes.report import SubjectRecord, load_records, picture_for, update_records, write_report
 
     shard_i, shard_n = shard
@@ -189,30 +240,43 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     extras = Path(extras_dir) if extras_dir else output / "extras"
     prepare_output_folder(output)
     records = load_records(output)
+    requested = run_settings(predictor)
+    conflicts = [] if overwrite else settings_conflicts(records, [_item_name(i) for i in items], requested)
+    if conflicts:
+        raise ValueError(
+            f"{output} holds the maps of {len(conflicts)} subject(s) made with other settings ({conflicts[0][0]}: "
+            f"{conflicts[0][1]}): use --overwrite to replace them, or another --output")
+    write_dataset_description(output, predictor)
     reports: list[SubjectReport] = []
     for item in tqdm(items, desc="subjects", unit="subject", disable=not progress):
-        if isinstance(item, Path):  # a VALDO T1: its subject id even when the subject cannot be built
-            match = VALDO_T1.match(item.name)
-            name = match["sid"] if match else item.name
-        else:
-            name = item.subject_id
+        name = _item_name(item)
         try:
             files = valdo_subject(item) if isinstance(item, Path) else item
             pred, unc = output / files.prediction_name, output / files.uncertainty_name
             inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
-            expected = [pred, unc, *extras_paths(files, extras, write_mask, write_table).values()]
-            why = None if overwrite else record_mismatch(records.get(files.subject_id), expected, output)
+            wanted = extras_paths(files, extras, write_mask, write_table)
+            expected = [pred, unc, *wanted.values()]
+            record = records.get(files.subject_id)
+            why = None if overwrite else (record_mismatch(record, [pred, unc], output)
+                                          or settings_difference(record.settings, requested))
             if not overwrite and why is not None and any(p.exists() for p in expected):
                 logger.warning("%s: outputs in %s not known complete (%s): predicting again", files.subject_id,
                                output, why)
             if not overwrite and why is None:
-                reports.append(SubjectReport(files.subject_id, expected, status="skipped"))
-                record = records[files.subject_id]
+                missing = {k: p for k, p in wanted.items() if record_mismatch(record, [p], output)}
+                if missing:
+                    made = extras_from_maps(files, pred, unc, missing)
+                    record.outputs.update(fingerprints(made, output))
+                reports.append(SubjectReport(files.subject_id, expected, status="skipped",
+                                             extras_from_maps=bool(missing)))
             else:
                 r = run_subject(predictor, files, pred, unc, extras, write_mask, write_table, resample)
                 reports.append(r)
+                provenance = subject_provenance(predictor, files.paths, r.seconds)
+                write_sidecar(pred, provenance, "lacune probability map (0.5 = the operating point)")
+                write_sidecar(unc, provenance, "uncertainty map (1 = the model and its operating point disagree)")
                 record = SubjectRecord(r.subject_id, "done", inputs, pred.name, r.lesions, r.volume_mm3, r.seconds,
-                                       outputs=fingerprints(r.outputs, output))
+                                       outputs=fingerprints(r.outputs, output), settings=requested)
             drawn = bool(record.picture) and (output / record.picture).is_file()
             if qc and (reports[-1].status == "done" or not drawn):
                 picture_for(output, record)

@@ -1,0 +1,110 @@
+"""What made each output: the settings that decide a map (compared before a rerun skips a subject), a
+JSON sidecar next to every map (model, weights hash, the model's data statement, setting, operating
+point, device, version, date, input files with hashes, seconds) and the output folder's BIDS-derivatives
+``dataset_description.json``.
+
+The *settings* are what changes a map: the weights, the inference setting (not its progress bar), the
+operating point with the second stage's cut, the backend and the precision. A subject recorded with other
+settings is never skipped as done (:func:`settings_difference` says what differs)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from lacunes import __version__
+from lacunes.io import atomic_output
+
+DESCRIPTION = "dataset_description.json"
+BIDS_VERSION = "1.9.0"
+# settings that do not change a map
+_NOT_DECIDING = ("progress", "device", "memory_gb", "sw_batch_size")
+
+
+def run_settings(predictor) -> dict[str, Any]:
+    """The settings that decide the maps a predictor writes (JSON-ready)."""
+    setting = {k: v for k, v in predictor.settings.to_dict().items() if k not in _NOT_DECIDING}
+    setting["backend"], setting["precision"] = str(predictor.backend), str(predictor.precision)
+    rescorer = predictor.rescorer
+    return {
+        "model_sha256": predictor.weights_sha256,
+        "setting": setting,
+        "operating_point": predictor.operating_point.to_dict(),
+        "second_stage_min_score": None if rescorer is None else rescorer.min_score,
+    }
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings_difference(recorded: dict | None, requested: dict) -> str | None:
+    """What differs between the settings a subject was recorded with and the requested ones (None when
+    they are the same); ``recorded`` None or empty: the record predates settings being recorded."""
+    if not recorded:
+        return "the recorded run did not record its settings"
+    old, new = _flat(recorded), _flat(requested)
+    changed = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if not changed:
+        return None
+
+    def show(v):
+        return f"{v[:12]}…" if isinstance(v, str) and len(v) > 20 else repr(v)
+
+    return ", ".join(f"{k} {show(old.get(k))} → {show(new.get(k))}" for k in changed[:4]) + (
+        f" and {len(changed) - 4} more" if len(changed) > 4 else "")
+
+
+def subject_provenance(predictor, inputs: dict[str, Path], seconds: float) -> dict[str, Any]:
+    """The sidecar of a subject's maps."""
+    from lacunes.checkpoint import sha256_of
+
+    return {
+        "GeneratedBy": {"Name": "lacunes", "Version": __version__},
+        "Model": str(predictor.checkpoint) if predictor.checkpoint else None,
+        "ModelDataStatement": predictor.data_statement,
+        "Settings": run_settings(predictor),
+        "Device": str(predictor.device),
+        "Date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "Inputs": {m: {"path": str(Path(p).resolve()), "sha256": sha256_of(p)} for m, p in inputs.items()},
+        "Seconds": round(float(seconds), 2),
+    }
+
+
+def sidecar_path(image: Path) -> Path:
+    """``x.nii.gz`` → ``x.json`` (the BIDS sidecar of an image)."""
+    name = Path(image).name
+    for ext in (".nii.gz", ".nii", ".mha", ".nrrd"):
+        if name.endswith(ext):
+            return Path(image).with_name(name[: -len(ext)] + ".json")
+    return Path(image).with_name(name + ".json")
+
+
+def write_sidecar(image: Path, provenance: dict[str, Any], description: str) -> Path:
+    path = sidecar_path(image)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps({"Description": description, **provenance}, indent=1))
+    return path
+
+
+def write_dataset_description(output: Path, predictor) -> Path:
+    """The BIDS-derivatives description of an output folder (rewritten by every run into it)."""
+    path = Path(output) / DESCRIPTION
+    content = {
+        "Name": "lacunes: lacune probability and uncertainty maps",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "lacunes", "Version": __version__,
+                         "Description": f"model {predictor.checkpoint}: {predictor.data_statement}"}],
+    }
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(content, indent=1))
+    return path
