@@ -270,6 +270,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
+    from lacunes import calibration
+
+    p = sub.add_parser("calibrate", help="fit the second stage and choose the operating point on labelled subjects",
+                       description=calibration.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    calibration.build_parser(p)
+    p.set_defaults(func=calibration.run)
+
     p = sub.add_parser("synth", help="generate synthetic subjects with lacunes and mimics (VALDO layout)")
     p.add_argument("--n", type=int, required=True, help="number of subjects")
     p.add_argument("--out", required=True, help="output folder")

@@ -336,7 +336,7 @@ class Predictor:
         if not metadata.get("operating_point") and threshold is None:
             logger.warning("%s carries no calibrated operating point: voxels are lacunes from p >= %g, with no second "
                            "stage (a fresh or fine-tuned training checkpoint; calibrate it on labelled subjects with "
-                           "training/calibrate.py, or give --threshold)", path, op.threshold)
+                           "lacunes calibrate, or give --threshold)", path, op.threshold)
         if threshold is not None:  # a stored extent above the new threshold no longer extends anything
             extent = op.extent_threshold if op.extent_threshold is not None and op.extent_threshold < threshold else None
             op = op.replace(threshold=threshold, extent_threshold=extent)

@@ -2,7 +2,7 @@
 
 The challenge binarizes the probability map at a fixed 0.5. A model's best decision threshold is
 rarely 0.5, and tiny components are mostly noise, so a checkpoint carries an :class:`OperatingPoint`
-(chosen on validation subjects by ``training/calibrate.py``) and the predictor writes maps on which the
+(chosen on validation subjects by ``lacunes calibrate``) and the predictor writes maps on which the
 0.5 cut *is* that operating point. From the raw probability (the mean of the TTA variants' sigmoids),
 in this order (:func:`finish_probability`):
 

@@ -1,15 +1,12 @@
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
+from lacunes import calibration as calibrate
 from lacunes.checkpoint import load_network
+from lacunes.cli import main as cli_main
 
 from .conftest import write_subject
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "training"))
-import calibrate  # noqa: E402
 
 
 def test_calibration_writes_its_choice_and_reuses_the_cached_maps(tiny_checkpoint, tmp_path, capsys):
@@ -40,3 +37,25 @@ def test_calibration_writes_its_choice_and_reuses_the_cached_maps(tiny_checkpoin
     # subject 1 is p = 0.5 everywhere: undecided at a 0.5 threshold, in all of its brain
     assert shares[(0.5, 0.0)] >= 0.5
     assert second["operating_point"]["chosen_on"]["objective"] == "pooled detection F1"
+
+
+def test_calibrate_command_refuses_a_second_stage_from_too_few_candidates_and_fits_the_point_alone(
+        tiny_checkpoint, tmp_path, capsys, caplog):
+    from lacunes.rescoring import FEATURES
+
+    train, val = tmp_path / "train", tmp_path / "val"
+    write_subject(train, "sub-001", seed=3)
+    write_subject(val, "sub-101", seed=4)
+    out = tmp_path / "cal.pt"
+    base = [str(tiny_checkpoint), "--val", str(val), "--out", str(out), "--threads", "1", "--no-progress"]
+    assert cli_main(["calibrate", *base, "--fit-rescorer", str(train)]) == 2
+    assert not out.exists()
+    assert f"the second stage has {len(FEATURES)} weights and needs at least as many of each" in caplog.text
+    assert "--no-second-stage" in caplog.text
+    capsys.readouterr()
+    assert cli_main(["calibrate", *base, "--no-second-stage"]) == 0
+    text = capsys.readouterr().out
+    assert "best " in text and "< chosen" in text and "why:" in text
+    assert len([line for line in text.splitlines() if line.strip().startswith(("0.", "1."))]) <= calibrate.ROWS_SHOWN + 1
+    _, payload = load_network(out)
+    assert "operating_point" in payload["metadata"] and "rescorer" not in payload["metadata"]

@@ -189,12 +189,26 @@ def test_bfloat16_on_the_cpu_is_close_but_not_exact(tiny_checkpoint):
     from lacunes.checkpoint import load_network
 
     x = np.random.default_rng(8).normal(size=(3, 32, 32, 16)).astype(np.float32)
-    s = settings(roi_size=(32, 32, 16))
+    s = settings(roi_size=(32, 32, 16), backend="torch")  # PyTorch's autocast: bfloat16 on any CPU
     net, _ = load_network(tiny_checkpoint)
     exact, _ = Predictor(net, s).predict_normalized(x)
     half, _ = Predictor(net, s.replace(precision="bfloat16")).predict_normalized(x)
     diff = np.abs(half - exact).max()
     assert 0 < diff < 0.05
+
+
+def test_openvino_bfloat16_on_a_cpu_without_it_runs_float32_and_says_so(tiny_checkpoint, monkeypatch, caplog):
+    pytest.importorskip("openvino")
+    import lacunes.backends
+    from lacunes.checkpoint import load_network
+
+    monkeypatch.setattr(lacunes.backends, "openvino_cpu_capabilities", lambda: ["FP32", "INT8"])
+    net, _ = load_network(tiny_checkpoint)
+    p = Predictor(net, settings(roi_size=(32, 32, 16), backend="openvino", precision="bfloat16"))
+    assert p.precision == "float32" and p.settings.precision == "float32"
+    assert "no bfloat16 arithmetic (OpenVINO offers FP32, INT8): running float32" in caplog.text
+    monkeypatch.setattr(lacunes.backends, "openvino_cpu_capabilities", lambda: ["FP32", "BF16"])
+    assert Predictor(net, settings(roi_size=(32, 32, 16), backend="openvino", precision="bfloat16")).precision == "bfloat16"
 
 
 def test_cuda_calls_are_capped_below_32_bit_indexing(monkeypatch):

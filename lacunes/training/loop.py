@@ -247,7 +247,7 @@ def train(
             if calibrated and rank == 0:
                 logger.warning("%s is calibrated (%s); the checkpoints of this run are not, and predict at p >= 0.5 "
                                "with no second stage until calibrated again on labelled subjects "
-                               "(training/calibrate.py)", config.init_from, " and ".join(calibrated).replace("_", " "))
+                               "(lacunes calibrate)", config.init_from, " and ".join(calibrated).replace("_", " "))
         net = net.to(dev)
         model = net
         if distributed:

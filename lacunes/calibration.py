@@ -1,0 +1,243 @@
+"""Calibrate a checkpoint on labelled subjects (``lacunes calibrate``): fit its second stage (the
+candidate re-scorer) on training subjects, choose its operating point (probability threshold, minimum
+lesion volume, second-stage cut, extent) on validation subjects, and store both in a new checkpoint,
+where the predictor reads them.
+
+The validation subjects must be distinct from the training and the benchmark subjects; for the bundled
+model they are ``lacunes synth --n 24 --seed 5151 --first-id 301``. Every subject is predicted once (the
+``fast`` setting by default) on its own grid; every grid point is then scored with the challenge's
+metrics, pooled over the validation subjects (rater-weighted detection F1, false positives of lacune-free
+subjects included), and the best is kept among the points whose default uncertainty map is >= 0.5 in
+under 2 % of the brain (``--max-uncertain-share``); an extent threshold is then chosen for Dice.
+
+A second stage has one weight per feature (:data:`lacunes.rescoring.FEATURES`): it is refused when the
+training subjects give fewer than that many candidates on lesions or off them (``--no-second-stage``
+then calibrates the operating point alone), and fitted with a warning under
+:data:`FEW_CANDIDATES_PER_FEATURE` candidates per feature.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+#: Fewer candidates than this per second-stage feature: fitted, with a warning that it may not generalize.
+FEW_CANDIDATES_PER_FEATURE = 10
+#: Grid rows printed (the best by pooled F1, then fewer false positives); the report holds them all.
+ROWS_SHOWN = 8
+
+
+def raw_case(predictor, files, cache: Path | None = None):
+    """(raw probability, normalized image, reference, spacing, brain mask) of one labelled subject: the
+    network's output (mean of the TTA variants' sigmoids) before the second stage and the operating
+    point, on the subject's own grid.
+
+    With ``cache``, the raw probability is read from / written to ``cache/<subject>.npy`` (the caller
+    keys the folder by checkpoint weights and setting), so that choosing the operating point again
+    does not predict again."""
+    import numpy as np
+    import torch
+
+    from lacunes.evaluation import load_reference
+    from lacunes.io import read_subject
+    from lacunes.preprocessing import brain_mask, prepare_image, repair_nonfinite
+
+    labels = files.label_paths()
+    if not labels:
+        raise ValueError(f"{files.subject_id}: no rater label next to {files.paths['T1']}")
+    subject = read_subject(files.subject_id, files.paths)
+    image = repair_nonfinite(subject.image)
+    normalized = prepare_image(image, predictor.normalization)
+    mask = brain_mask(image)
+    cached = None if cache is None else cache / f"{files.subject_id}.npy"
+    if cached is not None and cached.exists():
+        raw = np.load(cached)
+    else:
+        logits = predictor.variant_logits(normalized, mask)  # on the brain's box, as at inference
+        raw = torch.sigmoid(logits).mean(0).clamp(0.0, 1.0).float().cpu().numpy()
+        if cached is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            np.save(cached.with_suffix(".tmp.npy"), raw)
+            cached.with_suffix(".tmp.npy").replace(cached)
+    reference, _ = load_reference(tuple(labels.values()))
+    return raw, normalized, reference, subject.geometry.spacing, mask
+
+
+def fit_second_stage(predictor, folder: Path, candidate_threshold: float = 0.5, progress: bool = True):
+    """The second stage fitted on the candidates of the labelled subjects in ``folder``, with its fit's
+    record. Raises ValueError when they are too few for its features."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from lacunes.layouts import find_valdo_subjects
+    from lacunes.rescoring import FEATURES, Rescorer, candidate_features, candidate_targets
+
+    train = find_valdo_subjects(Path(folder))
+    feats, targets = [], []
+    for files in tqdm(train, desc="training candidates", unit="subject", disable=not progress):
+        raw, normalized, reference, spacing, mask = raw_case(predictor, files)
+        masked = np.where(mask, raw, np.float32(0))
+        labels, n, f = candidate_features(masked, normalized, mask, spacing, candidate_threshold)
+        feats.append(f)
+        targets.append(candidate_targets(labels, n, reference))
+    x = np.concatenate(feats) if feats else np.zeros((0, len(FEATURES)))
+    y = np.concatenate(targets) if targets else np.zeros(0)
+    positives, negatives = int((y > 0).sum()), int((y == 0).sum())
+    if min(positives, negatives) < len(FEATURES):
+        raise ValueError(
+            f"{len(train)} training subject(s) in {folder} give {positives} candidate(s) on lesions and {negatives} "
+            f"off them: the second stage has {len(FEATURES)} weights and needs at least as many of each; add "
+            "labelled subjects, or calibrate the operating point alone (--no-second-stage)")
+    if len(y) < FEW_CANDIDATES_PER_FEATURE * len(FEATURES):
+        logger.warning("the second stage is fitted on %d candidates for %d features (fewer than %d per feature): "
+                       "it may not hold on other subjects; check it on the validation table below", len(y),
+                       len(FEATURES), FEW_CANDIDATES_PER_FEATURE)
+    rescorer = Rescorer.fit(x, y, candidate_threshold)
+    fitted = rescorer.score(x)
+    fit = {
+        "subjects": [f.subject_id for f in train], "folder": str(folder), "candidates": int(len(y)),
+        "positives": positives, "weights": dict(zip(FEATURES, rescorer.weights)),
+        "training_recall_at_0.5": float((fitted[y > 0] >= 0.5).mean()),
+        "training_false_candidates_kept_at_0.5": int((fitted[y == 0] >= 0.5).sum()),
+    }
+    return rescorer, fit
+
+
+def _row(s, mark: str = "") -> str:
+    return (f"{s.threshold:>5.2f} {s.min_volume_mm3:>7.0f} {s.min_score if s.min_score is not None else '-':>5} "
+            f"{s.extent_threshold if s.extent_threshold is not None else '-':>6} "
+            f"{s.f1:>6.3f} {s.median_f1:>6.3f} {s.tp:>4} {s.fp:>5} {s.fn:>4} {s.fp_per_subject:>7.2f} {s.dice:>5.2f} "
+            f"{100 * s.uncertain_share:>5.2f}{mark}")
+
+
+def print_table(scores, chosen, rows: int = ROWS_SHOWN) -> None:
+    """The best grid points (pooled F1, then fewer FP) and the chosen one, marked."""
+    header = (f"{'thr':>5} {'min mm3':>7} {'cut':>5} {'extent':>6} {'F1':>6} {'med F1':>6} {'TP':>4} {'FP':>5} "
+              f"{'FN':>4} {'FP/subj':>7} {'Dice':>5} {'unc%':>5}")
+    best = sorted(scores, key=lambda s: (-s.f1, s.fp))[:rows]
+    print(f"best {len(best)} of {len(scores)} grid points (all in --report):")
+    print(header)
+    for s in best:
+        print(_row(s, " < chosen" if s is chosen else ""))
+    if chosen not in best:
+        print(_row(chosen, " < chosen"))
+
+
+def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = p or argparse.ArgumentParser(prog="lacunes calibrate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="the checkpoint to calibrate (a training checkpoint or a release)")
+    p.add_argument("--val", required=True, help="validation subjects (VALDO layout with rater labels)")
+    stage = p.add_mutually_exclusive_group()
+    stage.add_argument("--fit-rescorer", metavar="DIR", help="fit a second stage on these labelled (training) subjects")
+    stage.add_argument("--keep-rescorer", action="store_true",
+                       help="keep the checkpoint's fitted second stage (its score cut is chosen again)")
+    stage.add_argument("--no-second-stage", action="store_true",
+                       help="the operating point alone, without a second stage (few labelled subjects)")
+    p.add_argument("--candidate-threshold", type=float, default=0.5,
+                   help="raw probability at which the second stage's candidates are formed (default 0.5)")
+    p.add_argument("--preset", default="fast", choices=["fast", "full"], help="inference setting (default fast)")
+    p.add_argument("--out", help="write the calibrated checkpoint here (+ .sha256); default: only report")
+    p.add_argument("--report", help="JSON file with the fit and the score of every grid point")
+    p.add_argument("--max-uncertain-share", type=float, default=0.02,
+                   help="only points whose uncertainty map is >= 0.5 in less than this share of the validation "
+                        "brains (default 0.02; 1 = no constraint)")
+    p.add_argument("--cache", metavar="DIR",
+                   help="keep the raw validation maps here (a subfolder per checkpoint weights and setting) and "
+                        "reuse them")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from lacunes.checkpoint import load_network, save_checkpoint, weights_sha256, write_sha256
+    from lacunes.inference import PRESETS, Predictor
+    from lacunes.layouts import find_valdo_subjects
+    from lacunes.network import NetworkConfig
+    from lacunes.postprocessing import choose_operating_point
+    from lacunes.rescoring import FEATURES
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    progress = not args.no_progress
+    predictor = Predictor.from_checkpoint(args.checkpoint, PRESETS[args.preset].replace(progress=False),
+                                          threshold=0.5)  # its own point is not used: raw maps only
+    if args.keep_rescorer and predictor.rescorer is None:
+        raise ValueError(f"--keep-rescorer: {args.checkpoint} has no second stage")
+    rescorer = predictor.rescorer if args.keep_rescorer else None
+    if not (args.keep_rescorer or args.fit_rescorer or args.no_second_stage):
+        print("no second stage (give --fit-rescorer DIR to fit one, or --keep-rescorer to keep the checkpoint's)")
+    report: dict = {"checkpoint": str(args.checkpoint), "setting": args.preset}
+    t0 = time.time()
+    if args.fit_rescorer:
+        rescorer, fit = fit_second_stage(predictor, Path(args.fit_rescorer), args.candidate_threshold, progress)
+        report["rescorer_fit"] = fit
+        print(f"second stage fitted on {fit['candidates']} candidates of {len(fit['subjects'])} subjects "
+              f"({fit['positives']} on lesions); at a 0.5 cut it keeps {fit['training_recall_at_0.5']:.2f} of those "
+              f"and {fit['training_false_candidates_kept_at_0.5']} of {fit['candidates'] - fit['positives']} others")
+        for name, w in sorted(zip(FEATURES, rescorer.weights), key=lambda t: -abs(t[1]))[:5]:
+            print(f"  {name:<18} {w:+.2f}")
+    subjects = find_valdo_subjects(Path(args.val))
+    cache = None
+    if args.cache:
+        cache = Path(args.cache) / f"{weights_sha256(predictor.network.state_dict())[:16]}-{args.preset}"
+    cases = [raw_case(predictor, files, cache)
+             for files in tqdm(subjects, desc="validation", unit="subject", disable=not progress)]
+    seconds = time.time() - t0
+    budget = args.max_uncertain_share if args.max_uncertain_share < 1 else None
+    op, cut, scores = choose_operating_point(cases, rescorer, max_uncertain_share=budget, progress=progress)
+    key = (op.threshold, op.min_volume_mm3, cut, op.extent_threshold)
+    chosen = next(s for s in scores if (s.threshold, s.min_volume_mm3, s.min_score, s.extent_threshold) == key)
+    print_table(scores, chosen)
+    held = budget is not None and chosen.uncertain_share < budget
+    why = ("the best pooled detection F1" + (f" with uncertainty >= 0.5 in under {100 * budget:g} % of the brain"
+                                             if held else "")
+           + " (ties: fewer false positives, the smaller minimum volume, the lower threshold, then Dice)")
+    print(f"chosen: probability >= {op.threshold}, lesions >= {op.min_volume_mm3} mm³"
+          + (f", second-stage score >= {cut}" if cut is not None else "")
+          + (f", extent over probability >= {op.extent_threshold}" if op.extent_threshold is not None else "")
+          + f": pooled F1 {chosen.f1:.3f}, {chosen.tp} TP, {chosen.fp} FP, {chosen.fn} FN, median Dice {chosen.dice:.2f}, "
+          f"uncertainty >= 0.5 in {100 * chosen.uncertain_share:.2f} % of the brain, on {len(cases)} validation "
+          f"subjects ({seconds:.0f} s of prediction); why: {why}")
+    if budget is not None and not held:
+        print(f"warning: no grid point keeps the uncertainty share under {100 * budget:.1f} %; "
+              "the best F1 was chosen without that constraint")
+    objective = "pooled detection F1" + (f", uncertainty >= 0.5 in < {100 * budget:g} % of the brain" if held else "")
+    record = {**op.to_dict(), "chosen_on": {"folder": str(args.val), "subjects": [s.subject_id for s in subjects],
+                                            "setting": args.preset, "objective": objective,
+                                            "score": chosen.to_dict()}}
+    report["operating_point"] = record
+    report["grid"] = [s.to_dict() for s in scores]
+    if args.report:
+        Path(args.report).write_text(json.dumps(report, indent=1))
+    if args.out:
+        net, payload = load_network(args.checkpoint)
+        metadata = {**payload["metadata"], "operating_point": record}
+        fit = report.get("rescorer_fit") or (payload["metadata"].get("rescorer") or {}).get("fit")
+        metadata.pop("rescorer", None)
+        if rescorer is not None:
+            metadata["rescorer"] = {**rescorer.replace(min_score=cut).to_dict(), "fit": fit}
+        half = all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+        out = save_checkpoint(args.out, net, NetworkConfig.from_dict(payload["network"]), metadata, half=half)
+        sidecar = write_sha256(out)
+        print(f"written to {out} (sha256 {sidecar.read_text().split()[0][:12]}…)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    try:
+        return run(build_parser().parse_args(argv))
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
