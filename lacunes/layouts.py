@@ -1,8 +1,16 @@
-"""Finding subjects: the VALDO flat layout, the grand-challenge socket layout, explicit files.
+"""Finding subjects: the VALDO flat layout, BIDS, the grand-challenge socket layout, explicit files.
 
 VALDO flat layout (``../shared/VALDO.md``): ``sub-XXX_space-T1_desc-masked_T1.nii.gz`` with T2 and
 FLAIR found by replacing the ``T1.nii.gz`` suffix, labels ``sub-XXX_space-T1_desc-Rater{1,2}_Lacunes``.
 Outputs are named from the input up to ``desc-masked_``: ``sub-XXX_space-T1_prediction.nii.gz``.
+
+BIDS (``sub-<label>/[ses-<label>/]anat/sub-<label>[_ses-<label>][_<entity>-<label>…]_T1w.nii.gz`` with the
+``_T2w`` and ``_FLAIR`` files of the same entities, or the only ones of that subject and session):
+outputs form a BIDS-derivatives tree, ``<sub>/[<ses>/]anat/<entities>_space-T1w_label-lacune_probseg.nii.gz``
+and ``…_label-lacune_desc-uncertainty_probseg.nii.gz``; the subject id is the entities (``sub-01_ses-2``).
+
+Explicit files (``--t1 --t2 --flair``): outputs ``<id>_space-T1_prediction.nii.gz`` and
+``<id>_space-T1_uncertaintymap.nii.gz``, named as the VALDO layout's.
 
 Grand-challenge layout: ``/input/inputs.json`` lists the sockets and each image lies alone in
 ``/input/images/<slug>/``. Input slugs: :data:`GC_INPUT_SLUGS`; outputs go to
@@ -34,19 +42,23 @@ class SubjectFiles:
 
     subject_id: str
     paths: dict[str, Path]
-    output_prefix: str
+    output_prefix: str  # may hold folders (BIDS: "sub-01/anat/sub-01_space-T1w_label-lacune_")
+    bids: bool = False
 
     @property
     def prediction_name(self) -> str:
-        return f"{self.output_prefix}prediction.nii.gz"
+        return f"{self.output_prefix}probseg.nii.gz" if self.bids else f"{self.output_prefix}prediction.nii.gz"
 
     @property
     def uncertainty_name(self) -> str:
-        return f"{self.output_prefix}uncertaintymap.nii.gz"
+        return (f"{self.output_prefix}desc-uncertainty_probseg.nii.gz" if self.bids
+                else f"{self.output_prefix}uncertaintymap.nii.gz")
 
     def label_paths(self) -> dict[str, Path]:
-        """Rater label files next to the T1 that exist (``Rater1``, ``Rater2``)."""
+        """Rater label files next to a VALDO-layout T1 that exist (``Rater1``, ``Rater2``)."""
         t1 = self.paths["T1"]
+        if "desc-masked_" not in t1.name or "T1." not in t1.name:
+            return {}
         base = t1.name.split("desc-masked_")[0]
         ext = t1.name[t1.name.index("T1.") + 2:]
         out = {}
@@ -127,7 +139,9 @@ def require_valdo_t1s(folder: Path) -> list[Path]:
     if not t1s:
         listing = ", ".join(sorted(p.name for p in Path(folder).iterdir())[:10])
         raise LacunesInputError(
-            f"no sub-*_space-*_desc-masked_T1.nii.gz in {folder} (found: {listing or 'nothing'})"
+            f"no sub-*_space-*_desc-masked_T1.nii.gz in {folder} (found: {listing or 'nothing'}); a BIDS folder "
+            "needs sub-*/anat/sub-*_T1w.nii.gz (with _T2w and _FLAIR), and other files can be given one subject at "
+            "a time with --t1, --t2 and --flair"
         )
     return t1s
 
@@ -148,19 +162,92 @@ def explicit_subject(t1: Path, t2: Path, flair: Path, subject_id: str | None = N
     sid = subject_id or re.split(r"[_.]", t1.name)[0]
     if not SUBJECT_ID.match(sid) or sid in (".", ".."):
         raise LacunesInputError(f"subject id {sid!r} must be a name (letters, digits, '.', '_', '-'), not a path")
-    return SubjectFiles(sid, {"T1": t1, "T2": Path(t2), "FLAIR": Path(flair)}, f"{sid}_")
+    return SubjectFiles(sid, {"T1": t1, "T2": Path(t2), "FLAIR": Path(flair)}, f"{sid}_space-T1_")
+
+
+# ---------------------------------------------------------------------------------------------- BIDS
+
+#: A BIDS T1w file: its entities (``sub-01_ses-2_acq-x``) before the suffix.
+BIDS_T1W = re.compile(r"^(?P<entities>sub-[A-Za-z0-9]+(?:_[a-z]+-[A-Za-z0-9]+)*)_T1w\.(?P<ext>nii\.gz|nii)$")
+BIDS_SUFFIXES = {"T1": "T1w", "T2": "T2w", "FLAIR": "FLAIR"}
+
+
+@dataclass(frozen=True)
+class BidsT1:
+    """One BIDS T1w file of a cohort; its T2w and FLAIR are found when it runs (:meth:`files`), so that a
+    subject missing one fails alone."""
+
+    t1: Path
+    entities: str
+
+    @property
+    def subject_id(self) -> str:
+        return self.entities
+
+    def files(self) -> SubjectFiles:
+        anat = self.t1.parent
+        ext = BIDS_T1W.match(self.t1.name)["ext"]
+        paths = {"T1": self.t1}
+        session = "_".join(e for e in self.entities.split("_") if e.startswith(("sub-", "ses-")))
+        for m in MODALITIES[1:]:
+            exact = anat / f"{self.entities}_{BIDS_SUFFIXES[m]}.{ext}"
+            if exact.is_file():
+                paths[m] = exact
+                continue
+            others = sorted(p for p in anat.glob(f"{session}_*{BIDS_SUFFIXES[m]}.nii*")
+                            if re.search(rf"_{BIDS_SUFFIXES[m]}\.nii(\.gz)?$", p.name))
+            if len(others) != 1:
+                raise MissingModalityError(
+                    f"{self.entities}: no {exact.name} in {anat}" + (
+                        f", and {len(others)} other {BIDS_SUFFIXES[m]} files of {session} ({', '.join(p.name for p in others)}): "
+                        "which one is meant is not clear" if others else f" (found: {', '.join(sorted(p.name for p in anat.iterdir()))})"))
+            paths[m] = others[0]
+        folder = anat.relative_to(self.root) if self.root else Path(*self.t1.parts[-3:-1])
+        return SubjectFiles(self.entities, paths, f"{folder.as_posix()}/{self.entities}_space-T1w_label-lacune_",
+                            bids=True)
+
+    @property
+    def root(self) -> Path | None:
+        """The dataset's root: the folder above ``sub-<label>/``."""
+        for parent in self.t1.parents:
+            if parent.name.startswith("sub-"):
+                return parent.parent
+        return None
+
+
+def find_bids_t1s(root: Path) -> list[BidsT1]:
+    """Every ``…_T1w.nii[.gz]`` under ``root/sub-*/anat/`` and ``root/sub-*/ses-*/anat/``, sorted."""
+    root = Path(root)
+    found = []
+    for anat in sorted([*root.glob("sub-*/anat"), *root.glob("sub-*/ses-*/anat")]):
+        for p in sorted(anat.iterdir()):
+            match = BIDS_T1W.match(p.name)
+            if match and p.is_file():
+                found.append(BidsT1(p, match["entities"]))
+    return found
+
+
+def is_bids_layout(folder: Path) -> bool:
+    folder = Path(folder)
+    return folder.is_dir() and (any(folder.glob("sub-*/anat")) or any(folder.glob("sub-*/ses-*/anat")))
 
 
 def cohort_items(input_dir: Path | None = None, files: tuple[Path, Path, Path] | None = None,
-                 subject_id: str | None = None) -> list[SubjectFiles | Path]:
-    """The subjects of a run, for :func:`lacunes.runner.run_cohort`: every T1 of a VALDO-layout folder
-    (each turned into a subject when it runs, so that one with a missing modality fails alone), or one
-    subject from explicit T1, T2 and FLAIR files."""
+                 subject_id: str | None = None) -> list[SubjectFiles | Path | BidsT1]:
+    """The subjects of a run, for :func:`lacunes.runner.run_cohort`: every T1 of a VALDO-layout or a BIDS
+    folder (each turned into a subject when it runs, so that one with a missing modality fails alone), or
+    one subject from explicit T1, T2 and FLAIR files."""
     if (input_dir is None) == (files is None):
-        raise ValueError("give either an input folder (VALDO layout) or the T1, T2 and FLAIR files")
+        raise ValueError("give either an input folder (VALDO or BIDS layout) or the T1, T2 and FLAIR files")
     if files is not None:
         return [explicit_subject(*files, subject_id)]
-    return require_valdo_t1s(Path(input_dir))
+    folder = Path(input_dir)
+    if folder.is_dir() and not find_valdo_t1s(folder) and is_bids_layout(folder):
+        t1s = find_bids_t1s(folder)
+        if not t1s:
+            raise LacunesInputError(f"{folder} is a BIDS folder (sub-*/anat/) without any sub-*_T1w.nii.gz")
+        return t1s
+    return require_valdo_t1s(folder)
 
 
 def is_grand_challenge_layout(input_dir: Path) -> bool:

@@ -182,7 +182,7 @@ def _item_name(item) -> str:
     """The subject id of a cohort item, even when the subject cannot be built from it."""
     from lacunes.layouts import VALDO_T1
 
-    if isinstance(item, Path):
+    if isinstance(item, Path):  # a VALDO T1
         match = VALDO_T1.match(item.name)
         return match["sid"] if match else item.name
     return item.subject_id
@@ -222,7 +222,7 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     from tqdm import tqdm
 
     from lacunes.io import prepare_output_folder
-    from lacunes.layouts import valdo_subject
+    from lacunes.layouts import BidsT1, valdo_subject
     from lacunes.provenance import (
         run_settings,
         settings_difference,
@@ -251,7 +251,7 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     for item in tqdm(items, desc="subjects", unit="subject", disable=not progress):
         name = _item_name(item)
         try:
-            files = valdo_subject(item) if isinstance(item, Path) else item
+            files = valdo_subject(item) if isinstance(item, Path) else item.files() if isinstance(item, BidsT1) else item
             pred, unc = output / files.prediction_name, output / files.uncertainty_name
             inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
             wanted = extras_paths(files, extras, write_mask, write_table)
@@ -275,7 +275,7 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
                 provenance = subject_provenance(predictor, files.paths, r.seconds)
                 write_sidecar(pred, provenance, "lacune probability map (0.5 = the operating point)")
                 write_sidecar(unc, provenance, "uncertainty map (1 = the model and its operating point disagree)")
-                record = SubjectRecord(r.subject_id, "done", inputs, pred.name, r.lesions, r.volume_mm3, r.seconds,
+                record = SubjectRecord(r.subject_id, "done", inputs, _record_key(pred, output), r.lesions, r.volume_mm3, r.seconds,
                                        outputs=fingerprints(r.outputs, output), settings=requested)
             drawn = bool(record.picture) and (output / record.picture).is_file()
             if qc and (reports[-1].status == "done" or not drawn):

@@ -80,15 +80,16 @@ def test_explicit_files_and_extras(tmp_path, tiny_checkpoint):
     rc = predict("--t1", str(files[0]), "--t2", str(files[1]), "--flair", str(files[2]), "--output",
                  str(tmp_path / "out"), "--model", str(tiny_checkpoint), "--mask", "--table", "--tta", "flips")
     assert rc == 0
-    prob, g = read_volume(tmp_path / "out" / "sub-007_prediction.nii.gz")
-    mask, _ = read_volume(tmp_path / "out" / "extras" / "sub-007_mask.nii.gz")
+    prob, g = read_volume(tmp_path / "out" / "sub-007_space-T1_prediction.nii.gz")
+    mask, _ = read_volume(tmp_path / "out" / "extras" / "sub-007_space-T1_mask.nii.gz")
     np.testing.assert_array_equal(mask, (prob >= 0.5).astype(np.uint8))
-    with open(tmp_path / "out" / "extras" / "sub-007_lesions.csv") as f:
+    with open(tmp_path / "out" / "extras" / "sub-007_space-T1_lesions.csv") as f:
         header = next(csv.reader(f))
     assert header[:3] == ["id", "voxels", "volume_mm3"] and "mean_uncertainty" in header
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
-        "dataset_description.json", "extras", "run.json", "sub-007_prediction.json", "sub-007_prediction.nii.gz",
-        "sub-007_uncertaintymap.json", "sub-007_uncertaintymap.nii.gz"]
+        "dataset_description.json", "extras", "run.json", "sub-007_space-T1_prediction.json",
+        "sub-007_space-T1_prediction.nii.gz",
+        "sub-007_space-T1_uncertaintymap.json", "sub-007_space-T1_uncertaintymap.nii.gz"]
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == [".run.json.lock"]
 
 
@@ -301,3 +302,29 @@ def test_a_rerun_with_other_settings_is_refused_and_every_map_has_its_provenance
     (out / "run.json").write_text(json.dumps(data))
     assert predict(*args, "--threshold", "0.9") == 0 and "1 done, 0 skipped" in capsys.readouterr().out
     assert "the recorded run did not record its settings" in caplog.text
+
+
+def test_a_bids_folder_is_segmented_into_a_bids_derivatives_tree(tmp_path, tiny_checkpoint, capsys):
+    import json
+
+    from .test_layouts import _bids_subject
+
+    _bids_subject(tmp_path / "bids", "sub-01")
+    _bids_subject(tmp_path / "bids", "sub-02_ses-1")
+    _bids_subject(tmp_path / "bids", "sub-03", suffixes=("T1w", "T2w"))  # no FLAIR: fails alone
+    out = tmp_path / "derivatives" / "lacunes"
+    rc = predict("-i", str(tmp_path / "bids"), "-o", str(out), "--model", str(tiny_checkpoint), "--table", "--qc")
+    assert rc == 1 and "2 done, 0 skipped" in capsys.readouterr().out
+    anat = out / "sub-02" / "ses-1" / "anat"
+    assert sorted(p.name for p in anat.iterdir()) == [
+        "sub-02_ses-1_space-T1w_label-lacune_desc-uncertainty_probseg.json",
+        "sub-02_ses-1_space-T1w_label-lacune_desc-uncertainty_probseg.nii.gz",
+        "sub-02_ses-1_space-T1w_label-lacune_probseg.json", "sub-02_ses-1_space-T1w_label-lacune_probseg.nii.gz"]
+    assert (out / "sub-01" / "anat" / "sub-01_space-T1w_label-lacune_probseg.nii.gz").is_file()
+    assert (out / "extras" / "sub-02" / "ses-1" / "anat" / "sub-02_ses-1_space-T1w_label-lacune_lesions.csv").is_file()
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+    records = {r["subject_id"]: r for r in json.loads((out / "run.json").read_text())["subjects"]}
+    assert records["sub-03"]["status"] == "failed" and "FLAIR" in records["sub-03"]["error"]
+    assert (out / records["sub-02_ses-1"]["picture"]).is_file()  # the QC picture found the nested map
+    assert predict("-i", str(tmp_path / "bids"), "-o", str(out), "--model", str(tiny_checkpoint), "--table") == 1
+    assert "0 done, 2 skipped" in capsys.readouterr().out

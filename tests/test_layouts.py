@@ -56,7 +56,7 @@ def test_files_that_look_like_t1_scans_but_are_not_taken_are_named_with_the_reas
 
 def test_explicit_subject(tmp_path):
     s = explicit_subject(tmp_path / "sub-9_T1w.nii.gz", tmp_path / "t2.nii.gz", tmp_path / "fl.nii.gz")
-    assert s.subject_id == "sub-9" and s.prediction_name == "sub-9_prediction.nii.gz"
+    assert s.subject_id == "sub-9" and s.prediction_name == "sub-9_space-T1_prediction.nii.gz"  # as the VALDO layout names it
     for bad in ("../x", "a/b", "..", "/etc/x", ""):
         if bad:
             with pytest.raises(LacunesInputError, match="must be a name"):
@@ -98,3 +98,61 @@ def test_malformed_inputs_json_is_named(tmp_path, content):
     (inp / "inputs.json").write_bytes(content.encode("latin-1"))
     with pytest.raises(LacunesInputError, match="inputs.json"):
         grand_challenge_subject(inp)
+
+
+def _bids_subject(root, entities, suffixes=("T1w", "T2w", "FLAIR"), seed=0):
+    """A BIDS subject (sub-x[/ses-y]/anat/<entities>_<suffix>.nii.gz) from the test arrays."""
+    from lacunes.io import Geometry, write_volume
+
+    from .conftest import make_subject_arrays
+
+    parts = dict(e.split("-", 1) for e in entities.split("_"))
+    anat = root / f"sub-{parts['sub']}" / (f"ses-{parts['ses']}" if "ses" in parts else "") / "anat"
+    images, _ = make_subject_arrays((30, 28, 18), seed)
+    for suffix, m in zip(("T1w", "T2w", "FLAIR"), ("T1", "T2", "FLAIR")):
+        if suffix in suffixes:
+            write_volume(images[m], Geometry(shape=(30, 28, 18)), anat / f"{entities}_{suffix}.nii.gz")
+    return anat
+
+
+def test_bids_subjects_with_sessions_are_found_and_named_as_derivatives(tmp_path):
+    from lacunes.layouts import BidsT1, cohort_items
+
+    _bids_subject(tmp_path, "sub-01")
+    _bids_subject(tmp_path, "sub-02_ses-1")
+    _bids_subject(tmp_path, "sub-02_ses-2")
+    items = cohort_items(tmp_path)
+    assert all(isinstance(i, BidsT1) for i in items)
+    assert [i.subject_id for i in items] == ["sub-01", "sub-02_ses-1", "sub-02_ses-2"]
+    files = items[2].files()
+    assert files.paths["FLAIR"] == tmp_path / "sub-02" / "ses-2" / "anat" / "sub-02_ses-2_FLAIR.nii.gz"
+    assert files.prediction_name == "sub-02/ses-2/anat/sub-02_ses-2_space-T1w_label-lacune_probseg.nii.gz"
+    assert files.uncertainty_name.endswith("sub-02_ses-2_space-T1w_label-lacune_desc-uncertainty_probseg.nii.gz")
+    assert files.label_paths() == {}
+
+
+def test_bids_modalities_with_other_entities_are_taken_when_unique_and_refused_when_not(tmp_path):
+    from lacunes.io import MissingModalityError
+    from lacunes.layouts import cohort_items
+
+    anat = _bids_subject(tmp_path, "sub-01_acq-mprage", suffixes=("T1w",))
+    _bids_subject(tmp_path, "sub-01_acq-tse", suffixes=("T2w",))
+    _bids_subject(tmp_path, "sub-01_acq-space", suffixes=("FLAIR",))
+    (item,) = cohort_items(tmp_path)
+    files = item.files()
+    assert files.paths["T2"].name == "sub-01_acq-tse_T2w.nii.gz" and files.paths["FLAIR"].name == "sub-01_acq-space_FLAIR.nii.gz"
+    (anat / "sub-01_acq-tse2_T2w.nii.gz").write_bytes((anat / "sub-01_acq-tse_T2w.nii.gz").read_bytes())
+    with pytest.raises(MissingModalityError, match="2 other T2w files of sub-01"):
+        item.files()
+    (anat / "sub-01_acq-tse2_T2w.nii.gz").unlink()
+    (anat / "sub-01_acq-space_FLAIR.nii.gz").unlink()
+    with pytest.raises(MissingModalityError, match="no sub-01_acq-mprage_FLAIR.nii.gz"):
+        item.files()
+
+
+def test_an_unknown_folder_is_refused_with_the_layouts_and_the_explicit_options(tmp_path):
+    from lacunes.layouts import cohort_items
+
+    (tmp_path / "scan.nii.gz").write_bytes(b"")
+    with pytest.raises(Exception, match="BIDS folder needs sub-\\*/anat/sub-\\*_T1w.nii.gz .*--t1, --t2 and --flair"):
+        cohort_items(tmp_path)
