@@ -197,10 +197,11 @@ class BidsT1:
             others = sorted(p for p in anat.glob(f"{session}_*{BIDS_SUFFIXES[m]}.nii*")
                             if re.search(rf"_{BIDS_SUFFIXES[m]}\.nii(\.gz)?$", p.name))
             if len(others) != 1:
+                listing = ", ".join(p.name for p in (others or sorted(anat.iterdir())))
                 raise MissingModalityError(
-                    f"{self.entities}: no {exact.name} in {anat}" + (
-                        f", and {len(others)} other {BIDS_SUFFIXES[m]} files of {session} ({', '.join(p.name for p in others)}): "
-                        "which one is meant is not clear" if others else f" (found: {', '.join(sorted(p.name for p in anat.iterdir()))})"))
+                    f"{self.entities}: no {exact.name} in {anat}"
+                    + (f", and {len(others)} other {BIDS_SUFFIXES[m]} files of {session} ({listing}): which one is "
+                       "meant is not clear" if others else f" (found: {listing})"))
             paths[m] = others[0]
         folder = anat.relative_to(self.root) if self.root else Path(*self.t1.parts[-3:-1])
         return SubjectFiles(self.entities, paths, f"{folder.as_posix()}/{self.entities}_space-T1w_label-lacune_",

@@ -275,8 +275,8 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
                 provenance = subject_provenance(predictor, files.paths, r.seconds)
                 write_sidecar(pred, provenance, "lacune probability map (0.5 = the operating point)")
                 write_sidecar(unc, provenance, "uncertainty map (1 = the model and its operating point disagree)")
-                record = SubjectRecord(r.subject_id, "done", inputs, _record_key(pred, output), r.lesions, r.volume_mm3, r.seconds,
-                                       outputs=fingerprints(r.outputs, output), settings=requested)
+                record = SubjectRecord(r.subject_id, "done", inputs, _record_key(pred, output), r.lesions, r.volume_mm3,
+                                       r.seconds, outputs=fingerprints(r.outputs, output), settings=requested)
             drawn = bool(record.picture) and (output / record.picture).is_file()
             if qc and (reports[-1].status == "done" or not drawn):
                 picture_for(output, record)
