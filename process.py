@@ -30,14 +30,21 @@ import sys
 import time
 from pathlib import Path
 
+from lacunes import options  # torch-free: the choices and defaults
+
 HERE = Path(__file__).resolve().parent
+
 logger = logging.getLogger("lacunes.process")
 
 
 def default_model() -> Path:
     """``/opt/ml/model/lacunes.pt`` when the platform mounts one, else the bundled ``model/lacunes.pt``."""
     mounted = Path("/opt/ml/model/lacunes.pt")
-    return mounted if mounted.is_file() else HERE / "model" / "lacunes.pt"
+    if mounted.is_file():
+        return mounted
+    from lacunes.checkpoint import bundled_checkpoint
+
+    return bundled_checkpoint()
 
 
 def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resample: bool = False, checked=None):
@@ -115,13 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input", default="/input", help="input folder (default /input)")
     parser.add_argument("--output", default="/output", help="output folder (default /output)")
     parser.add_argument("--model", default=None, help="checkpoint (default /opt/ml/model/lacunes.pt, else model/lacunes.pt)")
-    parser.add_argument("--preset", default=os.environ.get("LACUNES_INFERENCE", "full").strip().lower(),
-                        choices=["full", "fast"],
+    parser.add_argument("--preset", default=os.environ.get("LACUNES_INFERENCE", options.DEFAULT_INFERENCE_PRESET).strip().lower(),
+                        choices=options.INFERENCE_PRESETS,
                         help="inference setting (default: $LACUNES_INFERENCE or full, the published recipe)")
     parser.add_argument("--device", default=os.environ.get("LACUNES_DEVICE", "auto"),
                         help="auto (cuda, mps, cpu), cpu, cuda... (default: $LACUNES_DEVICE or auto)")
     parser.add_argument("--precision", default=os.environ.get("LACUNES_PRECISION", "auto"),
-                        choices=["auto", "float32", "tf32", "float16", "bfloat16"],
+                        choices=[e.value for e in options.Precision],
                         help="network arithmetic (default: $LACUNES_PRECISION or auto = tf32 on CUDA, float32 on CPU)")
     parser.add_argument("--backend", default=os.environ.get("LACUNES_BACKEND", "auto"),
                         help="where the network runs: auto (OpenVINO on the CPU when installed, else PyTorch), torch "
@@ -170,10 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.preset not in ("full", "fast"):  # argparse does not check a default (from the environment)
-        parser.error(f"LACUNES_INFERENCE must be full or fast, got {os.environ.get('LACUNES_INFERENCE')!r}")
-    if args.backend not in ("auto", "torch", "openvino"):
-        parser.error(f"--backend / LACUNES_BACKEND must be auto, torch or openvino, got {args.backend!r}")
+    # argparse does not check a default (from the environment)
+    try:
+        options.look_up_option(args.preset, options.INFERENCE_PRESETS, "LACUNES_INFERENCE")
+        options.look_up_option(args.precision, options.Precision, "--precision / LACUNES_PRECISION")
+        options.look_up_option(args.backend, options.Backend, "--backend / LACUNES_BACKEND")
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from lacunes.inference import PRESETS, Predictor

@@ -33,6 +33,8 @@ sys.path.insert(0, str(HERE))
 
 from results_md import device_label, replace_section  # noqa: E402
 
+from lacunes.options import INFERENCE_PRESETS  # noqa: E402
+
 FOV = (256, 256, 192)
 
 
@@ -98,7 +100,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--heldout", default=str(ROOT / "data" / "synth-heldout"))
     ap.add_argument("--model", default=str(ROOT / "model" / "lacunes.pt"))
-    ap.add_argument("--preset", default="fast", choices=["fast", "full"])
+    ap.add_argument("--preset", default="fast", choices=list(INFERENCE_PRESETS))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--work", default=str(ROOT / "out" / "clinical-fov"))
     ap.add_argument("--section", default=None, help="RESULTS.md section (default clinical-fov[-gpu])")

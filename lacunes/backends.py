@@ -23,19 +23,16 @@ import re
 import tempfile
 import time
 import warnings
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from lacunes.options import Backend
+
 logger = logging.getLogger(__name__)
 
 
-class Backend(StrEnum):
-    AUTO = "auto"
-    TORCH = "torch"
-    OPENVINO = "openvino"
 
 
 def openvino_version() -> str | None:

@@ -24,6 +24,8 @@ import logging
 import time
 from pathlib import Path
 
+from lacunes.options import DEFAULT_THRESHOLD, INFERENCE_PRESETS
+
 logger = logging.getLogger(__name__)
 
 #: Fewer candidates than this per second-stage feature: fitted, with a warning that it may not generalize.
@@ -68,7 +70,7 @@ def raw_case(predictor, files, cache: Path | None = None):
     return raw, normalized, reference, subject.geometry.spacing, mask
 
 
-def fit_second_stage(predictor, folder: Path, candidate_threshold: float = 0.5, progress: bool = True):
+def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAULT_THRESHOLD, progress: bool = True):
     """The second stage fitted on the candidates of the labelled subjects in ``folder``, with its fit's
     record. Raises ValueError when they are too few for its features."""
     import numpy as np
@@ -139,9 +141,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                        help="keep the checkpoint's fitted second stage (its score cut is chosen again)")
     stage.add_argument("--no-second-stage", action="store_true",
                        help="the operating point alone, without a second stage (few labelled subjects)")
-    p.add_argument("--candidate-threshold", type=float, default=0.5,
-                   help="raw probability at which the second stage's candidates are formed (default 0.5)")
-    p.add_argument("--preset", default="fast", choices=["fast", "full"], help="inference setting (default fast)")
+    p.add_argument("--candidate-threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"raw probability at which the second stage's candidates are formed (default {DEFAULT_THRESHOLD:g})")
+    p.add_argument("--preset", default="fast", choices=INFERENCE_PRESETS, help="inference setting (default fast)")
     p.add_argument("--out", help="write the calibrated checkpoint here (+ .sha256); default: only report")
     p.add_argument("--report", help="JSON file with the fit and the score of every grid point")
     p.add_argument("--max-uncertain-share", type=float, default=0.02,
@@ -170,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     progress = not args.no_progress
     predictor = Predictor.from_checkpoint(args.checkpoint, PRESETS[args.preset].replace(progress=False),
-                                          threshold=0.5)  # its own point is not used: raw maps only
+                                          threshold=DEFAULT_THRESHOLD)  # its own point is not used: raw maps
     if args.keep_rescorer and predictor.rescorer is None:
         raise ValueError(f"--keep-rescorer: {args.checkpoint} has no second stage")
     rescorer = predictor.rescorer if args.keep_rescorer else None

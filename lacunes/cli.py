@@ -10,6 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
+from lacunes import options
+
 logger = logging.getLogger("lacunes")
 
 
@@ -30,6 +32,11 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 1 <= i <= n:
         raise ValueError(f"--shard i/N needs 1 <= i <= N, got {text!r}")
     return i, n
+
+
+def values(enum) -> list[str]:
+    """An enum's values, as argparse choices."""
+    return [e.value for e in enum]
 
 
 def require_matplotlib(what: str) -> None:
@@ -183,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from lacunes.training.generated import GeneratedData
 
         try:
-            generated = GeneratedData(args.synthetic, seed=2021 if args.seed is None else args.seed,
+            generated = GeneratedData(args.synthetic, seed=options.TRAINING_SEED if args.seed is None else args.seed,
                                       uses=args.subject_uses, workers=args.workers, acquisitions=args.acquisitions)
         except ValueError as exc:
             raise SystemExit(f"lacunes train --synthetic: {exc}") from None
@@ -218,24 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder for <prefix>prediction/uncertaintymap.nii.gz")
     p.add_argument("--model", help="checkpoint (default: the bundled model, model/lacunes.pt in a checkout)")
     p.add_argument("--threads", type=int, help="CPU threads for the network (default: torch's, all cores)")
-    p.add_argument("--preset", choices=["full", "fast"], default="full",
+    p.add_argument("--preset", choices=options.INFERENCE_PRESETS, default=options.DEFAULT_INFERENCE_PRESET,
                    help="full = the published recipe (default); fast = no TTA, overlap 0.25 (CPU)")
-    p.add_argument("--tta", choices=["none", "flips", "full"], help="override the preset's TTA plan")
+    p.add_argument("--tta", choices=values(options.TTAMode), help="override the preset's TTA plan")
     p.add_argument("--overlap", type=float, help="override the window overlap")
     p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="override the window size")
     p.add_argument("--sw-batch-size", type=int, help="windows per network call (default 7 on GPU, 1 on CPU)")
     p.add_argument("--memory-gb", type=float, help="host memory the network may use on the CPU (default 6)")
-    p.add_argument("--uncertainty", choices=["inverse-logit", "tta-std", "entropy"])
+    p.add_argument("--uncertainty", choices=values(options.UncertaintyMode),
+                   help="which uncertainty map to write (default inverse-logit: the publication's)")
     p.add_argument("--threshold", type=float,
                    help="probability from which a voxel is a lacune (default: the model's operating point); "
                         "the written map is recalibrated so that its 0.5 cut means this threshold")
     p.add_argument("--min-volume", type=float, metavar="MM3",
                    help="remove predicted lesions smaller than this, in mm³ (default: the model's operating point)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--precision", choices=["auto", "float32", "tf32", "float16", "bfloat16"],
+    p.add_argument("--precision", choices=values(options.Precision),
                    help="network arithmetic (default auto: tf32 on CUDA, float32 on the CPU); float16 is the "
                         "fastest on a GPU, bfloat16 on CPUs with AMX; both move probabilities (benchmarks/RESULTS.md)")
-    p.add_argument("--backend", choices=["auto", "torch", "openvino"],
+    p.add_argument("--backend", choices=values(options.Backend),
                    help="where the network runs (default auto: OpenVINO on the CPU when installed, about 3x faster "
                         "at the same float32 output; PyTorch otherwise and on a GPU)")
     p.add_argument("--resample", action="store_true",
@@ -264,9 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", required=True, help="folder of <sid>_*prediction.nii.gz (+ *uncertaintymap)")
     p.add_argument("--ref", required=True, help="folder of <sid>_*desc-Rater{1,2}_Lacunes.nii.gz (or one *Lacunes file)")
     p.add_argument("--out", help="report folder (default PRED/evaluation)")
-    p.add_argument("--matching", choices=["centre", "overlap"], default="centre",
+    p.add_argument("--matching", choices=values(options.Matching), default=options.Matching.CENTRE.value,
                    help="centre: nearest centre of mass within --max-distance-mm (the challenge's); overlap: any voxel")
-    p.add_argument("--max-distance-mm", type=float, default=5.0, help="centre matching threshold (default 5 mm)")
+    p.add_argument("--max-distance-mm", type=float, default=options.MAX_DISTANCE_MM,
+                   help=f"centre matching threshold (default {options.MAX_DISTANCE_MM:g} mm)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -293,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="VALDO-layout folder with Rater1/Rater2 labels")
     p.add_argument("--synthetic", type=int, metavar="N",
                    help="instead of --data: train on phantoms generated in worker processes while training runs, "
-                        "N held at once (an epoch = N subjects); --seed is the generator's seed (default 2021)")
+                        f"N held at once (an epoch = N subjects); --seed is the generator's seed (default "
+                        f"{options.TRAINING_SEED})")
     p.add_argument("--subject-uses", type=int, default=1, metavar="K",
                    help="with --synthetic: batches each phantom is drawn for (default 1: never twice; 0 = until a "
                         "newer one replaces it, so that training never waits for the generator)")
@@ -303,34 +313,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --synthetic: randomize each phantom's acquisition (voxel size 0.7-1.5 mm, thick-slice "
                         "T2/FLAIR, contrasts, bias, noise), conformed to 1 mm as inference does")
     p.add_argument("--run-dir", required=True, help="run folder (config, log, metrics.csv, progress.png, checkpoints/)")
-    p.add_argument("--preset", default="valdo",
-                   help="valdo (the publication), cpu, cpu-hardneg (continues a cpu run: --init-from), "
-                        "gpu-hardneg (continues a calibrated model on a GPU: --init-from) or smoke")
+    p.add_argument("--preset", default=options.DEFAULT_TRAIN_PRESET, choices=list(options.TRAIN_PRESETS),
+                   help="; ".join(f"{k}: {v}" for k, v in options.TRAIN_PRESETS.items())
+                   + f" (default {options.DEFAULT_TRAIN_PRESET})")
     p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    p.add_argument("--loss", choices=["blob", "dicebce"], help="dicebce = beta 0, the ablation")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--batches-per-epoch", type=int)
-    p.add_argument("--crop-size", type=int, nargs=3, metavar=("X", "Y", "Z"))
+    p.add_argument("--loss", choices=values(options.LossMode), help="blob (the preset's) or dicebce = beta 0, the ablation")
+    p.add_argument("--epochs", type=int, help="override the preset's number of epochs")
+    p.add_argument("--batch-size", type=int, help="subjects per batch (each gives the preset's crops per subject)")
+    p.add_argument("--batches-per-epoch", type=int, help="batches in one epoch")
+    p.add_argument("--crop-size", type=int, nargs=3, metavar=("X", "Y", "Z"), help="training crop size, voxels")
     p.add_argument("--pos-fraction", type=float, help="share of crops centred on a lesion")
     p.add_argument("--edge-fraction", type=float, help="share of crops centred within 3 mm of the brain's edge")
     p.add_argument("--fluid-fraction", type=float, help="share of crops centred on fluid-like brain voxels")
     p.add_argument("--hard-fraction", type=float, help="share of crops centred on the network's false positives")
     p.add_argument("--mine-every", type=int, help="mine false positives every N epochs (0 = never)")
     p.add_argument("--mine-subjects", type=int, help="training subjects predicted per mining round")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--optimizer", choices=["ranger21", "adamw"])
-    p.add_argument("--alpha", type=float)
-    p.add_argument("--beta", type=float)
-    p.add_argument("--label-mode", choices=["union", "mean", "rater1", "intersection"])
-    p.add_argument("--connectivity", type=int, choices=[6, 18, 26])
-    p.add_argument("--seed", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (the recipe: 1e-3)")
+    p.add_argument("--optimizer", choices=values(options.OptimizerName), help="ranger21 (the recipe's) or adamw")
+    p.add_argument("--alpha", type=float, help="weight of the main Dice + BCE term (the recipe: 0.66)")
+    p.add_argument("--beta", type=float, help="weight of the blob term (the recipe: 0.33; 0 = no blob loss)")
+    p.add_argument("--label-mode", choices=values(options.LabelMode),
+                   help="how the two raters make one training label (default union)")
+    p.add_argument("--connectivity", type=int, choices=[6, 18, 26],
+                   help="voxel connectivity of a lesion instance for the blob term (default 26)")
+    p.add_argument("--seed", type=int, help="the run's seed (crops, augmentation; with --synthetic the generator's)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N")
     p.add_argument("--data-note", help="free text recorded as the data's provenance in checkpoints")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
     return parser
 

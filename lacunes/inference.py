@@ -29,14 +29,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from lacunes.backends import Backend, OpenVINONetwork, resolve_backend
+from lacunes.backends import OpenVINONetwork, resolve_backend
 from lacunes.conform import ModelSpace
 from lacunes.conform import plan as conform_plan
 from lacunes.device import resolve_device
 from lacunes.io import Subject
+from lacunes.options import (
+    NORMALIZATION_QUANTILES,
+    Backend,
+    BlendMode,
+    Precision,
+    TTAMode,
+    UncertaintyMode,
+    look_up_option,
+)
 from lacunes.postprocessing import OperatingPoint, finish_probability
 from lacunes.preprocessing import NormalizationConfig, brain_mask, count_nonfinite, prepare_image, repair_nonfinite
-from lacunes.uncertainty import UncertaintyMode, uncertainty_map
+from lacunes.uncertainty import uncertainty_map
 
 logger = logging.getLogger(__name__)
 
@@ -50,31 +59,6 @@ CUDA_BYTES_PER_VOXEL = 700
 #: 32 + 32 channels). Samples per CUDA call are capped so that such an activation keeps under 2**31
 #: elements, the limit of the 32-bit indexing of several CUDA kernels (7 windows of 256×256×64).
 WIDEST_CHANNELS = 64
-
-
-class TTAMode(StrEnum):
-    NONE = "none"
-    FLIPS = "flips"
-    FULL = "full"
-
-
-class Precision(StrEnum):
-    """Arithmetic of the network. ``float32`` is IEEE float32 everywhere (cuDNN's TF32 off); ``tf32``
-    lets cuDNN use TF32 for convolutions on CUDA (PyTorch's own default; probabilities within 5e-4 of
-    float32 on the sample case); ``float16``/``bfloat16`` are autocast (convolutions in 16 bit,
-    normalization in float32; float16 is the fastest on a GPU, within 3e-3). ``auto`` = tf32 on CUDA,
-    float32 elsewhere. Measured in benchmarks/RESULTS.md."""
-
-    AUTO = "auto"
-    FLOAT32 = "float32"
-    TF32 = "tf32"
-    FLOAT16 = "float16"
-    BFLOAT16 = "bfloat16"
-
-
-class BlendMode(StrEnum):
-    CONSTANT = "constant"
-    GAUSSIAN = "gaussian"
 
 
 @dataclass(frozen=True)
@@ -150,11 +134,7 @@ class InferenceSettings:
             raise ValueError(f"memory_gb must be a positive number, got {self.memory_gb}")
         for name, enum in (("tta", TTAMode), ("blend", BlendMode), ("precision", Precision),
                            ("uncertainty", UncertaintyMode), ("backend", Backend)):
-            value = getattr(self, name)
-            try:
-                object.__setattr__(self, name, enum(value))
-            except ValueError:
-                raise ValueError(f"{name} must be one of {[e.value for e in enum]}, got {value!r}") from None
+            object.__setattr__(self, name, look_up_option(getattr(self, name), enum, name))
 
     def replace(self, **changes: Any) -> InferenceSettings:
         return replace(self, **changes)
@@ -331,7 +311,8 @@ class Predictor:
         check_lacune_network(NetworkConfig.from_dict(payload["network"]), path)
         metadata = payload.get("metadata", {})
         norm = metadata.get("normalization", {})
-        normalization = NormalizationConfig(norm.get("lower", 0.005), norm.get("upper", 0.995))
+        normalization = NormalizationConfig(norm.get("lower", NORMALIZATION_QUANTILES[0]),
+                                            norm.get("upper", NORMALIZATION_QUANTILES[1]))
         op = OperatingPoint.from_dict(metadata.get("operating_point"))
         if not metadata.get("operating_point") and threshold is None:
             logger.warning("%s carries no calibrated operating point: voxels are lacunes from p >= %g, with no second "

@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lacunes import options
+
 if TYPE_CHECKING:  # imported where images are read or written: the predictor on arrays needs no SimpleITK
     import SimpleITK as sitk
 
 logger = logging.getLogger(__name__)
 
-MODALITIES = ("T1", "T2", "FLAIR")
+MODALITIES = options.MODALITIES  # the network's channels, in order
 #: Relative tolerance on spacing between modalities (an error beyond it).
 SPACING_RTOL = 1e-3
 #: Origin difference in mm and direction-cosine difference beyond which a warning is logged.

@@ -25,19 +25,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from lacunes.instances import label_instances, lesion_centres_mm
-
-DEFAULT_MATCH_DISTANCE_MM = 5.0
-
-
-class Matching(StrEnum):
-    CENTRE = "centre"
-    OVERLAP = "overlap"
+from lacunes.options import MAX_DISTANCE_MM as DEFAULT_MATCH_DISTANCE_MM
+from lacunes.options import Matching
 
 
 @dataclass

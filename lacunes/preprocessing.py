@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lacunes.options import NORMALIZATION_QUANTILES
+
 logger = logging.getLogger(__name__)
 
 
@@ -23,8 +25,8 @@ logger = logging.getLogger(__name__)
 class NormalizationConfig:
     """Quantiles of the foreground mapped to 0 and 1."""
 
-    lower: float = 0.005
-    upper: float = 0.995
+    lower: float = NORMALIZATION_QUANTILES[0]
+    upper: float = NORMALIZATION_QUANTILES[1]
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lower < self.upper <= 1.0:

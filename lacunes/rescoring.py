@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from lacunes.instances import label_instances
+from lacunes.options import DEFAULT_THRESHOLD
 
 FEATURES = (
     "log_volume_mm3",  # log of the candidate's volume
@@ -115,7 +116,7 @@ class Rescorer:
     bias: float
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    candidate_threshold: float = 0.5
+    candidate_threshold: float = DEFAULT_THRESHOLD
     min_score: float = 0.5
     features: tuple[str, ...] = FEATURES
 

@@ -22,9 +22,11 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from lacunes import options
+
 logger = logging.getLogger(__name__)
 
-MODALITIES = ("T1", "T2", "FLAIR")
+MODALITIES = options.MODALITIES  # the network's channels, in order
 #: Values of the tissue sidecar (``sub-XXX_space-T1_desc-synthetic_tissues.nii.gz``).
 TISSUE_LABELS = {0: "background", 1: "csf", 2: "gm", 3: "wm"}
 

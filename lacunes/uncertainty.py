@@ -12,15 +12,11 @@ All are computed from the logits of the TTA variants (each blended over windows)
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 
+from lacunes.options import UncertaintyMode
 
-class UncertaintyMode(StrEnum):
-    INVERSE_LOGIT = "inverse-logit"
-    TTA_STD = "tta-std"
-    ENTROPY = "entropy"
+__all__ = ["UncertaintyMode", "uncertainty_map"]
 
 
 def uncertainty_map(mode: UncertaintyMode | str, variant_logits: torch.Tensor) -> torch.Tensor:

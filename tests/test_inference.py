@@ -146,8 +146,10 @@ def test_cpu_defaults_bound_memory():
 def test_settings_validation():
     with pytest.raises(ValueError, match="overlap"):
         InferenceSettings(overlap=1.0)
-    with pytest.raises(ValueError, match="tta must be one of"):
+    with pytest.raises(ValueError, match="tta 'lots' is not one of none, flips, full$"):
         InferenceSettings(tta="lots")
+    with pytest.raises(ValueError, match="precision 'bf16' is not one of .*; did you mean 'bfloat16'"):
+        InferenceSettings(precision="bf16")
     with pytest.raises(ValueError, match="roi_size"):
         InferenceSettings(roi_size=(8, 8, 8))
     with pytest.raises(ValueError, match="multiples of 16"):
@@ -168,7 +170,7 @@ def test_precision_resolves_per_device():
     assert cpu(precision="bfloat16").autocast_dtype == torch.bfloat16
     assert not cpu().channels_last and cpu(channels_last=True).channels_last
     assert cpu(precision="auto").precision == "float32"
-    with pytest.raises(ValueError, match="precision must be one of"):
+    with pytest.raises(ValueError, match="precision .int8. is not one of auto, float32"):
         settings(precision="int8")
 
 

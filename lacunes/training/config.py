@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from lacunes.network import NetworkConfig
+from lacunes.options import LabelMode, LossMode  # re-exported: the training vocabulary
 from lacunes.preprocessing import NormalizationConfig
-
-
-class LossMode(StrEnum):
-    BLOB = "blob"  # alpha · (Dice + BCE) + beta · blob(Dice + BCE)
-    DICEBCE = "dicebce"  # beta = 0: the ablation
-
-
-class LabelMode(StrEnum):
-    UNION = "union"  # a voxel is a lacune if either rater marked it
-    MEAN = "mean"  # mean of the raters >= 0.5 (with two raters: same as union)
-    RATER1 = "rater1"
-    INTERSECTION = "intersection"
 
 
 @dataclass(frozen=True)

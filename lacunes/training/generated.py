@@ -31,6 +31,7 @@ from multiprocessing import get_context
 import numpy as np
 import torch
 
+from lacunes import options
 from lacunes.training.config import TrainConfig
 from lacunes.training.data import TrainingSubject, training_subject_from_arrays
 from lacunes.training.pipeline import HeldSubject, hold, holding_device, subject_bytes
@@ -38,9 +39,8 @@ from lacunes.training.pipeline import HeldSubject, hold, holding_device, subject
 logger = logging.getLogger(__name__)
 
 #: Seeds whose phantoms the project measures itself on (held-out benchmark, operating-point validation):
-#: training on them would leak the benchmark into the weights.
-RESERVED_SEEDS = {7777: "the held-out benchmark (lacunes synth --seed 7777)",
-                  5151: "the operating-point validation set (lacunes synth --seed 5151)"}
+#: training on them would leak the benchmark into the weights (:data:`lacunes.options.RESERVED_SEEDS`).
+RESERVED_SEEDS = options.RESERVED_SEEDS
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class GeneratedData:
     """
 
     size: int
-    seed: int = 2021
+    seed: int = options.TRAINING_SEED
     uses: int = 1
     workers: int | None = None
     first_index: int = 1

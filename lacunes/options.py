@@ -1,0 +1,137 @@
+"""The project's vocabulary, torch-free: every choice a user names (as enums), the preset names, the
+modalities and the defaults shared by several modules, written once. The command line takes its
+``choices`` and defaults from here; :func:`look_up_option` turns a wrong value into a message that
+names the closest valid one (as MONAI's ``look_up_option`` does).
+
+Importing this module imports nothing heavy, so that ``lacunes --help`` and argument errors are fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+from enum import StrEnum
+from typing import TypeVar
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+#: The network's input channels, in order. Each layout's names derive from these.
+MODALITIES: tuple[str, ...] = ("T1", "T2", "FLAIR")
+
+
+# ---------------------------------------------------------------------------------------------- inference
+
+
+class TTAMode(StrEnum):
+    NONE = "none"
+    FLIPS = "flips"
+    FULL = "full"
+
+
+class Precision(StrEnum):
+    """Arithmetic of the network. ``float32`` is IEEE float32 everywhere (cuDNN's TF32 off); ``tf32``
+    lets cuDNN use TF32 for convolutions on CUDA (PyTorch's own default; probabilities within 5e-4 of
+    float32 on the sample case); ``float16``/``bfloat16`` are autocast (convolutions in 16 bit,
+    normalization in float32; float16 is the fastest on a GPU, within 3e-3). ``auto`` = tf32 on CUDA,
+    float32 elsewhere. Measured in benchmarks/RESULTS.md."""
+
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    TF32 = "tf32"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+
+
+class BlendMode(StrEnum):
+    CONSTANT = "constant"
+    GAUSSIAN = "gaussian"
+
+
+class UncertaintyMode(StrEnum):
+    INVERSE_LOGIT = "inverse-logit"
+    TTA_STD = "tta-std"
+    ENTROPY = "entropy"
+
+
+class Backend(StrEnum):
+    AUTO = "auto"
+    TORCH = "torch"
+    OPENVINO = "openvino"
+
+
+#: Inference presets (:data:`lacunes.inference.PRESETS`): the published recipe and the CPU setting.
+INFERENCE_PRESETS: tuple[str, ...] = ("full", "fast")
+DEFAULT_INFERENCE_PRESET = "full"
+#: Quantiles of the per-channel normalization (of the brain's voxels).
+NORMALIZATION_QUANTILES: tuple[float, float] = (0.005, 0.995)
+#: Raw probability at which the second stage's candidates are formed, and the default threshold.
+DEFAULT_THRESHOLD = 0.5
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+class Matching(StrEnum):
+    CENTRE = "centre"
+    OVERLAP = "overlap"
+
+
+#: The challenge's centre-matching distance.
+MAX_DISTANCE_MM = 5.0
+
+
+# ---------------------------------------------------------------------------------------------- training
+
+
+class LossMode(StrEnum):
+    BLOB = "blob"  # alpha · (Dice + BCE) + beta · blob(Dice + BCE)
+    DICEBCE = "dicebce"  # beta = 0: the ablation
+
+
+class LabelMode(StrEnum):
+    UNION = "union"  # a voxel is a lacune if either rater marked it
+    MEAN = "mean"  # mean of the raters >= 0.5 (with two raters: same as union)
+    RATER1 = "rater1"
+    INTERSECTION = "intersection"
+
+
+class OptimizerName(StrEnum):
+    RANGER21 = "ranger21"
+    ADAMW = "adamw"
+
+
+#: Training presets (:data:`lacunes.training.config.PRESETS`), with what each is for.
+TRAIN_PRESETS: dict[str, str] = {
+    "valdo": "the publication's recipe (222 epochs, 4 x 2 crops of 192x192x32; a GPU)",
+    "cpu": "the same network and loss on a CPU (64x64x32 crops, 24 epochs of 20 batches)",
+    "cpu-hardneg": "continues a cpu run (--init-from) on the background it gets wrong",
+    "gpu-hardneg": "continues a calibrated model on a GPU (--init-from), the recipe's batches",
+    "cpu-acq": "continues a calibrated model on a CPU on acquisition-randomized phantoms (--acquisitions)",
+    "smoke": "a few steps, to check that training runs",
+}
+DEFAULT_TRAIN_PRESET = "valdo"
+#: The generator's seed for training phantoms; seeds the generator refuses for training.
+TRAINING_SEED = 2021
+RESERVED_SEEDS: dict[int, str] = {7777: "the held-out benchmark (lacunes synth --seed 7777)",
+                                  5151: "the operating-point validation set (lacunes synth --seed 5151)"}
+
+
+# ---------------------------------------------------------------------------------------------- look-up
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def look_up_option(value: str, options, name: str = "option"):
+    """``value`` as one of ``options`` (a :class:`StrEnum` class, or any collection of strings); a value
+    that is not one raises ValueError naming the valid ones and, when one is close, "did you mean".
+
+    >>> look_up_option("flip", TTAMode, "tta")
+    Traceback (most recent call last):
+    ValueError: tta 'flip' is not one of none, flips, full; did you mean 'flips'?
+    """
+    valid = [e.value for e in options] if isinstance(options, type) and issubclass(options, StrEnum) else list(options)
+    text = str(value.value if isinstance(value, StrEnum) else value)
+    if text in valid:
+        return options(text) if isinstance(options, type) and issubclass(options, StrEnum) else text
+    close = difflib.get_close_matches(text.lower(), valid, n=1, cutoff=0.6)
+    raise ValueError(f"{name} {text!r} is not one of {', '.join(valid)}" + (f"; did you mean {close[0]!r}?" if close
+                                                                             else ""))
