@@ -122,7 +122,7 @@ def test_4d_and_unreadable_files_are_clear_errors(tmp_path):
 
 
 def test_nonfinite_voxels_are_counted(tmp_path):
-    # MetaImage keeps NaN/inf; SimpleITK's NIfTI reader already turns them into 0 (see README).
+    # MetaImage keeps NaN/inf; SimpleITK's NIfTI reader already turns them into 0 (see docs/usage.md).
     images, _, geom = write_subject(tmp_path)
     t2 = images["T2"].copy()
     t2[0, 0, :3] = [np.nan, np.inf, -np.inf]
