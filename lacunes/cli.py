@@ -16,8 +16,10 @@ logger = logging.getLogger("lacunes")
 
 
 def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+    # the project's own INFO lines; other libraries' only from WARNING (all of them with --verbose)
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("lacunes").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 # ---------------------------------------------------------------------------------------------- predict

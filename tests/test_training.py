@@ -222,3 +222,20 @@ def test_batch_dice_penalizes_false_positives_in_lesion_free_crops():
         grads[batch] = x.grad[1, 0, 5:7, 5:7, 5:7].abs().max().item()
     assert grads[False] < 1e-6  # per crop: a lesion-free crop's Dice is ~1 whatever it predicts
     assert grads[True] > 1e-3
+
+
+def test_ranger21_notices_go_to_the_log_not_to_stdout(capsys, caplog):
+    import torch
+
+    from lacunes.training.config import TrainConfig
+    from lacunes.training.loop import make_optimizer
+
+    caplog.set_level("INFO", logger="lacunes")
+    param = torch.nn.Parameter(torch.randn(4))
+    opt = make_optimizer(TrainConfig(optimizer="ranger21", lr=1e-3, epochs=2), [param], batches_per_epoch=5)
+    for _ in range(10):  # through warm-up and warm-down, where Ranger21 prints its notices
+        opt.zero_grad()
+        (param**2).sum().backward()
+        opt.step()
+    assert capsys.readouterr().out == ""
+    assert "Ranger21: ** Ranger21 update: Warmdown starting now." in caplog.text

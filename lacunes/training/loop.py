@@ -58,6 +58,19 @@ def make_optimizer(config: TrainConfig, params, batches_per_epoch: int) -> torch
     with contextlib.redirect_stdout(buf):
         opt = Ranger21(params, lr=config.lr, num_epochs=config.epochs, num_batches_per_epoch=batches_per_epoch)
     logger.debug("Ranger21: %s", buf.getvalue())
+    step = opt.step
+
+    def logged_step(*args, **kwargs):
+        """Ranger21's step, its prints (warm-up and warm-down notices) sent to the run's log."""
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            result = step(*args, **kwargs)
+        text = " ".join(out.getvalue().split())
+        if text:
+            logger.info("Ranger21: %s", text)
+        return result
+
+    opt.step = logged_step
     return opt
 
 
