@@ -134,19 +134,6 @@ class Rescorer:
         z = (np.asarray(features, np.float64) - np.asarray(self.mean)) / np.asarray(self.std)
         return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias)))
 
-    def apply(self, probability: np.ndarray, image: np.ndarray, brain: np.ndarray | None,
-              spacing: tuple[float, float, float]) -> tuple[np.ndarray, int, int]:
-        """``probability`` with the rejected candidates set to 0; also the candidate and rejected counts."""
-        labels, n, feats = candidate_features(probability, image, brain, spacing, self.candidate_threshold)
-        if n == 0:
-            return probability, 0, 0
-        rejected = np.flatnonzero(self.score(feats) < self.min_score) + 1
-        if rejected.size == 0:
-            return probability, n, 0
-        out = probability.copy()
-        out[np.isin(labels, rejected)] = 0.0
-        return out, n, int(rejected.size)
-
     def to_dict(self) -> dict:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -53,12 +53,10 @@ def test_fit_learns_to_reject_the_look_alike_and_round_trips():
     r = Rescorer.fit(np.concatenate(feats), np.concatenate(targets), 0.5)
     assert Rescorer.from_dict({**r.to_dict(), "fit": {"note": 1}}) == r
     prob, image, brain, reference, ball, tube = cases[0]
-    out, n, rejected = r.apply(prob, image, brain, (1.0, 1.0, 1.0))
-    assert (n, rejected) == (2, 1)
-    assert (out[ball] == 0.9).all() and (out[tube] == 0).all()
     kept, stats, _, rejected_voxels = finish_probability(prob, OperatingPoint(0.5, 0.0, True), brain, (1.0, 1.0, 1.0),
                                                          r, image)
-    assert stats["rejected"] == 1 and (kept[tube] < 0.5).all() and (kept[ball] >= 0.5).all()
+    assert (stats["candidates"], stats["rejected"]) == (2, 1) and (kept[tube] == 0).all()
+    assert (kept[tube] < 0.5).all() and (kept[ball] >= 0.5).all()
     assert rejected_voxels[tube].all() and not rejected_voxels[ball].any()
     with pytest.raises(ValueError, match="all positive or all negative"):
         Rescorer.fit(np.zeros((3, len(FEATURES))), np.ones(3), 0.5)

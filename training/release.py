@@ -16,14 +16,12 @@ sys.path.insert(0, str(ROOT))
 
 from lacunes.checkpoint import load_network, save_checkpoint, write_sha256  # noqa: E402
 from lacunes.conform import ModelSpace  # noqa: E402
-from lacunes.inference import FULL  # noqa: E402
 from lacunes.network import NetworkConfig  # noqa: E402
 
 
 def main(src: str, dst: str) -> int:
     net, payload = load_network(src)
     metadata = dict(payload["metadata"])
-    metadata["inference_defaults"] = FULL.to_dict()
     # the space inference conforms subjects to (checkpoints trained before it was recorded: 1 mm phantoms)
     metadata.setdefault("model_space", ModelSpace().to_dict())
     metadata["released_from"] = str(Path(src))

@@ -72,19 +72,15 @@ def hold(subject: TrainingSubject, where: torch.device, pin: bool = False) -> He
     return HeldSubject(subject, image, label, instances)
 
 
-def crop_tensor(tensor: torch.Tensor, centre: np.ndarray, size: tuple[int, int, int], pad: bool = True) -> torch.Tensor:
-    """The ``C×size`` box of a ``C×X×Y×Z`` tensor around ``centre``, as
-    :func:`lacunes.training.sampling.crop_at`: kept inside the volume where it fits, zero-padded at the
-    end where the volume is smaller than the crop (``pad=False``: the view, unpadded)."""
+def crop_tensor(tensor: torch.Tensor, centre: np.ndarray, size: tuple[int, int, int]) -> torch.Tensor:
+    """The ``C×size`` box of a ``C×X×Y×Z`` tensor around ``centre`` (a view), placed as
+    :func:`lacunes.training.sampling.crop_at` places it: kept inside the volume where it fits; where the
+    volume is smaller than the crop, the view is cut at the volume's end (the caller pads)."""
     spatial = np.array(tensor.shape[1:])
     size_a = np.array(size)
     start = np.clip(np.asarray(centre) - size_a // 2, 0, np.maximum(spatial - size_a, 0))
     stop = np.minimum(start + size_a, spatial)
-    out = tensor[(slice(None), *(slice(int(a), int(b)) for a, b in zip(start, stop)))]
-    missing = size_a - (stop - start)
-    if pad and missing.any():
-        out = F.pad(out, (0, int(missing[2]), 0, int(missing[1]), 0, int(missing[0])))
-    return out
+    return tensor[(slice(None), *(slice(int(a), int(b)) for a, b in zip(start, stop)))]
 
 
 def rotation_scaling(angles: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -144,7 +140,7 @@ class DeviceBatcher:
                 centre, drawn = h.subject.candidates.draw(kind, self.rng)
                 self.kind_counts[str(drawn)] += 1
                 for name in out:
-                    src = crop_tensor(getattr(h, name), centre, size, pad=False)
+                    src = crop_tensor(getattr(h, name), centre, size)
                     out[name][i, :, : src.shape[1], : src.shape[2], : src.shape[3]].copy_(src, non_blocking=True)
                 i += 1
         return out
@@ -202,7 +198,6 @@ class FolderSource:
         self.held = held
         self.batch_size = batch_size
         self.sampler = EpochSampler(len(held), batch_size, batches_per_epoch, rank, world, seed)
-        self.wait_seconds = 0.0
 
     @property
     def subjects(self) -> list[TrainingSubject]:
