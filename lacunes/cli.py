@@ -95,6 +95,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
           f"backend {predictor.backend}, "
           f"operating point: probability >= {op.threshold:g}, lesions >= {op.min_volume_mm3:g} mm³")
     print(f"model: {predictor.data_statement}")
+    if predictor.device.type == "cpu" and len(predictor.plan.variants) > 1:
+        print(f"note: the {args.preset} setting runs {len(predictor.plan.variants)} TTA variants at overlap "
+              f"{settings.overlap:g}: on a CPU that is minutes a subject (the sample case on 2 cores: about 2 min with "
+              "OpenVINO, 4 with PyTorch; benchmarks/RESULTS.md, 'Inference speed'); --preset fast runs one variant "
+              "at overlap 0.25 in seconds")
     reports = run_cohort(predictor, items, out, overwrite=args.overwrite,
                          extras_dir=Path(args.extras_dir) if args.extras_dir else None, write_mask=args.mask,
                          write_table=args.table, resample=args.resample, qc=args.qc, progress=not args.no_progress,

@@ -328,3 +328,13 @@ def test_a_bids_folder_is_segmented_into_a_bids_derivatives_tree(tmp_path, tiny_
     assert (out / records["sub-02_ses-1"]["picture"]).is_file()  # the QC picture found the nested map
     assert predict("-i", str(tmp_path / "bids"), "-o", str(out), "--model", str(tiny_checkpoint), "--table") == 1
     assert "0 done, 2 skipped" in capsys.readouterr().out
+
+
+def test_a_multi_variant_setting_on_the_cpu_says_what_it_costs_and_the_fast_alternative(tmp_path, tiny_checkpoint,
+                                                                                       capsys):
+    write_subject(tmp_path / "in", "sub-001", shape=(30, 28, 18))
+    args = ("--input", str(tmp_path / "in"), "--model", str(tiny_checkpoint), "--device", "cpu")
+    assert predict(*args, "--output", str(tmp_path / "a")) == 0
+    assert "minutes a subject" not in capsys.readouterr().out  # fast: one variant
+    assert predict(*args, "--output", str(tmp_path / "b"), "--tta", "flips") == 0
+    assert "runs 4 TTA variants at overlap 0.25: on a CPU that is minutes a subject" in capsys.readouterr().out
