@@ -1,6 +1,7 @@
 import csv
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -338,3 +339,26 @@ def test_a_multi_variant_setting_on_the_cpu_says_what_it_costs_and_the_fast_alte
     assert "minutes a subject" not in capsys.readouterr().out  # fast: one variant
     assert predict(*args, "--output", str(tmp_path / "b"), "--tta", "flips") == 0
     assert "runs 4 TTA variants at overlap 0.25: on a CPU that is minutes a subject" in capsys.readouterr().out
+
+
+def test_the_slurm_array_example_splits_a_cohort_into_one_folder(tmp_path, tiny_checkpoint):
+    """docs/slurm-array.sh as two array tasks running at once, then one report over both."""
+    import json
+    import os
+
+    root = Path(__file__).resolve().parent.parent
+    for k in range(3):
+        write_subject(tmp_path / "in", f"sub-00{k + 1}", shape=(30, 28, 18), seed=k)
+    out = tmp_path / "out"
+    base = {**os.environ, "INPUT": str(tmp_path / "in"), "OUTPUT": str(out), "SLURM_ARRAY_TASK_COUNT": "2",
+            "SLURM_CPUS_PER_TASK": "1", "LACUNES": f"{sys.executable} -m lacunes.cli"}
+    tasks = [subprocess.Popen(["bash", str(root / "docs" / "slurm-array.sh"), "--model", str(tiny_checkpoint)],
+                              env={**base, "SLURM_ARRAY_TASK_ID": str(i)}, cwd=root, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
+    logs = [t.communicate(timeout=600)[0] for t in tasks]
+    assert [t.returncode for t in tasks] == [0, 0], logs
+    assert "shard 1/2" in logs[0] and "shard 2/2" in logs[1]
+    records = json.loads((out / "run.json").read_text())["subjects"]
+    assert sorted(r["subject_id"] for r in records if r["status"] == "done") == ["sub-001", "sub-002", "sub-003"]
+    assert sorted(p.name for p in (out / "extras").glob("*_lesions.csv")) == [
+        f"sub-00{k}_space-T1_lesions.csv" for k in (1, 2, 3)]
