@@ -77,14 +77,15 @@ def worker(case: Path, out: Path, preset: str, device: str, brain_only: bool, mo
     if not image.size:
         raise SystemExit(f"empty case {case}")
     t0 = time.perf_counter()
-    prob, _ = predictor.predict(image)
+    prediction = predictor.predict(image)
+    prob, stats = prediction.probability, prediction.stats
     if predictor.device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     np.save(out, prob)
     return {"seconds": seconds, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-            "windows_run": predictor.last_stats.get("windows_run"), "windows": predictor.last_stats.get("windows"),
-            "box": predictor.last_stats.get("box"), "roi": predictor.last_stats.get("roi"),
+            "windows_run": stats.get("windows_run"), "windows": stats.get("windows"),
+            "box": stats.get("box"), "roi": stats.get("roi"),
             "device": str(predictor.device)}
 
 

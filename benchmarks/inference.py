@@ -80,16 +80,14 @@ def one(spec: str, model: Path, case: Path, out: Path, device: str) -> dict:
         predictor._compiled = OpenVINONetwork(predictor.network, predictor.precision.value)
         prepare = time.perf_counter() - t0
 
-    from lacunes.postprocessing import RAW
-
-    predictor.operating_point, predictor.rescorer = RAW, None  # the network stage, as the baseline computes it
+    stats: dict = {}
 
     def run():
         if kind == "baseline":
             return reference_predict(predictor.network, normalized, settings, predictor.device,
                                      sw_batch_size=predictor.window_batch(),
                                      allow_tf32=Precision(precision) == Precision.TF32)
-        return predictor.predict_normalized(normalized)[0]
+        return predictor.raw_probability(normalized, None, stats)  # the network stage, as the baseline computes it
 
     times = []
     for _ in range(2 if cuda else 1):
@@ -111,7 +109,7 @@ def one(spec: str, model: Path, case: Path, out: Path, device: str) -> dict:
               "backend": str(predictor.backend) if kind == "project" else "torch", "prepare_seconds": prepare,
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     if kind == "project":
-        result["samples_per_call"] = predictor.last_stats.get("samples_per_call")
+        result["samples_per_call"] = stats.get("samples_per_call")
     if cuda:
         result["peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 1e9
         result["gpu"] = torch.cuda.get_device_name()

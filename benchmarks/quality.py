@@ -139,7 +139,7 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
     outputs. ``subjects``: callables that return a :class:`Case`."""
     predictor = Predictor.from_checkpoint(model, PRESETS[setting].replace(progress=False))
     if raw:
-        predictor.operating_point, predictor.rescorer = RAW, None
+        predictor = predictor.with_post_processing(RAW, None)
     op = predictor.operating_point
     steps = stages(predictor) if ablate else []
     step_results = {label: [] for label, _, _ in steps}

@@ -43,7 +43,6 @@ def raw_case(predictor, files, cache: Path | None = None):
     keys the folder by checkpoint weights and setting), so that choosing the operating point again
     does not predict again."""
     import numpy as np
-    import torch
 
     from lacunes.evaluation import load_reference
     from lacunes.io import read_subject
@@ -60,8 +59,7 @@ def raw_case(predictor, files, cache: Path | None = None):
     if cached is not None and cached.exists():
         raw = np.load(cached)
     else:
-        logits = predictor.variant_logits(normalized, mask)  # on the brain's box, as at inference
-        raw = torch.sigmoid(logits).mean(0).clamp(0.0, 1.0).float().cpu().numpy()
+        raw = predictor.raw_probability(normalized, mask)
         if cached is not None:
             cache.mkdir(parents=True, exist_ok=True)
             np.save(cached.with_suffix(".tmp.npy"), raw)

@@ -17,6 +17,8 @@ of the variants' sigmoids); the variants' mean logit gives the default uncertain
 from __future__ import annotations
 
 import contextlib
+import copy as copying
+import functools
 import logging
 import math
 import os
@@ -242,6 +244,34 @@ def model_input(normalized: np.ndarray, settings: InferenceSettings) -> torch.Te
     return torch.cat(copies)[None]
 
 
+@dataclass
+class _WindowRun:
+    """One volume's windowing: samples per network call (halved on CUDA out-of-memory) and the windows
+    run against the windows in all (``brain_only``)."""
+
+    chunk: int
+    windows_run: int = 0
+    windows: int = 0
+
+
+@dataclass
+class Prediction:
+    """What :meth:`Predictor.predict` computed: the two maps on the subject's own grid (float32, [0, 1])
+    and the run's numbers (window size, windows run, second-stage candidates and rejections, voxels added
+    by the extent, small lesions removed, non-finite outputs, conforming). Unpacks and indexes as the
+    pair ``probability, uncertainty``."""
+
+    probability: np.ndarray
+    uncertainty: np.ndarray
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def __iter__(self):
+        return iter((self.probability, self.uncertainty))
+
+    def __getitem__(self, index):
+        return (self.probability, self.uncertainty)[index]
+
+
 class Predictor:
     """Lacune probability and uncertainty for a subject.
 
@@ -292,11 +322,8 @@ class Predictor:
         if self.channels_last:
             self.network = self.network.to(memory_format=torch.channels_last_3d)
         self.plan = TTAPlan.from_settings(settings)
-        self._chunk: int | None = None
-        self._windows = [0, 0]  # windows run, windows in all (brain_only)
         self.checkpoint: Path | None = None  # the file the weights came from (set by from_checkpoint)
         self._weights_sha256: str | None = None
-        self.last_stats: dict[str, Any] = {}
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, settings: InferenceSettings = FULL,
@@ -332,6 +359,21 @@ class Predictor:
         predictor.checkpoint = Path(path)
         predictor._weights_sha256 = payload.get("weights_sha256")
         return predictor
+
+    def with_post_processing(self, operating_point: OperatingPoint, rescorer=None) -> Predictor:
+        """The same network and settings with another operating point and second stage (e.g.
+        :data:`lacunes.postprocessing.RAW` and None: the network stage alone); this predictor is unchanged."""
+        other = copying.copy(self)
+        other.operating_point, other.rescorer = operating_point, rescorer
+        return other
+
+    def raw_probability(self, normalized: np.ndarray, brain: np.ndarray | None = None,
+                        stats: dict | None = None) -> np.ndarray:
+        """The network stage alone: the mean of the TTA variants' sigmoids (float32 (x, y, z)) of a
+        normalized ``3×X×Y×Z`` array, before the second stage and the operating point (windows on the
+        brain's box when ``brain`` is given, as at inference)."""
+        logits = self.variant_logits(normalized, brain, stats)
+        return torch.sigmoid(logits).mean(0).clamp(0.0, 1.0).float().cpu().numpy()
 
     @property
     def weights_sha256(self) -> str:
@@ -401,8 +443,9 @@ class Predictor:
             budget = self.settings.memory_gb * 1e9
         return max(1, int(budget // per))
 
-    def _run_network(self, x: torch.Tensor) -> torch.Tensor:
-        """Network over a batch in chunks; on CUDA out-of-memory the chunk halves and retries."""
+    def _run_network(self, x: torch.Tensor, run: _WindowRun) -> torch.Tensor:
+        """Network over a batch in chunks of ``run.chunk``; on CUDA out-of-memory the chunk halves (for the
+        rest of the volume) and retries."""
         if self.backend == Backend.OPENVINO:  # one sample at a time (samples_per_call), the variants included
             if self._compiled is None:
                 self._compiled = OpenVINONetwork(self.network, self.precision.value)
@@ -410,7 +453,7 @@ class Predictor:
             return torch.cat([self._compiled(x[i:i + step]) for i in range(0, x.shape[0], step)])
         outputs, i = [], 0
         while i < x.shape[0]:
-            chunk = self._chunk or x.shape[0]
+            chunk = run.chunk or x.shape[0]
             part = x[i:i + chunk]
             if self.channels_last:
                 part = part.contiguous(memory_format=torch.channels_last_3d)
@@ -421,15 +464,15 @@ class Predictor:
             except torch.cuda.OutOfMemoryError:
                 if chunk == 1:
                     raise
-                self._chunk = max(1, chunk // 2)
-                logger.warning("CUDA out of memory with %d samples at once; retrying with %d", chunk, self._chunk)
+                run.chunk = max(1, chunk // 2)
+                logger.warning("CUDA out of memory with %d samples at once; retrying with %d", chunk, run.chunk)
                 torch.cuda.empty_cache()
                 continue
             outputs.append(out.float().contiguous())
             i += chunk
         return torch.cat(outputs)
 
-    def _window_fn(self, windows: torch.Tensor) -> torch.Tensor:
+    def _window_fn(self, windows: torch.Tensor, run: _WindowRun) -> torch.Tensor:
         """``B×3·copies×…`` windows → ``B×V×…``: the un-flipped logit of each TTA variant."""
         b = windows.shape[0]
         copies = windows.reshape(b, self.plan.n_copies, 3, *windows.shape[2:])
@@ -437,7 +480,7 @@ class Predictor:
         for copy, dims in self.plan.variants:
             v = copies[:, copy]
             batch.append(torch.flip(v, dims) if dims else v)
-        logits = self._run_network(torch.cat(batch))
+        logits = self._run_network(torch.cat(batch), run)
         logits = logits.reshape(len(self.plan.variants), b, 1, *windows.shape[2:])
         restored = [torch.flip(logits[i], dims) if dims else logits[i] for i, (_, dims) in enumerate(self.plan.variants)]
         return torch.cat(restored, dim=1)
@@ -450,18 +493,20 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_normalized(self, normalized: np.ndarray, mask: np.ndarray | None = None,
-                           spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> tuple[np.ndarray, np.ndarray]:
+                           spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), stats: dict | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
         """Probability and uncertainty (float32 (x, y, z), in [0, 1]) of a normalized ``3×X×Y×Z`` array,
-        with the operating point applied (``mask``: the brain, where the operating point masks)."""
+        with the operating point applied (``mask``: the brain, where the operating point masks); what was
+        computed goes into ``stats`` when given."""
         brain = mask if mask is not None and self.operating_point.mask_outside_brain else None
-        prob, unc = self.maps_from_logits(self.variant_logits(normalized, brain), self.settings.uncertainty, mask,
-                                          spacing, image=normalized)
+        prob, unc = self.maps_from_logits(self.variant_logits(normalized, brain, stats), self.settings.uncertainty,
+                                          mask, spacing, image=normalized, stats=stats)
         return prob.cpu().numpy(), unc.cpu().numpy()
 
     def maps_from_logits(self, variant_logits: torch.Tensor, uncertainty: UncertaintyMode | str,
                          mask: np.ndarray | None = None, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                         operating_point: OperatingPoint | None = None, image: np.ndarray | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                         operating_point: OperatingPoint | None = None, image: np.ndarray | None = None,
+                         stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Probability and uncertainty from ``V×X×Y×Z`` logits, with the operating point applied.
 
         The probability is the mean of the variants' sigmoids, 0 outside ``mask`` (when given and the
@@ -472,7 +517,8 @@ class Predictor:
         shifted to the threshold each voxel was judged against, 1 on candidates the second stage
         rejected, 0 outside ``mask``.
         Voxels with a non-finite logit in any variant get probability 0 and uncertainty 1 (logged); more than
-        :data:`NONFINITE_OUTPUT_LIMIT` of them raise :class:`NonFiniteOutputError`."""
+        :data:`NONFINITE_OUTPUT_LIMIT` of them raise :class:`NonFiniteOutputError`. ``stats`` (when given)
+        receives the post-processing's counts (:func:`lacunes.postprocessing.finish_probability`)."""
         op = operating_point or self.operating_point
         finite = torch.isfinite(variant_logits).all(0)
         bad = int((~finite).sum())
@@ -488,7 +534,7 @@ class Predictor:
         if bad:
             raw = torch.where(finite, raw, torch.zeros_like(raw))
         masking = mask is not None and op.mask_outside_brain
-        prob, stats, threshold, rejected = finish_probability(raw.float().cpu().numpy(), op,
+        prob, finished_stats, threshold, rejected = finish_probability(raw.float().cpu().numpy(), op,
                                                               mask if masking else None, spacing, self.rescorer, image)
         if isinstance(threshold, np.ndarray):
             shift = torch.from_numpy(np.log(threshold / (1.0 - threshold))).to(variant_logits.device)
@@ -502,28 +548,31 @@ class Predictor:
         if masking:
             inside = torch.from_numpy(np.asarray(mask, bool)).to(unc.device)
             unc = torch.where(inside, unc, torch.zeros_like(unc))
-        self.last_stats.update(stats, nonfinite_outputs=bad)
+        if stats is not None:
+            stats.update(finished_stats, nonfinite_outputs=bad)
         return torch.from_numpy(prob).to(unc.device), unc.float()
 
-    def _brain_window_fn(self, windows: torch.Tensor) -> torch.Tensor:
+    def _brain_window_fn(self, windows: torch.Tensor, run: _WindowRun) -> torch.Tensor:
         """Like :meth:`_window_fn` on windows whose last channel is the brain mask: windows holding no
         brain voxel are not run (:data:`EMPTY_LOGIT`)."""
         has_brain = windows[:, -1].flatten(1).any(1)
         out = torch.full((windows.shape[0], len(self.plan.variants), *windows.shape[2:]), EMPTY_LOGIT,
                          device=windows.device)
-        self._windows[0] += int(has_brain.sum())
-        self._windows[1] += windows.shape[0]
+        run.windows_run += int(has_brain.sum())
+        run.windows += windows.shape[0]
         if has_brain.any():
-            out[has_brain] = self._window_fn(windows[has_brain, :-1])
+            out[has_brain] = self._window_fn(windows[has_brain, :-1], run)
         return out
 
     @torch.inference_mode()
-    def variant_logits(self, normalized: np.ndarray, brain: np.ndarray | None = None) -> torch.Tensor:
+    def variant_logits(self, normalized: np.ndarray, brain: np.ndarray | None = None,
+                       stats: dict | None = None) -> torch.Tensor:
         """The window-blended logits of each TTA variant, ``V×X×Y×Z`` float32 (on the device).
 
         With ``brain`` (the brain mask) and ``settings.brain_only``, only the brain's bounding box (plus
         :data:`CROP_MARGIN`) is windowed and windows with no brain voxel are skipped; logits elsewhere
-        are :data:`EMPTY_LOGIT` (an empty mask runs nothing)."""
+        are :data:`EMPTY_LOGIT` (an empty mask runs nothing). ``stats`` (when given) receives the window
+        size, windows run and in all, samples per call, precision, backend and the box."""
         from monai.inferers import sliding_window_inference
 
         if normalized.ndim != 4 or normalized.shape[0] != 3:
@@ -536,15 +585,13 @@ class Predictor:
         inner = normalized[(slice(None), *box)]
         roi = self.roi_for(inner.shape[1:])
         windows_per_call = self.window_batch()
-        if self._chunk is None:
-            self._chunk = self.samples_per_call(roi)
-        self._windows = [0, 0]
-        self.last_stats = {"roi": roi, "variants": len(self.plan.variants), "samples_per_call": self._chunk,
-                           "windows_per_call": windows_per_call, "precision": str(self.precision),
-                           "backend": str(self.backend),
-                           "channels_last": self.channels_last, "box": tuple((b.start, b.stop) for b in box)}
+        run = _WindowRun(self.samples_per_call(roi))
+        stats = {} if stats is None else stats
+        stats.update(roi=roi, variants=len(self.plan.variants), samples_per_call=run.chunk,
+                     windows_per_call=windows_per_call, precision=str(self.precision), backend=str(self.backend),
+                     channels_last=self.channels_last, box=tuple((b.start, b.stop) for b in box))
         if crop and not brain.any():
-            self.last_stats["windows_run"] = self.last_stats["windows"] = 0
+            stats["windows_run"] = stats["windows"] = 0
             return torch.full((len(self.plan.variants), *shape), EMPTY_LOGIT, device=self.device)
         x = self.model_input(inner).to(self.device)
         if crop:
@@ -552,23 +599,23 @@ class Predictor:
         with backend_flags(self.device, allow_tf32=self.precision == Precision.TF32):
             logits = sliding_window_inference(
                 x, roi_size=roi, sw_batch_size=windows_per_call,
-                predictor=self._brain_window_fn if crop else self._window_fn,
+                predictor=functools.partial(self._brain_window_fn if crop else self._window_fn, run=run),
                 overlap=self.settings.overlap, mode=str(self.settings.blend), padding_mode="constant", cval=0.0,
                 progress=self.settings.progress,
             )[0].float()
         if self._compiled is not None:  # its working memory is not needed while the maps are finished and written
             self._compiled.release()
         if crop:
-            self.last_stats["windows_run"], self.last_stats["windows"] = self._windows
+            stats["windows_run"], stats["windows"] = run.windows_run, run.windows
         if inner.shape[1:] == shape:
             return logits
         out = torch.full((logits.shape[0], *shape), EMPTY_LOGIT, device=logits.device)
         out[(slice(None), *box)] = logits
         return out
 
-    def predict(self, subject: Subject | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, subject: Subject | np.ndarray) -> Prediction:
         """Probability and uncertainty maps of a subject (or a raw ``3×X×Y×Z`` array, taken as already in
-        the model's space).
+        the model's space), with what was computed (:class:`Prediction`; ``prob, unc = predict(...)``).
 
         Non-finite input voxels are repaired first (see :func:`lacunes.preprocessing.repair_nonfinite`);
         a subject is then conformed to the model's space (``settings.conform``, :mod:`lacunes.conform`);
@@ -596,17 +643,18 @@ class Predictor:
         mask = self.brain(image)
         if mask is not None and not mask.any():
             logger.warning("the input holds no brain (all channels zero or constant): no lesion can be found")
-        prob, unc = self.predict_normalized(prepare_image(image, self.normalization), mask, spacing)
+        stats: dict[str, Any] = {}
+        prob, unc = self.predict_normalized(prepare_image(image, self.normalization), mask, spacing, stats)
         if conform is None or conform.identity:
-            return prob, unc
-        self.last_stats["conform"] = conform.to_dict()
+            return Prediction(prob, unc, stats)
+        stats["conform"] = conform.to_dict()
         prob, unc = conform.probability_to_native(prob), conform.to_native(unc)
         if conform.resampled:  # 0 outside the brain on the input's own grid, [0, 1] after interpolation
             inside = self.brain(native)
             if inside is not None:
                 prob, unc = np.where(inside, prob, 0.0), np.where(inside, unc, 0.0)
             prob, unc = np.clip(prob, 0.0, 1.0).astype(np.float32), np.clip(unc, 0.0, 1.0).astype(np.float32)
-        return prob, unc
+        return Prediction(prob, unc, stats)
 
     def brain(self, image: np.ndarray) -> np.ndarray | None:
         """The brain mask of a raw ``3×X×Y×Z`` image, or None when the operating point does not mask."""

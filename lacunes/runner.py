@@ -134,7 +134,8 @@ def run_subject(
     if subject is None or subject.subject_id != files.subject_id:
         subject = read_subject(files.subject_id, files.paths, resample)
     t1 = time.time()
-    probability, uncertainty = predictor.predict(subject)
+    prediction = predictor.predict(subject)
+    probability, uncertainty = prediction
     t2 = time.time()
     geometry = subject.geometry
     outputs = write_volumes([(probability.astype(np.float32), geometry, prediction_path),
@@ -149,7 +150,7 @@ def run_subject(
     report = SubjectReport(files.subject_id, outputs, len(rows), t3 - t0,
                            volume_mm3=float(sum(r["volume_mm3"] for r in rows)),
                            phases={"read": t1 - t0, "inference": t2 - t1, "write": t3 - t2})
-    st = predictor.last_stats
+    st = prediction.stats
     notes = []
     if st.get("candidates"):
         notes.append(f"second stage rejected {st['rejected']} of {st['candidates']} candidate(s)")

@@ -66,6 +66,6 @@ def test_the_predictor_on_openvino_matches_torch(tmp_path, monkeypatch):
         predictor = Predictor(network, FAST.replace(backend=backend, progress=False))
         assert predictor.backend == backend
         maps[backend] = predictor.predict(image)
-        assert predictor.last_stats["backend"] == backend
+        assert maps[backend].stats["backend"] == backend
     for a, b in zip(maps["torch"], maps["openvino"]):
         assert float(np.abs(a - b).max()) < 1e-3

@@ -206,9 +206,10 @@ def test_a_resampled_subject_comes_back_on_its_own_grid_and_zero_outside_the_bra
     geom = Geometry(shape=image.shape[1:], spacing=(1.3, 1.3, 2.0), origin=(1.0, 2.0, 3.0))
     predictor = Predictor(LocalContrast(), InferenceSettings(roi_size=(32, 32, 32), tta="none", progress=False,
                                                              device="cpu"))
-    prob, unc = predictor.predict(Subject("s", image, geom))
+    prediction = predictor.predict(Subject("s", image, geom))
+    prob, unc = prediction
     assert prob.shape == unc.shape == geom.shape
     assert prob.dtype == np.float32 and 0 <= prob.min() and prob.max() <= 1
-    assert predictor.last_stats["conform"]["resampled"]
+    assert prediction.stats["conform"]["resampled"]
     outside = image[0] == 0
     assert prob[outside].max() == 0 and unc[outside].max() == 0 and prob[~outside].max() > 0

@@ -245,7 +245,8 @@ def test_only_the_brain_is_computed_and_the_maps_are_the_same_there():
     n_all = sum(calls)
     calls.clear()
     cropped = Predictor(Counting(), s)
-    prob, unc = cropped.predict(subject)
+    prediction = cropped.predict(subject)
+    prob, unc = prediction
     assert sum(calls) < n_all / 4
     np.testing.assert_allclose(prob, prob_all, atol=1e-6)  # blending sums in another order
     np.testing.assert_allclose(unc, unc_all, atol=1e-6)
@@ -253,8 +254,8 @@ def test_only_the_brain_is_computed_and_the_maps_are_the_same_there():
     box = brain_box(image.any(0))
     assert box == (slice(6, 26), slice(30, 52), slice(4, 20))
     assert brain_box(image.any(0), margin=8) == (slice(0, 34), slice(22, 60), slice(0, 28))  # clipped
-    assert cropped.last_stats["box"] == ((6, 26), (30, 52), (4, 20))
-    assert 0 < cropped.last_stats["windows_run"] <= cropped.last_stats["windows"]
+    assert prediction.stats["box"] == ((6, 26), (30, 52), (4, 20))
+    assert 0 < prediction.stats["windows_run"] <= prediction.stats["windows"]
 
 
 def test_windows_without_brain_are_skipped_and_an_empty_scan_runs_nothing():
@@ -263,10 +264,9 @@ def test_windows_without_brain_are_skipped_and_an_empty_scan_runs_nothing():
     image[:, 2:8, 2:8, 2:8] = 100.0
     image[:, 38:46, 38:46, 6:14] = 100.0  # two blobs: their box spans the volume, windows between are empty
     p = Predictor(PlusOne(), settings(overlap=0.0))
-    p.predict(Subject("sub-1", image, Geometry(shape)))
-    assert p.last_stats["windows"] == 9 and p.last_stats["windows_run"] == 2
-    p.predict(Subject("sub-0", np.zeros((3, *shape), np.float32), Geometry(shape)))
-    assert p.last_stats["windows"] == 0
+    stats = p.predict(Subject("sub-1", image, Geometry(shape))).stats
+    assert stats["windows"] == 9 and stats["windows_run"] == 2
+    assert p.predict(Subject("sub-0", np.zeros((3, *shape), np.float32), Geometry(shape))).stats["windows"] == 0
 
 
 def test_non_finite_network_output_beyond_a_few_voxels_is_an_error(caplog):
