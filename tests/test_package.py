@@ -25,8 +25,14 @@ def run(cmd, cwd, env=None, timeout=1800):
 
 
 def test_wheel_in_a_fresh_venv_predicts_the_sample_case(tmp_path):
+    import shutil
+
+    # built from a clean copy: setuptools' build/ staging folder would otherwise carry old files along
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "data", "runs", "out",
+                                                                 "*.egg-info", "__pycache__", ".pytest_cache"))
     wheels = tmp_path / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, ROOT], cwd=tmp_path)
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, source], cwd=tmp_path)
     (wheel,) = wheels.glob("lacunes-*.whl")
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
