@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     from lacunes.inference import PRESETS, Predictor
     from lacunes.layouts import find_valdo_subjects
     from lacunes.network import NetworkConfig
-    from lacunes.postprocessing import choose_operating_point
+    from lacunes.operating_point import choose_operating_point
     from lacunes.rescoring import FEATURES
 
     if args.threads:

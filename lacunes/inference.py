@@ -45,7 +45,7 @@ from lacunes.options import (
     UncertaintyMode,
     look_up_option,
 )
-from lacunes.postprocessing import OperatingPoint, finish_probability
+from lacunes.postprocessing import OperatingPoint, finish_probability, logit
 from lacunes.preprocessing import NormalizationConfig, brain_mask, count_nonfinite, prepare_image, repair_nonfinite
 from lacunes.uncertainty import uncertainty_map
 
@@ -345,11 +345,7 @@ class Predictor:
             logger.warning("%s carries no calibrated operating point: voxels are lacunes from p >= %g, with no second "
                            "stage (a fresh or fine-tuned training checkpoint; calibrate it on labelled subjects with "
                            "lacunes calibrate, or give --threshold)", path, op.threshold)
-        if threshold is not None:  # a stored extent above the new threshold no longer extends anything
-            extent = op.extent_threshold if op.extent_threshold is not None and op.extent_threshold < threshold else None
-            op = op.replace(threshold=threshold, extent_threshold=extent)
-        if min_volume_mm3 is not None:
-            op = op.replace(min_volume_mm3=min_volume_mm3)
+        op = op.with_overrides(threshold, min_volume_mm3)
         rescorer = Rescorer.from_dict(metadata.get("rescorer"))
         if rescorer is not None and op.threshold < rescorer.candidate_threshold:
             logger.warning("threshold %g is under the second stage's candidate threshold %g: voxels between the "
@@ -537,7 +533,7 @@ class Predictor:
         prob, finished_stats, threshold, rejected = finish_probability(raw.float().cpu().numpy(), op,
                                                               mask if masking else None, spacing, self.rescorer, image)
         if isinstance(threshold, np.ndarray):
-            shift = torch.from_numpy(np.log(threshold / (1.0 - threshold))).to(variant_logits.device)
+            shift = torch.from_numpy(logit(threshold).astype(np.float32)).to(variant_logits.device)
         else:
             shift = op.logit_shift
         unc = uncertainty_map(uncertainty, variant_logits - shift)

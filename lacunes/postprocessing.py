@@ -27,14 +27,11 @@ in this order (:func:`finish_probability`):
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import numpy as np
 import torch
-
-from lacunes.metrics import detection_counts
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,7 @@ class OperatingPoint:
 
     @property
     def logit_shift(self) -> float:
-        return math.log(self.threshold / (1.0 - self.threshold))
+        return float(logit(self.threshold))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -84,6 +81,24 @@ class OperatingPoint:
         from dataclasses import replace
 
         return replace(self, **changes)
+
+    def with_overrides(self, threshold: float | None = None, min_volume_mm3: float | None = None) -> OperatingPoint:
+        """This point with a user's ``--threshold`` / ``--min-volume`` (None: kept); a stored extent
+        threshold that is not under the new threshold no longer extends anything and is dropped."""
+        op = self
+        if threshold is not None:
+            extent = self.extent_threshold if self.extent_threshold is not None and self.extent_threshold < threshold else None
+            op = op.replace(threshold=threshold, extent_threshold=extent)
+        if min_volume_mm3 is not None:
+            op = op.replace(min_volume_mm3=min_volume_mm3)
+        return op
+
+
+def logit(p: np.ndarray | float) -> np.ndarray:
+    """``log(p / (1 - p))`` in float64, ``p`` clipped to [1e-12, 1 - 1e-12]: the one logit of the project's
+    post-processing (thresholds, uncertainty centring, the operating-point search)."""
+    p = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p / (1 - p))
 
 
 #: No recalibration, no size filter, no mask: the raw mean probability (benchmarks and tests).
@@ -196,209 +211,3 @@ def remove_small_lesions(probability: np.ndarray, min_volume_mm3: float, spacing
     out = probability.copy()
     out[np.isin(labels, small)] = 0.0
     return out, int(small.size)
-
-
-#: The grid searched by :func:`choose_operating_point` (probability thresholds, minimum volumes in mm³,
-#: second-stage score cuts). With a second stage, thresholds under its candidate threshold are skipped.
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
-MIN_VOLUMES_MM3 = (0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 65.0)
-MIN_SCORES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-#: With a second stage, whose features include the volume, a coarser volume grid.
-MIN_VOLUMES_WITH_RESCORER_MM3 = (0.0, 10.0, 20.0, 40.0)
-#: Extent thresholds searched at the chosen point (those under its threshold; None = no extent).
-EXTENTS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-@dataclass
-class OperatingPointScore:
-    """Detection over a set of validation subjects at one operating point (pooled over subjects)."""
-
-    threshold: float
-    min_volume_mm3: float
-    min_score: float | None  # second-stage cut (None without a second stage)
-    f1: float  # pooled: 2·ΣwTP / (ΣwFN + ΣFP + 2·ΣwTP)
-    median_f1: float  # over subjects with lacunes
-    tp: int
-    fp: int
-    fn: int
-    fp_per_subject: float
-    dice: float = float("nan")  # median over subjects with lacunes; computed for the chosen point and its ties only
-    extent_threshold: float | None = None  # hysteresis (searched at the chosen point only)
-    uncertain_share: float = float("nan")  # mean over subjects: share of the brain with uncertainty >= 0.5
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-#: Inverse-logit uncertainty ``1 / |logit - logit(t)|`` is >= 0.5 exactly where the logit lies within
-#: this distance of the decision threshold's logit (:mod:`lacunes.uncertainty`).
-UNCERTAIN_LOGIT_BAND = 2.0
-
-
-def _logit(p: np.ndarray | float) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
-    return np.log(p / (1 - p))
-
-
-def _share_in_band(logits: np.ndarray, threshold_logits: np.ndarray | float, rejected: np.ndarray | None) -> float:
-    """The share of voxels within :data:`UNCERTAIN_LOGIT_BAND` of their threshold's logit, or rejected."""
-    band = np.abs(logits - threshold_logits) <= UNCERTAIN_LOGIT_BAND
-    if rejected is not None:
-        band |= rejected
-    return float(band.mean()) if band.size else 0.0
-
-
-def uncertain_share(raw: np.ndarray, threshold: np.ndarray | float, mask: np.ndarray | None,
-                    rejected: np.ndarray | None = None) -> float:
-    """The share of the brain where the default (inverse-logit) uncertainty, centred on ``threshold``
-    as the predictor writes it, is >= 0.5: raw probability within :data:`UNCERTAIN_LOGIT_BAND` logits of
-    the threshold, or a candidate the second stage rejected (uncertainty 1). Without TTA the raw
-    probability's logit is the network's; with TTA the predictor uses the variants' mean logit, which
-    this approximates."""
-    def inside(a):
-        return a[mask] if mask is not None else np.ravel(a)
-
-    t = np.asarray(threshold)
-    return _share_in_band(_logit(inside(raw)), _logit(inside(t) if t.ndim else t),
-                          None if rejected is None else inside(rejected))
-
-
-def _pool(counts: list[tuple], threshold: float, min_volume_mm3: float, min_score: float | None) -> OperatingPointScore:
-    tp, fp, fn = (sum(c[i] for c in counts) for i in range(3))
-    wtp, wfn = sum(c[3] for c in counts), sum(c[4] for c in counts)
-    denom = wfn + fp + 2 * wtp
-    f1s = [c[5] for c in counts if not math.isnan(c[5])]
-    return OperatingPointScore(threshold, min_volume_mm3, min_score, 2 * wtp / denom if denom else float("nan"),
-                               float(np.median(f1s)) if f1s else float("nan"), tp, fp, fn, fp / max(len(counts), 1))
-
-
-def _crop_to(box: tuple[slice, ...], *arrays):
-    return [None if a is None else a[(Ellipsis, *box)] for a in arrays]
-
-
-def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=None,
-                           min_scores=MIN_SCORES, extents=EXTENTS, progress: bool = True,
-                           max_uncertain_share: float | None = None):
-    """The operating point (and second-stage cut) with the best pooled detection F1 on validation cases.
-
-    Args:
-        cases: ``(raw probability X×Y×Z, normalized image 3×X×Y×Z or None, reference, spacing, brain
-            mask)`` per subject; the maps are made by :func:`finish_probability`, as at inference.
-        rescorer: the checkpoint's second stage, or None; its ``min_score`` is searched too.
-        thresholds, volumes, min_scores: the grid (volumes: :data:`MIN_VOLUMES_MM3`, or
-            :data:`MIN_VOLUMES_WITH_RESCORER_MM3` with a second stage, by default).
-
-    Each (cut, threshold) map is labelled once; each minimum volume then drops whole lesions, scored
-    with the challenge's centre matching (:func:`lacunes.metrics.detection_counts`). Ties (equal F1)
-    go to fewer false positives, then to the smaller minimum volume, then to the lower threshold and
-    score cut (the gentler rule); among the thresholds that tie with that point on F1 and false positives
-    at its cut and minimum volume, the best median Dice over matched lesions is then taken (ties: the
-    lower threshold). Then, at that point, the extent threshold (``extents`` under the
-    chosen threshold, or none) with the best median Dice among those that keep the pooled F1 (ties go
-    to the higher one, the smaller change) is chosen.
-
-    With ``max_uncertain_share``, only points whose default uncertainty map (inverse logit, centred on
-    the decision threshold; :func:`uncertain_share`) is >= 0.5 in less than that share of the brain,
-    averaged over the cases, are eligible, for the grid and for the extent alike; where no grid point
-    qualifies, the constraint is dropped (the caller sees it in the chosen score's share). Every score
-    carries its share.
-
-    Returns the chosen operating point (masking outside the brain), the chosen score cut (None without a
-    second stage) and every grid point's score (the chosen one and the extents with their median Dice).
-    """
-    from tqdm import tqdm
-
-    from lacunes.instances import label_instances
-    from lacunes.metrics import ReferenceLesions, evaluate_subject, lesion_centres_mm
-
-    if volumes is None:
-        volumes = MIN_VOLUMES_WITH_RESCORER_MM3 if rescorer is not None else MIN_VOLUMES_MM3
-    prepared, logits_inside = [], []  # logits_inside: the raw logit of every brain voxel, per case
-    for raw, image, ref, spacing, mask in cases:
-        if mask is not None and mask.any():
-            # Everything that can change lies in the brain's box (the reference too): scoring the box
-            # gives the same matching (centres move together) and features (the whole mask is inside).
-            from scipy import ndimage as ndi
-
-            box = ndi.find_objects(mask.astype(np.uint8) | (ref > 0).astype(np.uint8))[0]
-            raw, ref, mask = _crop_to(box, raw, ref, mask)
-            image = None if image is None else image[(slice(None), *box)]
-        masked = np.where(mask, raw, np.float32(0)).astype(np.float32) if mask is not None else raw
-        cand = None
-        if rescorer is not None:
-            from lacunes.rescoring import candidate_features
-
-            labels, n, feats = candidate_features(masked, image, mask, spacing, rescorer.candidate_threshold)
-            cand = (labels, n, rescorer.score(feats) if n else np.zeros(0))
-        prepared.append((masked, cand, ref, ReferenceLesions.from_reference(ref, spacing), spacing, mask))
-        logits_inside.append(_logit(masked[mask] if mask is not None else masked.ravel()).astype(np.float32))
-    if rescorer is not None:
-        thresholds = [t for t in thresholds if t >= rescorer.candidate_threshold]
-    cuts = list(min_scores) if rescorer is not None else [None]
-    scores = []
-    for cut in tqdm(cuts, desc="operating points", disable=not progress):
-        stage = rescorer.replace(min_score=cut) if rescorer is not None else None
-        # The map before recalibration (at threshold 0.5 it is the identity); recalibrating to t then
-        # cutting at 0.5 is the same as cutting this map at t (recalibrate is monotone, t → 0.5).
-        finished = [finish_probability(masked, OperatingPoint(0.5, 0.0, True), mask, spacing, stage, candidates=cand)
-                    for masked, cand, _, _, spacing, mask in prepared]
-        staged = [f.probability for f in finished]
-        rejected_inside = [None if f.rejected is None else (f.rejected[mask] if mask is not None else f.rejected.ravel())
-                           for f, (_, _, _, _, _, mask) in zip(finished, prepared)]
-        for t in thresholds:
-            shares = [_share_in_band(lg, math.log(t / (1 - t)), rej) for lg, rej in zip(logits_inside, rejected_inside)]
-            share = float(np.mean(shares)) if shares else 0.0
-            lesions = []  # per case: centres (mm) and volumes (mm³) of the predicted lesions
-            for prob, (_, _, _, _, spacing, _) in zip(staged, prepared):
-                labels, n = label_instances(prob >= t)
-                volumes_mm3 = np.bincount(labels.ravel(), minlength=n + 1)[1:] * float(np.prod(spacing))
-                lesions.append((lesion_centres_mm(labels, n, spacing), volumes_mm3))
-            for v in volumes:
-                counts = [detection_counts(centres[vol >= v], refl)
-                          for (centres, vol), (_, _, _, refl, _, _) in zip(lesions, prepared)]
-                scores.append(_pool(counts, t, v, cut))
-                scores[-1].uncertain_share = share
-
-    def eligible(s: OperatingPointScore) -> bool:
-        return max_uncertain_share is None or s.uncertain_share < max_uncertain_share
-
-    constrained = any(eligible(s) for s in scores)
-    pool = [s for s in scores if eligible(s)] if constrained else scores
-    best = max(pool, key=lambda s: (np.nan_to_num(s.f1, nan=-1.0), -s.fp, -s.min_volume_mm3, -s.threshold,
-                                    -(s.min_score or 0.0)))
-    stage = rescorer.replace(min_score=best.min_score) if rescorer is not None else None
-
-    def score_at(op: OperatingPoint) -> OperatingPointScore:
-        counts, dices, shares = [], [], []
-        for masked, cand, ref, _, spacing, mask in prepared:
-            finished = finish_probability(masked, op, mask, spacing, stage, candidates=cand)
-            r = evaluate_subject(finished.probability.astype(np.float64), ref, spacing)
-            counts.append((r.tp, r.fp, r.fn, r.wtp, r.wfn, r.f1))
-            shares.append(uncertain_share(masked, finished.threshold, mask, finished.rejected))
-            if r.n_ref:
-                dices.append(r.dice)
-        s = _pool(counts, op.threshold, op.min_volume_mm3, best.min_score)
-        s.dice, s.extent_threshold = (float(np.median(dices)) if dices else float("nan")), op.extent_threshold
-        s.uncertain_share = float(np.mean(shares)) if shares else 0.0
-        return s
-
-    # Among the thresholds that tie with the best point on F1 and false positives (same cut and minimum
-    # volume), the best median Dice: a sharp network detects the same lesions over a wide range of
-    # thresholds, and only their extent changes.
-    ties = [s for s in pool if s.min_score == best.min_score and s.min_volume_mm3 == best.min_volume_mm3
-            and s.fp == best.fp and abs(np.nan_to_num(s.f1, nan=-1.0) - np.nan_to_num(best.f1, nan=-1.0)) < 1e-9]
-    for s in tqdm(sorted(ties, key=lambda s: s.threshold), desc="thresholds (Dice)",
-                  disable=not progress or len(ties) < 2):
-        s.dice = score_at(OperatingPoint(s.threshold, s.min_volume_mm3, True)).dice
-        if np.nan_to_num(s.dice, nan=-1.0) > np.nan_to_num(best.dice, nan=-1.0):
-            best = s
-    op = OperatingPoint(best.threshold, best.min_volume_mm3, True)
-    chosen = best
-    candidates = [e for e in sorted(extents, reverse=True) if e < op.threshold]
-    for e in tqdm(candidates, desc="extents", disable=not progress or not candidates):
-        s = score_at(op.replace(extent_threshold=e))
-        scores.append(s)
-        if (s.f1 >= best.f1 - 1e-9 and (not constrained or eligible(s))
-                and np.nan_to_num(s.dice, nan=-1.0) > np.nan_to_num(chosen.dice, nan=-1.0)):
-            chosen = s
-    return op.replace(extent_threshold=chosen.extent_threshold), best.min_score, scores

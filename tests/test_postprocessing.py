@@ -8,15 +8,14 @@ from lacunes.checkpoint import save_checkpoint
 from lacunes.inference import InferenceSettings, Predictor
 from lacunes.io import Geometry, Subject
 from lacunes.network import build_network
+from lacunes.operating_point import choose_operating_point, uncertain_share
 from lacunes.postprocessing import (
     RAW,
     OperatingPoint,
-    choose_operating_point,
     extent_regions,
     finish_probability,
     recalibrate,
     remove_small_lesions,
-    uncertain_share,
 )
 from lacunes.preprocessing import brain_mask
 
@@ -286,3 +285,10 @@ def test_the_extent_is_chosen_for_dice_without_losing_detection():
     assert by_extent[None].dice == pytest.approx(2 * 27 / (27 + 343))
     assert by_extent[0.7].dice == 1.0 and by_extent[0.7].f1 == by_extent[None].f1 == 1.0
     assert 0.95 not in by_extent and by_extent[0.1].dice == 1.0
+
+
+def test_operating_point_overrides_drop_an_extent_that_no_longer_lies_under_the_threshold():
+    op = OperatingPoint(0.9, 10.0, True, extent_threshold=0.5)
+    assert op.with_overrides() == op
+    assert op.with_overrides(0.7) == OperatingPoint(0.7, 10.0, True, extent_threshold=0.5)
+    assert op.with_overrides(0.4, 0.0) == OperatingPoint(0.4, 0.0, True, extent_threshold=None)

@@ -5,7 +5,8 @@ import torch
 from lacunes.checkpoint import save_checkpoint
 from lacunes.inference import InferenceSettings, Predictor
 from lacunes.network import build_network
-from lacunes.postprocessing import OperatingPoint, choose_operating_point, finish_probability
+from lacunes.operating_point import choose_operating_point
+from lacunes.postprocessing import OperatingPoint, finish_probability
 from lacunes.rescoring import FEATURES, Rescorer, candidate_features, candidate_targets
 
 from .conftest import TINY
