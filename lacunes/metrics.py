@@ -186,20 +186,9 @@ def evaluate_subject(
     pred_labels, n_pred = label_instances(pred_bin, connectivity)
     avd = abs(float(np.where(pred_bin, prediction, 0.0).sum()) - ref_sum) * voxel
 
-    # assigned[j] = reference lesion (1-based) that prediction j goes to, 0 = none; score = closeness.
     pc_all = lesion_centres_mm(pred_labels, n_pred, spacing)
     rc_all = lesion_centres_mm(ref_labels, n_ref, spacing)
-    assigned = np.zeros(n_pred + 1, int)
-    score = np.full(n_pred + 1, np.inf)
-    if n_pred and n_ref:
-        if matching == Matching.CENTRE:
-            assigned, score = match_by_centre(pc_all, rc_all, max_distance_mm)
-        else:
-            both = (pred_labels > 0) & (ref_labels > 0)
-            pairs, counts = np.unique(np.stack([pred_labels[both], ref_labels[both]]), axis=1, return_counts=True)
-            for (j, k), c in zip(pairs.T, counts):
-                if -c < score[j]:
-                    assigned[j], score[j] = k, -c
+    assigned, score = _assign(matching, pred_labels, n_pred, ref_labels, n_ref, pc_all, rc_all, max_distance_mm)
     tp_of = true_positives(assigned, score)
     tp_preds = set(tp_of.values())
     fp_preds = [j for j in range(1, n_pred + 1) if j not in tp_preds]
@@ -232,6 +221,38 @@ def evaluate_subject(
             dices.append(_dice(soft, preds))
         dice = float(np.mean(dices)) if dices else 0.0
 
+    rows, unc_flags, unc_voxels = _lesion_rows(
+        subject_id, uncertainty, voxel, ref_labels, n_ref, ref_weights, ref_vox, ref_boxes, rc_all,
+        pred_labels, pred_vox, pred_boxes, pc_all, tp_of, fp_preds, assigned_preds)
+
+    return SubjectMetrics(
+        subject_id, True, f1, dice, avd, unc_flags, unc_voxels, len(tp_of), fp, len(fn_refs), wtp, wfn,
+        n_ref, n_pred, ref_sum * voxel, float(pred_bin.sum()) * voxel, rows,
+    )
+
+
+def _assign(matching: Matching, pred_labels: np.ndarray, n_pred: int, ref_labels: np.ndarray, n_ref: int,
+            pc_all: np.ndarray, rc_all: np.ndarray, max_distance_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """``assigned[j]``: the reference lesion (1-based) prediction ``j`` goes to (0 = none), and ``score[j]``
+    its closeness (lower is closer): by centre distance (the challenge's) or by overlap."""
+    assigned = np.zeros(n_pred + 1, int)
+    score = np.full(n_pred + 1, np.inf)
+    if n_pred and n_ref:
+        if matching == Matching.CENTRE:
+            assigned, score = match_by_centre(pc_all, rc_all, max_distance_mm)
+        else:
+            both = (pred_labels > 0) & (ref_labels > 0)
+            pairs, counts = np.unique(np.stack([pred_labels[both], ref_labels[both]]), axis=1, return_counts=True)
+            for (j, k), c in zip(pairs.T, counts):
+                if -c < score[j]:
+                    assigned[j], score[j] = k, -c
+    return assigned, score
+
+
+def _lesion_rows(subject_id, uncertainty, voxel, ref_labels, n_ref, ref_weights, ref_vox, ref_boxes, rc_all,
+                 pred_labels, pred_vox, pred_boxes, pc_all, tp_of, fp_preds, assigned_preds):
+    """One row per reference lesion and per false positive (size, centre, detected, mean uncertainty),
+    and the two uncertainty scores (flags, voxels; NaN without an uncertainty map)."""
     unc_flags = unc_voxels = math.nan
     rows = []
     flags = []
@@ -272,11 +293,7 @@ def evaluate_subject(
     if uncertainty is not None:
         unc_flags = float(np.mean(flags)) if flags else math.nan
         unc_voxels = float(np.mean(voxel_scores)) if voxel_scores else math.nan
-
-    return SubjectMetrics(
-        subject_id, True, f1, dice, avd, unc_flags, unc_voxels, len(tp_of), fp, len(fn_refs), wtp, wfn,
-        n_ref, n_pred, ref_sum * voxel, float(pred_bin.sum()) * voxel, rows,
-    )
+    return rows, unc_flags, unc_voxels
 
 
 SUMMARY_KEYS = ("f1", "dice", "avd_mm3", "unc_flags", "unc_voxels", "tp", "fp", "fn")
