@@ -1,0 +1,51 @@
+"""lacunes.runner: one subject from files to written maps, and the completion record's verdicts."""
+
+import numpy as np
+
+from lacunes.checkpoint import load_network
+from lacunes.inference import FAST, Predictor
+from lacunes.io import read_volume
+from lacunes.layouts import valdo_subject
+from lacunes.report import SubjectRecord
+from lacunes.runner import extras_from_maps, extras_paths, fingerprints, record_mismatch, run_subject
+
+from .conftest import write_subject
+
+
+def test_run_subject_writes_both_maps_on_the_t1_grid_and_extras_apart(tmp_path, tiny_checkpoint):
+    _, _, geom = write_subject(tmp_path / "in", "sub-001", shape=(30, 28, 18))
+    files = valdo_subject(tmp_path / "in" / "sub-001_space-T1_desc-masked_T1.nii.gz")
+    predictor = Predictor(load_network(tiny_checkpoint)[0], FAST.replace(progress=False))
+    out = tmp_path / "out"
+    report = run_subject(predictor, files, out / files.prediction_name, out / files.uncertainty_name,
+                         extras_dir=out / "extras", write_mask=True, write_table=True)
+    assert report.status == "done" and set(report.phases) == {"read", "inference", "write"}
+    prob, g = read_volume(out / "sub-001_space-T1_prediction.nii.gz")
+    assert prob.shape == geom.shape
+    np.testing.assert_allclose(g.spacing, geom.spacing, rtol=1e-6)
+    np.testing.assert_allclose(g.direction, geom.direction, atol=1e-6)
+    mask, _ = read_volume(out / "extras" / "sub-001_space-T1_mask.nii.gz")
+    np.testing.assert_array_equal(mask, (prob >= 0.5).astype(np.uint8))
+    # the same extras made again from the saved maps, without the network
+    again = extras_from_maps(files, out / files.prediction_name, out / files.uncertainty_name,
+                             {"mask": tmp_path / "m.nii.gz", "table": tmp_path / "t.csv"})
+    np.testing.assert_array_equal(read_volume(again[0])[0], mask)
+    assert again[1].read_text() == (out / "extras" / "sub-001_space-T1_lesions.csv").read_text()
+
+
+def test_record_mismatch_names_what_is_not_known_complete(tmp_path):
+    out = tmp_path
+    a, b = out / "a.nii.gz", out / "b.nii.gz"
+    a.write_bytes(b"map a")
+    b.write_bytes(b"map b")
+    record = SubjectRecord("s", "done", outputs=fingerprints([a], out))
+    assert record_mismatch(None, [a], out) == "no record of a completed run"
+    assert record_mismatch(record, [a], out) is None
+    assert record_mismatch(record, [a, b], out) == "b.nii.gz was not written by the recorded run"
+    a.write_bytes(b"map A")
+    assert record_mismatch(record, [a], out) == "a.nii.gz differs from the recorded run"
+    a.unlink()
+    assert record_mismatch(record, [a], out) == "a.nii.gz is missing"
+    files = type("Files", (), {"output_prefix": "x_", "subject_id": "x"})()
+    assert extras_paths(files, None, True, True) == {}
+    assert extras_paths(files, out, True, False) == {"mask": out / "x_mask.nii.gz"}
