@@ -14,6 +14,7 @@ import torch
 
 from lacunes.io import atomic_output
 from lacunes.network import NetworkConfig, build_network
+from lacunes.options import MODALITIES
 
 FORMAT_VERSION = 1
 
@@ -131,12 +132,15 @@ def load_network(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, An
     return net, payload
 
 
-def check_lacune_network(config: NetworkConfig, path: str | os.PathLike, modalities: int = 3) -> None:
-    """A lacune model takes the three contrasts and gives one logit: other shapes are refused at load,
-    not subject by subject. Raises ``ValueError`` naming the file."""
-    if config.in_channels != modalities or config.out_channels != 1:
+def check_lacune_network(config: NetworkConfig, path: str | os.PathLike,
+                         modalities: tuple[str, ...] = MODALITIES) -> None:
+    """A lacune model takes one channel per modality (:data:`lacunes.options.MODALITIES`, in that order)
+    and gives one logit: other shapes are refused at load, not subject by subject. Raises ``ValueError``
+    naming the file."""
+    if config.in_channels != len(modalities) or config.out_channels != 1:
         raise ValueError(f"{path} is not a lacune model of this tool: its network takes {config.in_channels} "
-                         f"channel(s) and gives {config.out_channels} (expected {modalities} in: T1, T2, FLAIR; 1 out)")
+                         f"channel(s) and gives {config.out_channels} (expected {len(modalities)} in: "
+                         f"{', '.join(modalities)}; 1 out)")
 
 
 def write_sha256(path: str | os.PathLike) -> Path:
