@@ -56,3 +56,14 @@ def test_checkpoints_that_do_not_fit_are_refused_at_load_with_the_reason(tmp_pat
         save_checkpoint(path, build_network(other), other)
         with pytest.raises(ValueError, match="not a lacune model"):
             Predictor.from_checkpoint(path)
+
+
+def test_a_network_with_another_channel_count_is_refused_at_load_naming_the_modalities(tmp_path):
+    import dataclasses
+
+    from lacunes.inference import Predictor
+
+    two = dataclasses.replace(TINY, in_channels=2)
+    path = save_checkpoint(tmp_path / "two.pt", build_network(two), two, {})
+    with pytest.raises(ValueError, match="takes 2 channel\\(s\\) and gives 1 \\(expected 3 in: T1, T2, FLAIR; 1 out\\)"):
+        Predictor.from_checkpoint(path)
