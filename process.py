@@ -33,7 +33,6 @@ from pathlib import Path
 from lacunes import options  # torch-free: the choices and defaults
 
 HERE = Path(__file__).resolve().parent
-
 logger = logging.getLogger("lacunes.process")
 
 
@@ -128,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=os.environ.get("LACUNES_DEVICE", "auto"),
                         help="auto (cuda, mps, cpu), cpu, cuda... (default: $LACUNES_DEVICE or auto)")
     parser.add_argument("--precision", default=os.environ.get("LACUNES_PRECISION", "auto"),
-                        choices=[e.value for e in options.Precision],
+                        choices=options.option_values(options.Precision),
                         help="network arithmetic (default: $LACUNES_PRECISION or auto = tf32 on CUDA, float32 on CPU)")
     parser.add_argument("--backend", default=os.environ.get("LACUNES_BACKEND", "auto"),
                         help="where the network runs: auto (OpenVINO on the CPU when installed, else PyTorch), torch "

@@ -36,11 +36,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def values(enum) -> list[str]:
-    """An enum's values, as argparse choices."""
-    return [e.value for e in enum]
-
-
 def require_matplotlib(what: str) -> None:
     import importlib.util
 
@@ -234,12 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads for the network (default: torch's, all cores)")
     p.add_argument("--preset", choices=options.INFERENCE_PRESETS, default=options.DEFAULT_INFERENCE_PRESET,
                    help="full = the published recipe (default); fast = no TTA, overlap 0.25 (CPU)")
-    p.add_argument("--tta", choices=values(options.TTAMode), help="override the preset's TTA plan")
+    p.add_argument("--tta", choices=options.option_values(options.TTAMode), help="override the preset's TTA plan")
     p.add_argument("--overlap", type=float, help="override the window overlap")
     p.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="override the window size")
     p.add_argument("--sw-batch-size", type=int, help="windows per network call (default 7 on GPU, 1 on CPU)")
     p.add_argument("--memory-gb", type=float, help="host memory the network may use on the CPU (default 6)")
-    p.add_argument("--uncertainty", choices=values(options.UncertaintyMode),
+    p.add_argument("--uncertainty", choices=options.option_values(options.UncertaintyMode),
                    help="which uncertainty map to write (default inverse-logit: the publication's)")
     p.add_argument("--threshold", type=float,
                    help="probability from which a voxel is a lacune (default: the model's operating point); "
@@ -247,10 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-volume", type=float, metavar="MM3",
                    help="remove predicted lesions smaller than this, in mm³ (default: the model's operating point)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
-    p.add_argument("--precision", choices=values(options.Precision),
+    p.add_argument("--precision", choices=options.option_values(options.Precision),
                    help="network arithmetic (default auto: tf32 on CUDA, float32 on the CPU); float16 is the "
                         "fastest on a GPU, bfloat16 on CPUs with AMX; both move probabilities (benchmarks/RESULTS.md)")
-    p.add_argument("--backend", choices=values(options.Backend),
+    p.add_argument("--backend", choices=options.option_values(options.Backend),
                    help="where the network runs (default auto: OpenVINO on the CPU when installed, about 3x faster "
                         "at the same float32 output; PyTorch otherwise and on a GPU)")
     p.add_argument("--resample", action="store_true",
@@ -279,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pred", required=True, help="folder of <sid>_*prediction.nii.gz (+ *uncertaintymap)")
     p.add_argument("--ref", required=True, help="folder of <sid>_*desc-Rater{1,2}_Lacunes.nii.gz (or one *Lacunes file)")
     p.add_argument("--out", help="report folder (default PRED/evaluation)")
-    p.add_argument("--matching", choices=values(options.Matching), default=options.Matching.CENTRE.value,
+    p.add_argument("--matching", choices=options.option_values(options.Matching), default=options.Matching.CENTRE.value,
                    help="centre: nearest centre of mass within --max-distance-mm (the challenge's); overlap: any voxel")
     p.add_argument("--max-distance-mm", type=float, default=options.MAX_DISTANCE_MM,
                    help=f"centre matching threshold (default {options.MAX_DISTANCE_MM:g} mm)")
@@ -325,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
                    + f" (default {options.DEFAULT_TRAIN_PRESET})")
     p.add_argument("--init-from", help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
-    p.add_argument("--loss", choices=values(options.LossMode), help="blob (the preset's) or dicebce = beta 0, the ablation")
+    p.add_argument("--loss", choices=options.option_values(options.LossMode),
+                   help="blob (the preset's) or dicebce = beta 0, the ablation")
     p.add_argument("--epochs", type=int, help="override the preset's number of epochs")
     p.add_argument("--batch-size", type=int, help="subjects per batch (each gives the preset's crops per subject)")
     p.add_argument("--batches-per-epoch", type=int, help="batches in one epoch")
@@ -337,10 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mine-every", type=int, help="mine false positives every N epochs (0 = never)")
     p.add_argument("--mine-subjects", type=int, help="training subjects predicted per mining round")
     p.add_argument("--lr", type=float, help="peak learning rate (the recipe: 1e-3)")
-    p.add_argument("--optimizer", choices=values(options.OptimizerName), help="ranger21 (the recipe's) or adamw")
+    p.add_argument("--optimizer", choices=options.option_values(options.OptimizerName), help="ranger21 (the recipe's) or adamw")
     p.add_argument("--alpha", type=float, help="weight of the main Dice + BCE term (the recipe: 0.66)")
     p.add_argument("--beta", type=float, help="weight of the blob term (the recipe: 0.33; 0 = no blob loss)")
-    p.add_argument("--label-mode", choices=values(options.LabelMode),
+    p.add_argument("--label-mode", choices=options.option_values(options.LabelMode),
                    help="how the two raters make one training label (default union)")
     p.add_argument("--connectivity", type=int, choices=[6, 18, 26],
                    help="voxel connectivity of a lesion instance for the blob term (default 26)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 from enum import StrEnum
-from typing import TypeVar
 
 # ---------------------------------------------------------------------------------------------- inputs
 
@@ -117,7 +116,14 @@ RESERVED_SEEDS: dict[int, str] = {7777: "the held-out benchmark (lacunes synth -
 
 # ---------------------------------------------------------------------------------------------- look-up
 
-E = TypeVar("E", bound=StrEnum)
+def option_values(options) -> list[str]:
+    """The valid values of ``options`` (a :class:`StrEnum` class, or any collection of strings), in order:
+    argparse ``choices`` and the list :func:`look_up_option` names."""
+    return [e.value for e in options] if _is_enum(options) else list(options)
+
+
+def _is_enum(options) -> bool:
+    return isinstance(options, type) and issubclass(options, StrEnum)
 
 
 def look_up_option(value: str, options, name: str = "option"):
@@ -128,10 +134,10 @@ def look_up_option(value: str, options, name: str = "option"):
     Traceback (most recent call last):
     ValueError: tta 'flip' is not one of none, flips, full; did you mean 'flips'?
     """
-    valid = [e.value for e in options] if isinstance(options, type) and issubclass(options, StrEnum) else list(options)
+    valid = option_values(options)
     text = str(value.value if isinstance(value, StrEnum) else value)
     if text in valid:
-        return options(text) if isinstance(options, type) and issubclass(options, StrEnum) else text
+        return options(text) if _is_enum(options) else text
     close = difflib.get_close_matches(text.lower(), valid, n=1, cutoff=0.6)
     raise ValueError(f"{name} {text!r} is not one of {', '.join(valid)}" + (f"; did you mean {close[0]!r}?" if close
                                                                              else ""))
