@@ -37,7 +37,7 @@ from results_md import device_label, replace_section  # noqa: E402
 
 from lacunes.breakdown import CATEGORIES, classify_predictions, summarize_breakdown  # noqa: E402
 from lacunes.evaluation import load_reference  # noqa: E402
-from lacunes.inference import PRESETS, Predictor  # noqa: E402
+from lacunes.inference import PRESETS, Predictor, mean_probability  # noqa: E402
 from lacunes.io import read_subject, read_volume, write_volume  # noqa: E402
 from lacunes.layouts import find_valdo_subjects  # noqa: E402
 from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
@@ -170,7 +170,7 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
                 brain = mask if mask is not None else (image != 0).any(0)
                 brain_for_steps = mask if mask is not None else brain_mask(image)
                 rows += classify_predictions(prob, reference, brain, spacing, mimics, tissues, sid)
-                raw_prob = torch.sigmoid(logits).mean(0).clamp(0.0, 1.0).float().cpu().numpy()
+                raw_prob = mean_probability(logits).float().cpu().numpy()
                 for label, step_op, step_rescorer in steps:
                     p_step = finish_probability(raw_prob, step_op, brain_for_steps, spacing, step_rescorer, normalized)[0]
                     step_results[label].append(evaluate_subject(p_step.astype(np.float64), reference, spacing,

@@ -33,8 +33,6 @@ from lacunes.options import Backend
 logger = logging.getLogger(__name__)
 
 
-
-
 def openvino_version() -> str | None:
     """The installed OpenVINO runtime's version, or None when it is not installed."""
     try:

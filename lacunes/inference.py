@@ -244,6 +244,11 @@ def model_input(normalized: np.ndarray, settings: InferenceSettings) -> torch.Te
     return torch.cat(copies)[None]
 
 
+def mean_probability(variant_logits: torch.Tensor) -> torch.Tensor:
+    """The raw probability: the mean of the TTA variants' sigmoids (``V×X×Y×Z`` → ``X×Y×Z``), in [0, 1]."""
+    return torch.sigmoid(variant_logits).mean(0).clamp(0.0, 1.0)
+
+
 @dataclass
 class _WindowRun:
     """One volume's windowing: samples per network call (halved on CUDA out-of-memory) and the windows
@@ -368,8 +373,7 @@ class Predictor:
         """The network stage alone: the mean of the TTA variants' sigmoids (float32 (x, y, z)) of a
         normalized ``3×X×Y×Z`` array, before the second stage and the operating point (windows on the
         brain's box when ``brain`` is given, as at inference)."""
-        logits = self.variant_logits(normalized, brain, stats)
-        return torch.sigmoid(logits).mean(0).clamp(0.0, 1.0).float().cpu().numpy()
+        return mean_probability(self.variant_logits(normalized, brain, stats)).float().cpu().numpy()
 
     @property
     def weights_sha256(self) -> str:
@@ -526,7 +530,7 @@ class Predictor:
         if bad:
             logger.error("%d voxel(s) with non-finite network output; set to probability 0, uncertainty 1", bad)
             variant_logits = torch.nan_to_num(variant_logits, nan=0.0)
-        raw = torch.sigmoid(variant_logits).mean(0).clamp(0.0, 1.0)
+        raw = mean_probability(variant_logits)
         if bad:
             raw = torch.where(finite, raw, torch.zeros_like(raw))
         masking = mask is not None and op.mask_outside_brain

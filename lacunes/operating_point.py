@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from lacunes.metrics import ReferenceLesions, detection_counts
+from lacunes.metrics import ReferenceLesions, detection_counts, evaluate_subject, lesion_centres_mm
 from lacunes.postprocessing import OperatingPoint, finish_probability, logit
 
 #: The grid searched by :func:`choose_operating_point` (probability thresholds, minimum volumes in mm³,
@@ -144,7 +144,6 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
     from tqdm import tqdm
 
     from lacunes.instances import label_instances
-    from lacunes.metrics import evaluate_subject, lesion_centres_mm
 
     if volumes is None:
         volumes = MIN_VOLUMES_WITH_RESCORER_MM3 if rescorer is not None else MIN_VOLUMES_MM3
