@@ -11,6 +11,7 @@ instances of an element, then over the elements that have instances.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -40,6 +41,14 @@ class DiceBCELoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target.to(logits.dtype)
         return self.dice_weight * self.dice(logits, target) + self.bce_weight * self.bce(logits, target)
+
+
+class LossTerms(NamedTuple):
+    """What :meth:`BlobLoss.terms` computed: the loss to back-propagate and its terms as numbers."""
+
+    total: torch.Tensor
+    main: float
+    blob: float | None  # None: no blob term (beta = 0, or no instance in the batch)
 
 
 class BlobLoss(nn.Module):
@@ -75,7 +84,6 @@ class BlobLoss(nn.Module):
         self.alpha = alpha
         self.beta = beta
         self.connectivity = connectivity
-        self.last_terms: dict[str, float] = {}
 
     def label(self, target: torch.Tensor) -> torch.Tensor:
         """Connected components of a binary ``B×1×...`` target (computed on the CPU)."""
@@ -111,11 +119,17 @@ class BlobLoss(nn.Module):
     def forward(
         self, logits: torch.Tensor, target: torch.Tensor, instances: torch.Tensor | None = None
     ) -> torch.Tensor:
+        return self.terms(logits, target, instances).total
+
+    def terms(
+        self, logits: torch.Tensor, target: torch.Tensor, instances: torch.Tensor | None = None
+    ) -> LossTerms:
+        """The loss and its main and blob terms (the training loop logs both)."""
         if logits.shape != target.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} differ in shape")
         main = self.main(logits, target)
         total = self.alpha * main
-        terms = {"main": float(main.detach())}
+        blob_value = None
         if self.beta > 0:
             if instances is None:
                 instances = self.label(target)
@@ -124,6 +138,5 @@ class BlobLoss(nn.Module):
             blob = self.blob_term(logits.float(), instances)
             if blob is not None:
                 total = total + self.beta * blob
-                terms["blob"] = float(blob.detach())
-        self.last_terms = terms
-        return total
+                blob_value = float(blob.detach())
+        return LossTerms(total, float(main.detach()), blob_value)

@@ -25,6 +25,9 @@ def test_hand_computed_value():
     total = BlobLoss()(logits, target)
     # one instance whose region is the whole element: blob term = main term
     assert float(total) == pytest.approx(0.99 * expected_main, rel=1e-6)
+    terms = BlobLoss().terms(logits, target)
+    assert float(terms.total) == pytest.approx(float(total), rel=1e-6)
+    assert terms.main == pytest.approx(expected_main, rel=1e-6) and terms.blob == pytest.approx(expected_main, rel=1e-6)
 
 
 def test_perfect_lesion_costs_nothing_however_bad_the_others():
@@ -79,7 +82,8 @@ def test_batch_without_instances_is_the_main_loss_with_gradient():
     assert float(value.detach()) == pytest.approx(0.66 * float(DiceBCELoss()(logits, target).detach()), rel=1e-6)
     value.backward()
     assert logits.grad is not None and logits.grad.abs().sum() > 0
-    assert "blob" not in loss.last_terms
+    terms = loss.terms(logits, target)
+    assert terms.blob is None and terms.main == pytest.approx(float(DiceBCELoss()(logits, target)), rel=1e-6)
 
 
 def test_alpha_beta_edges():
@@ -109,3 +113,17 @@ def test_labels_a_binary_target_itself_with_the_chosen_connectivity():
 def test_shape_errors():
     with pytest.raises(ValueError, match="differ in shape"):
         BlobLoss()(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 2))
+
+
+def test_batch_dice_penalizes_false_positives_in_lesion_free_crops():
+    logits = torch.full((2, 1, 8, 8, 8), -8.0)
+    logits[0, 0, 2:4, 2:4, 2:4] = 8.0  # crop 0: its lesion, predicted right
+    target = (logits > 0).float()
+    logits[1, 0, 5:7, 5:7, 5:7] = 1.0  # crop 1 has no lesion: a false positive (p = 0.73)
+    grads = {}
+    for batch in (False, True):
+        x = logits.clone().requires_grad_(True)
+        DiceBCELoss(bce_weight=0.0, batch=batch)(x, target).backward()
+        grads[batch] = x.grad[1, 0, 5:7, 5:7, 5:7].abs().max().item()
+    assert grads[False] < 1e-6  # per crop: a lesion-free crop's Dice is ~1 whatever it predicts
+    assert grads[True] > 1e-3

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lacunes.network import NetworkConfig
-from lacunes.options import LabelMode, LossMode  # re-exported: the training vocabulary
+from lacunes.options import LabelMode, LossMode, OptimizerName, look_up_option  # re-exported: the training vocabulary
 from lacunes.preprocessing import NormalizationConfig
 
 
@@ -87,8 +87,7 @@ class TrainConfig:
         if self.mine_every < 0 or self.mine_subjects < 1:
             raise ValueError(f"mine_every must be >= 0 and mine_subjects >= 1, got {self.mine_every}, "
                              f"{self.mine_subjects}")
-        if self.optimizer not in ("ranger21", "adamw"):
-            raise ValueError(f"optimizer must be ranger21 or adamw, got {self.optimizer!r}")
+        look_up_option(self.optimizer, OptimizerName, "optimizer")
 
     def crop_shares(self):
         from lacunes.training.sampling import CropShares
@@ -179,6 +178,4 @@ PRESETS = {"valdo": VALDO, "cpu": CPU, "cpu-hardneg": CPU_HARDNEG, "gpu-hardneg"
 
 
 def get_preset(name: str) -> TrainConfig:
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    return PRESETS[name]
+    return PRESETS[look_up_option(name, list(PRESETS), "preset")]

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ import torch
 from lacunes.checkpoint import read_checkpoint, save_checkpoint, sha256_of
 from lacunes.conform import ModelSpace
 from lacunes.device import resolve_device
-from lacunes.losses import BlobLoss, DiceBCELoss
+from lacunes.losses import BlobLoss, DiceBCELoss, LossTerms
 from lacunes.network import build_network
 from lacunes.training.config import TrainConfig
 from lacunes.training.data import load_training_set
@@ -157,6 +158,248 @@ def plot_progress(run_dir: Path) -> Path | None:
     return out
 
 
+@dataclass(frozen=True)
+class _Hardware:
+    """Where this process trains: its device, rank and precision."""
+
+    device: torch.device
+    rank: int
+    world: int
+    use_amp: bool  # autocast on CUDA
+    amp_dtype: torch.dtype
+    cpu_bf16: bool  # bfloat16 autocast on a CPU that has it
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def _set_up_hardware(config: TrainConfig, device: str) -> _Hardware:
+    """The process group under ``torchrun``, the device, threads, seed and precision."""
+    rank, local_rank, world = _dist_info()
+    if world > 1:
+        import torch.distributed as dist
+
+        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
+        dist.init_process_group(backend=backend)
+        dev = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+    else:
+        dev = resolve_device(device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed + rank)
+    use_amp = config.amp and dev.type == "cuda"
+    # bfloat16 needs no loss scaling; float16 (GPUs without bfloat16) does.
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    cpu_bf16 = config.cpu_amp and dev.type == "cpu" and cpu_bf16_supported()
+    if config.cpu_amp and dev.type == "cpu" and not cpu_bf16:
+        logger.warning("cpu_amp: this CPU has no native bfloat16 (AMX / AVX-512 BF16); training in float32")
+    return _Hardware(dev, rank, world, use_amp, amp_dtype, cpu_bf16)
+
+
+def _tear_down(source, hw: _Hardware | None, handler: logging.Handler | None) -> None:
+    if source is not None:
+        source.close()
+    if hw is not None and hw.distributed:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if handler is not None:
+        logging.getLogger("lacunes").removeHandler(handler)
+        handler.close()
+
+
+def _data_source(config: TrainConfig, data_dir, generated, payload: dict | None, hw: _Hardware, progress: bool):
+    """The subjects to train on, held where they fit: returns ``(source, batches_per_epoch)``."""
+    if generated is None:
+        subjects = load_training_set(Path(data_dir), config, progress=progress and hw.rank == 0)
+        batches_per_epoch = config.batches_per_epoch or -(-len(subjects) // (config.batch_size * hw.world))
+        where = holding_device(sum(subject_bytes(sub) for sub in subjects), hw.device)
+        pin = hw.device.type == "cuda" and where.type == "cpu"
+        source = FolderSource([hold(sub, where, pin) for sub in subjects], config.batch_size,
+                              config.batches_per_epoch, hw.rank, hw.world, config.seed)
+        logger.info("training subjects held on %s", where)
+        return source, batches_per_epoch
+    from lacunes.training.generated import GeneratedSource
+
+    batches_per_epoch = config.batches_per_epoch or -(-generated.size // (config.batch_size * hw.world))
+    stream = (payload or {}).get("training_state", {}).get("generated") or {}
+    if stream and stream.get("seed") != generated.seed:
+        raise ConfigMismatchError(f"the run to resume was trained on phantoms of seed {stream.get('seed')}, "
+                                  f"not {generated.seed}")
+    source = GeneratedSource(generated, config, hw.device, batches_per_epoch, hw.rank, hw.world,
+                             start=stream.get("next_k", 0), progress=progress and hw.rank == 0)
+    if stream:
+        logger.info("generated phantoms continue at k = %d (seed %d)", stream["next_k"], generated.seed)
+    return source, batches_per_epoch
+
+
+def _network(config: TrainConfig, hw: _Hardware) -> torch.nn.Module:
+    """The network to train, from ``config.init_from``'s weights when given, on the device."""
+    net = build_network(config.network)
+    if config.init_from:
+        from lacunes.checkpoint import load_network
+
+        start_net, start_payload = load_network(config.init_from)
+        if start_payload["network"] != config.network.to_dict():
+            raise ConfigMismatchError(f"{config.init_from} holds another network: {start_payload['network']}")
+        net.load_state_dict(start_net.state_dict())
+        logger.info("starting from the weights of %s", config.init_from)
+        calibrated = [k for k in ("operating_point", "rescorer") if start_payload.get("metadata", {}).get(k)]
+        if calibrated and hw.rank == 0:
+            logger.warning("%s is calibrated (%s); the checkpoints of this run are not, and predict at p >= 0.5 "
+                           "with no second stage until calibrated again on labelled subjects "
+                           "(lacunes calibrate)", config.init_from, " and ".join(calibrated).replace("_", " "))
+    return net.to(hw.device)
+
+
+def _metadata(config: TrainConfig, data_dir, generated, source, data_provenance, hw: _Hardware) -> dict:
+    """What every checkpoint of the run records besides its weights."""
+    if data_provenance:
+        data = data_provenance
+    elif generated is None:
+        data = {"folder": str(data_dir), "subjects": [s.subject_id for s in source.subjects]}
+    else:
+        data = {"generated": generated.to_dict()}
+    return {
+        "train_config": config.to_dict(),
+        "normalization": {"method": "quantile", "lower": config.normalization.lower,
+                          "upper": config.normalization.upper},
+        "data": data,
+        "model_space": ModelSpace().to_dict(),  # where the training subjects are (lacunes.conform)
+        "init_from": ({"path": str(config.init_from), "sha256": sha256_of(config.init_from)}
+                      if config.init_from else None),
+        "hardware": {"device": str(hw.device.type), "world_size": hw.world, "cpu_bf16": hw.cpu_bf16,
+                     "name": torch.cuda.get_device_name(hw.device) if hw.device.type == "cuda" else "cpu"},
+    }
+
+
+@dataclass
+class _Trainer:
+    """The pieces one epoch needs, built once by :func:`train`."""
+
+    config: TrainConfig
+    hw: _Hardware
+    net: torch.nn.Module  # the weights (what checkpoints hold)
+    model: torch.nn.Module  # what the batches go through (``net`` or its DDP wrapper)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    loss_fn: BlobLoss
+    source: object
+    batcher: DeviceBatcher
+    batches_per_epoch: int
+
+    def resume(self, payload: dict) -> tuple[int, float]:
+        """Weights, optimizer, scaler and mined crop centres from ``payload``; returns ``(epoch, elapsed_s)``."""
+        self.net.load_state_dict(payload["state_dict"])
+        state = payload["training_state"]
+        _restore_optimizer(self.optimizer, state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        by_id = {sub.subject_id: sub for sub in self.source.subjects}
+        for sid, centres in state.get("hard_centres", {}).items():
+            if sid in by_id:
+                by_id[sid].candidates.hard = np.asarray(centres, np.int64).reshape(-1, 3)
+        return state["epoch"], state["elapsed_s"]
+
+    def mining_due(self, epoch: int) -> bool:
+        """Mine before epoch ``epoch`` (0-based): every ``mine_every`` epochs, and before the first
+        epoch when the run starts from trained weights."""
+        every = self.config.mine_every
+        return every > 0 and epoch % every == 0 and (epoch > 0 or bool(self.config.init_from))
+
+    def mine(self, epoch: int) -> tuple[int, float]:
+        """Hard negatives on a rotating subset of subjects (the same on every process): ``(count, seconds)``."""
+        t0 = time.time()
+        subjects = self.source.subjects
+        k = min(self.config.mine_subjects, len(subjects))
+        rounds = epoch // self.config.mine_every
+        indices = [(rounds * k + j) % len(subjects) for j in range(k)]
+        found = mine_hard_negatives(self.net, subjects, indices, self.hw.device, bf16=self.hw.cpu_bf16)
+        seconds = time.time() - t0
+        logger.info("mined %d false positive(s) on %d subject(s) in %.0f s: %s", sum(found.values()), len(found),
+                    seconds, found)
+        return sum(found.values()), seconds
+
+    def step(self, batch: dict) -> LossTerms:
+        """One optimizer step on one batch."""
+        image, label, instances = batch["image"], batch["label"].float(), batch["instances"].long()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.hw.cpu_bf16:
+            autocast = torch.autocast(device_type="cpu", dtype=torch.bfloat16)
+        else:
+            autocast = torch.autocast(device_type=self.hw.device.type, dtype=self.hw.amp_dtype, enabled=self.hw.use_amp)
+        with autocast:
+            logits = self.model(image)
+        terms = self.loss_fn.terms(logits.float(), label, instances)
+        self.scaler.scale(terms.total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return terms
+
+    def epoch(self, epoch: int, progress: bool) -> dict:
+        """Mining when due, then one pass over the epoch's batches; returns the ``metrics.csv`` row."""
+        from tqdm import tqdm
+
+        self.model.train()
+        self.batcher.set_epoch(epoch)
+        t0 = time.time()
+        mined, mining_seconds = self.mine(epoch) if self.mining_due(epoch) else ("", 0.0)
+        loss_sum = main_sum = blob_sum = 0.0
+        n_blob = n_batches = n_crops = 0
+        data_seconds = 0.0
+        bar = tqdm(total=self.batches_per_epoch, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                   disable=not progress or self.hw.rank != 0, leave=False)
+        batches = self.source.epoch(epoch)
+        while True:
+            t_data = time.perf_counter()
+            held = next(batches, None)
+            if held is None:
+                break
+            batch = self.batcher(held)
+            data_seconds += time.perf_counter() - t_data
+            terms = self.step(batch)
+            loss_sum += float(terms.total.detach())
+            main_sum += terms.main
+            if terms.blob is not None:
+                blob_sum += terms.blob
+                n_blob += 1
+            n_batches += 1
+            n_crops += batch["image"].shape[0]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / n_batches:.4f}")
+        bar.close()
+        lr = getattr(self.optimizer, "current_lr", self.optimizer.param_groups[0]["lr"])
+        return {"epoch": epoch + 1, "loss": loss_sum / max(n_batches, 1), "main": main_sum / max(n_batches, 1),
+                "blob": blob_sum / n_blob if n_blob else float("nan"), "lr": lr,
+                "seconds": round(time.time() - t0, 2), "crops": n_crops * self.hw.world, "mined_fp": mined,
+                "mining_seconds": round(mining_seconds, 1), "data_seconds": round(data_seconds, 2)}
+
+    def training_state(self, epoch: int, elapsed: float) -> dict:
+        """What ``--resume`` needs besides the weights."""
+        state = {"epoch": epoch, "elapsed_s": elapsed, "optimizer": _optimizer_state(self.optimizer),
+                 "scaler": self.scaler.state_dict(),
+                 "hard_centres": {sub.subject_id: sub.candidates.hard.tolist() for sub in self.source.subjects
+                                  if len(sub.candidates.hard)}}
+        if hasattr(self.source, "state"):  # generated phantoms: where the stream stands
+            state["generated"] = self.source.state()
+        return state
+
+
+METRIC_COLUMNS = ("epoch", "loss", "main", "blob", "lr", "seconds", "crops", "mined_fp", "mining_seconds",
+                  "data_seconds")
+
+
+def _record_epoch(run_dir: Path, row: dict, config: TrainConfig, batcher: DeviceBatcher) -> None:
+    with open(run_dir / METRICS, "a", newline="") as f:
+        csv.writer(f).writerow([row[c] for c in METRIC_COLUMNS])
+    logger.info("epoch %d/%d loss %.4f main %.4f blob %.4f lr %.2e %.1fs (getting batches %.1fs); "
+                "crops by kind so far: %s", row["epoch"], config.epochs, row["loss"], row["main"], row["blob"],
+                row["lr"], row["seconds"], row["data_seconds"], batcher.kind_counts)
+
+
 def train(
     config: TrainConfig,
     data_dir: str | os.PathLike,
@@ -184,222 +427,61 @@ def train(
         FileExistsError: ``run_dir`` holds a run and ``resume`` is False.
         ConfigMismatchError: ``resume`` with a different config.
     """
-    from tqdm import tqdm
-
     if (data_dir is None) == (generated is None):
         raise ValueError("train on a data folder or on generated phantoms (exactly one of them)")
-    rank, local_rank, world = _dist_info()
-    distributed = world > 1
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / LAST
     if last.exists() and not resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it or choose another folder")
+    rank = _dist_info()[0]
     if rank == 0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-    handler = _setup_logging(run_dir, rank) if rank == 0 else None
-
-    if distributed:
-        import torch.distributed as dist
-
-        backend = "nccl" if torch.cuda.is_available() and device != "cpu" else "gloo"
-        dist.init_process_group(backend=backend)
-        dev = torch.device("cuda", local_rank) if backend == "nccl" else torch.device("cpu")
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-    else:
-        dev = resolve_device(device)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed + rank)
-    use_amp = config.amp and dev.type == "cuda"
-    # bfloat16 needs no loss scaling; float16 (GPUs without bfloat16) does.
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    cpu_bf16 = config.cpu_amp and dev.type == "cpu" and cpu_bf16_supported()
-    if config.cpu_amp and dev.type == "cpu" and not cpu_bf16:
-        logger.warning("cpu_amp: this CPU has no native bfloat16 (AMX / AVX-512 BF16); training in float32")
-
-    source = None
+    handler = _setup_logging(run_dir, rank)
+    hw = source = None
     try:
+        hw = _set_up_hardware(config, device)
         if rank == 0:
             (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         payload = read_checkpoint(last) if resume and last.exists() else None
         if payload is not None and payload["metadata"].get("train_config") != config.to_dict():
             raise ConfigMismatchError(f"{last} was trained with another config; compare {run_dir / 'config.json'}")
-        if generated is None:
-            subjects = load_training_set(Path(data_dir), config, progress=progress and rank == 0)
-            batches_per_epoch = config.batches_per_epoch or -(-len(subjects) // (config.batch_size * world))
-            where = holding_device(sum(subject_bytes(sub) for sub in subjects), dev)
-            pin = dev.type == "cuda" and where.type == "cpu"
-            source = FolderSource([hold(sub, where, pin) for sub in subjects], config.batch_size,
-                                  config.batches_per_epoch, rank, world, config.seed)
-            logger.info("training subjects held on %s", where)
-        else:
-            from lacunes.training.generated import GeneratedSource
-
-            batches_per_epoch = config.batches_per_epoch or -(-generated.size // (config.batch_size * world))
-            stream = (payload or {}).get("training_state", {}).get("generated") or {}
-            if stream and stream.get("seed") != generated.seed:
-                raise ConfigMismatchError(f"{last} was trained on phantoms of seed {stream.get('seed')}, "
-                                          f"not {generated.seed}")
-            source = GeneratedSource(generated, config, dev, batches_per_epoch, rank, world,
-                                     start=stream.get("next_k", 0), progress=progress and rank == 0)
-            if stream:
-                logger.info("generated phantoms continue at k = %d (seed %d)", stream["next_k"], generated.seed)
-        batcher = DeviceBatcher(config, dev, seed=config.seed * 1000 + rank)
-        net = build_network(config.network)
-        if config.init_from:
-            from lacunes.checkpoint import load_network
-
-            start_net, start_payload = load_network(config.init_from)
-            if start_payload["network"] != config.network.to_dict():
-                raise ConfigMismatchError(f"{config.init_from} holds another network: {start_payload['network']}")
-            net.load_state_dict(start_net.state_dict())
-            logger.info("starting from the weights of %s", config.init_from)
-            calibrated = [k for k in ("operating_point", "rescorer") if start_payload.get("metadata", {}).get(k)]
-            if calibrated and rank == 0:
-                logger.warning("%s is calibrated (%s); the checkpoints of this run are not, and predict at p >= 0.5 "
-                               "with no second stage until calibrated again on labelled subjects "
-                               "(lacunes calibrate)", config.init_from, " and ".join(calibrated).replace("_", " "))
-        net = net.to(dev)
+        source, batches_per_epoch = _data_source(config, data_dir, generated, payload, hw, progress)
+        net = _network(config, hw)
         model = net
-        if distributed:
-            model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
-        optimizer = make_optimizer(config, model.parameters(), batches_per_epoch)
-        scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-        loss_fn = BlobLoss(main_criterion=DiceBCELoss(batch=config.batch_dice), alpha=config.alpha,
-                           beta=config.effective_beta, connectivity=config.connectivity)
-
+        if hw.distributed:
+            model = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[hw.device.index] if hw.device.type == "cuda" else None)
+        trainer = _Trainer(
+            config, hw, net, model, make_optimizer(config, model.parameters(), batches_per_epoch),
+            torch.amp.GradScaler("cuda", enabled=hw.use_amp and hw.amp_dtype == torch.float16),
+            BlobLoss(main_criterion=DiceBCELoss(batch=config.batch_dice), alpha=config.alpha,
+                     beta=config.effective_beta, connectivity=config.connectivity),
+            source, DeviceBatcher(config, hw.device, seed=config.seed * 1000 + rank), batches_per_epoch)
         start_epoch, elapsed = 0, 0.0
         if payload is not None:
-            net.load_state_dict(payload["state_dict"])
-            state = payload["training_state"]
-            _restore_optimizer(optimizer, state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            start_epoch, elapsed = state["epoch"], state["elapsed_s"]
-            by_id = {sub.subject_id: sub for sub in source.subjects}
-            for sid, centres in state.get("hard_centres", {}).items():
-                if sid in by_id:
-                    by_id[sid].candidates.hard = np.asarray(centres, np.int64).reshape(-1, 3)
+            start_epoch, elapsed = trainer.resume(payload)
             logger.info("resumed from %s at epoch %d", last, start_epoch)
-
-        metadata = {
-            "train_config": config.to_dict(),
-            "normalization": {"method": "quantile", "lower": config.normalization.lower,
-                              "upper": config.normalization.upper},
-            "data": data_provenance or (
-                {"folder": str(data_dir), "subjects": [s.subject_id for s in source.subjects]} if generated is None
-                else {"generated": generated.to_dict()}),
-            "model_space": ModelSpace().to_dict(),  # where the training subjects are (lacunes.conform)
-            "init_from": ({"path": str(config.init_from), "sha256": sha256_of(config.init_from)}
-                          if config.init_from else None),
-            "hardware": {"device": str(dev.type), "world_size": world, "cpu_bf16": cpu_bf16,
-                         "name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"},
-        }
+        metadata = _metadata(config, data_dir, generated, source, data_provenance, hw)
         if rank == 0 and start_epoch == 0:
             with open(run_dir / METRICS, "w", newline="") as f:
-                csv.writer(f).writerow(["epoch", "loss", "main", "blob", "lr", "seconds", "crops", "mined_fp",
-                                        "mining_seconds", "data_seconds"])
+                csv.writer(f).writerow(METRIC_COLUMNS)
         logger.info("training %s: %d epochs × %d batches, %d process(es) on %s",
-                    config.name, config.epochs, batches_per_epoch, world, dev)
-
-        def mining_due(epoch: int) -> bool:
-            """Mine before epoch ``epoch`` (0-based): every ``mine_every`` epochs, and before the first
-            epoch when the run starts from trained weights."""
-            if config.mine_every <= 0:
-                return False
-            return epoch % config.mine_every == 0 and (epoch > 0 or bool(config.init_from))
-
+                    config.name, config.epochs, batches_per_epoch, hw.world, hw.device)
         for epoch in range(start_epoch, config.epochs):
-            model.train()
-            batcher.set_epoch(epoch)
-            t0 = time.time()
-            mined, mining_seconds = "", 0.0
-            if mining_due(epoch):
-                # Rotating subsets, the same on every process.
-                subjects = source.subjects
-                rounds = epoch // config.mine_every
-                k = min(config.mine_subjects, len(subjects))
-                indices = [(rounds * k + j) % len(subjects) for j in range(k)]
-                found = mine_hard_negatives(net, subjects, indices, dev, bf16=cpu_bf16)
-                mining_seconds = time.time() - t0
-                mined = sum(found.values())
-                logger.info("mined %d false positive(s) on %d subject(s) in %.0f s: %s", mined, len(found),
-                            mining_seconds, found)
-            sums = {"loss": 0.0, "main": 0.0, "blob": 0.0}
-            n_blob, n_batches, n_crops, data_seconds = 0, 0, 0, 0.0
-            bar = tqdm(total=batches_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not progress or rank != 0, leave=False)
-            batches = source.epoch(epoch)
-            while True:
-                t_data = time.perf_counter()
-                held = next(batches, None)
-                if held is None:
-                    break
-                batch = batcher(held)
-                data_seconds += time.perf_counter() - t_data
-                image = batch["image"]
-                label = batch["label"].float()
-                instances = batch["instances"].long()
-                optimizer.zero_grad(set_to_none=True)
-                if cpu_bf16:
-                    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
-                        logits = model(image)
-                else:
-                    with torch.autocast(device_type=dev.type, dtype=amp_dtype, enabled=use_amp):
-                        logits = model(image)
-                loss = loss_fn(logits.float(), label, instances)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                terms = loss_fn.last_terms
-                sums["loss"] += float(loss.detach())
-                sums["main"] += terms["main"]
-                if "blob" in terms:
-                    sums["blob"] += terms["blob"]
-                    n_blob += 1
-                n_batches += 1
-                n_crops += image.shape[0]
-                bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss'] / n_batches:.4f}")
-            bar.close()
-            seconds = time.time() - t0
-            elapsed += seconds
-            lr = getattr(optimizer, "current_lr", optimizer.param_groups[0]["lr"])
-            row = [epoch + 1, sums["loss"] / max(n_batches, 1), sums["main"] / max(n_batches, 1),
-                   sums["blob"] / n_blob if n_blob else float("nan"), lr, round(seconds, 2), n_crops * world, mined,
-                   round(mining_seconds, 1), round(data_seconds, 2)]
-            if rank == 0:
-                with open(run_dir / METRICS, "a", newline="") as f:
-                    csv.writer(f).writerow(row)
-                logger.info("epoch %d/%d loss %.4f main %.4f blob %.4f lr %.2e %.1fs (getting batches %.1fs); "
-                            "crops by kind so far: %s", epoch + 1, config.epochs, *row[1:6], data_seconds,
-                            batcher.kind_counts)
-                last_epoch = epoch + 1 == config.epochs
-                if (epoch + 1) % config.checkpoint_every == 0 or last_epoch:
-                    state = {"epoch": epoch + 1, "elapsed_s": elapsed, "optimizer": _optimizer_state(optimizer),
-                             "scaler": scaler.state_dict(),
-                             "hard_centres": {sub.subject_id: sub.candidates.hard.tolist() for sub in source.subjects
-                                              if len(sub.candidates.hard)}}
-                    if generated is not None:
-                        state["generated"] = source.state()
-                    save_checkpoint(last, net, config.network, {**metadata, "epoch": epoch + 1,
-                                                                "training_seconds": elapsed}, extra_state=state)
-                    plot_progress(run_dir)
+            row = trainer.epoch(epoch, progress)
+            elapsed += row["seconds"]
+            if rank != 0:
+                continue
+            _record_epoch(run_dir, row, config, trainer.batcher)
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                save_checkpoint(last, net, config.network, {**metadata, "epoch": epoch + 1, "training_seconds": elapsed},
+                                extra_state=trainer.training_state(epoch + 1, elapsed))
+                plot_progress(run_dir)
         final = ckpt_dir / FINAL
         if rank == 0:
-            save_checkpoint(final, net, config.network,
-                            {**metadata, "epoch": config.epochs, "training_seconds": elapsed})
+            save_checkpoint(final, net, config.network, {**metadata, "epoch": config.epochs, "training_seconds": elapsed})
             logger.info("done in %.0f s: %s", elapsed, final)
         return final
     finally:
-        if source is not None:
-            source.close()
-        if distributed:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
-        if handler is not None:
-            logging.getLogger("lacunes").removeHandler(handler)
-            handler.close()
+        _tear_down(source, hw, handler)
