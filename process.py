@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         op = predictor.operating_point
         logger.info("model %s, preset %s, device %s, %s, backend %s, %d TTA variant(s), operating point: "
                     "probability >= %g, lesions >= %g mm³", model, args.preset, predictor.device, predictor.precision,
-                    predictor.backend, len(predictor.plan.variants), op.threshold, op.min_volume_mm3)
+                    predictor.backend, predictor.variants, op.threshold, op.min_volume_mm3)
         logger.info("model: %s", predictor.data_statement)
         if grand_challenge:
             run_grand_challenge(predictor, subjects[0], output_path, args.resample, checked)

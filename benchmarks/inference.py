@@ -61,8 +61,9 @@ def one(spec: str, model: Path, case: Path, out: Path, device: str) -> dict:
     import numpy as np
     import torch
 
-    from lacunes.inference import PRESETS, Precision, Predictor, reference_predict
+    from lacunes.inference import PRESETS, ModelInput, Precision, Predictor
     from lacunes.preprocessing import prepare_image
+    from lacunes.windowing import reference_predict, roi_for
 
     kind, preset, precision, *flags = spec.split("/")
     image = load_case(case)
@@ -77,7 +78,7 @@ def one(spec: str, model: Path, case: Path, out: Path, device: str) -> dict:
         from lacunes.backends import OpenVINONetwork
 
         t0 = time.perf_counter()
-        predictor._compiled = OpenVINONetwork(predictor.network, predictor.precision.value)
+        predictor.stage._compiled = OpenVINONetwork(predictor.network, predictor.precision.value)
         prepare = time.perf_counter() - t0
 
     stats: dict = {}
@@ -85,9 +86,11 @@ def one(spec: str, model: Path, case: Path, out: Path, device: str) -> dict:
     def run():
         if kind == "baseline":
             return reference_predict(predictor.network, normalized, settings, predictor.device,
-                                     sw_batch_size=predictor.window_batch(),
+                                     sw_batch_size=predictor.stage.window_batch(),
                                      allow_tf32=Precision(precision) == Precision.TF32)
-        return predictor.raw_probability(normalized, None, stats)  # the network stage, as the baseline computes it
+        raw = predictor.raw(ModelInput(normalized))  # the network stage, as the baseline computes it
+        stats.update(raw.stats)
+        return raw.probability
 
     times = []
     for _ in range(2 if cuda else 1):
@@ -103,9 +106,9 @@ def one(spec: str, model: Path, case: Path, out: Path, device: str) -> dict:
     resolved = str(predictor.precision) if kind == "project" else precision  # e.g. float16 runs as float32 on a CPU
     result = {"spec": spec, "kind": kind, "preset": preset, "precision": resolved, "seconds": times[-1],
               "cold_seconds": times[0], "device": str(predictor.device),
-              "channels_last": predictor.channels_last if kind == "project" else False,
+              "channels_last": predictor.stage.channels_last if kind == "project" else False,
               "peak_host_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-              "variants": len(predictor.plan.variants), "roi": list(predictor.roi_for(normalized.shape[1:])),
+              "variants": predictor.variants, "roi": list(roi_for(predictor.settings, normalized.shape[1:])),
               "backend": str(predictor.backend) if kind == "project" else "torch", "prepare_seconds": prepare,
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     if kind == "project":
@@ -123,12 +126,14 @@ def flops_per_volume(predictor, shape) -> float:
     from monai.inferers.utils import _get_scan_interval, dense_patch_slices
     from torch.utils.flop_counter import FlopCounterMode
 
-    roi = predictor.roi_for(shape)
+    from lacunes.windowing import CHANNELS, roi_for
+
+    roi = roi_for(predictor.settings, shape)
     padded = [max(s, r) for s, r in zip(shape, roi)]
     n_windows = len(dense_patch_slices(padded, roi, _get_scan_interval(padded, roi, 3, (predictor.settings.overlap,) * 3)))
     with FlopCounterMode(display=False) as counter, torch.inference_mode():
-        predictor.network(torch.zeros(1, 3, *roi, device=predictor.device))
-    return counter.get_total_flops() * n_windows * len(predictor.plan.variants)
+        predictor.network(torch.zeros(1, CHANNELS, *roi, device=predictor.device))
+    return counter.get_total_flops() * n_windows * predictor.variants
 
 
 def main() -> int:

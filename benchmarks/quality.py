@@ -37,7 +37,7 @@ from results_md import device_label, replace_section  # noqa: E402
 
 from lacunes.breakdown import CATEGORIES, classify_predictions, summarize_breakdown  # noqa: E402
 from lacunes.evaluation import load_reference  # noqa: E402
-from lacunes.inference import PRESETS, Predictor, mean_probability  # noqa: E402
+from lacunes.inference import PRESETS, ModelInput, Predictor  # noqa: E402
 from lacunes.io import read_subject, read_volume, write_volume  # noqa: E402
 from lacunes.layouts import find_valdo_subjects  # noqa: E402
 from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
@@ -152,12 +152,11 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
         case = load()
         sid, reference, spacing, mimics, tissues = case.subject_id, case.reference, case.spacing, case.mimics, case.tissues
         image = repair_nonfinite(case.image)
-        mask = predictor.brain(image)
+        mask = brain_mask(image) if predictor.operating_point.mask_outside_brain else None
         normalized = prepare_image(image, predictor.normalization)
-        logits = predictor.variant_logits(normalized, mask)  # on the brain's box, as at inference
+        raw = predictor.raw(ModelInput(normalized, mask, spacing))  # on the brain's box, as at inference
         for mode in modes:
-            prob, unc = (t.cpu().numpy() for t in predictor.maps_from_logits(logits, mode, mask, spacing,
-                                                                                        image=normalized))
+            prob, unc = predictor.finish(raw, uncertainty=mode)
             if case.geometry is not None:
                 d = work / str(mode)
                 write_volume(prob, case.geometry, d / case.prediction_name)
@@ -170,7 +169,7 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
                 brain = mask if mask is not None else (image != 0).any(0)
                 brain_for_steps = mask if mask is not None else brain_mask(image)
                 rows += classify_predictions(prob, reference, brain, spacing, mimics, tissues, sid)
-                raw_prob = mean_probability(logits).float().cpu().numpy()
+                raw_prob = raw.probability
                 for label, step_op, step_rescorer in steps:
                     p_step = finish_probability(raw_prob, step_op, brain_for_steps, spacing, step_rescorer, normalized)[0]
                     step_results[label].append(evaluate_subject(p_step.astype(np.float64), reference, spacing,
@@ -193,7 +192,7 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
         "found_5mm": (sum(les["detected"] for les in big), len(big)),
         "by_diameter": detection_by_diameter(lesions),
         "breakdown": summarize_breakdown(rows, len(main)),
-        "seconds_per_subject": float(np.mean(seconds)), "variants": len(predictor.plan.variants),
+        "seconds_per_subject": float(np.mean(seconds)), "variants": predictor.variants,
         "uncertain_brain_share": float(np.mean(uncertain)),
         "steps": [{"step": label, "summary": summarize(step_results[label]),
                    "fp_mean": float(np.mean([r.fp for r in step_results[label]])),

@@ -35,37 +35,37 @@ ROWS_SHOWN = 8
 
 
 def raw_case(predictor, files, cache: Path | None = None):
-    """(raw probability, normalized image, reference, spacing, brain mask) of one labelled subject: the
-    network's output (mean of the TTA variants' sigmoids) before the second stage and the operating
-    point, on the subject's own grid.
+    """(raw probability, normalized image, reference, spacing, brain mask) of one labelled subject in the
+    model's space: the subject conformed as inference conforms it (:meth:`lacunes.inference.Predictor.prepare`),
+    its rater labels as training conforms them, and the network's output (mean of the TTA variants'
+    sigmoids) before the second stage and the operating point.
 
     With ``cache``, the raw probability is read from / written to ``cache/<subject>.npy`` (the caller
     keys the folder by checkpoint weights and setting), so that choosing the operating point again
     does not predict again."""
     import numpy as np
 
-    from lacunes.evaluation import load_reference
-    from lacunes.io import read_subject
-    from lacunes.preprocessing import brain_mask, prepare_image, repair_nonfinite
+    from lacunes.io import read_subject, read_volume
 
     labels = files.label_paths()
     if not labels:
         raise ValueError(f"{files.subject_id}: no rater label next to {files.paths['T1']}")
     subject = read_subject(files.subject_id, files.paths)
-    image = repair_nonfinite(subject.image)
-    normalized = prepare_image(image, predictor.normalization)
-    mask = brain_mask(image)
+    model_input = predictor.prepare(subject)
     cached = None if cache is None else cache / f"{files.subject_id}.npy"
-    if cached is not None and cached.exists():
-        raw = np.load(cached)
-    else:
-        raw = predictor.raw_probability(normalized, mask)
+    raw = np.load(cached) if cached is not None and cached.exists() else None
+    if raw is None or raw.shape != model_input.normalized.shape[1:]:
+        raw = predictor.raw(model_input).probability
         if cached is not None:
             cache.mkdir(parents=True, exist_ok=True)
             np.save(cached.with_suffix(".tmp.npy"), raw)
             cached.with_suffix(".tmp.npy").replace(cached)
-    reference, _ = load_reference(tuple(labels.values()))
-    return raw, normalized, reference, subject.geometry.spacing, mask
+    raters = [read_volume(p)[0] for p in labels.values()]
+    if model_input.conform is not None:
+        raters = [model_input.conform.mask_to_model(r > 0) for r in raters]
+    # binary raters averaged (0, 0.5, 1); a single label file is taken as it is (lacunes.evaluation.load_reference)
+    reference = np.mean([(r > 0) if len(raters) > 1 else r for r in raters], axis=0).astype(np.float32)
+    return raw, model_input.normalized, reference, model_input.spacing, model_input.mask
 
 
 def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAULT_THRESHOLD, progress: bool = True):

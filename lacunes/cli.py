@@ -86,12 +86,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
     op = predictor.operating_point
     print(f"{len(items[shard_i - 1::shard_n])} subject(s) (shard {shard_i}/{shard_n}), model {model}, preset {args.preset}, "
-          f"{len(predictor.plan.variants)} TTA variant(s), device {predictor.device}, {predictor.precision}, "
+          f"{predictor.variants} TTA variant(s), device {predictor.device}, {predictor.precision}, "
           f"backend {predictor.backend}, "
           f"operating point: probability >= {op.threshold:g}, lesions >= {op.min_volume_mm3:g} mm³")
     print(f"model: {predictor.data_statement}")
-    if predictor.device.type == "cpu" and len(predictor.plan.variants) > 1:
-        print(f"note: the {args.preset} setting runs {len(predictor.plan.variants)} TTA variants at overlap "
+    if predictor.device.type == "cpu" and predictor.variants > 1:
+        print(f"note: the {args.preset} setting runs {predictor.variants} TTA variants at overlap "
               f"{settings.overlap:g}: on a CPU that is minutes a subject (the sample case on 2 cores: about 2 min with "
               "OpenVINO, 4 with PyTorch; benchmarks/RESULTS.md, 'Inference speed'); --preset fast runs one variant "
               "at overlap 0.25 in seconds")

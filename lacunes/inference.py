@@ -1,28 +1,21 @@
-"""The predictor used by ``process.py``, the CLI and the benchmarks.
+"""The predictor used by ``process.py``, the CLI and the benchmarks: a subject in, probability and
+uncertainty maps on its own grid out.
 
-One pass of MONAI's ``sliding_window_inference`` serves every test-time-augmentation (TTA) variant:
-the noisy copies of the volume travel as extra input channels, and each batch of windows is
-expanded into all its variants (identity, flips, noisy copies), run through the network together,
-un-flipped and returned as one logit channel per variant, which the inferer blends over windows.
-This equals running ``sliding_window_inference`` once per variant (blending logits), then taking
-each variant's sigmoid and averaging — without the repeated padding, window gathering, stitching
-and the per-variant network calls of one sample each.
-
-TTA plans (``TTAMode``): ``none`` (identity), ``flips`` (identity + a flip along each of x, y, z: 4
-variants), ``full`` (the flips + ``n_noise`` copies with Gaussian noise of ``noise_std`` added to the
-normalized volume: 6 variants by default). **Probabilities are averaged** (the prediction is the mean
-of the variants' sigmoids); the variants' mean logit gives the default uncertainty.
+Two steps, both public: :meth:`Predictor.raw` (repair, conform to the model's space, normalize, the network
+stage of :mod:`lacunes.windowing`: sliding windows × TTA variants) returns a :class:`RawPrediction`;
+:meth:`Predictor.finish` turns it into maps (the variants' mean probability, the second stage, the operating
+point, the uncertainty, back onto the subject's grid) and returns a :class:`Prediction`. Calibration and the
+benchmarks run :meth:`~Predictor.raw` once and finish it as often as they need. **Probabilities are
+averaged** (the prediction is the mean of the TTA variants' sigmoids); the variants' mean logit gives the
+default uncertainty.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy as copying
-import functools
 import logging
 import math
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -31,12 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from lacunes.backends import OpenVINONetwork, resolve_backend
-from lacunes.conform import ModelSpace
+from lacunes.conform import Conform, ModelSpace
 from lacunes.conform import plan as conform_plan
-from lacunes.device import resolve_device
 from lacunes.io import Subject
 from lacunes.options import (
+    MODALITIES,
     NORMALIZATION_QUANTILES,
     Backend,
     BlendMode,
@@ -48,19 +40,9 @@ from lacunes.options import (
 from lacunes.postprocessing import OperatingPoint, finish_probability, logit
 from lacunes.preprocessing import NormalizationConfig, brain_mask, count_nonfinite, prepare_image, repair_nonfinite
 from lacunes.uncertainty import uncertainty_map
+from lacunes.windowing import WindowedNetwork, mean_probability
 
 logger = logging.getLogger(__name__)
-
-#: Host memory per window voxel for one network sample on the CPU (measured: a 256×256×64 window of
-#: the recipe's BasicUNet peaks at about 5.3 GB RSS in float32).
-CPU_BYTES_PER_VOXEL = 1250
-#: The same on CUDA, per sample, float16 autocast (measured on an H200: 20.4 GB for 7 recipe windows,
-#: ~695 bytes a voxel; float32/tf32 take 36 GB, ~1230, counted as twice this). OOM halves anyway.
-CUDA_BYTES_PER_VOXEL = 700
-#: Widest activation of the recipe's network at full resolution (the first decoder level concatenates
-#: 32 + 32 channels). Samples per CUDA call are capped so that such an activation keeps under 2**31
-#: elements, the limit of the 32-bit indexing of several CUDA kernels (7 windows of 256×256×64).
-WIDEST_CHANNELS = 64
 
 
 @dataclass(frozen=True)
@@ -71,7 +53,7 @@ class InferenceSettings:
         roi_size: sliding-window size (x, y, z).
         overlap: window overlap in [0, 1).
         sw_batch_size: windows per network call; None = 7 on a GPU (the recipe), 1 on the CPU.
-        tta: the TTA plan (see the module docstring).
+        tta: the TTA plan (:mod:`lacunes.windowing`).
         n_noise: noisy copies in the ``full`` plan.
         noise_std: standard deviation of the TTA noise (normalized units, where WM ≈ 0.5–1).
         blend: how overlapping windows are blended.
@@ -146,17 +128,6 @@ class InferenceSettings:
                 for k, v in self.__dict__.items()}
 
 
-@contextlib.contextmanager
-def backend_flags(device: torch.device, allow_tf32: bool) -> Iterator[None]:
-    """On CUDA: cuDNN autotuning on (all windows share one shape, so the search pays once per process)
-    and TF32 convolutions on or off; the previous flags come back afterwards. Elsewhere: nothing."""
-    if device.type != "cuda":
-        yield
-        return
-    with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False, allow_tf32=allow_tf32):
-        yield
-
-
 #: The published recipe, its window (256×256×64) shrunk to the brain's box where that is smaller: a
 #: window that is mostly zero padding shifts the network's instance-normalization statistics away from
 #: training, and on the brain-cropped phantoms (153×189×159) the unshrunk window found 1 of 4 lacunes of
@@ -168,26 +139,6 @@ FAST = InferenceSettings(overlap=0.25, tta=TTAMode.NONE, blend=BlendMode.GAUSSIA
 PRESETS = {"full": FULL, "fast": FAST}
 
 
-@dataclass
-class TTAPlan:
-    """Variants: a flip (tensor dims to flip) applied to an input copy (0 = clean, k = k-th noisy)."""
-
-    variants: list[tuple[int, tuple[int, ...]]] = field(default_factory=list)
-
-    @classmethod
-    def from_settings(cls, settings: InferenceSettings) -> TTAPlan:
-        variants: list[tuple[int, tuple[int, ...]]] = [(0, ())]
-        if settings.tta in (TTAMode.FLIPS, TTAMode.FULL):
-            variants += [(0, (2,)), (0, (3,)), (0, (4,))]
-        if settings.tta == TTAMode.FULL:
-            variants += [(k, ()) for k in range(1, settings.n_noise + 1)]
-        return cls(variants)
-
-    @property
-    def n_copies(self) -> int:
-        return 1 + max(c for c, _ in self.variants)
-
-
 #: More voxels than this with a non-finite network output is an error (:class:`NonFiniteOutputError`);
 #: up to this many are set to probability 0 and uncertainty 1 (logged).
 NONFINITE_OUTPUT_LIMIT = 100
@@ -197,66 +148,41 @@ class NonFiniteOutputError(ValueError):
     """The network's output is not finite beyond a few voxels (damaged weights, overflow)."""
 
 
-#: Voxels kept around the brain's bounding box when cropping (``brain_only``). None are needed: the
-#: maps are 0 outside the brain, and the background of a skull-stripped scan is 0, which is also what
-#: the windows are padded with; every voxel more can add a window (the clinical-size benchmark's
-#: phantom: 3 windows along z at margin 0, 4 at margin 8).
-CROP_MARGIN = 0
-#: The logit given to windows that hold no brain (they are not run; everything there is masked).
-EMPTY_LOGIT = -20.0
+@dataclass
+class ModelInput:
+    """A subject made ready for the network (:meth:`Predictor.prepare`), in the model's space.
 
+    Attributes:
+        normalized: the ``C×X×Y×Z`` network input (the second stage reads it too).
+        mask: the brain mask (:func:`lacunes.preprocessing.brain_mask`; applied when the operating point
+            masks, None for none).
+        spacing: the model grid's voxel size (mm).
+        conform: how the subject came to the model's space (None: it was there).
+        native_brain: the brain mask on the subject's own grid, where the maps are resampled back.
+    """
 
-def brain_box(brain: np.ndarray, margin: int = CROP_MARGIN) -> tuple[slice, slice, slice]:
-    """The bounding box of a non-empty mask, grown by ``margin`` voxels and clipped to the volume."""
-    from lacunes.instances import bounding_box
-
-    box = bounding_box(brain, margin)
-    if box is None:
-        raise ValueError("the brain mask is empty")
-    return box
-
-
-def _round16(n: int) -> int:
-    return int(-(-n // 16) * 16)
-
-
-#: The smallest window :func:`roi_for` shrinks to: the network halves its input four times and its
-#: instance normalization needs more than one voxel at the bottom (a 16-voxel window fails there).
-MIN_FITTED_ROI = 32
-
-
-def roi_for(settings: InferenceSettings, shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """The window for a volume: the settings' one, shrunk to the volume when ``fit_roi_to_image``
-    (rounded up to 16, at least :data:`MIN_FITTED_ROI`; a smaller volume is padded with zeros)."""
-    roi = tuple(int(r) for r in settings.roi_size)
-    if settings.fit_roi_to_image:
-        roi = tuple(min(r, max(MIN_FITTED_ROI, _round16(s))) for r, s in zip(roi, shape))
-    return roi
-
-
-def model_input(normalized: np.ndarray, settings: InferenceSettings) -> torch.Tensor:
-    """``1×3·copies×X×Y×Z``: the clean volume followed by its noisy TTA copies (seeded)."""
-    clean = torch.from_numpy(np.ascontiguousarray(normalized, dtype=np.float32))
-    copies = [clean]
-    gen = torch.Generator().manual_seed(settings.seed)
-    for _ in range(1, TTAPlan.from_settings(settings).n_copies):
-        copies.append(clean + settings.noise_std * torch.randn(clean.shape, generator=gen))
-    return torch.cat(copies)[None]
-
-
-def mean_probability(variant_logits: torch.Tensor) -> torch.Tensor:
-    """The raw probability: the mean of the TTA variants' sigmoids (``V×X×Y×Z`` → ``X×Y×Z``), in [0, 1]."""
-    return torch.sigmoid(variant_logits).mean(0).clamp(0.0, 1.0)
+    normalized: np.ndarray
+    mask: np.ndarray | None = None
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    conform: Conform | None = None
+    native_brain: np.ndarray | None = None
 
 
 @dataclass
-class _WindowRun:
-    """One volume's windowing: samples per network call (halved on CUDA out-of-memory) and the windows
-    run against the windows in all (``brain_only``)."""
+class RawPrediction:
+    """The network stage of one subject (:meth:`Predictor.raw`): its input, one logit channel per TTA
+    variant (``V×X×Y×Z`` float32, on the device) and the windowing's numbers (window size, windows run,
+    samples per call, backend, conforming)."""
 
-    chunk: int
-    windows_run: int = 0
-    windows: int = 0
+    input: ModelInput
+    variant_logits: torch.Tensor
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def probability(self) -> np.ndarray:
+        """The raw probability (float32, model space): the mean of the variants' sigmoids, before the
+        second stage and the operating point."""
+        return mean_probability(self.variant_logits).float().cpu().numpy()
 
 
 @dataclass
@@ -277,11 +203,72 @@ class Prediction:
         return (self.probability, self.uncertainty)[index]
 
 
+def finish_maps(variant_logits: torch.Tensor, op: OperatingPoint, rescorer, uncertainty: UncertaintyMode | str,
+                mask: np.ndarray | None, spacing: tuple[float, float, float], image: np.ndarray | None,
+                source: Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Probability, uncertainty (float32 (x, y, z)) and post-processing counts from ``V×X×Y×Z`` logits.
+
+    The probability is the mean of the variants' sigmoids, 0 outside ``mask`` (when given and the
+    operating point masks), with the candidates the second stage rejects removed (``image``: the
+    normalized input it needs), recalibrated so that 0.5 means the operating point's threshold,
+    detected lesions extended (hysteresis) and lesions under the minimum size removed
+    (:func:`lacunes.postprocessing.finish_probability`). The uncertainty is computed from the logits
+    shifted to the threshold each voxel was judged against, 1 on candidates the second stage
+    rejected, 0 outside ``mask``.
+    Voxels with a non-finite logit in any variant get probability 0 and uncertainty 1 (logged); more than
+    :data:`NONFINITE_OUTPUT_LIMIT` of them raise :class:`NonFiniteOutputError` (naming ``source``)."""
+    finite = torch.isfinite(variant_logits).all(0)
+    bad = int((~finite).sum())
+    if bad > NONFINITE_OUTPUT_LIMIT:
+        raise NonFiniteOutputError(
+            f"the network's output is NaN or infinite in {bad} of {finite.numel()} voxels: the weights"
+            + (f" of {source}" if source else "")
+            + " are probably damaged (or the arithmetic overflowed: try --precision float32); no map written")
+    if bad:
+        logger.error("%d voxel(s) with non-finite network output; set to probability 0, uncertainty 1", bad)
+        variant_logits = torch.nan_to_num(variant_logits, nan=0.0)
+    raw = mean_probability(variant_logits)
+    if bad:
+        raw = torch.where(finite, raw, torch.zeros_like(raw))
+    masking = mask is not None and op.mask_outside_brain
+    prob, stats, threshold, rejected = finish_probability(raw.float().cpu().numpy(), op, mask if masking else None,
+                                                          spacing, rescorer, image)
+    if isinstance(threshold, np.ndarray):
+        shift = torch.from_numpy(logit(threshold).astype(np.float32)).to(variant_logits.device)
+    else:
+        shift = op.logit_shift
+    unc = uncertainty_map(uncertainty, variant_logits - shift)
+    if bad:
+        unc = torch.where(finite, unc, torch.ones_like(unc))
+    if rejected is not None:
+        unc = torch.where(torch.from_numpy(rejected).to(unc.device), torch.ones_like(unc), unc)
+    if masking:
+        inside = torch.from_numpy(np.asarray(mask, bool)).to(unc.device)
+        unc = torch.where(inside, unc, torch.zeros_like(unc))
+    return prob, unc.float().cpu().numpy(), {**stats, "nonfinite_outputs": bad}
+
+
+def data_statement(metadata: dict) -> str:
+    """One line on what a checkpoint's network was trained on, and what a user should do about it."""
+    stated = metadata.get("data_statement")
+    if stated:
+        return str(stated)
+    data = metadata.get("data") or {}
+    if data.get("generated"):
+        return ("trained on synthetic phantoms only (generated, seed "
+                f"{data['generated'].get('seed')}), never on patient data: check it, or recalibrate it, on "
+                "labelled subjects of your cohort before trusting its maps")
+    if data.get("folder"):
+        return f"trained on the subjects in {data['folder']}" + (f" ({data['note']})" if data.get("note") else "")
+    return "its training data are not recorded in the checkpoint"
+
+
 class Predictor:
     """Lacune probability and uncertainty for a subject.
 
     Args:
-        network: maps ``B×3×X×Y×Z`` to logits ``B×1×X×Y×Z`` (any fully convolutional module).
+        network: maps ``B×C×X×Y×Z`` to logits ``B×1×X×Y×Z`` (any fully convolutional module; C the
+            modalities, :data:`lacunes.options.MODALITIES`).
         settings: :class:`InferenceSettings` (the recipe by default).
         normalization: the preprocessing the network was trained with.
         metadata: the checkpoint's description, kept for reports.
@@ -306,27 +293,13 @@ class Predictor:
         rescorer=None,
         model_space: ModelSpace = ModelSpace(),
     ) -> None:
-        self.settings = settings
+        self.stage = WindowedNetwork(network, settings)
+        self.settings = self.stage.settings  # bfloat16 an OpenVINO CPU lacks is float32 here
         self.model_space = model_space
         self.operating_point = operating_point
         self.rescorer = rescorer
         self.normalization = normalization
         self.metadata = metadata or {}
-        self.device = resolve_device(settings.device)
-        self.backend = resolve_backend(settings.backend, self.device, network)
-        if self.backend == Backend.OPENVINO and settings.precision == Precision.BFLOAT16:
-            from lacunes.backends import openvino_cpu_capabilities
-
-            offered = openvino_cpu_capabilities()
-            if "BF16" not in offered:  # OpenVINO would run float32 anyway, under another name
-                logger.warning("this CPU has no bfloat16 arithmetic (OpenVINO offers %s): running float32",
-                               ", ".join(offered))
-                self.settings = settings = settings.replace(precision=Precision.FLOAT32)
-        self.network = network.to(self.device).eval()
-        self._compiled: OpenVINONetwork | None = None  # converted on first use (lacunes.backends)
-        if self.channels_last:
-            self.network = self.network.to(memory_format=torch.channels_last_3d)
-        self.plan = TTAPlan.from_settings(settings)
         self.checkpoint: Path | None = None  # the file the weights came from (set by from_checkpoint)
         self._weights_sha256: str | None = None
 
@@ -368,12 +341,27 @@ class Predictor:
         other.operating_point, other.rescorer = operating_point, rescorer
         return other
 
-    def raw_probability(self, normalized: np.ndarray, brain: np.ndarray | None = None,
-                        stats: dict | None = None) -> np.ndarray:
-        """The network stage alone: the mean of the TTA variants' sigmoids (float32 (x, y, z)) of a
-        normalized ``3×X×Y×Z`` array, before the second stage and the operating point (windows on the
-        brain's box when ``brain`` is given, as at inference)."""
-        return mean_probability(self.variant_logits(normalized, brain, stats)).float().cpu().numpy()
+    @property
+    def network(self) -> torch.nn.Module:
+        return self.stage.network
+
+    @property
+    def device(self) -> torch.device:
+        return self.stage.device
+
+    @property
+    def backend(self) -> Backend:
+        return self.stage.backend
+
+    @property
+    def precision(self) -> Precision:
+        """The precision in effect on this device (``auto`` resolved)."""
+        return self.stage.precision
+
+    @property
+    def variants(self) -> int:
+        """TTA variants per window."""
+        return len(self.stage.plan.variants)
 
     @property
     def weights_sha256(self) -> str:
@@ -387,242 +375,14 @@ class Predictor:
 
     @property
     def data_statement(self) -> str:
-        """One line on what the network was trained on (from the checkpoint's metadata), and what a user
-        should do about it."""
-        stated = self.metadata.get("data_statement")
-        if stated:
-            return str(stated)
-        data = self.metadata.get("data") or {}
-        if data.get("generated"):
-            return ("trained on synthetic phantoms only (generated, seed "
-                    f"{data['generated'].get('seed')}), never on patient data: check it, or recalibrate it, on "
-                    "labelled subjects of your cohort before trusting its maps")
-        if data.get("folder"):
-            return f"trained on the subjects in {data['folder']}" + (f" ({data['note']})" if data.get("note") else "")
-        return "its training data are not recorded in the checkpoint"
+        """One line on what the network was trained on (:func:`data_statement`)."""
+        return data_statement(self.metadata)
 
-    # ------------------------------------------------------------------------------------------
-
-    @property
-    def channels_last(self) -> bool:
-        return bool(self.settings.channels_last)
-
-    @property
-    def precision(self) -> Precision:
-        """The precision in effect on this device (``auto`` resolved)."""
-        p = self.settings.precision
-        if p == Precision.AUTO:
-            return Precision.TF32 if self.device.type == "cuda" else Precision.FLOAT32
-        if self.device.type != "cuda" and p in (Precision.TF32, Precision.FLOAT16):
-            return Precision.FLOAT32
-        return p
-
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return {Precision.FLOAT16: torch.float16, Precision.BFLOAT16: torch.bfloat16}.get(self.precision)
-
-    def window_batch(self) -> int:
-        if self.settings.sw_batch_size is not None:
-            return self.settings.sw_batch_size
-        return 7 if self.device.type == "cuda" else 1
-
-    def samples_per_call(self, roi: tuple[int, ...]) -> int:
-        """How many network samples (windows × variants) run at once, from the memory at hand."""
-        if self.backend == Backend.OPENVINO:
-            # one at a time: the same seconds per sample as two at once (3.18 s for a 160×192×64 window on
-            # this project's 2-core CPU), for 1.64 GB of peak memory instead of 2.64
-            return 1
-        voxels = int(np.prod(roi))
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            per = voxels * (CUDA_BYTES_PER_VOXEL if self.autocast_dtype is not None else 2 * CUDA_BYTES_PER_VOXEL)
-            index_cap = max(1, (2**31 - 1) // (voxels * WIDEST_CHANNELS))
-            return max(1, min(index_cap, int(free * 0.8 // per)))
-        else:
-            per = voxels * CPU_BYTES_PER_VOXEL
-            budget = self.settings.memory_gb * 1e9
-        return max(1, int(budget // per))
-
-    def _run_network(self, x: torch.Tensor, run: _WindowRun) -> torch.Tensor:
-        """Network over a batch in chunks of ``run.chunk``; on CUDA out-of-memory the chunk halves (for the
-        rest of the volume) and retries."""
-        if self.backend == Backend.OPENVINO:  # one sample at a time (samples_per_call), the variants included
-            if self._compiled is None:
-                self._compiled = OpenVINONetwork(self.network, self.precision.value)
-            step = self.samples_per_call(tuple(x.shape[2:]))
-            return torch.cat([self._compiled(x[i:i + step]) for i in range(0, x.shape[0], step)])
-        outputs, i = [], 0
-        while i < x.shape[0]:
-            chunk = run.chunk or x.shape[0]
-            part = x[i:i + chunk]
-            if self.channels_last:
-                part = part.contiguous(memory_format=torch.channels_last_3d)
-            try:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                    enabled=self.autocast_dtype is not None):
-                    out = self.network(part)
-            except torch.cuda.OutOfMemoryError:
-                if chunk == 1:
-                    raise
-                run.chunk = max(1, chunk // 2)
-                logger.warning("CUDA out of memory with %d samples at once; retrying with %d", chunk, run.chunk)
-                torch.cuda.empty_cache()
-                continue
-            outputs.append(out.float().contiguous())
-            i += chunk
-        return torch.cat(outputs)
-
-    def _window_fn(self, windows: torch.Tensor, run: _WindowRun) -> torch.Tensor:
-        """``B×3·copies×…`` windows → ``B×V×…``: the un-flipped logit of each TTA variant."""
-        b = windows.shape[0]
-        copies = windows.reshape(b, self.plan.n_copies, 3, *windows.shape[2:])
-        batch = []
-        for copy, dims in self.plan.variants:
-            v = copies[:, copy]
-            batch.append(torch.flip(v, dims) if dims else v)
-        logits = self._run_network(torch.cat(batch), run)
-        logits = logits.reshape(len(self.plan.variants), b, 1, *windows.shape[2:])
-        restored = [torch.flip(logits[i], dims) if dims else logits[i] for i, (_, dims) in enumerate(self.plan.variants)]
-        return torch.cat(restored, dim=1)
-
-    def model_input(self, normalized: np.ndarray) -> torch.Tensor:
-        return model_input(normalized, self.settings)
-
-    def roi_for(self, shape: tuple[int, ...]) -> tuple[int, int, int]:
-        return roi_for(self.settings, shape)
-
-    @torch.inference_mode()
-    def predict_normalized(self, normalized: np.ndarray, mask: np.ndarray | None = None,
-                           spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), stats: dict | None = None
-                           ) -> tuple[np.ndarray, np.ndarray]:
-        """Probability and uncertainty (float32 (x, y, z), in [0, 1]) of a normalized ``3×X×Y×Z`` array,
-        with the operating point applied (``mask``: the brain, where the operating point masks); what was
-        computed goes into ``stats`` when given."""
-        brain = mask if mask is not None and self.operating_point.mask_outside_brain else None
-        prob, unc = self.maps_from_logits(self.variant_logits(normalized, brain, stats), self.settings.uncertainty,
-                                          mask, spacing, image=normalized, stats=stats)
-        return prob.cpu().numpy(), unc.cpu().numpy()
-
-    def maps_from_logits(self, variant_logits: torch.Tensor, uncertainty: UncertaintyMode | str,
-                         mask: np.ndarray | None = None, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
-                         operating_point: OperatingPoint | None = None, image: np.ndarray | None = None,
-                         stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probability and uncertainty from ``V×X×Y×Z`` logits, with the operating point applied.
-
-        The probability is the mean of the variants' sigmoids, 0 outside ``mask`` (when given and the
-        operating point masks), with the candidates the second stage rejects removed (``image``: the
-        normalized input it needs), recalibrated so that 0.5 means the operating point's threshold,
-        detected lesions extended (hysteresis) and lesions under the minimum size removed
-        (:func:`lacunes.postprocessing.finish_probability`). The uncertainty is computed from the logits
-        shifted to the threshold each voxel was judged against, 1 on candidates the second stage
-        rejected, 0 outside ``mask``.
-        Voxels with a non-finite logit in any variant get probability 0 and uncertainty 1 (logged); more than
-        :data:`NONFINITE_OUTPUT_LIMIT` of them raise :class:`NonFiniteOutputError`. ``stats`` (when given)
-        receives the post-processing's counts (:func:`lacunes.postprocessing.finish_probability`)."""
-        op = operating_point or self.operating_point
-        finite = torch.isfinite(variant_logits).all(0)
-        bad = int((~finite).sum())
-        if bad > NONFINITE_OUTPUT_LIMIT:
-            raise NonFiniteOutputError(
-                f"the network's output is NaN or infinite in {bad} of {finite.numel()} voxels: the weights"
-                + (f" of {self.checkpoint}" if self.checkpoint else "")
-                + " are probably damaged (or the arithmetic overflowed: try --precision float32); no map written")
-        if bad:
-            logger.error("%d voxel(s) with non-finite network output; set to probability 0, uncertainty 1", bad)
-            variant_logits = torch.nan_to_num(variant_logits, nan=0.0)
-        raw = mean_probability(variant_logits)
-        if bad:
-            raw = torch.where(finite, raw, torch.zeros_like(raw))
-        masking = mask is not None and op.mask_outside_brain
-        prob, finished_stats, threshold, rejected = finish_probability(raw.float().cpu().numpy(), op,
-                                                              mask if masking else None, spacing, self.rescorer, image)
-        if isinstance(threshold, np.ndarray):
-            shift = torch.from_numpy(logit(threshold).astype(np.float32)).to(variant_logits.device)
-        else:
-            shift = op.logit_shift
-        unc = uncertainty_map(uncertainty, variant_logits - shift)
-        if bad:
-            unc = torch.where(finite, unc, torch.ones_like(unc))
-        if rejected is not None:
-            unc = torch.where(torch.from_numpy(rejected).to(unc.device), torch.ones_like(unc), unc)
-        if masking:
-            inside = torch.from_numpy(np.asarray(mask, bool)).to(unc.device)
-            unc = torch.where(inside, unc, torch.zeros_like(unc))
-        if stats is not None:
-            stats.update(finished_stats, nonfinite_outputs=bad)
-        return torch.from_numpy(prob).to(unc.device), unc.float()
-
-    def _brain_window_fn(self, windows: torch.Tensor, run: _WindowRun) -> torch.Tensor:
-        """Like :meth:`_window_fn` on windows whose last channel is the brain mask: windows holding no
-        brain voxel are not run (:data:`EMPTY_LOGIT`)."""
-        has_brain = windows[:, -1].flatten(1).any(1)
-        out = torch.full((windows.shape[0], len(self.plan.variants), *windows.shape[2:]), EMPTY_LOGIT,
-                         device=windows.device)
-        run.windows_run += int(has_brain.sum())
-        run.windows += windows.shape[0]
-        if has_brain.any():
-            out[has_brain] = self._window_fn(windows[has_brain, :-1], run)
-        return out
-
-    @torch.inference_mode()
-    def variant_logits(self, normalized: np.ndarray, brain: np.ndarray | None = None,
-                       stats: dict | None = None) -> torch.Tensor:
-        """The window-blended logits of each TTA variant, ``V×X×Y×Z`` float32 (on the device).
-
-        With ``brain`` (the brain mask) and ``settings.brain_only``, only the brain's bounding box (plus
-        :data:`CROP_MARGIN`) is windowed and windows with no brain voxel are skipped; logits elsewhere
-        are :data:`EMPTY_LOGIT` (an empty mask runs nothing). ``stats`` (when given) receives the window
-        size, windows run and in all, samples per call, precision, backend and the box."""
-        from monai.inferers import sliding_window_inference
-
-        if normalized.ndim != 4 or normalized.shape[0] != 3:
-            raise ValueError(f"expected a 3×X×Y×Z array, got shape {normalized.shape}")
-        shape = normalized.shape[1:]
-        if brain is not None and brain.shape != shape:
-            raise ValueError(f"brain mask shape {brain.shape} != image shape {shape}")
-        crop = brain is not None and self.settings.brain_only
-        box = brain_box(brain) if crop and brain.any() else tuple(slice(0, n) for n in shape)
-        inner = normalized[(slice(None), *box)]
-        roi = self.roi_for(inner.shape[1:])
-        windows_per_call = self.window_batch()
-        run = _WindowRun(self.samples_per_call(roi))
-        stats = {} if stats is None else stats
-        stats.update(roi=roi, variants=len(self.plan.variants), samples_per_call=run.chunk,
-                     windows_per_call=windows_per_call, precision=str(self.precision), backend=str(self.backend),
-                     channels_last=self.channels_last, box=tuple((b.start, b.stop) for b in box))
-        if crop and not brain.any():
-            stats["windows_run"] = stats["windows"] = 0
-            return torch.full((len(self.plan.variants), *shape), EMPTY_LOGIT, device=self.device)
-        x = self.model_input(inner).to(self.device)
-        if crop:
-            x = torch.cat([x, torch.from_numpy(np.ascontiguousarray(brain[box]))[None, None].to(x)], dim=1)
-        with backend_flags(self.device, allow_tf32=self.precision == Precision.TF32):
-            logits = sliding_window_inference(
-                x, roi_size=roi, sw_batch_size=windows_per_call,
-                predictor=functools.partial(self._brain_window_fn if crop else self._window_fn, run=run),
-                overlap=self.settings.overlap, mode=str(self.settings.blend), padding_mode="constant", cval=0.0,
-                progress=self.settings.progress,
-            )[0].float()
-        if self._compiled is not None:  # its working memory is not needed while the maps are finished and written
-            self._compiled.release()
-        if crop:
-            stats["windows_run"], stats["windows"] = run.windows_run, run.windows
-        if inner.shape[1:] == shape:
-            return logits
-        out = torch.full((logits.shape[0], *shape), EMPTY_LOGIT, device=logits.device)
-        out[(slice(None), *box)] = logits
-        return out
-
-    def predict(self, subject: Subject | np.ndarray) -> Prediction:
-        """Probability and uncertainty maps of a subject (or a raw ``3×X×Y×Z`` array, taken as already in
-        the model's space), with what was computed (:class:`Prediction`; ``prob, unc = predict(...)``).
-
-        Non-finite input voxels are repaired first (see :func:`lacunes.preprocessing.repair_nonfinite`);
-        a subject is then conformed to the model's space (``settings.conform``, :mod:`lacunes.conform`);
-        each channel is quantile-normalized. Both outputs are float32 (x, y, z) in [0, 1] on the subject's
-        own grid, with the operating point applied: 0 outside the brain
-        (:func:`lacunes.preprocessing.brain_mask`).
-        """
+    def prepare(self, subject: Subject | np.ndarray) -> ModelInput:
+        """A subject (or a raw ``C×X×Y×Z`` array, taken as already in the model's space) made ready for the
+        network: non-finite voxels repaired (:func:`lacunes.preprocessing.repair_nonfinite`), conformed to
+        the model's space (``settings.conform``, :mod:`lacunes.conform`), the brain masked
+        (:func:`lacunes.preprocessing.brain_mask`), each channel quantile-normalized."""
         image = subject.image if isinstance(subject, Subject) else np.asarray(subject, dtype=np.float32)
         spacing = subject.geometry.spacing if isinstance(subject, Subject) else (1.0, 1.0, 1.0)
         counts = count_nonfinite(image)
@@ -634,59 +394,55 @@ class Predictor:
             conform = conform_plan(subject.geometry, self.model_space)
             if not conform.identity:
                 logger.info("%s: to the model's space: %s", subject.subject_id, conform.describe())
-                image = conform.to_model(image)
-                spacing = conform.model.spacing
-        for name, channel in zip(("T1", "T2", "FLAIR"), image):
+                image, spacing = conform.to_model(image), conform.model.spacing
+        for name, channel in zip(MODALITIES, image):
             if channel.size and channel.min() == channel.max():
-                logger.warning("%s is constant (%g everywhere): it carries no information",
-                               name, float(channel.flat[0]))
-        mask = self.brain(image)
-        if mask is not None and not mask.any():
+                logger.warning("%s is constant (%g everywhere): it carries no information", name, float(channel.flat[0]))
+        mask = brain_mask(image)
+        if not mask.any():
             logger.warning("the input holds no brain (all channels zero or constant): no lesion can be found")
+        if conform is not None and conform.identity:
+            conform = None
+        return ModelInput(prepare_image(image, self.normalization), mask, tuple(spacing), conform,
+                          brain_mask(native) if conform is not None and conform.resampled else None)
+
+    def raw(self, subject: Subject | np.ndarray | ModelInput) -> RawPrediction:
+        """The network stage of a subject (:meth:`prepare` first, unless given a :class:`ModelInput`): on the
+        brain's box when the operating point masks."""
+        model_input = subject if isinstance(subject, ModelInput) else self.prepare(subject)
         stats: dict[str, Any] = {}
-        prob, unc = self.predict_normalized(prepare_image(image, self.normalization), mask, spacing, stats)
-        if conform is None or conform.identity:
+        brain = model_input.mask if self.operating_point.mask_outside_brain else None  # windows on its box
+        logits = self.stage.variant_logits(model_input.normalized, brain, stats)
+        if model_input.conform is not None:
+            stats["conform"] = model_input.conform.to_dict()
+        return RawPrediction(model_input, logits, stats)
+
+    def finish(self, raw: RawPrediction, operating_point: OperatingPoint | None = None,
+               uncertainty: UncertaintyMode | str | None = None) -> Prediction:
+        """The maps of a :class:`RawPrediction` (:func:`finish_maps`, with this predictor's second stage,
+        its operating point and the settings' uncertainty unless given), on the subject's own grid: both
+        float32 (x, y, z) in [0, 1], 0 outside the brain."""
+        given, op = raw.input, operating_point or self.operating_point
+        prob, unc, stats = finish_maps(raw.variant_logits, op, self.rescorer,
+                                       uncertainty or self.settings.uncertainty, given.mask, given.spacing,
+                                       given.normalized, self.checkpoint)
+        stats = {**raw.stats, **stats}
+        conform = given.conform
+        if conform is None:
             return Prediction(prob, unc, stats)
-        stats["conform"] = conform.to_dict()
         prob, unc = conform.probability_to_native(prob), conform.to_native(unc)
         if conform.resampled:  # 0 outside the brain on the input's own grid, [0, 1] after interpolation
-            inside = self.brain(native)
-            if inside is not None:
-                prob, unc = np.where(inside, prob, 0.0), np.where(inside, unc, 0.0)
+            if given.native_brain is not None and op.mask_outside_brain:
+                prob, unc = np.where(given.native_brain, prob, 0.0), np.where(given.native_brain, unc, 0.0)
             prob, unc = np.clip(prob, 0.0, 1.0).astype(np.float32), np.clip(unc, 0.0, 1.0).astype(np.float32)
         return Prediction(prob, unc, stats)
 
-    def brain(self, image: np.ndarray) -> np.ndarray | None:
-        """The brain mask of a raw ``3×X×Y×Z`` image, or None when the operating point does not mask."""
-        return brain_mask(image) if self.operating_point.mask_outside_brain else None
+    def predict(self, subject: Subject | np.ndarray) -> Prediction:
+        """Probability and uncertainty maps of a subject (:meth:`raw`, then :meth:`finish`), with what was
+        computed (:class:`Prediction`; ``prob, unc = predict(...)``)."""
+        return self.finish(self.raw(subject))
 
-
-@torch.inference_mode()
-def reference_predict(network: torch.nn.Module, normalized: np.ndarray, settings: InferenceSettings,
-                      device: str | torch.device = "cpu", sw_batch_size: int = 1,
-                      allow_tf32: bool = False) -> np.ndarray:
-    """The plain loop the predictor is checked and benchmarked against: MONAI's
-    ``sliding_window_inference`` called once per TTA variant, float32 (cuDNN TF32 only if
-    ``allow_tf32``), ``sw_batch_size`` windows per network call, probabilities averaged. Returns the
-    mean probability (x, y, z)."""
-    from monai.inferers import sliding_window_inference
-
-    plan = TTAPlan.from_settings(settings)
-    x = model_input(normalized, settings)
-    device = torch.device(device)
-    network = network.to(device).eval()
-    total = None
-    for copy, dims in plan.variants:
-        volume = x[:, 3 * copy:3 * copy + 3].to(device)
-
-        def run(w: torch.Tensor, dims: tuple[int, ...] = dims) -> torch.Tensor:
-            out = network(torch.flip(w, dims) if dims else w)
-            return torch.flip(out, dims) if dims else out
-
-        with backend_flags(device, allow_tf32=allow_tf32):
-            logits = sliding_window_inference(volume, roi_size=roi_for(settings, normalized.shape[1:]),
-                                              sw_batch_size=sw_batch_size, predictor=run, overlap=settings.overlap,
-                                              mode=str(settings.blend), padding_mode="constant", cval=0.0)
-        prob = torch.sigmoid(logits.float())
-        total = prob if total is None else total + prob
-    return (total / len(plan.variants))[0, 0].cpu().numpy()
+    def predict_normalized(self, normalized: np.ndarray, mask: np.ndarray | None = None,
+                           spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)) -> Prediction:
+        """The maps of a normalized ``C×X×Y×Z`` array already in the model's space (``mask``: the brain)."""
+        return self.finish(self.raw(ModelInput(normalized, mask, tuple(spacing))))

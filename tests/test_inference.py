@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from lacunes.inference import FAST, InferenceSettings, Predictor, TTAPlan, reference_predict
+from lacunes.inference import FAST, InferenceSettings, Predictor
 from lacunes.io import Geometry, Subject
+from lacunes.windowing import TTAPlan, reference_predict
 
 
 class PlusOne(torch.nn.Module):
@@ -112,37 +113,6 @@ def test_nonfinite_and_constant_inputs_give_finite_maps(tiny_checkpoint):
         assert m.dtype == np.float32 and np.isfinite(m).all() and m.min() >= 0 and m.max() <= 1
 
 
-class OOMAbove(torch.nn.Module):
-    def __init__(self, limit):
-        super().__init__()
-        self.limit, self.sizes = limit, []
-
-    def forward(self, x):
-        self.sizes.append(x.shape[0])
-        if x.shape[0] > self.limit:
-            raise torch.cuda.OutOfMemoryError("simulated")
-        return x[:, :1] + 1.0
-
-
-def test_out_of_memory_halves_the_batch_and_retries(caplog):
-    x = np.random.default_rng(6).normal(size=(3, 40, 40, 16)).astype(np.float32)
-    net = OOMAbove(limit=3)
-    p = Predictor(net, settings(tta="flips", sw_batch_size=2, memory_gb=100.0))
-    with caplog.at_level(logging.WARNING):
-        prob, _ = p.predict_normalized(x)
-    assert "retrying with" in caplog.text
-    assert max(net.sizes[-3:]) <= 3
-    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-(x[0] + 1))), atol=1e-6)
-
-
-def test_cpu_defaults_bound_memory():
-    p = Predictor(PlusOne(), InferenceSettings(device="cpu", progress=False))
-    assert p.window_batch() == 1
-    assert p.samples_per_call((256, 256, 64)) == 1  # one recipe window fits in the 6 GB budget
-    assert p.autocast_dtype is None
-    assert Predictor(PlusOne(), FAST.replace(device="cpu")).roi_for((150, 180, 150)) == (160, 192, 64)
-
-
 def test_settings_validation():
     with pytest.raises(ValueError, match="overlap"):
         InferenceSettings(overlap=1.0)
@@ -159,19 +129,6 @@ def test_settings_validation():
             InferenceSettings(memory_gb=bad)
     with pytest.raises(ValueError, match="CUDA is not available"):
         Predictor(PlusOne(), InferenceSettings(device="cuda"))
-
-
-def test_precision_resolves_per_device():
-    cpu = lambda **kw: Predictor(PlusOne(), settings(**kw))  # noqa: E731
-    assert cpu().precision == "float32" and cpu().autocast_dtype is None
-    # TF32 and float16 are CUDA arithmetic: on the CPU they run as float32
-    assert cpu(precision="tf32").precision == "float32"
-    assert cpu(precision="float16").autocast_dtype is None
-    assert cpu(precision="bfloat16").autocast_dtype == torch.bfloat16
-    assert not cpu().channels_last and cpu(channels_last=True).channels_last
-    assert cpu(precision="auto").precision == "float32"
-    with pytest.raises(ValueError, match="precision .int8. is not one of auto, float32"):
-        settings(precision="int8")
 
 
 def test_channels_last_and_window_batch_change_nothing(tiny_checkpoint):
@@ -199,33 +156,10 @@ def test_bfloat16_on_the_cpu_is_close_but_not_exact(tiny_checkpoint):
     assert 0 < diff < 0.05
 
 
-def test_openvino_bfloat16_on_a_cpu_without_it_runs_float32_and_says_so(tiny_checkpoint, monkeypatch, caplog):
-    pytest.importorskip("openvino")
-    import lacunes.backends
-    from lacunes.checkpoint import load_network
-
-    monkeypatch.setattr(lacunes.backends, "openvino_cpu_capabilities", lambda: ["FP32", "INT8"])
-    net, _ = load_network(tiny_checkpoint)
-    p = Predictor(net, settings(roi_size=(32, 32, 16), backend="openvino", precision="bfloat16"))
-    assert p.precision == "float32" and p.settings.precision == "float32"
-    assert "no bfloat16 arithmetic (OpenVINO offers FP32, INT8): running float32" in caplog.text
-    monkeypatch.setattr(lacunes.backends, "openvino_cpu_capabilities", lambda: ["FP32", "BF16"])
-    assert Predictor(net, settings(roi_size=(32, 32, 16), backend="openvino", precision="bfloat16")).precision == "bfloat16"
-
-
-def test_cuda_calls_are_capped_below_32_bit_indexing(monkeypatch):
-    p = Predictor(PlusOne(), settings())
-    monkeypatch.setattr(p, "device", torch.device("cuda"))
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10**12, 10**12))
-    # 8 recipe windows keep the widest activation (64 channels) under 2**31 elements
-    assert p.samples_per_call((256, 256, 64)) == 7
-    assert p.samples_per_call((64, 64, 32)) > 100
-
-
 def test_only_the_brain_is_computed_and_the_maps_are_the_same_there():
     """A small brain in a large empty field of view: cropped to its box, empty windows skipped; a
     pointwise network gives exactly the same maps (0 outside the brain either way)."""
-    from lacunes.inference import brain_box
+    from lacunes.windowing import brain_box
 
     shape = (64, 60, 40)
     rng = np.random.default_rng(5)
@@ -292,19 +226,6 @@ def test_non_finite_network_output_beyond_a_few_voxels_is_an_error(caplog):
         broken.predict_normalized(x)
 
 
-def test_tiny_volumes_work_with_the_full_size_network():
-    """All axes <= 16: the fitted window stays >= 32 so the network's deepest level keeps 2 voxels."""
-    from lacunes.inference import FAST, roi_for
-    from lacunes.network import NetworkConfig, build_network
-
-    assert roi_for(FAST, (5, 12, 40)) == (32, 32, 48)
-    torch.manual_seed(0)
-    p = Predictor(build_network(NetworkConfig()), FAST.replace(progress=False, device="cpu"))
-    image = np.random.default_rng(0).uniform(50, 150, size=(3, 12, 12, 8)).astype(np.float32)
-    prob, unc = p.predict(image)
-    assert prob.shape == (12, 12, 8) and np.isfinite(prob).all() and np.isfinite(unc).all()
-
-
 def test_an_uncalibrated_checkpoint_is_named_in_a_warning(tiny_checkpoint, caplog):
     with caplog.at_level(logging.WARNING):
         Predictor.from_checkpoint(tiny_checkpoint, FAST)
@@ -331,3 +252,29 @@ def test_the_predictor_says_what_its_network_was_trained_on(tiny_checkpoint):
 def test_the_bundled_model_says_it_never_saw_patient_data():
     bundled = Predictor.from_checkpoint(Path(__file__).resolve().parent.parent / "model" / "lacunes.pt", FAST)
     assert "synthetic phantoms only" in bundled.data_statement and "never on patient data" in bundled.data_statement
+
+
+def test_raw_then_finish_is_predict_and_one_raw_serves_other_operating_points(tiny_checkpoint):
+    from lacunes.postprocessing import OperatingPoint
+    from lacunes.windowing import mean_probability
+
+    from .conftest import DIRECTION, SPACING, make_subject_arrays
+
+    images, _ = make_subject_arrays()
+    geom = Geometry(shape=(40, 36, 20), spacing=SPACING, direction=DIRECTION)  # axes swapped, not 1 mm
+    subject = Subject("sub-001", np.stack([images[m] for m in ("T1", "T2", "FLAIR")]), geom)
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, FAST.replace(progress=False, device="cpu", backend="torch"))
+    raw = predictor.raw(subject)
+    given = raw.input
+    assert given.conform is not None and given.conform.resampled and given.normalized.shape[1:] == given.conform.model.shape
+    assert given.spacing == given.conform.model.spacing and given.native_brain.shape == geom.shape
+    np.testing.assert_array_equal(raw.probability, mean_probability(raw.variant_logits).numpy())
+    finished, predicted = predictor.finish(raw), predictor.predict(subject)
+    assert finished.probability.shape == geom.shape
+    np.testing.assert_array_equal(finished.probability, predicted.probability)
+    np.testing.assert_array_equal(finished.uncertainty, predicted.uncertainty)
+    assert finished.stats["conform"] == predicted.stats["conform"] and finished.stats["windows_run"] >= 1
+    low = OperatingPoint(threshold=0.3, min_volume_mm3=0.0)
+    again = predictor.finish(raw, operating_point=low)
+    np.testing.assert_array_equal(again.probability, predictor.with_post_processing(low).predict(subject).probability)
+    assert not np.array_equal(again.probability, finished.probability)

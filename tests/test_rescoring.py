@@ -83,10 +83,10 @@ def test_a_checkpoint_with_a_second_stage_uses_it(tmp_path):
         def forward(self, x):
             return x[:, :1]
 
-    predictor.network = LogitOf()
+    predictor.stage.network = LogitOf()
     x = np.concatenate([np.log(prob / (1 - prob))[None], image[1:]]).astype(np.float32)
-    stats = {}
-    out, unc = predictor.predict_normalized(x, brain, stats=stats)
+    out, unc = prediction = predictor.predict_normalized(x, brain)
+    stats = prediction.stats
     assert out.max() < 0.5 and stats["rejected"] == stats["candidates"] == 2
     # the network says lesion (p = 0.9), the second stage says no: uncertain there, certain elsewhere
     assert (unc[ball] == 1).all() and (unc[tube] == 1).all() and unc[brain & (prob < 0.1)].max() < 0.5
