@@ -90,7 +90,7 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resampl
                         resample=resample, subject=checked)
             return {
                 "outputs": [{"type": "metaio_image", "filename": [files.prediction_name, files.uncertainty_name]}],
-                "inputs": [{"type": "metaio_image", "filename": [files.paths[m].name for m in ("T1", "T2", "FLAIR")]}],
+                "inputs": [{"type": "metaio_image", "filename": [files.paths[m].name for m in options.MODALITIES]}],
                 "error_messages": [],
             }
 
@@ -189,13 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lacunes.inference import PRESETS, Predictor
     from lacunes.io import LacunesInputError, WriteError, prepare_output_folder
-    from lacunes.layouts import (
-        GC_OUTPUT_SLUGS,
-        find_valdo_subjects,
-        find_valdo_t1s,
-        grand_challenge_subject,
-        is_grand_challenge_layout,
-    )
+    from lacunes.layouts import CONTAINER_LAYOUTS, GC_OUTPUT_SLUGS, find_subjects, is_grand_challenge_layout
     from lacunes.runner import validate_subjects
 
     input_path, output_path = Path(args.input), Path(args.output)
@@ -208,12 +202,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = PRESETS[args.preset].replace(device=args.device, precision=args.precision, backend=args.backend,
                                                 progress=not args.no_progress)
         grand_challenge = is_grand_challenge_layout(input_path)
-        if not grand_challenge and not find_valdo_t1s(input_path):
-            found = ", ".join(sorted(p.name for p in input_path.iterdir())[:10]) or "nothing"
-            raise LacunesInputError(f"no sub-*_space-*_desc-masked_T1.nii.gz and no inputs.json in {input_path} "
-                                    f"(found: {found})")
         # Every subject's files are read in full and checked before the first prediction is written.
-        subjects = [grand_challenge_subject(input_path)] if grand_challenge else find_valdo_subjects(input_path)
+        subjects = [entry.files() for entry in find_subjects(input_path, CONTAINER_LAYOUTS, otherwise=None)]
         checked = validate_subjects(subjects, args.resample, progress=not args.no_progress and len(subjects) > 1)
         for folder in (output_path, output_path / "images"):  # writable before any inference; leftovers removed
             prepare_output_folder(folder)

@@ -74,10 +74,10 @@ def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAU
     import numpy as np
     from tqdm import tqdm
 
-    from lacunes.layouts import find_valdo_subjects
+    from lacunes.layouts import find_subject_files
     from lacunes.rescoring import FEATURES, Rescorer, candidate_features, candidate_targets
 
-    train = find_valdo_subjects(Path(folder))
+    train = find_subject_files(Path(folder))
     feats, targets = [], []
     for files in tqdm(train, desc="training candidates", unit="subject", disable=not progress):
         raw, normalized, reference, spacing, mask = raw_case(predictor, files)
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
 
     from lacunes.checkpoint import load_network, save_checkpoint, weights_sha256, write_sha256
     from lacunes.inference import PRESETS, Predictor
-    from lacunes.layouts import find_valdo_subjects
+    from lacunes.layouts import find_subject_files
     from lacunes.network import NetworkConfig
     from lacunes.operating_point import choose_operating_point
     from lacunes.rescoring import FEATURES
@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
               f"and {fit['training_false_candidates_kept_at_0.5']} of {fit['candidates'] - fit['positives']} others")
         for name, w in sorted(zip(FEATURES, rescorer.weights), key=lambda t: -abs(t[1]))[:5]:
             print(f"  {name:<18} {w:+.2f}")
-    subjects = find_valdo_subjects(Path(args.val))
+    subjects = find_subject_files(Path(args.val))
     cache = None
     if args.cache:
         cache = Path(args.cache) / f"{weights_sha256(predictor.network.state_dict())[:16]}-{args.preset}"

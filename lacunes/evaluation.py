@@ -24,7 +24,9 @@ from lacunes.metrics import (
 
 logger = logging.getLogger(__name__)
 
-_SID = re.compile(r"^(sub-[^_.]+)")
+#: A subject id in a prediction or label file name: what comes before ``_space-``, ``_desc-``,
+#: ``_prediction.`` or the last ``…Lacunes.`` part (``sub-201_space-T1_prediction.nii.gz``, ``my_case_space-T1_…``).
+_SID = re.compile(r"^(?P<sid>[^/]+?)_(space-|desc-|prediction\.|[^_]*Lacunes\.)")
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class EvaluationPair:
 
 def _sid(path: Path) -> str | None:
     m = _SID.match(path.name)
-    return m.group(1) if m else None
+    return m["sid"] if m else None
 
 
 def _references(ref_dir: Path, sid: str) -> tuple[Path, ...]:
@@ -65,16 +67,16 @@ def pair_subjects(pred_dir: Path, ref_dir: Path) -> list[EvaluationPair]:
     for d in (pred_dir, ref_dir):
         if not d.is_dir():
             raise LacunesInputError(f"folder {d} does not exist")
-    preds = sorted(p for p in pred_dir.glob("sub-*prediction.nii*") if _sid(p))
+    preds = sorted(p for p in pred_dir.glob("*_prediction.nii*") if _sid(p))
     if not preds:
-        raise LacunesInputError(f"no sub-*prediction.nii.gz in {pred_dir}")
+        raise LacunesInputError(f"no <id>_space-<space>_prediction.nii.gz in {pred_dir}")
     pairs = []
     for pred in preds:
         sid = _sid(pred)
         unc = pred.with_name(pred.name.replace("prediction", "uncertaintymap"))
         pairs.append(EvaluationPair(sid, pred, unc if unc.is_file() else None, _references(ref_dir, sid)))
     predicted = {p.subject_id for p in pairs}
-    missing = sorted({sid for r in ref_dir.glob("sub-*Lacunes.nii*") if (sid := _sid(r)) and sid not in predicted})
+    missing = sorted({sid for r in ref_dir.glob("*Lacunes.nii*") if (sid := _sid(r)) and sid not in predicted})
     pairs += [EvaluationPair(sid, None, None, _references(ref_dir, sid)) for sid in missing]
     if missing:
         logger.warning("%d subject(s) of %s have no prediction in %s and are scored as empty predictions: %s",

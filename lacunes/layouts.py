@@ -22,8 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from lacunes.io import MODALITIES, LacunesInputError, MissingModalityError
 
@@ -54,6 +56,10 @@ class SubjectFiles:
         return (f"{self.output_prefix}desc-uncertainty_probseg.nii.gz" if self.bids
                 else f"{self.output_prefix}uncertaintymap.nii.gz")
 
+    def files(self) -> SubjectFiles:
+        """Itself: explicit files are their own cohort entry (:class:`CohortEntry`)."""
+        return self
+
     def label_paths(self) -> dict[str, Path]:
         """Rater label files next to a VALDO-layout T1 that exist (``Rater1``, ``Rater2``)."""
         t1 = self.paths["T1"]
@@ -67,6 +73,31 @@ class SubjectFiles:
             if p.is_file():
                 out[rater] = p
         return out
+
+
+class CohortEntry(Protocol):
+    """One subject as a layout finds it: its id at once, its files (checked) when it runs, so that a
+    subject missing a contrast fails alone. :class:`SubjectFiles`, :class:`ValdoT1` and :class:`BidsT1`."""
+
+    @property
+    def subject_id(self) -> str: ...
+
+    def files(self) -> SubjectFiles: ...
+
+
+@dataclass(frozen=True)
+class ValdoT1:
+    """One VALDO-layout T1 file of a cohort; its T2 and FLAIR are found when it runs (:meth:`files`)."""
+
+    t1: Path
+
+    @property
+    def subject_id(self) -> str:
+        match = VALDO_T1.match(self.t1.name)
+        return match["sid"] if match else self.t1.name
+
+    def files(self) -> SubjectFiles:
+        return valdo_subject(self.t1)
 
 
 def valdo_subject(t1: Path) -> SubjectFiles:
@@ -233,22 +264,67 @@ def is_bids_layout(folder: Path) -> bool:
     return folder.is_dir() and (any(folder.glob("sub-*/anat")) or any(folder.glob("sub-*/ses-*/anat")))
 
 
+@dataclass(frozen=True)
+class Layout:
+    """A folder layout: how to tell one (``detect``), and its subjects (``find``, in order)."""
+
+    name: str
+    looks_like: str  # what its files look like, for the message when a folder matches no layout
+    detect: Callable[[Path], bool]
+    find: Callable[[Path], list[CohortEntry]]
+
+
+def _find_bids(folder: Path) -> list[BidsT1]:
+    t1s = find_bids_t1s(folder)
+    if not t1s:
+        raise LacunesInputError(f"{folder} is a BIDS folder (sub-*/anat/) without any sub-*_T1w.nii.gz")
+    return t1s
+
+
+VALDO = Layout("VALDO", "sub-*_space-*_desc-masked_T1.nii.gz with its T2 and FLAIR in the folder",
+               lambda folder: bool(find_valdo_t1s(folder)),  # (warns of near misses, refuses an id twice)
+               lambda folder: [ValdoT1(p) for p in sorted(folder.iterdir()) if VALDO_T1.match(p.name)])
+BIDS = Layout("BIDS", "a BIDS folder: sub-*/[ses-*/]anat/sub-*_T1w.nii.gz with _T2w and _FLAIR", is_bids_layout,
+              _find_bids)
+#: The folder layouts :func:`find_subjects` tries, in this order (a new layout is one more entry).
+FOLDER_LAYOUTS = (VALDO, BIDS)
+
+
+#: What the CLI offers for files that follow no layout (the end of :func:`find_subjects`' error).
+EXPLICIT_FILES_HINT = "other files can be given one subject at a time with --t1, --t2 and --flair"
+
+
+def find_subjects(folder: Path, layouts: tuple[Layout, ...] = FOLDER_LAYOUTS,
+                  otherwise: str | None = EXPLICIT_FILES_HINT) -> list[CohortEntry]:
+    """The subjects of a folder in the first of ``layouts`` it follows; one that follows none is an error
+    naming what each layout expects, what the folder holds and ``otherwise``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise LacunesInputError(f"input folder {folder} does not exist")
+    for layout in layouts:
+        if layout.detect(folder):
+            return layout.find(folder)
+    listing = ", ".join(sorted(p.name for p in folder.iterdir())[:10])
+    raise LacunesInputError(
+        f"no subject in {folder} (found: {listing or 'nothing'}): expected "
+        + "; or ".join(layout.looks_like for layout in layouts) + (f"; {otherwise}" if otherwise else ""))
+
+
+def find_subject_files(folder: Path) -> list[SubjectFiles]:
+    """The files of every subject of a folder (:func:`find_subjects`; labels from
+    :meth:`SubjectFiles.label_paths`); a subject missing a contrast raises."""
+    return [entry.files() for entry in find_subjects(folder)]
+
+
 def cohort_items(input_dir: Path | None = None, files: tuple[Path, Path, Path] | None = None,
-                 subject_id: str | None = None) -> list[SubjectFiles | Path | BidsT1]:
-    """The subjects of a run, for :func:`lacunes.runner.run_cohort`: every T1 of a VALDO-layout or a BIDS
-    folder (each turned into a subject when it runs, so that one with a missing modality fails alone), or
-    one subject from explicit T1, T2 and FLAIR files."""
+                 subject_id: str | None = None) -> list[CohortEntry]:
+    """The subjects of a run, for :func:`lacunes.runner.run_cohort`: those of a folder in a known layout
+    (:func:`find_subjects`), or one subject from explicit T1, T2 and FLAIR files."""
     if (input_dir is None) == (files is None):
         raise ValueError("give either an input folder (VALDO or BIDS layout) or the T1, T2 and FLAIR files")
     if files is not None:
         return [explicit_subject(*files, subject_id)]
-    folder = Path(input_dir)
-    if folder.is_dir() and not find_valdo_t1s(folder) and is_bids_layout(folder):
-        t1s = find_bids_t1s(folder)
-        if not t1s:
-            raise LacunesInputError(f"{folder} is a BIDS folder (sub-*/anat/) without any sub-*_T1w.nii.gz")
-        return t1s
-    return require_valdo_t1s(folder)
+    return find_subjects(Path(input_dir))
 
 
 def is_grand_challenge_layout(input_dir: Path) -> bool:
@@ -286,3 +362,10 @@ def grand_challenge_subject(input_dir: Path) -> SubjectFiles:
             )
         paths[modality] = files[0]
     return SubjectFiles(paths["T1"].name.split(".")[0], paths, "")
+
+
+#: The grand-challenge job layout: one case, one image per input socket.
+GRAND_CHALLENGE = Layout("grand-challenge", "inputs.json and one image per socket in images/<slug>/",
+                         is_grand_challenge_layout, lambda folder: [grand_challenge_subject(folder)])
+#: What the container reads: a grand-challenge job, else a VALDO-layout folder.
+CONTAINER_LAYOUTS = (GRAND_CHALLENGE, VALDO)

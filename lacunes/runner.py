@@ -179,16 +179,6 @@ def extras_from_maps(files: SubjectFiles, prediction: Path, uncertainty: Path, e
     return written
 
 
-def _item_name(item) -> str:
-    """The subject id of a cohort item, even when the subject cannot be built from it."""
-    from lacunes.layouts import VALDO_T1
-
-    if isinstance(item, Path):  # a VALDO T1
-        match = VALDO_T1.match(item.name)
-        return match["sid"] if match else item.name
-    return item.subject_id
-
-
 def settings_conflicts(records: dict, names: list[str], requested: dict) -> list[tuple[str, str]]:
     """The subjects recorded as done with other settings than ``requested``: (id, what differs)."""
     from lacunes.provenance import settings_difference
@@ -207,9 +197,9 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
                extras_dir: Path | None = None, write_mask: bool = False, write_table: bool = False,
                resample: bool = False, qc: bool = False, progress: bool = True,
                shard: tuple[int, int] = (1, 1)) -> list[SubjectReport]:
-    """Predict every subject of ``items`` (:class:`SubjectFiles`, or VALDO T1 paths turned into subjects
-    as they run) into ``output``; with ``shard=(i, n)``, only every n-th subject from the i-th (1-based),
-    so that n jobs share a cohort.
+    """Predict every subject of ``items`` (:class:`lacunes.layouts.CohortEntry`: each turned into its files
+    as it runs, :func:`lacunes.layouts.cohort_items`) into ``output``; with ``shard=(i, n)``, only every
+    n-th subject from the i-th (1-based), so that n jobs share a cohort.
 
     A subject is skipped (unless ``overwrite``) only while its maps match their completion record in
     ``run.json`` and were made with the same settings (:mod:`lacunes.provenance`); a folder holding maps of
@@ -223,7 +213,6 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     from tqdm import tqdm
 
     from lacunes.io import prepare_output_folder
-    from lacunes.layouts import BidsT1, valdo_subject
     from lacunes.provenance import (
         run_settings,
         settings_difference,
@@ -242,17 +231,17 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     prepare_output_folder(output)
     records = load_records(output)
     requested = run_settings(predictor)
-    conflicts = [] if overwrite else settings_conflicts(records, [_item_name(i) for i in items], requested)
+    conflicts = [] if overwrite else settings_conflicts(records, [entry.subject_id for entry in items], requested)
     if conflicts:
         raise ValueError(
             f"{output} holds the maps of {len(conflicts)} subject(s) made with other settings ({conflicts[0][0]}: "
             f"{conflicts[0][1]}): use --overwrite to replace them, or another --output")
     write_dataset_description(output, predictor)
     reports: list[SubjectReport] = []
-    for item in tqdm(items, desc="subjects", unit="subject", disable=not progress):
-        name = _item_name(item)
+    for entry in tqdm(items, desc="subjects", unit="subject", disable=not progress):
+        name = entry.subject_id
         try:
-            files = valdo_subject(item) if isinstance(item, Path) else item.files() if isinstance(item, BidsT1) else item
+            files = entry.files()
             pred, unc = output / files.prediction_name, output / files.uncertainty_name
             inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
             wanted = extras_paths(files, extras, write_mask, write_table)

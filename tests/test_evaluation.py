@@ -28,5 +28,17 @@ def test_a_reference_without_a_prediction_is_scored_not_dropped(tmp_path, caplog
     pairs = pair_subjects(pred, ref)
     assert [(p.subject_id, p.prediction is None) for p in pairs] == [("sub-1", False), ("sub-2", True)]
     assert "sub-2" in caplog.text and "scored as empty predictions" in caplog.text
-    with pytest.raises(LacunesInputError, match="no sub-\\*prediction"):
+    with pytest.raises(LacunesInputError, match="no <id>_space-<space>_prediction"):
         pair_subjects(ref, ref)
+
+
+def test_subjects_of_any_id_are_paired_as_the_explicit_files_name_their_outputs(tmp_path):
+    g = Geometry(shape=(6, 6, 4))
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    for sid in ("case_07", "P12.b"):
+        write_volume(np.zeros(g.shape, np.uint8), g, ref / f"{sid}_space-T1_desc-Rater1_Lacunes.nii.gz")
+        write_volume(np.zeros(g.shape, np.float32), g, pred / f"{sid}_space-T1_prediction.nii.gz")
+    write_volume(np.zeros(g.shape, np.uint8), g, ref / "sub-3_Lacunes.nii.gz")
+    pairs = pair_subjects(pred, ref)
+    assert [(p.subject_id, p.prediction is None, len(p.references)) for p in pairs] == [
+        ("P12.b", False, 1), ("case_07", False, 1), ("sub-3", True, 1)]

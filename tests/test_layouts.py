@@ -154,5 +154,32 @@ def test_an_unknown_folder_is_refused_with_the_layouts_and_the_explicit_options(
     from lacunes.layouts import cohort_items
 
     (tmp_path / "scan.nii.gz").write_bytes(b"")
-    with pytest.raises(Exception, match="BIDS folder needs sub-\\*/anat/sub-\\*_T1w.nii.gz .*--t1, --t2 and --flair"):
+    with pytest.raises(Exception, match=r"found: scan.nii.gz\): expected sub-\*_space-\*_desc-masked_T1.nii.gz .*; "
+                       r"or a BIDS folder: sub-\*/\[ses-\*/\]anat/sub-\*_T1w.nii.gz .*--t1, --t2 and --flair"):
         cohort_items(tmp_path)
+
+
+def test_a_new_layout_is_one_more_entry_and_the_cohort_runs_on_its_subjects(tmp_path):
+    """The layout interface: a layout of one folder per subject (``<id>/t1.nii.gz``, ``t2``, ``flair``)
+    plugged into find_subjects; its entries give ids at once and files when they run."""
+    from lacunes.layouts import FOLDER_LAYOUTS, Layout, SubjectFiles, ValdoT1, explicit_subject, find_subjects
+
+    for sid in ("a01", "a02"):
+        (tmp_path / sid).mkdir()
+        for m in ("t1", "t2", "flair"):
+            (tmp_path / sid / f"{m}.nii.gz").write_bytes(b"")
+    per_folder = Layout("per-folder", "<id>/t1.nii.gz, t2.nii.gz, flair.nii.gz",
+                        lambda f: any((d / "t1.nii.gz").is_file() for d in f.iterdir()),
+                        lambda f: [explicit_subject(d / "t1.nii.gz", d / "t2.nii.gz", d / "flair.nii.gz", d.name)
+                                   for d in sorted(f.iterdir())])
+    entries = find_subjects(tmp_path, (*FOLDER_LAYOUTS, per_folder))
+    assert [e.subject_id for e in entries] == ["a01", "a02"]
+    files = entries[0].files()
+    assert isinstance(files, SubjectFiles) and files.paths["FLAIR"] == tmp_path / "a01" / "flair.nii.gz"
+    assert files.prediction_name == "a01_space-T1_prediction.nii.gz"
+    with pytest.raises(Exception, match="no subject in .*expected <id>/t1.nii.gz"):
+        find_subjects(tmp_path / "a01", (per_folder,))
+    lone = ValdoT1(tmp_path / "sub-009_space-T1_desc-masked_T1.nii.gz")
+    assert lone.subject_id == "sub-009"  # known before its files are looked for
+    with pytest.raises(Exception, match="no T1, T2, FLAIR for sub-009"):
+        lone.files()

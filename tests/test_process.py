@@ -100,7 +100,8 @@ def test_missing_modality_fails_before_any_output(tmp_path, tiny_checkpoint, cap
 def test_empty_input_and_missing_model(tmp_path, tiny_checkpoint, caplog):
     (tmp_path / "in").mkdir()
     assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 2
-    assert "no sub-*_space-*_desc-masked_T1.nii.gz" in caplog.text
+    assert "expected inputs.json and one image per socket in images/<slug>/; or sub-*_space-*_desc-masked_T1.nii.gz" \
+        in caplog.text
     write_subject(tmp_path / "in")
     assert run(tmp_path / "in", tmp_path / "out", tmp_path / "absent.pt") == 2
     assert "no checkpoint" in caplog.text

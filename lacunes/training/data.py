@@ -16,7 +16,7 @@ import torch
 from lacunes.conform import ModelSpace, plan
 from lacunes.instances import label_instances
 from lacunes.io import check_same_grid, read_subject, read_volume
-from lacunes.layouts import SubjectFiles, find_valdo_subjects
+from lacunes.layouts import SubjectFiles, find_subject_files
 from lacunes.preprocessing import assert_finite, quantile_normalize
 from lacunes.training.config import LabelMode, TrainConfig
 from lacunes.training.sampling import Candidates, CropKind, crop_at
@@ -97,7 +97,7 @@ def training_subject_from_arrays(subject_id: str, image: np.ndarray, raters: lis
 def load_training_set(folder: Path, config: TrainConfig, progress: bool = True) -> list[TrainingSubject]:
     from tqdm import tqdm
 
-    files = find_valdo_subjects(Path(folder))
+    files = find_subject_files(Path(folder))
     subjects = [load_training_subject(f, config) for f in tqdm(files, desc="loading", disable=not progress)]
     n = sum(s.n_instances for s in subjects)
     logger.info("%d subjects, %d lacunes, %d without lacunes", len(subjects), n,
