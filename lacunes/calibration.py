@@ -35,7 +35,8 @@ ROWS_SHOWN = 8
 
 
 def raw_case(predictor, files, cache: Path | None = None):
-    """(raw probability, normalized image, reference, spacing, brain mask) of one labelled subject in the
+    """The :class:`~lacunes.operating_point.ValidationCase` (raw probability, normalized image, reference,
+    spacing, brain mask) of one labelled subject in the
     model's space: the subject conformed as inference conforms it (:meth:`lacunes.inference.Predictor.prepare`),
     its rater labels as training conforms them, and the network's output (mean of the TTA variants'
     sigmoids) before the second stage and the operating point.
@@ -46,6 +47,7 @@ def raw_case(predictor, files, cache: Path | None = None):
     import numpy as np
 
     from lacunes.io import read_subject, read_volume
+    from lacunes.operating_point import ValidationCase
 
     labels = files.label_paths()
     if not labels:
@@ -65,7 +67,7 @@ def raw_case(predictor, files, cache: Path | None = None):
         raters = [model_input.conform.mask_to_model(r > 0) for r in raters]
     # binary raters averaged (0, 0.5, 1); a single label file is taken as it is (lacunes.evaluation.load_reference)
     reference = np.mean([(r > 0) if len(raters) > 1 else r for r in raters], axis=0).astype(np.float32)
-    return raw, model_input.normalized, reference, model_input.spacing, model_input.mask
+    return ValidationCase(raw, model_input.normalized, reference, model_input.spacing, model_input.mask)
 
 
 def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAULT_THRESHOLD, progress: bool = True):

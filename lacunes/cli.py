@@ -57,7 +57,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.qc:
         require_matplotlib("--qc")
-    explicit = [args.t1, args.t2, args.flair]
+    explicit = [getattr(args, m.lower()) for m in options.MODALITIES]
     if any(explicit) and not all(explicit):
         raise ValueError("--t1, --t2 and --flair go together")
     if all(explicit) == bool(args.input):
@@ -81,7 +81,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     items = cohort_items(Path(args.input) if args.input else None,
-                         (Path(args.t1), Path(args.t2), Path(args.flair)) if all(explicit) else None, args.subject_id)
+                         tuple(Path(f) for f in explicit) if all(explicit) else None, args.subject_id)
     model = Path(args.model) if args.model else default_model_path()
     predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
     op = predictor.operating_point
@@ -220,9 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="probability and uncertainty maps for one subject or a cohort")
     p.add_argument("-i", "--input", help="folder of subjects in the VALDO layout")
-    p.add_argument("--t1", help="T1 file (with --t2 and --flair) instead of --input")
-    p.add_argument("--t2")
-    p.add_argument("--flair")
+    for m in options.MODALITIES:  # --t1 --t2 --flair
+        p.add_argument(f"--{m.lower()}", help=f"{m} file (with the other contrasts' files) instead of --input")
     p.add_argument("--subject-id", help="id for --t1/--t2/--flair (default: the T1's name up to '_')")
     p.add_argument("-o", "--output", required=True, help="output folder for <prefix>prediction/uncertaintymap.nii.gz")
     p.add_argument("--model", help="checkpoint (default: the bundled model, model/lacunes.pt in a checkout)")

@@ -107,8 +107,110 @@ def _pool(counts: list[Counts], threshold: float, min_volume_mm3: float, min_sco
                                float(np.median(f1s)) if f1s else float("nan"), tp, fp, fn, fp / max(len(counts), 1))
 
 
+class ValidationCase(NamedTuple):
+    """A labelled validation subject as :func:`choose_operating_point` takes it (model space)."""
+
+    raw: np.ndarray  # the network's raw probability (mean of the TTA variants' sigmoids)
+    image: np.ndarray | None  # normalized C×X×Y×Z input (the second stage's features need it)
+    reference: np.ndarray  # the raters' mean (0, 0.5, 1)
+    spacing: tuple[float, ...]
+    mask: np.ndarray | None  # the brain
+
+
 def _crop_to(box: tuple[slice, ...], *arrays):
     return [None if a is None else a[(Ellipsis, *box)] for a in arrays]
+
+
+def _prepare(case: ValidationCase, rescorer) -> tuple[PreparedCase, np.ndarray]:
+    """A case cropped to its brain's box, masked, its candidates scored once; with the raw logit of every
+    brain voxel (for the uncertainty share)."""
+    raw, image, ref, spacing, mask = case
+    if mask is not None and mask.any():
+        # Everything that can change lies in the brain's box (the reference too): scoring the box
+        # gives the same matching (centres move together) and features (the whole mask is inside).
+        from scipy import ndimage as ndi
+
+        box = ndi.find_objects(mask.astype(np.uint8) | (ref > 0).astype(np.uint8))[0]
+        raw, ref, mask = _crop_to(box, raw, ref, mask)
+        image = None if image is None else image[(slice(None), *box)]
+    masked = np.where(mask, raw, np.float32(0)).astype(np.float32) if mask is not None else raw
+    cand = None
+    if rescorer is not None:
+        from lacunes.rescoring import candidate_features
+
+        labels, n, feats = candidate_features(masked, image, mask, spacing, rescorer.candidate_threshold)
+        cand = (labels, n, rescorer.score(feats) if n else np.zeros(0))
+    prepared = PreparedCase(masked, cand, ref, ReferenceLesions.from_reference(ref, spacing), spacing, mask)
+    return prepared, logit(masked[mask] if mask is not None else masked.ravel()).astype(np.float32)
+
+
+def _grid(prepared: list[PreparedCase], logits_inside: list[np.ndarray], rescorer, cut: float | None,
+          thresholds, volumes) -> list[OperatingPointScore]:
+    """Every (threshold, minimum volume) point at one second-stage cut: each thresholded map labelled once,
+    each minimum volume then dropping whole lesions."""
+    from lacunes.instances import label_instances
+
+    stage = rescorer.replace(min_score=cut) if rescorer is not None else None
+    # The map before recalibration (at threshold 0.5 it is the identity); recalibrating to t then
+    # cutting at 0.5 is the same as cutting this map at t (recalibrate is monotone, t → 0.5).
+    finished = [finish_probability(c.masked, OperatingPoint(0.5, 0.0, True), c.mask, c.spacing, stage,
+                                   candidates=c.candidates) for c in prepared]
+    rejected_inside = [None if f.rejected is None else (f.rejected[c.mask] if c.mask is not None else f.rejected.ravel())
+                       for f, c in zip(finished, prepared)]
+    scores = []
+    for t in thresholds:
+        shares = [_share_in_band(lg, math.log(t / (1 - t)), rej) for lg, rej in zip(logits_inside, rejected_inside)]
+        lesions = []  # per case: centres (mm) and volumes (mm³) of the predicted lesions
+        for f, c in zip(finished, prepared):
+            labels, n = label_instances(f.probability >= t)
+            volumes_mm3 = np.bincount(labels.ravel(), minlength=n + 1)[1:] * float(np.prod(c.spacing))
+            lesions.append((lesion_centres_mm(labels, n, c.spacing), volumes_mm3))
+        for v in volumes:
+            counts = [Counts(*detection_counts(centres[vol >= v], c.reference_lesions))
+                      for (centres, vol), c in zip(lesions, prepared)]
+            scores.append(_pool(counts, t, v, cut))
+            scores[-1].uncertain_share = float(np.mean(shares)) if shares else 0.0
+    return scores
+
+
+def _score_at(prepared: list[PreparedCase], op: OperatingPoint, stage, min_score: float | None) -> OperatingPointScore:
+    """One operating point scored in full (maps finished as at inference): detection, median Dice, share."""
+    counts, dices, shares = [], [], []
+    for c in prepared:
+        finished = finish_probability(c.masked, op, c.mask, c.spacing, stage, candidates=c.candidates)
+        r = evaluate_subject(finished.probability.astype(np.float64), c.reference, c.spacing)
+        counts.append(Counts(r.tp, r.fp, r.fn, r.wtp, r.wfn, r.f1))
+        shares.append(uncertain_share(c.masked, finished.threshold, c.mask, finished.rejected))
+        if r.n_ref:
+            dices.append(r.dice)
+    s = _pool(counts, op.threshold, op.min_volume_mm3, min_score)
+    s.dice, s.extent_threshold = (float(np.median(dices)) if dices else float("nan")), op.extent_threshold
+    s.uncertain_share = float(np.mean(shares)) if shares else 0.0
+    return s
+
+
+def _dice(s: OperatingPointScore) -> float:
+    return float(np.nan_to_num(s.dice, nan=-1.0))
+
+
+def _best_of_grid(scores: list[OperatingPointScore], prepared, rescorer, progress: bool):
+    """The best pooled F1 (ties: fewer FP, smaller minimum volume, lower threshold and cut); then, among the
+    thresholds that tie with it on F1 and FP at its cut and minimum volume, the best median Dice: a sharp
+    network detects the same lesions over a wide range of thresholds, and only their extent changes.
+    Returns the point and the second stage at its cut."""
+    from tqdm import tqdm
+
+    best = max(scores, key=lambda s: (np.nan_to_num(s.f1, nan=-1.0), -s.fp, -s.min_volume_mm3, -s.threshold,
+                                      -(s.min_score or 0.0)))
+    stage = rescorer.replace(min_score=best.min_score) if rescorer is not None else None
+    ties = [s for s in scores if s.min_score == best.min_score and s.min_volume_mm3 == best.min_volume_mm3
+            and s.fp == best.fp and abs(np.nan_to_num(s.f1, nan=-1.0) - np.nan_to_num(best.f1, nan=-1.0)) < 1e-9]
+    for s in tqdm(sorted(ties, key=lambda s: s.threshold), desc="thresholds (Dice)",
+                  disable=not progress or len(ties) < 2):
+        s.dice = _score_at(prepared, OperatingPoint(s.threshold, s.min_volume_mm3, True), stage, s.min_score).dice
+        if _dice(s) > _dice(best):
+            best = s
+    return best, stage
 
 
 def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=None,
@@ -117,8 +219,8 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
     """The operating point (and second-stage cut) with the best pooled detection F1 on validation cases.
 
     Args:
-        cases: ``(raw probability X×Y×Z, normalized image 3×X×Y×Z or None, reference, spacing, brain
-            mask)`` per subject; the maps are made by :func:`finish_probability`, as at inference.
+        cases: :class:`ValidationCase` per subject (or its 5-tuple); the maps are made by
+            :func:`finish_probability`, as at inference.
         rescorer: the checkpoint's second stage, or None; its ``min_score`` is searched too.
         thresholds, volumes, min_scores: the grid (volumes: :data:`MIN_VOLUMES_MM3`, or
             :data:`MIN_VOLUMES_WITH_RESCORER_MM3` with a second stage, by default).
@@ -143,96 +245,28 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
     """
     from tqdm import tqdm
 
-    from lacunes.instances import label_instances
-
     if volumes is None:
         volumes = MIN_VOLUMES_WITH_RESCORER_MM3 if rescorer is not None else MIN_VOLUMES_MM3
-    prepared, logits_inside = [], []  # logits_inside: the raw logit of every brain voxel, per case
-    for raw, image, ref, spacing, mask in cases:
-        if mask is not None and mask.any():
-            # Everything that can change lies in the brain's box (the reference too): scoring the box
-            # gives the same matching (centres move together) and features (the whole mask is inside).
-            from scipy import ndimage as ndi
-
-            box = ndi.find_objects(mask.astype(np.uint8) | (ref > 0).astype(np.uint8))[0]
-            raw, ref, mask = _crop_to(box, raw, ref, mask)
-            image = None if image is None else image[(slice(None), *box)]
-        masked = np.where(mask, raw, np.float32(0)).astype(np.float32) if mask is not None else raw
-        cand = None
-        if rescorer is not None:
-            from lacunes.rescoring import candidate_features
-
-            labels, n, feats = candidate_features(masked, image, mask, spacing, rescorer.candidate_threshold)
-            cand = (labels, n, rescorer.score(feats) if n else np.zeros(0))
-        prepared.append(PreparedCase(masked, cand, ref, ReferenceLesions.from_reference(ref, spacing), spacing, mask))
-        logits_inside.append(logit(masked[mask] if mask is not None else masked.ravel()).astype(np.float32))
+    prepared, logits_inside = zip(*(_prepare(ValidationCase(*c), rescorer) for c in cases)) if cases else ((), ())
+    prepared, logits_inside = list(prepared), list(logits_inside)
     if rescorer is not None:
         thresholds = [t for t in thresholds if t >= rescorer.candidate_threshold]
-    cuts = list(min_scores) if rescorer is not None else [None]
     scores = []
-    for cut in tqdm(cuts, desc="operating points", disable=not progress):
-        stage = rescorer.replace(min_score=cut) if rescorer is not None else None
-        # The map before recalibration (at threshold 0.5 it is the identity); recalibrating to t then
-        # cutting at 0.5 is the same as cutting this map at t (recalibrate is monotone, t → 0.5).
-        finished = [finish_probability(c.masked, OperatingPoint(0.5, 0.0, True), c.mask, c.spacing, stage,
-                                       candidates=c.candidates) for c in prepared]
-        staged = [f.probability for f in finished]
-        rejected_inside = [None if f.rejected is None else (f.rejected[c.mask] if c.mask is not None else f.rejected.ravel())
-                           for f, c in zip(finished, prepared)]
-        for t in thresholds:
-            shares = [_share_in_band(lg, math.log(t / (1 - t)), rej) for lg, rej in zip(logits_inside, rejected_inside)]
-            share = float(np.mean(shares)) if shares else 0.0
-            lesions = []  # per case: centres (mm) and volumes (mm³) of the predicted lesions
-            for prob, c in zip(staged, prepared):
-                labels, n = label_instances(prob >= t)
-                volumes_mm3 = np.bincount(labels.ravel(), minlength=n + 1)[1:] * float(np.prod(c.spacing))
-                lesions.append((lesion_centres_mm(labels, n, c.spacing), volumes_mm3))
-            for v in volumes:
-                counts = [Counts(*detection_counts(centres[vol >= v], c.reference_lesions))
-                          for (centres, vol), c in zip(lesions, prepared)]
-                scores.append(_pool(counts, t, v, cut))
-                scores[-1].uncertain_share = share
+    for cut in tqdm(list(min_scores) if rescorer is not None else [None], desc="operating points", disable=not progress):
+        scores += _grid(prepared, logits_inside, rescorer, cut, thresholds, volumes)
 
     def eligible(s: OperatingPointScore) -> bool:
         return max_uncertain_share is None or s.uncertain_share < max_uncertain_share
 
     constrained = any(eligible(s) for s in scores)
     pool = [s for s in scores if eligible(s)] if constrained else scores
-    best = max(pool, key=lambda s: (np.nan_to_num(s.f1, nan=-1.0), -s.fp, -s.min_volume_mm3, -s.threshold,
-                                    -(s.min_score or 0.0)))
-    stage = rescorer.replace(min_score=best.min_score) if rescorer is not None else None
-
-    def score_at(op: OperatingPoint) -> OperatingPointScore:
-        counts, dices, shares = [], [], []
-        for c in prepared:
-            finished = finish_probability(c.masked, op, c.mask, c.spacing, stage, candidates=c.candidates)
-            r = evaluate_subject(finished.probability.astype(np.float64), c.reference, c.spacing)
-            counts.append(Counts(r.tp, r.fp, r.fn, r.wtp, r.wfn, r.f1))
-            shares.append(uncertain_share(c.masked, finished.threshold, c.mask, finished.rejected))
-            if r.n_ref:
-                dices.append(r.dice)
-        s = _pool(counts, op.threshold, op.min_volume_mm3, best.min_score)
-        s.dice, s.extent_threshold = (float(np.median(dices)) if dices else float("nan")), op.extent_threshold
-        s.uncertain_share = float(np.mean(shares)) if shares else 0.0
-        return s
-
-    # Among the thresholds that tie with the best point on F1 and false positives (same cut and minimum
-    # volume), the best median Dice: a sharp network detects the same lesions over a wide range of
-    # thresholds, and only their extent changes.
-    ties = [s for s in pool if s.min_score == best.min_score and s.min_volume_mm3 == best.min_volume_mm3
-            and s.fp == best.fp and abs(np.nan_to_num(s.f1, nan=-1.0) - np.nan_to_num(best.f1, nan=-1.0)) < 1e-9]
-    for s in tqdm(sorted(ties, key=lambda s: s.threshold), desc="thresholds (Dice)",
-                  disable=not progress or len(ties) < 2):
-        s.dice = score_at(OperatingPoint(s.threshold, s.min_volume_mm3, True)).dice
-        if np.nan_to_num(s.dice, nan=-1.0) > np.nan_to_num(best.dice, nan=-1.0):
-            best = s
+    best, stage = _best_of_grid(pool, prepared, rescorer, progress)
     op = OperatingPoint(best.threshold, best.min_volume_mm3, True)
     chosen = best
-    candidates = [e for e in sorted(extents, reverse=True) if e < op.threshold]
-    for e in tqdm(candidates, desc="extents", disable=not progress or not candidates):
-        s = score_at(op.replace(extent_threshold=e))
+    extents_below = [e for e in sorted(extents, reverse=True) if e < op.threshold]
+    for e in tqdm(extents_below, desc="extents", disable=not progress or not extents_below):
+        s = _score_at(prepared, op.replace(extent_threshold=e), stage, best.min_score)
         scores.append(s)
-        if (s.f1 >= best.f1 - 1e-9 and (not constrained or eligible(s))
-                and np.nan_to_num(s.dice, nan=-1.0) > np.nan_to_num(chosen.dice, nan=-1.0)):
+        if s.f1 >= best.f1 - 1e-9 and (not constrained or eligible(s)) and _dice(s) > _dice(chosen):
             chosen = s
     return op.replace(extent_threshold=chosen.extent_threshold), best.min_score, scores

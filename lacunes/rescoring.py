@@ -21,14 +21,16 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from lacunes.instances import label_instances
-from lacunes.options import DEFAULT_THRESHOLD
+from lacunes.options import DEFAULT_THRESHOLD, MODALITIES
+
+FLAIR = MODALITIES.index("FLAIR")  # the channel of the rim feature
 
 FEATURES = (
     "log_volume_mm3",  # log of the candidate's volume
     "max_probability",
     "mean_probability",
-    "t1", "t2", "flair",  # mean normalized intensity inside
-    "t1_contrast", "t2_contrast", "flair_contrast",  # inside minus a shell 1-2 voxels out
+    *(m.lower() for m in MODALITIES),  # mean normalized intensity inside: t1, t2, flair
+    *(f"{m.lower()}_contrast" for m in MODALITIES),  # inside minus a shell 1-2 voxels out
     "flair_rim",  # FLAIR 1 voxel out minus FLAIR 2-3 voxels out (a gliotic rim is brighter)
     "log_elongation",  # log ratio of the largest to the smallest principal extent
     "major_extent_mm",  # standard deviation along the principal axis
@@ -44,7 +46,7 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
 
     Args:
         probability: raw probability (x, y, z).
-        image: the normalized ``3×X×Y×Z`` input (T1, T2, FLAIR).
+        image: the normalized ``C×X×Y×Z`` input (:data:`lacunes.options.MODALITIES`).
         brain: the brain mask, or None.
         spacing: voxel size, mm.
 
@@ -85,9 +87,10 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
         img = image[(slice(None), *big)]
         p = probability[big][comp]
         vox = int(comp.sum())
-        inside_means = [float(img[c][comp].mean()) for c in range(3)]
-        shell_means = [float(img[c][shell].mean()) if shell.any() else 0.0 for c in range(3)]
-        rim = (float(img[2][ring1].mean()) if ring1.any() else 0.0) - (float(img[2][ring23].mean()) if ring23.any() else 0.0)
+        inside_means = [float(img[c][comp].mean()) for c in range(len(MODALITIES))]
+        shell_means = [float(img[c][shell].mean()) if shell.any() else 0.0 for c in range(len(MODALITIES))]
+        rim = ((float(img[FLAIR][ring1].mean()) if ring1.any() else 0.0)
+               - (float(img[FLAIR][ring23].mean()) if ring23.any() else 0.0))
         coords = np.argwhere(comp) * spacing_a
         if vox >= 2:
             eig = np.sort(np.linalg.eigvalsh(np.cov(coords.T) + np.eye(3) * (spacing_a.mean() ** 2 / 12)))

@@ -25,6 +25,7 @@ from enum import StrEnum
 import numpy as np
 from scipy import ndimage as ndi
 
+from lacunes.options import MODALITIES
 from lacunes.preprocessing import brain_mask
 
 #: At most this many voxels of each candidate set are kept per subject (drawn uniformly): enough to
@@ -94,7 +95,7 @@ class Candidates:
         depth = ndi.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
         edge = mask & (depth <= edge_mm)
         inner = mask & ~edge
-        t1, t2 = image[0], image[1]
+        t1, t2 = image[MODALITIES.index("T1")], image[MODALITIES.index("T2")]  # fluid: dark on T1, bright on T2
         fluid = inner & (t1 <= np.quantile(t1[mask], 0.25)) & (t2 >= np.quantile(t2[mask], 0.75))
         flat_inst = instances.ravel()
         order = np.argsort(flat_inst, kind="stable")

@@ -16,7 +16,7 @@ from lacunes.training.pipeline import (
 )
 from lacunes.training.sampling import Candidates, crop_at
 
-from .test_sampling import subject_arrays
+from .test_training_sampling import subject_arrays
 
 NO_AUGMENTATION = dict(flip_prob=0.0, affine_prob=0.0, noise_prob=0.0)
 
