@@ -167,68 +167,83 @@ def evaluate_subject(
         raise ValueError(f"max_distance_mm must be > 0, got {max_distance_mm}")
     matching = Matching(matching)
     voxel = float(np.prod(spacing))
-    ref = np.round(reference.astype(np.float64), 1)
-    ref_labels, n_ref = label_instances(ref > 0, connectivity)
-    ref_weights = np.asarray(ndi.maximum(ref, ref_labels, np.arange(1, n_ref + 1))).reshape(-1) if n_ref else np.zeros(0)
-    ref_vox = np.asarray(ndi.sum_labels(np.ones_like(ref_labels), ref_labels, np.arange(1, n_ref + 1))).reshape(-1)
-    ref_sum = float(ref.sum())
-
-    valid = bool(np.isfinite(prediction).all() and prediction.min(initial=0) >= 0 and prediction.max(initial=0) <= 1)
-    if uncertainty is not None and not (np.isfinite(uncertainty).all() and uncertainty.min(initial=0) >= 0
-                                        and uncertainty.max(initial=0) <= 1):
-        valid = False
-    if not valid:
-        return SubjectMetrics(subject_id, False, 0.0 if n_ref else math.nan, 0.0 if n_ref else math.nan, math.inf,
-                              0.0, 0.0, 0, 0, n_ref, 0.0, float(ref_weights.sum()), n_ref, 0,
-                              ref_sum * voxel, math.nan)
+    r = _Reference.of(reference, connectivity)
+    if not (_in_unit_range(prediction) and (uncertainty is None or _in_unit_range(uncertainty))):
+        return SubjectMetrics(subject_id, False, 0.0 if r.n else math.nan, 0.0 if r.n else math.nan, math.inf,
+                              0.0, 0.0, 0, 0, r.n, 0.0, float(r.weights.sum()), r.n, 0, r.total * voxel, math.nan)
 
     pred_bin = prediction >= 0.5
     pred_labels, n_pred = label_instances(pred_bin, connectivity)
-    avd = abs(float(np.where(pred_bin, prediction, 0.0).sum()) - ref_sum) * voxel
-
+    avd = abs(float(np.where(pred_bin, prediction, 0.0).sum()) - r.total) * voxel
     pc_all = lesion_centres_mm(pred_labels, n_pred, spacing)
-    rc_all = lesion_centres_mm(ref_labels, n_ref, spacing)
-    assigned, score = _assign(matching, pred_labels, n_pred, ref_labels, n_ref, pc_all, rc_all, max_distance_mm)
+    rc_all = lesion_centres_mm(r.labels, r.n, spacing)
+    assigned, score = _assign(matching, pred_labels, n_pred, r.labels, r.n, pc_all, rc_all, max_distance_mm)
     tp_of = true_positives(assigned, score)
     tp_preds = set(tp_of.values())
     fp_preds = [j for j in range(1, n_pred + 1) if j not in tp_preds]
-    wtp = float(sum(ref_weights[k - 1] for k in tp_of))
-    fn_refs = [k for k in range(1, n_ref + 1) if k not in tp_of]
-    wfn = float(sum(ref_weights[k - 1] for k in fn_refs))
-    fp = len(fp_preds)
+    fn_refs = [k for k in range(1, r.n + 1) if k not in tp_of]
+    wtp = float(sum(r.weights[k - 1] for k in tp_of))
+    wfn = float(sum(r.weights[k - 1] for k in fn_refs))
     # Per-lesion work happens inside bounding boxes (a lesion is tiny next to the volume).
     pred_boxes = ndi.find_objects(pred_labels, max_label=n_pred) if n_pred else []
-    ref_boxes = ndi.find_objects(ref_labels, max_label=n_ref) if n_ref else []
+    ref_boxes = ndi.find_objects(r.labels, max_label=r.n) if r.n else []
     pred_vox = np.bincount(pred_labels.ravel(), minlength=n_pred + 1)
-    # per detected reference lesion: the box holding it and the predictions assigned to it, and in that
-    # box the lesion, its soft reference values and the union of those predictions (Dice, voxel score)
-    assigned_preds = {}
-    for k in tp_of:
-        js = [j for j in range(1, n_pred + 1) if assigned[j] == k]
-        box = _union_box([ref_boxes[k - 1]] + [pred_boxes[j - 1] for j in js])
-        lesion = ref_labels[box] == k
-        assigned_preds[k] = (box, lesion, np.where(lesion, ref[box], 0.0), np.isin(pred_labels[box], js))
-
-    if n_ref == 0:
+    assigned_preds = _assigned_regions(tp_of, assigned, n_pred, pred_labels, pred_boxes, r, ref_boxes)
+    if r.n == 0:
         f1 = dice = math.nan
     elif n_pred == 0:
         f1 = dice = 0.0
     else:
-        f1 = 2 * wtp / (wfn + fp + 2 * wtp) if (wfn + fp + 2 * wtp) > 0 else 0.0
-        dices = []
-        for k in tp_of:
-            _, _, soft, preds = assigned_preds[k]
-            dices.append(_dice(soft, preds))
+        f1 = 2 * wtp / (wfn + len(fp_preds) + 2 * wtp) if (wfn + len(fp_preds) + 2 * wtp) > 0 else 0.0
+        dices = [_dice(soft, preds) for _, _, soft, preds in assigned_preds.values()]
         dice = float(np.mean(dices)) if dices else 0.0
-
     rows, unc_flags, unc_voxels = _lesion_rows(
-        subject_id, uncertainty, voxel, ref_labels, n_ref, ref_weights, ref_vox, ref_boxes, rc_all,
+        subject_id, uncertainty, voxel, r.labels, r.n, r.weights, r.voxels, ref_boxes, rc_all,
         pred_labels, pred_vox, pred_boxes, pc_all, tp_of, fp_preds, assigned_preds)
-
     return SubjectMetrics(
-        subject_id, True, f1, dice, avd, unc_flags, unc_voxels, len(tp_of), fp, len(fn_refs), wtp, wfn,
-        n_ref, n_pred, ref_sum * voxel, float(pred_bin.sum()) * voxel, rows,
+        subject_id, True, f1, dice, avd, unc_flags, unc_voxels, len(tp_of), len(fp_preds), len(fn_refs), wtp, wfn,
+        r.n, n_pred, r.total * voxel, float(pred_bin.sum()) * voxel, rows,
     )
+
+
+def _in_unit_range(values: np.ndarray) -> bool:
+    """Finite and within [0, 1]: a map the challenge scores (others make the subject invalid)."""
+    return bool(np.isfinite(values).all() and values.min(initial=0) >= 0 and values.max(initial=0) <= 1)
+
+
+@dataclass(frozen=True)
+class _Reference:
+    """A subject's reference lesions: the raters' mean rounded to 0.1, its instances, each instance's
+    weight (its highest rater agreement) and voxel count, and the reference's total."""
+
+    values: np.ndarray
+    labels: np.ndarray
+    n: int
+    weights: np.ndarray
+    voxels: np.ndarray
+    total: float
+
+    @classmethod
+    def of(cls, reference: np.ndarray, connectivity: int) -> _Reference:
+        ref = np.round(reference.astype(np.float64), 1)
+        labels, n = label_instances(ref > 0, connectivity)
+        index = np.arange(1, n + 1)
+        weights = np.asarray(ndi.maximum(ref, labels, index)).reshape(-1) if n else np.zeros(0)
+        voxels = np.asarray(ndi.sum_labels(np.ones_like(labels), labels, index)).reshape(-1)
+        return cls(ref, labels, n, weights, voxels, float(ref.sum()))
+
+
+def _assigned_regions(tp_of: dict, assigned: np.ndarray, n_pred: int, pred_labels: np.ndarray, pred_boxes,
+                      r: _Reference, ref_boxes) -> dict:
+    """Per detected reference lesion ``k``: the box holding it and the predictions assigned to it, and in
+    that box the lesion, its soft reference values and the union of those predictions (Dice, voxel score)."""
+    out = {}
+    for k in tp_of:
+        js = [j for j in range(1, n_pred + 1) if assigned[j] == k]
+        box = _union_box([ref_boxes[k - 1]] + [pred_boxes[j - 1] for j in js])
+        lesion = r.labels[box] == k
+        out[k] = (box, lesion, np.where(lesion, r.values[box], 0.0), np.isin(pred_labels[box], js))
+    return out
 
 
 def _assign(matching: Matching, pred_labels: np.ndarray, n_pred: int, ref_labels: np.ndarray, n_ref: int,

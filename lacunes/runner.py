@@ -193,6 +193,36 @@ def settings_conflicts(records: dict, names: list[str], requested: dict) -> list
     return out
 
 
+def _cohort_subject(predictor: Predictor, files, output: Path, record, requested: dict, overwrite: bool,
+                    extras: Path, write_mask: bool, write_table: bool, resample: bool):
+    """One subject of :func:`run_cohort`: skipped while its record matches its maps and the settings (extras
+    asked for only now made from the saved maps), else predicted with its sidecars. Returns its report
+    and its new record."""
+    from lacunes.provenance import settings_difference, subject_provenance, write_sidecar
+    from lacunes.report import SubjectRecord
+
+    pred, unc = output / files.prediction_name, output / files.uncertainty_name
+    wanted = extras_paths(files, extras, write_mask, write_table)
+    expected = [pred, unc, *wanted.values()]
+    why = None if overwrite else (record_mismatch(record, [pred, unc], output)
+                                  or settings_difference(record.settings, requested))
+    if not overwrite and why is not None and any(p.exists() for p in expected):
+        logger.warning("%s: outputs in %s not known complete (%s): predicting again", files.subject_id, output, why)
+    if not overwrite and why is None:
+        missing = {k: p for k, p in wanted.items() if record_mismatch(record, [p], output)}
+        if missing:
+            record.outputs.update(fingerprints(extras_from_maps(files, pred, unc, missing), output))
+        return SubjectReport(files.subject_id, expected, status="skipped", extras_from_maps=bool(missing)), record
+    r = run_subject(predictor, files, pred, unc, extras, write_mask, write_table, resample)
+    provenance = subject_provenance(predictor, files.paths, r.seconds)
+    write_sidecar(pred, provenance, "lacune probability map (0.5 = the operating point)")
+    write_sidecar(unc, provenance, "uncertainty map (1 = the model and its operating point disagree)")
+    inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
+    record = SubjectRecord(r.subject_id, "done", inputs, _record_key(pred, output), r.lesions, r.volume_mm3,
+                           r.seconds, outputs=fingerprints(r.outputs, output), settings=requested)
+    return r, record
+
+
 def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bool = False,
                extras_dir: Path | None = None, write_mask: bool = False, write_table: bool = False,
                resample: bool = False, qc: bool = False, progress: bool = True,
@@ -213,13 +243,7 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     from tqdm import tqdm
 
     from lacunes.io import prepare_output_folder
-    from lacunes.provenance import (
-        run_settings,
-        settings_difference,
-        subject_provenance,
-        write_dataset_description,
-        write_sidecar,
-    )
+    from lacunes.provenance import run_settings, write_dataset_description
     from lacunes.report import SubjectRecord, load_records, picture_for, update_records, write_report
 
     shard_i, shard_n = shard
@@ -239,41 +263,17 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     write_dataset_description(output, predictor)
     reports: list[SubjectReport] = []
     for entry in tqdm(items, desc="subjects", unit="subject", disable=not progress):
-        name = entry.subject_id
         try:
-            files = entry.files()
-            pred, unc = output / files.prediction_name, output / files.uncertainty_name
-            inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
-            wanted = extras_paths(files, extras, write_mask, write_table)
-            expected = [pred, unc, *wanted.values()]
-            record = records.get(files.subject_id)
-            why = None if overwrite else (record_mismatch(record, [pred, unc], output)
-                                          or settings_difference(record.settings, requested))
-            if not overwrite and why is not None and any(p.exists() for p in expected):
-                logger.warning("%s: outputs in %s not known complete (%s): predicting again", files.subject_id,
-                               output, why)
-            if not overwrite and why is None:
-                missing = {k: p for k, p in wanted.items() if record_mismatch(record, [p], output)}
-                if missing:
-                    made = extras_from_maps(files, pred, unc, missing)
-                    record.outputs.update(fingerprints(made, output))
-                reports.append(SubjectReport(files.subject_id, expected, status="skipped",
-                                             extras_from_maps=bool(missing)))
-            else:
-                r = run_subject(predictor, files, pred, unc, extras, write_mask, write_table, resample)
-                reports.append(r)
-                provenance = subject_provenance(predictor, files.paths, r.seconds)
-                write_sidecar(pred, provenance, "lacune probability map (0.5 = the operating point)")
-                write_sidecar(unc, provenance, "uncertainty map (1 = the model and its operating point disagree)")
-                record = SubjectRecord(r.subject_id, "done", inputs, _record_key(pred, output), r.lesions, r.volume_mm3,
-                                       r.seconds, outputs=fingerprints(r.outputs, output), settings=requested)
+            report, record = _cohort_subject(predictor, entry.files(), output, records.get(entry.subject_id), requested,
+                                             overwrite, extras, write_mask, write_table, resample)
+            reports.append(report)
             drawn = bool(record.picture) and (output / record.picture).is_file()
-            if qc and (reports[-1].status == "done" or not drawn):
+            if qc and (report.status == "done" or not drawn):
                 picture_for(output, record)
         except Exception as exc:  # one bad subject must not stop the cohort
-            logger.error("%s failed: %s", name, exc)
-            reports.append(SubjectReport(name, status="failed", error=str(exc)))
-            record = SubjectRecord(name, "failed", error=str(exc))
+            logger.error("%s failed: %s", entry.subject_id, exc)
+            reports.append(SubjectReport(entry.subject_id, status="failed", error=str(exc)))
+            record = SubjectRecord(entry.subject_id, "failed", error=str(exc))
         records = update_records(output, {record.subject_id: record})
     if qc:
         write_report(output, records)

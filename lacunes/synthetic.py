@@ -353,6 +353,112 @@ def _place(
     return None
 
 
+@dataclass
+class _LesionMaps:
+    """What the lesions of a phantom leave: partial-volume fractions per kind, the raters' masks and the
+    places taken (centre, radius), which later lesions keep away from."""
+
+    lacune: np.ndarray
+    rim: np.ndarray
+    pvs: np.ndarray
+    wmh: np.ndarray
+    rater1: np.ndarray
+    rater2: np.ndarray
+    taken: list[tuple[np.ndarray, float]] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, shape) -> _LesionMaps:
+        return cls(*(np.zeros(shape, np.float32) for _ in range(4)), np.zeros(shape, np.uint8), np.zeros(shape, np.uint8))
+
+
+def _rater2_behaviour(rng: np.random.Generator, cfg: SynthConfig, d: float, label: np.ndarray) -> tuple[str, np.ndarray]:
+    """How the second rater draws a lacune of diameter ``d``: the same, missed (small ones), dilated or eroded."""
+    behaviour = "same"
+    if d < 5.0 and rng.random() < cfg.p_rater2_miss_small:
+        behaviour = "missed"
+    elif rng.random() < cfg.p_rater2_border:
+        behaviour = "dilated" if rng.random() < 0.5 else "eroded"
+    r2 = label
+    if behaviour == "dilated":
+        r2 = ndi.binary_dilation(label)
+    elif behaviour == "eroded":
+        eroded = ndi.binary_erosion(label)
+        r2 = eroded if eroded.any() else label
+        behaviour = behaviour if eroded.any() else "same"
+    return behaviour, r2
+
+
+def _add_lacunes(rng: np.random.Generator, cfg: SynthConfig, sites: dict, maps: _LesionMaps) -> list[Lesion]:
+    """Lacunes: ellipsoidal CSF-like cavities in deep grey or white matter, with a FLAIR rim."""
+    shape = maps.lacune.shape
+    lesions = []
+    n_lac = 0 if rng.random() < cfg.p_no_lacune else int(rng.integers(1, cfg.max_lacunes + 1))
+    for _ in range(n_lac):
+        d = _draw_diameter(rng, *cfg.lacune_diameter_mm)
+        radii = np.array([d, d * rng.uniform(0.6, 1.0), d * rng.uniform(0.6, 1.0)], np.float32) / 2
+        pool = sites["deep_gm"] if rng.random() < 0.5 and len(sites["deep_gm"]) else sites["wm"]
+        c = _place(rng, pool, maps.taken, float(radii.max()), gap=4.0)
+        if c is None:
+            continue
+        axes = _rotation(rng, 90.0).astype(np.float32)
+        extent = float(radii.max()) + 4
+        box, frac = _ellipsoid_fraction(shape, c, radii, axes, extent)
+        label = frac >= 0.5
+        if not label.any():
+            continue
+        maps.taken.append((c, float(radii.max())))
+        maps.lacune[box] = np.maximum(maps.lacune[box], frac)
+        # FLAIR rim: a gliotic shell about 1 mm thick around the cavity.
+        _, outer = _ellipsoid_fraction(shape, c, radii + rng.uniform(0.8, 1.6), axes, extent)
+        maps.rim[box] = np.maximum(maps.rim[box], np.clip(outer - frac, 0, 1))
+        maps.rater1[box] |= label.astype(np.uint8)
+        behaviour, r2 = _rater2_behaviour(rng, cfg, d, label)
+        if behaviour != "missed":
+            maps.rater2[box] |= r2.astype(np.uint8)
+        lesions.append(Lesion("lacune", tuple(float(v) for v in c), tuple(float(2 * r) for r in radii),
+                              int(label.sum()), behaviour))
+    return lesions
+
+
+def _add_pvs(rng: np.random.Generator, cfg: SynthConfig, sites: dict, maps: _LesionMaps, brain: np.ndarray) -> list[Lesion]:
+    """Perivascular spaces: thin CSF-like tubes (< 3 mm across, no rim), mostly running along z."""
+    lesions = []
+    for _ in range(int(rng.integers(cfg.n_pvs[0], cfg.n_pvs[1] + 1))):
+        radius = rng.uniform(0.5, 1.2)
+        length = rng.uniform(5.0, 18.0)
+        pool = sites["deep"] if rng.random() < 0.6 else sites["wm"]
+        c = _place(rng, pool, maps.taken, length / 2, gap=3.0)
+        if c is None:
+            continue
+        direction = np.array([0.0, 0.0, 1.0]) + rng.normal(0, 0.35, 3)
+        direction /= np.linalg.norm(direction)
+        p0, p1 = c - direction * length / 2, c + direction * length / 2
+        box, frac = _capsule_fraction(maps.pvs.shape, p0.astype(np.float32), p1.astype(np.float32), radius)
+        frac *= brain[box]
+        maps.pvs[box] = np.maximum(maps.pvs[box], frac)
+        maps.taken.append((c, length / 2))
+        lesions.append(Lesion("pvs", tuple(float(v) for v in c), (2 * radius, 2 * radius, length), int((frac >= 0.5).sum())))
+    return lesions
+
+
+def _add_wmh(rng: np.random.Generator, cfg: SynthConfig, sites: dict, maps: _LesionMaps, wm: np.ndarray) -> list[Lesion]:
+    """White-matter hyperintensities: irregular bright blobs, often periventricular."""
+    lesions = []
+    for _ in range(int(rng.integers(cfg.n_wmh[0], cfg.n_wmh[1] + 1))):
+        d = rng.uniform(4.0, 18.0)
+        c = _place(rng, sites["wm"], maps.taken, d / 2, gap=3.0)
+        if c is None:
+            continue
+        radii = np.array([d, d * rng.uniform(0.5, 1.0), d * rng.uniform(0.4, 0.9)], np.float32) / 2
+        box, frac = _ellipsoid_fraction(maps.wmh.shape, c, radii, _rotation(rng, 90.0).astype(np.float32))
+        bumpy = np.clip(frac * rng.uniform(0.6, 1.0, frac.shape).astype(np.float32), 0, 1)
+        bumpy = ndi.gaussian_filter(bumpy, 0.8) * wm[box]
+        maps.wmh[box] = np.maximum(maps.wmh[box], bumpy)
+        maps.taken.append((c, d / 2))
+        lesions.append(Lesion("wmh", tuple(float(v) for v in c), tuple(float(2 * r) for r in radii), int((bumpy >= 0.5).sum())))
+    return lesions
+
+
 def generate_phantom(seed: int, index: int = 1, config: SynthConfig | None = None, subject_id: str | None = None) -> Phantom:
     """Generate one synthetic subject.
 
@@ -376,89 +482,16 @@ def generate_phantom(seed: int, index: int = 1, config: SynthConfig | None = Non
     shape = anat["mask"].shape
     sites = _candidate_sites(anat)
 
-    lesions: list[Lesion] = []
-    taken: list[tuple[np.ndarray, float]] = []
-    lacune_frac = np.zeros(shape, np.float32)
-    rim_frac = np.zeros(shape, np.float32)
-    pvs_frac = np.zeros(shape, np.float32)
-    wmh_frac = np.zeros(shape, np.float32)
-    rater1 = np.zeros(shape, np.uint8)
-    rater2 = np.zeros(shape, np.uint8)
-
-    n_lac = 0 if rng.random() < cfg.p_no_lacune else int(rng.integers(1, cfg.max_lacunes + 1))
-    for _ in range(n_lac):
-        d = _draw_diameter(rng, *cfg.lacune_diameter_mm)
-        radii = np.array([d, d * rng.uniform(0.6, 1.0), d * rng.uniform(0.6, 1.0)], np.float32) / 2
-        pool = sites["deep_gm"] if rng.random() < 0.5 and len(sites["deep_gm"]) else sites["wm"]
-        c = _place(rng, pool, taken, float(radii.max()), gap=4.0)
-        if c is None:
-            continue
-        axes = _rotation(rng, 90.0).astype(np.float32)
-        extent = float(radii.max()) + 4
-        box, frac = _ellipsoid_fraction(shape, c, radii, axes, extent)
-        label = frac >= 0.5
-        if not label.any():
-            continue
-        taken.append((c, float(radii.max())))
-        lacune_frac[box] = np.maximum(lacune_frac[box], frac)
-        # FLAIR rim: a gliotic shell about 1 mm thick around the cavity.
-        _, outer = _ellipsoid_fraction(shape, c, radii + rng.uniform(0.8, 1.6), axes, extent)
-        rim_frac[box] = np.maximum(rim_frac[box], np.clip(outer - frac, 0, 1))
-        rater1[box] |= label.astype(np.uint8)
-        behaviour = "same"
-        if d < 5.0 and rng.random() < cfg.p_rater2_miss_small:
-            behaviour = "missed"
-        elif rng.random() < cfg.p_rater2_border:
-            behaviour = "dilated" if rng.random() < 0.5 else "eroded"
-        r2 = label
-        if behaviour == "dilated":
-            r2 = ndi.binary_dilation(label)
-        elif behaviour == "eroded":
-            eroded = ndi.binary_erosion(label)
-            r2 = eroded if eroded.any() else label
-            behaviour = behaviour if eroded.any() else "same"
-        if behaviour != "missed":
-            rater2[box] |= r2.astype(np.uint8)
-        lesions.append(Lesion("lacune", tuple(float(v) for v in c), tuple(float(2 * r) for r in radii),
-                              int(label.sum()), behaviour))
-
-    # Perivascular spaces: thin CSF-like tubes (< 3 mm across, no rim), mostly running along z.
-    for _ in range(int(rng.integers(cfg.n_pvs[0], cfg.n_pvs[1] + 1))):
-        radius = rng.uniform(0.5, 1.2)
-        length = rng.uniform(5.0, 18.0)
-        pool = sites["deep"] if rng.random() < 0.6 else sites["wm"]
-        c = _place(rng, pool, taken, length / 2, gap=3.0)
-        if c is None:
-            continue
-        direction = np.array([0.0, 0.0, 1.0]) + rng.normal(0, 0.35, 3)
-        direction /= np.linalg.norm(direction)
-        p0, p1 = c - direction * length / 2, c + direction * length / 2
-        box, frac = _capsule_fraction(shape, p0.astype(np.float32), p1.astype(np.float32), radius)
-        frac *= anat["mask"][box]
-        pvs_frac[box] = np.maximum(pvs_frac[box], frac)
-        taken.append((c, length / 2))
-        lesions.append(Lesion("pvs", tuple(float(v) for v in c), (2 * radius, 2 * radius, length), int((frac >= 0.5).sum())))
-
-    # White-matter hyperintensities: irregular bright blobs, often periventricular.
-    for _ in range(int(rng.integers(cfg.n_wmh[0], cfg.n_wmh[1] + 1))):
-        d = rng.uniform(4.0, 18.0)
-        c = _place(rng, sites["wm"], taken, d / 2, gap=3.0)
-        if c is None:
-            continue
-        radii = np.array([d, d * rng.uniform(0.5, 1.0), d * rng.uniform(0.4, 0.9)], np.float32) / 2
-        box, frac = _ellipsoid_fraction(shape, c, radii, _rotation(rng, 90.0).astype(np.float32))
-        bumpy = np.clip(frac * rng.uniform(0.6, 1.0, frac.shape).astype(np.float32), 0, 1)
-        bumpy = ndi.gaussian_filter(bumpy, 0.8) * anat["wm"][box]
-        wmh_frac[box] = np.maximum(wmh_frac[box], bumpy)
-        taken.append((c, d / 2))
-        lesions.append(Lesion("wmh", tuple(float(v) for v in c), tuple(float(2 * r) for r in radii), int((bumpy >= 0.5).sum())))
-
-    images = _render(rng, cfg, anat, lacune_frac, rim_frac, pvs_frac, wmh_frac)
+    maps = _LesionMaps.empty(shape)
+    lesions = _add_lacunes(rng, cfg, sites, maps)
+    lesions += _add_pvs(rng, cfg, sites, maps, anat["mask"])
+    lesions += _add_wmh(rng, cfg, sites, maps, anat["wm"])
+    images = _render(rng, cfg, anat, maps.lacune, maps.rim, maps.pvs, maps.wmh)
     sid = subject_id or f"sub-{index:03d}"
     tissues = np.where(anat["mask"], 1 + np.argmax(np.stack([anat["csf"], anat["gm"], anat["wm"]]), axis=0), 0)
     if drawn is not None:
         images = _acquire(images, drawn)
-    return Phantom(sid, images, rater1, rater2, lesions, tissues.astype(np.uint8), acquisition=drawn)
+    return Phantom(sid, images, maps.rater1, maps.rater2, lesions, tissues.astype(np.uint8), acquisition=drawn)
 
 
 #: Tissue order each modality keeps whatever contrast is drawn (darkest first).
