@@ -186,14 +186,17 @@ def find_valdo_subjects(folder: Path) -> list[SubjectFiles]:
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def explicit_subject(t1: Path, t2: Path, flair: Path, subject_id: str | None = None) -> SubjectFiles:
-    """A subject given as three explicit files; the id defaults to the T1's name up to its first '_'.
-    The id must be a plain name (letters, digits, ``.``, ``_``, ``-``; no path)."""
-    t1 = Path(t1)
-    sid = subject_id or re.split(r"[_.]", t1.name)[0]
+def explicit_subject(*files: Path, subject_id: str | None = None) -> SubjectFiles:
+    """A subject given as one explicit file per modality (:data:`MODALITIES` order: T1, T2, FLAIR); the id
+    defaults to the T1's name up to its first '_'. The id must be a plain name (letters, digits, ``.``,
+    ``_``, ``-``; no path)."""
+    if len(files) != len(MODALITIES):
+        raise ValueError(f"one file per modality ({', '.join(MODALITIES)}), got {len(files)}")
+    paths = {m: Path(f) for m, f in zip(MODALITIES, files)}
+    sid = subject_id or re.split(r"[_.]", paths["T1"].name)[0]
     if not SUBJECT_ID.match(sid) or sid in (".", ".."):
         raise LacunesInputError(f"subject id {sid!r} must be a name (letters, digits, '.', '_', '-'), not a path")
-    return SubjectFiles(sid, {"T1": t1, "T2": Path(t2), "FLAIR": Path(flair)}, f"{sid}_space-T1_")
+    return SubjectFiles(sid, paths, f"{sid}_space-T1_")
 
 
 # ---------------------------------------------------------------------------------------------- BIDS
@@ -316,14 +319,14 @@ def find_subject_files(folder: Path) -> list[SubjectFiles]:
     return [entry.files() for entry in find_subjects(folder)]
 
 
-def cohort_items(input_dir: Path | None = None, files: tuple[Path, Path, Path] | None = None,
+def cohort_items(input_dir: Path | None = None, files: tuple[Path, ...] | None = None,
                  subject_id: str | None = None) -> list[CohortEntry]:
     """The subjects of a run, for :func:`lacunes.runner.run_cohort`: those of a folder in a known layout
     (:func:`find_subjects`), or one subject from explicit T1, T2 and FLAIR files."""
     if (input_dir is None) == (files is None):
         raise ValueError("give either an input folder (VALDO or BIDS layout) or the T1, T2 and FLAIR files")
     if files is not None:
-        return [explicit_subject(*files, subject_id)]
+        return [explicit_subject(*files, subject_id=subject_id)]
     return find_subjects(Path(input_dir))
 
 

@@ -6,12 +6,14 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from lacunes.options import MODALITIES
+
 
 @dataclass(frozen=True)
 class NetworkConfig:
     """Arguments of MONAI ``BasicUNet``; defaults are the published recipe (T1+T2+FLAIR in, one logit out)."""
 
-    in_channels: int = 3
+    in_channels: int = len(MODALITIES)
     out_channels: int = 1
     features: tuple[int, ...] = (32, 32, 64, 128, 256, 32)
     act: str = "mish"

@@ -60,8 +60,11 @@ def test_explicit_subject(tmp_path):
     for bad in ("../x", "a/b", "..", "/etc/x", ""):
         if bad:
             with pytest.raises(LacunesInputError, match="must be a name"):
-                explicit_subject(tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz", tmp_path / "fl.nii.gz", bad)
-    assert explicit_subject(tmp_path / "t1.nii.gz", tmp_path / "t2", tmp_path / "f", "sub-1.v2").subject_id == "sub-1.v2"
+                explicit_subject(tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz", tmp_path / "fl.nii.gz", subject_id=bad)
+    named = explicit_subject(tmp_path / "t1.nii.gz", tmp_path / "t2", tmp_path / "f", subject_id="sub-1.v2")
+    assert named.subject_id == "sub-1.v2"
+    with pytest.raises(ValueError, match="one file per modality \\(T1, T2, FLAIR\\), got 2"):
+        explicit_subject(tmp_path / "t1.nii.gz", tmp_path / "t2.nii.gz")
 
 
 def make_gc(tmp_path, extra=None, sockets=None):
@@ -170,7 +173,7 @@ def test_a_new_layout_is_one_more_entry_and_the_cohort_runs_on_its_subjects(tmp_
             (tmp_path / sid / f"{m}.nii.gz").write_bytes(b"")
     per_folder = Layout("per-folder", "<id>/t1.nii.gz, t2.nii.gz, flair.nii.gz",
                         lambda f: any((d / "t1.nii.gz").is_file() for d in f.iterdir()),
-                        lambda f: [explicit_subject(d / "t1.nii.gz", d / "t2.nii.gz", d / "flair.nii.gz", d.name)
+                        lambda f: [explicit_subject(d / "t1.nii.gz", d / "t2.nii.gz", d / "flair.nii.gz", subject_id=d.name)
                                    for d in sorted(f.iterdir())])
     entries = find_subjects(tmp_path, (*FOLDER_LAYOUTS, per_folder))
     assert [e.subject_id for e in entries] == ["a01", "a02"]
