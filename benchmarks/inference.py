@@ -136,38 +136,8 @@ def flops_per_volume(predictor, shape) -> float:
     return counter.get_total_flops() * n_windows * predictor.variants
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=str(ROOT / "model" / "lacunes.pt"))
-    ap.add_argument("--case", default=str(ROOT / "test"), help="a VALDO folder (first subject) or an .npz")
-    ap.add_argument("--runs", default=None, help=f"comma-separated KIND/PRESET/PRECISION[/cl][/torch|/openvino]; default on CPU: "
-                                                  f"{CPU_RUNS}; on CUDA: {CUDA_RUNS}")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--work", default=str(ROOT / "out" / "inference-benchmark"))
-    ap.add_argument("--section", default=None, help="RESULTS.md section (default: inference, or inference-gpu on CUDA)")
-    ap.add_argument("--export-case", metavar="NPZ", help="write the case's raw image to NPZ and stop")
-    ap.add_argument("--one", metavar="SPEC", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    if args.export_case:
-        import numpy as np
-
-        np.savez_compressed(args.export_case, image=load_case(Path(args.case)))
-        print(f"wrote {args.export_case}")
-        return 0
-    if args.one:
-        r = one(args.one, Path(args.model), Path(args.case), work / (args.one.replace("/", "-") + ".npy"), args.device)
-        print("RESULT " + json.dumps(r))
-        return 0
-
-    import numpy as np
-
-    from lacunes.device import resolve_device
-
-    cuda = resolve_device(args.device).type == "cuda"
-    runs = (args.runs or (CUDA_RUNS if cuda else CPU_RUNS)).split(",")
-    section = args.section or ("inference-gpu" if cuda else "inference")
+def _run_arms(runs: list[str], args, work: Path) -> dict | None:
+    """Each arm in a fresh process (one at a time); None when one fails (its output printed)."""
     results = {}
     for spec in runs:
         print(f"running {spec} ...", flush=True)
@@ -176,9 +146,16 @@ def main() -> int:
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
         if proc.returncode != 0 or not line:
             print(proc.stdout[-2000:], proc.stderr[-4000:])
-            return 1
+            return None
         results[spec] = json.loads(line[0][7:])
         print(f"  {results[spec]}", flush=True)
+    return results
+
+
+def _rows(results: dict, work: Path) -> tuple[list[str], list[str]]:
+    """The table's rows (against the plain float32 loop when it ran) and the float32 arms that differ from
+    it by more than 1e-3."""
+    import numpy as np
 
     def prob(spec: str) -> np.ndarray:
         return np.load(work / (spec.replace("/", "-") + ".npy"))
@@ -218,6 +195,43 @@ def main() -> int:
                    + (f", {r['backend']}" if r["kind"] == "project" else ""))
         rows.append(f"| {r['kind']} | {setting} | {r['seconds']:.1f} | {ratio:.2f} | {r['peak_host_gb']:.2f} | {gpu} | "
                     f"{tf} | {'; '.join(notes)} |")
+    return rows, failed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(ROOT / "model" / "lacunes.pt"))
+    ap.add_argument("--case", default=str(ROOT / "test"), help="a VALDO folder (first subject) or an .npz")
+    ap.add_argument("--runs", default=None, help=f"comma-separated KIND/PRESET/PRECISION[/cl][/torch|/openvino]; default on CPU: "
+                                                  f"{CPU_RUNS}; on CUDA: {CUDA_RUNS}")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--work", default=str(ROOT / "out" / "inference-benchmark"))
+    ap.add_argument("--section", default=None, help="RESULTS.md section (default: inference, or inference-gpu on CUDA)")
+    ap.add_argument("--export-case", metavar="NPZ", help="write the case's raw image to NPZ and stop")
+    ap.add_argument("--one", metavar="SPEC", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.export_case:
+        import numpy as np
+
+        np.savez_compressed(args.export_case, image=load_case(Path(args.case)))
+        print(f"wrote {args.export_case}")
+        return 0
+    if args.one:
+        r = one(args.one, Path(args.model), Path(args.case), work / (args.one.replace("/", "-") + ".npy"), args.device)
+        print("RESULT " + json.dumps(r))
+        return 0
+
+    from lacunes.device import resolve_device
+
+    cuda = resolve_device(args.device).type == "cuda"
+    runs = (args.runs or (CUDA_RUNS if cuda else CPU_RUNS)).split(",")
+    section = args.section or ("inference-gpu" if cuda else "inference")
+    results = _run_arms(runs, args, work)
+    if results is None:
+        return 1
+    rows, failed = _rows(results, work)
     any_r = next(iter(results.values()))
     where = (f"{any_r['gpu']}, torch {any_r['torch']}" if "gpu" in any_r else
              f"CPU, {platform.machine()}, {any_r['threads']} torch threads, torch {any_r['torch']}")

@@ -44,28 +44,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 
-def run_arm(spec: dict) -> dict:
-    """One (pipeline, measurement) in this process; returns its numbers."""
-    import numpy as np
+def _batch_source(spec: dict, subjects, config, dev, total: int):
+    """The arm's batches: the project's (subjects held as tensors, crops cut on the device) or a MONAI
+    DataLoader's (per-crop dictionary transforms on the CPU, copied to the device)."""
     import torch
 
-    from lacunes.device import resolve_device
-    from lacunes.losses import BlobLoss, DiceBCELoss
-    from lacunes.network import build_network
-    from lacunes.training.config import TrainConfig
     from lacunes.training.data import CropDataset, EpochSampler, collate_crops
-    from lacunes.training.loop import make_optimizer
     from lacunes.training.pipeline import DeviceBatcher, FolderSource, hold, holding_device, subject_bytes
 
-    if spec["threads"]:
-        torch.set_num_threads(spec["threads"])
-    dev = resolve_device(spec["device"])
     cuda = dev.type == "cuda"
-    config = TrainConfig.from_dict(spec["config"])
-    with open(spec["subjects"], "rb") as f:
-        subjects = pickle.load(f)
-    total = spec["warmup"] + spec["batches"]
-    torch.manual_seed(0)
     if spec["pipeline"] == "project":
         where = holding_device(sum(subject_bytes(s) for s in subjects), dev)
         held = [hold(s, where, pin=cuda and where.type == "cpu") for s in subjects]
@@ -85,7 +72,30 @@ def run_arm(spec: dict) -> dict:
 
         def next_batch():
             return {k: v.to(dev, non_blocking=True) for k, v in next(batches).items()}
+    return next_batch
 
+
+def run_arm(spec: dict) -> dict:
+    """One (pipeline, measurement) in this process; returns its numbers."""
+    import numpy as np
+    import torch
+
+    from lacunes.device import resolve_device
+    from lacunes.losses import BlobLoss, DiceBCELoss
+    from lacunes.network import build_network
+    from lacunes.training.config import TrainConfig
+    from lacunes.training.loop import make_optimizer
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    dev = resolve_device(spec["device"])
+    cuda = dev.type == "cuda"
+    config = TrainConfig.from_dict(spec["config"])
+    with open(spec["subjects"], "rb") as f:
+        subjects = pickle.load(f)
+    total = spec["warmup"] + spec["batches"]
+    torch.manual_seed(0)
+    next_batch = _batch_source(spec, subjects, config, dev, total)
     step = spec["measure"] == "step"
     if step:
         net = build_network(config.network).to(dev).train()
@@ -150,29 +160,8 @@ def make_subjects(args, config, path: Path) -> list[str]:
     return [s.subject_id for s in subjects]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--step-preset", default="cpu", help="training preset of the step measurement (default cpu)")
-    ap.add_argument("--subjects", type=int, default=4)
-    ap.add_argument("--data", help="read the subjects from this VALDO-layout folder instead of generating them")
-    ap.add_argument("--batches", type=int, default=8, help="timed batches per measurement (default 8)")
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers of the MONAI loop (default 1)")
-    ap.add_argument("--threads", type=int, help="torch threads in each process")
-    ap.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
-    ap.add_argument("--arm", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.arm:
-        print("RESULT " + json.dumps(run_arm(json.loads(args.arm))))
-        return 0
-
-    import torch
-
-    from lacunes.training.config import get_preset
-
-    data_config = get_preset("valdo")
-    step_config = get_preset(args.step_preset)
+def _measure(args, data_config, step_config) -> tuple[list[dict], list[str]]:
+    """Every (measurement, pipeline) arm in a fresh process on the same subjects; raises when one fails."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "subjects.pkl"
@@ -186,14 +175,20 @@ def main() -> int:
                 out = subprocess.run([sys.executable, __file__, "--arm", json.dumps(spec)], capture_output=True,
                                      text=True)
                 if out.returncode != 0:
-                    print(out.stderr[-4000:], file=sys.stderr)
-                    return out.returncode
+                    raise RuntimeError(f"{measure} {pipeline} failed:\n{out.stderr[-4000:]}")
                 r = json.loads(next(line for line in out.stdout.splitlines() if line.startswith("RESULT "))[7:])
                 results.append(r)
                 print(f"{measure:>4} {pipeline:>7}: {r['per_s']:.2f} batches/s, {r['crops_per_s']:.1f} crops/s, "
                       f"waiting on data {100 * r['data_share']:.0f} %, peak RSS {r['peak_rss_gb']:.2f} GB"
                       + (f", GPU {r['peak_gpu_gb']:.1f} GB" if r["peak_gpu_gb"] is not None else "")
                       + f" ({time.time() - t0:.0f} s)", flush=True)
+    return results, ids
+
+
+def _section(args, results: list[dict], ids: list[str], data_config, step_config) -> str:
+    """The RESULTS.md section of the measurements."""
+    import torch
+
     by = {(r["measure"], r["pipeline"]): r for r in results}
     cuda = args.device.startswith("cuda")
     if cuda:
@@ -239,7 +234,37 @@ def main() -> int:
         lines.append(f"| {p} | {r['per_s']:.3f} | {r['crops_per_s']:.2f} | {r['per_s'] / by[('step', 'monai')]['per_s']:.2f} "
                      f"| {100 * r['data_share']:.0f} % | {r['peak_rss_gb']:.2f} |"
                      + (f" {r['peak_gpu_gb']:.1f} |" if cuda else ""))
-    text = "\n".join(lines)
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--step-preset", default="cpu", help="training preset of the step measurement (default cpu)")
+    ap.add_argument("--subjects", type=int, default=4)
+    ap.add_argument("--data", help="read the subjects from this VALDO-layout folder instead of generating them")
+    ap.add_argument("--batches", type=int, default=8, help="timed batches per measurement (default 8)")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers of the MONAI loop (default 1)")
+    ap.add_argument("--threads", type=int, help="torch threads in each process")
+    ap.add_argument("--no-write", action="store_true", help="print, do not write RESULTS.md")
+    ap.add_argument("--arm", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.arm:
+        print("RESULT " + json.dumps(run_arm(json.loads(args.arm))))
+        return 0
+
+    from lacunes.training.config import get_preset
+
+    data_config = get_preset("valdo")
+    step_config = get_preset(args.step_preset)
+    try:
+        results, ids = _measure(args, data_config, step_config)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    cuda = args.device.startswith("cuda")
+    text = _section(args, results, ids, data_config, step_config)
     print(text)
     if not args.no_write:
         from results_md import replace_section
