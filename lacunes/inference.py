@@ -16,6 +16,7 @@ import copy as copying
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -172,7 +173,7 @@ class ModelInput:
 class RawPrediction:
     """The network stage of one subject (:meth:`Predictor.raw`): its input, one logit channel per TTA
     variant (``V×X×Y×Z`` float32, on the device) and the windowing's numbers (window size, windows run,
-    samples per call, backend, conforming)."""
+    samples per call, backend, conforming, ``network_seconds``)."""
 
     input: ModelInput
     variant_logits: torch.Tensor
@@ -412,7 +413,9 @@ class Predictor:
         model_input = subject if isinstance(subject, ModelInput) else self.prepare(subject)
         stats: dict[str, Any] = {}
         brain = model_input.mask if self.operating_point.mask_outside_brain else None  # windows on its box
+        t0 = time.perf_counter()
         logits = self.stage.variant_logits(model_input.normalized, brain, stats)
+        stats["network_seconds"] = round(time.perf_counter() - t0, 3)
         if model_input.conform is not None:
             stats["conform"] = model_input.conform.to_dict()
         return RawPrediction(model_input, logits, stats)

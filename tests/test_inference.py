@@ -274,6 +274,7 @@ def test_raw_then_finish_is_predict_and_one_raw_serves_other_operating_points(ti
     np.testing.assert_array_equal(finished.probability, predicted.probability)
     np.testing.assert_array_equal(finished.uncertainty, predicted.uncertainty)
     assert finished.stats["conform"] == predicted.stats["conform"] and finished.stats["windows_run"] >= 1
+    assert raw.stats["network_seconds"] > 0
     low = OperatingPoint(threshold=0.3, min_volume_mm3=0.0)
     again = predictor.finish(raw, operating_point=low)
     np.testing.assert_array_equal(again.probability, predictor.with_post_processing(low).predict(subject).probability)
