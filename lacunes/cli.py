@@ -123,7 +123,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from lacunes.report import report_folder
 
     require_matplotlib("lacunes report")
-    print(f"quality control: {report_folder(Path(args.output), progress=not args.no_progress)}")
+    page = report_folder(Path(args.output), progress=not args.no_progress)
+    print(f"quality control: {page}")
+    if args.screenshot:
+        from lacunes.report import screenshot
+
+        print(f"screenshot (headless Chromium): {screenshot(page, Path(args.screenshot))}")
     return 0
 
 
@@ -266,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="quality-control pictures and report.html for a finished predict run")
     p.add_argument("output", help="the output folder of 'lacunes predict' (holds run.json)")
+    p.add_argument("--screenshot", metavar="PNG", help="also a headless-Chromium screenshot of the page (needs chromium)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_report)
 

@@ -27,7 +27,7 @@ import torch
 
 from lacunes.conform import Conform, ModelSpace
 from lacunes.conform import plan as conform_plan
-from lacunes.io import Subject
+from lacunes.io import Geometry, Subject
 from lacunes.options import (
     MODALITIES,
     NORMALIZATION_QUANTILES,
@@ -160,6 +160,8 @@ class ModelInput:
         spacing: the model grid's voxel size (mm).
         conform: how the subject came to the model's space (None: it was there).
         native_brain: the brain mask on the subject's own grid, where the maps are resampled back.
+        geometry: the model-space grid in scanner space (None for a bare array): places of what the second
+            stage rejected are given in scanner mm with it.
     """
 
     normalized: np.ndarray
@@ -167,6 +169,7 @@ class ModelInput:
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     conform: Conform | None = None
     native_brain: np.ndarray | None = None
+    geometry: Geometry | None = None
 
 
 @dataclass
@@ -233,7 +236,7 @@ def finish_maps(variant_logits: torch.Tensor, op: OperatingPoint, rescorer, unce
         raw = torch.where(finite, raw, torch.zeros_like(raw))
     masking = mask is not None and op.mask_outside_brain
     prob, stats, threshold, rejected = finish_probability(raw.float().cpu().numpy(), op, mask if masking else None,
-                                                          spacing, rescorer, image)
+                                                          spacing, rescorer, image, describe_rejected=True)
     if isinstance(threshold, np.ndarray):
         shift = torch.from_numpy(logit(threshold).astype(np.float32)).to(variant_logits.device)
     else:
@@ -404,8 +407,9 @@ class Predictor:
             logger.warning("the input holds no brain (all channels zero or constant): no lesion can be found")
         if conform is not None and conform.identity:
             conform = None
+        geometry = None if not isinstance(subject, Subject) else conform.model if conform is not None else subject.geometry
         return ModelInput(prepare_image(image, self.normalization), mask, tuple(spacing), conform,
-                          brain_mask(native) if conform is not None and conform.resampled else None)
+                          brain_mask(native) if conform is not None and conform.resampled else None, geometry)
 
     def raw(self, subject: Subject | np.ndarray | ModelInput) -> RawPrediction:
         """The network stage of a subject (:meth:`prepare` first, unless given a :class:`ModelInput`): on the
@@ -430,6 +434,9 @@ class Predictor:
                                        uncertainty or self.settings.uncertainty, given.mask, given.spacing,
                                        given.normalized, self.checkpoint)
         stats = {**raw.stats, **stats}
+        if given.geometry is not None:
+            for row in stats.get("rejected_candidates", []):
+                row["centre_mm"] = [round(float(v), 2) for v in given.geometry.physical(row["voxel"])]
         conform = given.conform
         if conform is None:
             return Prediction(prob, unc, stats)

@@ -56,8 +56,10 @@ def lesion_table(
     """One row per predicted lesion (component of ``probability >= threshold``).
 
     Columns: id, voxels, volume_mm3, centre_mm (x, y, z in scanner coordinates: origin + direction ·
-    (index × spacing); identity direction when none is given), max_probability, mean_uncertainty
-    (NaN without an uncertainty map). Computed inside the lesions' bounding box.
+    (index × spacing), the image's LPS frame as SimpleITK reads it; identity direction when none is
+    given), mean_probability, max_probability, mean_uncertainty (NaN without an uncertainty map).
+    Lesions are numbered by size, largest first (ties: by centre), so that a lesion keeps its number in
+    every table and picture of a subject. Computed inside the lesions' bounding box.
     """
     mask = probability >= threshold
     box = bounding_box(mask)
@@ -70,6 +72,7 @@ def lesion_table(
     start = np.array([b.start for b in box], float) * np.asarray(spacing, float)
     centres = lesion_centres_mm(labels, n, spacing) + start[None]  # mm from the grid's first voxel
     maxima = ndi.maximum(probability[box], labels, idx)
+    mean_p = ndi.mean(probability[box], labels, idx)
     means = ndi.mean(uncertainty[box], labels, idx) if uncertainty is not None else [float("nan")] * n
     voxel = float(np.prod(spacing))
     d = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
@@ -82,7 +85,11 @@ def lesion_table(
             "centre_x_mm": round(float(centre[0]), 3),
             "centre_y_mm": round(float(centre[1]), 3),
             "centre_z_mm": round(float(centre[2]), 3),
+            "mean_probability": float(mean_p[i]),
             "max_probability": float(maxima[i]),
             "mean_uncertainty": float(means[i]),
         })
+    rows.sort(key=lambda r: (-r["voxels"], r["centre_x_mm"], r["centre_y_mm"], r["centre_z_mm"]))
+    for number, row in enumerate(rows, 1):
+        row["id"] = number
     return rows

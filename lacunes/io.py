@@ -79,6 +79,12 @@ class Geometry:
             direction=tuple(float(s) for s in image.GetDirection()),
         )
 
+    def physical(self, index) -> np.ndarray:
+        """Scanner coordinates (mm, the image's LPS frame as SimpleITK reads it) of voxel indices ``index``
+        (``(..., 3)``, fractional allowed): origin + direction · (index × spacing)."""
+        d = np.asarray(self.direction, float).reshape(3, 3)
+        return np.asarray(self.origin, float) + (np.asarray(index, float) * np.asarray(self.spacing, float)) @ d.T
+
     def apply_to(self, image: sitk.Image) -> sitk.Image:
         image.SetSpacing(self.spacing)
         image.SetOrigin(self.origin)

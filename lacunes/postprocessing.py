@@ -139,7 +139,8 @@ class FinishedMap(NamedTuple):
 
 def finish_probability(raw: np.ndarray, op: OperatingPoint, mask: np.ndarray | None,
                        spacing: tuple[float, ...], rescorer=None, image: np.ndarray | None = None,
-                       candidates: tuple[np.ndarray, int, np.ndarray] | None = None) -> FinishedMap:
+                       candidates: tuple[np.ndarray, int, np.ndarray] | None = None,
+                       describe_rejected: bool = False) -> FinishedMap:
     """The written probability map from the raw one (mean of the TTA variants' sigmoids): brain mask,
     second stage, recalibration to the operating point, extent, minimum size (the module docstring's
     steps).
@@ -153,10 +154,12 @@ def finish_probability(raw: np.ndarray, op: OperatingPoint, mask: np.ndarray | N
         image: the normalized ``3×X×Y×Z`` input (needed by the rescorer).
         candidates: precomputed ``(labels, n, scores)`` of the rescorer's candidates on this ``raw``
             (the operating-point search scores them once).
+        describe_rejected: list the rejected candidates in the counts (``rejected_candidates``).
 
     Returns:
-        The map, counts (``candidates``, ``rejected`` by the second stage, ``extended_voxels``: voxels
-        under ``threshold`` added by the extent, ``removed_small_lesions``), the decision threshold
+        The map, counts (``candidates``, ``rejected`` by the second stage, with ``describe_rejected``
+        their ``rejected_candidates`` (:func:`rejected_candidates`), ``extended_voxels``: voxels under ``threshold`` added by the
+        extent, ``removed_small_lesions``), the decision threshold
         (a float, or per voxel when lesions were extended: the uncertainty is centred on it) and the
         voxels of the rejected candidates (the uncertainty is 1 there: the network and the second
         stage disagree).
@@ -177,6 +180,8 @@ def finish_probability(raw: np.ndarray, op: OperatingPoint, mask: np.ndarray | N
         rejected = np.flatnonzero(scores < rescorer.min_score) + 1
         if rejected.size:
             rejected_voxels = np.isin(labels, rejected)
+            if describe_rejected:
+                stats["rejected_candidates"] = rejected_candidates(prob, labels, rejected, scores, spacing)
             prob = np.where(rejected_voxels, np.float32(0), prob).astype(np.float32)
         stats["candidates"], stats["rejected"] = int(n), int(rejected.size)
     tensor = torch.from_numpy(np.ascontiguousarray(prob, np.float32))
@@ -190,6 +195,21 @@ def finish_probability(raw: np.ndarray, op: OperatingPoint, mask: np.ndarray | N
             threshold = np.where(region, np.float32(op.extent), np.float32(op.threshold))
     out, stats["removed_small_lesions"] = remove_small_lesions(out, op.min_volume_mm3, spacing)
     return FinishedMap(out.astype(np.float32, copy=False), stats, threshold, rejected_voxels)
+
+
+def rejected_candidates(prob: np.ndarray, labels: np.ndarray, rejected: np.ndarray, scores: np.ndarray,
+                        spacing: tuple[float, ...]) -> list[dict]:
+    """What the second stage took out: per rejected candidate its centre (voxel index, float), volume, the
+    network's highest probability there and the second stage's score, the highest score first."""
+    from scipy import ndimage as ndi
+
+    centres = ndi.center_of_mass(np.ones(labels.shape, np.float32), labels, rejected)
+    maxima = ndi.maximum(prob, labels, rejected)
+    voxels = ndi.sum_labels(np.ones(labels.shape, np.float32), labels, rejected)
+    rows = [{"voxel": [round(float(v), 2) for v in c], "volume_mm3": float(n) * float(np.prod(spacing)),
+             "max_probability": float(m), "score": float(scores[k - 1])}
+            for k, c, m, n in zip(rejected, centres, np.atleast_1d(maxima), np.atleast_1d(voxels))]
+    return sorted(rows, key=lambda r: -r["score"])
 
 
 def remove_small_lesions(probability: np.ndarray, min_volume_mm3: float, spacing: tuple[float, ...],

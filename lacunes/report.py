@@ -1,12 +1,16 @@
 """Quality control: a picture of every subject's result and a cohort ``report.html``.
 
-Per subject, :func:`subject_figure` draws the detected lesions (highest probability first, up to
-``max_lesions``): for each, T1, T2 and FLAIR crops of :data:`CROP_MM` mm through the lesion's centre in
-the three planes (axial, coronal, sagittal, as stored: axes x, y, z of the array), the lesion's
-outline (probability ≥ 0.5, the challenge's cut) in colour, its volume and maximum probability.
-A subject without lesions gets one row of mid-slices. :func:`write_report` writes ``report.html``:
-one table row per subject (lesions, total volume, run time, status or failure) and its picture; the
-links are relative, so the folder opens in any browser without a server and can be moved whole.
+Per subject, :func:`subject_figure` draws the detected lesions, numbered by size as in the lesion table
+(largest first, up to ``max_lesions``): for each, T1, T2 and FLAIR crops of :data:`CROP_MM` mm through
+the lesion's centre in the three planes of the array (axial, coronal, sagittal as stored), the lesion's
+outline (probability ≥ 0.5, the challenge's cut) in red, a whole-brain FLAIR slice with the crop marked,
+orientation letters and scale bars on every panel, and a caption with its volume, mean and highest
+probability, mean uncertainty and centre in RAS mm. A subject without lesions gets a whole-brain
+overview. :func:`write_report` writes ``report.html``: the run's model, data statement, setting and
+operating point; a line per subject (lesions, volume, candidates the second stage rejected, run time,
+status or failure); per subject its totals, links to its maps, sidecar and lesion table, its lesion
+table, its rejected candidates with their scores, and its picture. The links are relative, so the
+folder opens in any browser without a server and can be moved whole.
 
 ``lacunes predict --qc`` makes both as it goes; ``lacunes report OUTPUT`` makes them again for a
 finished run from its ``run.json`` (which records every subject's inputs, outputs and status).
@@ -29,14 +33,19 @@ logger = logging.getLogger(__name__)
 
 #: Side of each crop, mm.
 CROP_MM = 40.0
-#: Lesions drawn per subject, highest maximum probability first.
+#: Lesions drawn per subject, largest first (they are numbered by size, as in the lesion table).
 MAX_LESIONS = 6
-#: Figure geometry (inches at :data:`DPI`): a column per modality and plane, a row per lesion.
-PANEL_IN = 1.2
-ROW_IN = 1.45
-HEADER_IN = 0.45
+#: Figure geometry (inches at :data:`DPI`): a column per modality and plane plus a whole-brain view, a row
+#: per lesion; captions at :data:`CAPTION_PT` points (13 px at 100 dpi).
+PANEL_IN = 1.3
+ROW_IN = 1.75
+HEADER_IN = 0.5
 DPI = 100
+CAPTION_PT = 9.5
 PLANES = ("axial", "coronal", "sagittal")
+#: Scale bars: on the crops and on the whole-brain views, mm.
+CROP_BAR_MM = 10.0
+BRAIN_BAR_MM = 50.0
 RUN_RECORD = "run.json"
 QC_DIR = "qc"
 
@@ -59,6 +68,11 @@ class SubjectRecord:
     outputs: dict[str, dict] = field(default_factory=dict)
     # what decided the maps (lacunes.provenance.run_settings): a rerun with other settings never skips
     settings: dict = field(default_factory=dict)
+    uncertainty: str = ""  # the uncertainty map, as ``prediction``
+    # the candidates the second stage rejected: centre (voxel of the model's grid and scanner mm), volume,
+    # the network's highest probability, the second stage's score
+    rejected_candidates: list[dict] = field(default_factory=list)
+    lesion_rows: list[dict] = field(default_factory=list)  # the lesion table (lacunes.instances), as drawn
 
     @classmethod
     def from_dict(cls, d: dict) -> SubjectRecord:
@@ -67,19 +81,58 @@ class SubjectRecord:
 
 def figure_size_px(rows: int) -> tuple[int, int]:
     """Width and height (pixels) of a subject picture with ``rows`` lesion rows."""
-    return (round(3 * len(PLANES) * PANEL_IN * DPI), round((HEADER_IN + rows * ROW_IN) * DPI))
+    return (round(FIGURE_COLUMNS * PANEL_IN * DPI), round((HEADER_IN + rows * ROW_IN) * DPI))
 
 
-def lesions_of(probability: np.ndarray, spacing: tuple[float, ...]) -> list[dict]:
-    """Detected lesions (the lesion table's rows, :func:`lacunes.instances.lesion_table`): centre voxel,
-    volume, maximum probability, label; highest probability first (then larger)."""
+#: Panels per row: each modality in each plane, then the whole-brain view.
+FIGURE_COLUMNS = len(MODALITIES) * len(PLANES) + 1
+
+
+def ras_mm(row: dict) -> tuple[float, float, float]:
+    """A lesion table row's centre in RAS mm (the table's scanner coordinates are LPS, as SimpleITK reads
+    them: R = -x, A = -y, S = z)."""
+    return _lps_to_ras((row["centre_x_mm"], row["centre_y_mm"], row["centre_z_mm"]))
+
+
+def ras_text(centre: tuple[float, float, float]) -> str:
+    """``R 12.3, A -40.1, S 20.0`` (mm)."""
+    return ", ".join(f"{letter} {value:.1f}" for letter, value in zip("RAS", centre))
+
+
+def axis_letters(direction: tuple[float, ...]) -> list[tuple[str, str]]:
+    """For each array axis, the anatomical letter its low and its high end point to (``("L", "R")`` for an
+    axis that runs from left to right), from the direction matrix (LPS, as SimpleITK reads it)."""
+    d = np.asarray(direction, float).reshape(3, 3)
+    out = []
+    for axis in range(3):
+        ras = np.array([-d[0, axis], -d[1, axis], d[2, axis]])
+        j = int(np.argmax(np.abs(ras)))
+        high, low = "RAS"[j], "LPI"[j]
+        out.append((low, high) if ras[j] > 0 else (high, low))
+    return out
+
+
+def lesions_of(probability: np.ndarray, geometry: Geometry, uncertainty: np.ndarray | None = None) -> list[dict]:
+    """Detected lesions: the lesion table's rows (:func:`lacunes.instances.lesion_table`, numbered by size,
+    scanner mm), each with its centre voxel (``centre``) and RAS centre (``centre_ras_mm``)."""
     from lacunes.instances import lesion_table
 
-    out = [{"label": row["id"], "voxels": row["voxels"], "volume_mm3": row["volume_mm3"],
-            "max_probability": row["max_probability"],
-            "centre": tuple(int(round(row[f"centre_{a}_mm"] / s)) for a, s in zip("xyz", spacing))}
-           for row in lesion_table(probability, None, spacing)]
-    return sorted(out, key=lambda d: (-d["max_probability"], -d["voxels"]))
+    rows = lesion_table(probability, uncertainty, geometry.spacing, geometry.origin, direction=geometry.direction)
+    d = np.asarray(geometry.direction, float).reshape(3, 3)
+    for row in rows:
+        offset = np.array([row["centre_x_mm"], row["centre_y_mm"], row["centre_z_mm"]]) - np.asarray(geometry.origin)
+        index = np.linalg.solve(d, offset) / np.asarray(geometry.spacing, float)
+        row["centre"] = tuple(int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(index, probability.shape))
+        row["centre_ras_mm"] = ras_mm(row)
+    return rows
+
+
+def lesion_caption(les: dict) -> str:
+    """The caption of a lesion's row, shared with the report's table: number, volume, probability, uncertainty, place."""
+    unc = les.get("mean_uncertainty", float("nan"))
+    return (f"lesion {les['id']}: {les['volume_mm3']:.0f} mm³, probability {les['mean_probability']:.2f} mean "
+            f"({les['max_probability']:.2f} max)" + ("" if np.isnan(unc) else f", uncertainty {unc:.2f} mean")
+            + f", centre {ras_text(les['centre_ras_mm'])} mm (RAS)")
 
 
 def _crop(volume: np.ndarray, centre: tuple[int, int, int], plane: int, half: tuple[int, int, int]) -> np.ndarray:
@@ -92,14 +145,53 @@ def _crop(volume: np.ndarray, centre: tuple[int, int, int], plane: int, half: tu
     return padded[tuple(index)]
 
 
+def _slice(volume: np.ndarray, centre: tuple[int, int, int], plane: int) -> np.ndarray:
+    """The whole 2D slice through ``centre`` with the ``plane`` axis fixed."""
+    index: list = [slice(None)] * 3
+    index[plane] = centre[plane]
+    return volume[tuple(index)]
+
+
+def _panel(ax, picture: np.ndarray, limits, spacing: np.ndarray, fixed: int, letters, bar_mm: float) -> None:
+    """One image panel: the slice (rows = the second free axis, upwards), orientation letters at its four
+    edges and a scale bar of ``bar_mm`` at its lower left."""
+    free = [a for a in range(3) if a != fixed]
+    ax.imshow(picture.T, cmap="gray", vmin=limits[0], vmax=limits[1], origin="lower",
+              aspect=spacing[free[1]] / spacing[free[0]], interpolation="nearest")
+    (left, right), (bottom, top) = letters[free[0]], letters[free[1]]
+    style = {"color": "#ffd700", "fontsize": 7.5, "weight": "bold", "transform": ax.transAxes}
+    ax.text(0.02, 0.5, left, ha="left", va="center", **style)
+    ax.text(0.98, 0.5, right, ha="right", va="center", **style)
+    ax.text(0.5, 0.98, top, ha="center", va="top", **style)
+    ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
+    n_x, n_y = picture.shape
+    while bar_mm > 1 and bar_mm / spacing[free[0]] > 0.5 * n_x:  # a bar of at most half the panel
+        bar_mm /= 5 if str(bar_mm).startswith("5") else 2
+    length = bar_mm / spacing[free[0]]
+    x0, y0 = 0.06 * n_x, 0.08 * n_y
+    ax.plot([x0, x0 + length], [y0, y0], color="white", linewidth=2, solid_capstyle="butt")
+    ax.text(x0, y0 + 0.03 * n_y, f"{bar_mm:g} mm", color="white", fontsize=6.5, va="bottom")
+    ax.set_xlim(-0.5, n_x - 0.5)
+    ax.set_ylim(-0.5, n_y - 0.5)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
 def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometry, path: Path,
-                   title: str = "", max_lesions: int = MAX_LESIONS) -> list[dict]:
-    """Write the subject's picture (PNG) and return the lesions drawn (see the module docstring).
+                   title: str = "", max_lesions: int = MAX_LESIONS, uncertainty: np.ndarray | None = None) -> list[dict]:
+    """Write the subject's picture (PNG) and return its lesions (:func:`lesions_of`, all of them).
+
+    A row per lesion, largest first (numbered as in the lesion table): T1, T2 and FLAIR crops of
+    :data:`CROP_MM` mm through its centre in the three planes of the array (axial, coronal, sagittal as
+    stored) with its outline (probability ≥ 0.5) in red, then a whole-brain axial FLAIR slice with the crop
+    marked; orientation letters on every panel, scale bars, and a caption (:func:`lesion_caption`). A
+    subject without lesions gets a whole-brain overview: FLAIR in the three planes, T1 and T2 axial.
 
     Args:
-        image: ``3×X×Y×Z`` T1, T2, FLAIR as read.
+        image: ``C×X×Y×Z`` (T1, T2, FLAIR) as read.
         probability: the written probability map (X×Y×Z).
-        geometry: the T1's grid (spacing for the crops' physical size and the panels' aspect).
+        geometry: the T1's grid (spacing, orientation letters, scanner coordinates).
+        uncertainty: the written uncertainty map, for the captions' mean uncertainty.
     """
     import matplotlib
 
@@ -107,44 +199,62 @@ def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometr
     import matplotlib.pyplot as plt
 
     spacing = np.asarray(geometry.spacing, float)
-    lesions = lesions_of(probability, geometry.spacing)
-    shown = lesions[:max_lesions]
     shape = probability.shape
-    rows = [(les["centre"], les) for les in shown] or [(tuple(s // 2 for s in shape), None)]
-    half = tuple(max(2, int(round(CROP_MM / 2 / s))) for s in spacing)
-    width, height = figure_size_px(len(rows))
+    letters = axis_letters(geometry.direction)
+    lesions = lesions_of(probability, geometry, uncertainty)
+    shown = lesions[:max_lesions]
+    width, height = figure_size_px(max(len(shown), 1 if lesions else 2))
     fig = plt.figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     total = sum(les["volume_mm3"] for les in lesions)
-    head = f"{title}: {len(lesions)} lesion(s), {total:.0f} mm³" + (
-        f" (the {len(shown)} most probable shown)" if len(lesions) > len(shown) else "")
-    fig.text(0.01, 1 - 0.5 * HEADER_IN / (height / DPI), head, va="center", fontsize=10, weight="bold")
+    head = f"{title}: {len(lesions)} lesion(s), {total:.0f} mm³ in all" + (
+        f" (the {len(shown)} largest shown)" if len(lesions) > len(shown) else "")
+    fig.text(0.01, 1 - 0.5 * HEADER_IN / (height / DPI), head, va="center", fontsize=11, weight="bold")
     limits = [np.percentile(c[c != 0], [1, 99]) if (c != 0).any() else (0.0, 1.0) for c in image]
-    panel_w = PANEL_IN * DPI / width
-    row_h = ROW_IN * DPI / height
-    for r, (centre, les) in enumerate(rows):
+    flair = MODALITIES.index("FLAIR")
+    panel_w, row_h = PANEL_IN * DPI / width, ROW_IN * DPI / height
+
+    def axes(r: int, col: float, span: float = 1.0, rows: float = 1.0):
         top = 1 - (HEADER_IN * DPI) / height - r * row_h
+        return fig.add_axes((col * panel_w + 0.003, top - rows * row_h + 0.14 * row_h, span * panel_w - 0.006,
+                             rows * row_h - 0.28 * row_h))
+
+    def caption(r: int, text: str) -> None:
+        top = 1 - (HEADER_IN * DPI) / height - r * row_h
+        fig.text(0.01, top - row_h + 0.05 * row_h, text, fontsize=CAPTION_PT)
+
+    if not shown:
+        centre = tuple(s // 2 for s in probability.shape)
+        views = [(flair, 2), (flair, 1), (flair, 0)] + [(m, 2) for m in range(len(MODALITIES)) if m != flair]
+        for col, (m, fixed) in enumerate(views):
+            ax = axes(0, col * FIGURE_COLUMNS / len(views), FIGURE_COLUMNS / len(views), rows=2)
+            _panel(ax, _slice(image[m], centre, fixed), limits[m], spacing, fixed, letters, BRAIN_BAR_MM)
+            ax.set_title(f"{MODALITIES[m]} {PLANES[2 - fixed]}", fontsize=8)
+        caption(1, "no lesion detected: whole-brain slices through the middle of the volume")
+    half = tuple(max(2, int(round(CROP_MM / 2 / s))) for s in spacing)
+    for r, les in enumerate(shown):
+        centre = les["centre"]
+        outline_volume = (probability >= 0.5).astype(np.float32)
         for m, name in enumerate(MODALITIES):
             for p, plane in enumerate(PLANES):
                 fixed = 2 - p  # axial: z fixed; coronal: y fixed; sagittal: x fixed
-                col = m * len(PLANES) + p
-                ax = fig.add_axes((col * panel_w + 0.004, top - row_h + 0.16 * row_h, panel_w - 0.008, 0.72 * row_h))
-                crop = _crop(image[m], centre, fixed, half).T  # rows = second free axis
-                free = [a for a in range(3) if a != fixed]
-                aspect = spacing[free[1]] / spacing[free[0]]
-                ax.imshow(crop, cmap="gray", vmin=limits[m][0], vmax=limits[m][1], origin="lower",
-                          aspect=aspect, interpolation="nearest")
-                if les is not None:
-                    outline = _crop((probability >= 0.5).astype(np.float32), centre, fixed, half).T
-                    if outline.any():
-                        ax.contour(outline, levels=[0.5], colors=["#ff3030"], linewidths=0.8)
-                ax.set_xticks([])
-                ax.set_yticks([])
+                ax = axes(r, m * len(PLANES) + p)
+                _panel(ax, _crop(image[m], centre, fixed, half), limits[m], spacing, fixed, letters, CROP_BAR_MM)
+                outline = _crop(outline_volume, centre, fixed, half).T
+                if outline.any():
+                    ax.contour(outline, levels=[0.5], colors=["#ff3030"], linewidths=0.9)
                 if r == 0:
-                    ax.set_title(f"{name} {plane}", fontsize=7)
-        label = ("no lesion detected (mid-slices)" if les is None else
-                 f"lesion {les['label']}: {les['volume_mm3']:.0f} mm³, max p {les['max_probability']:.2f}, "
-                 f"voxel {les['centre']}")
-        fig.text(0.01, top - row_h + 0.06 * row_h, label, fontsize=7)
+                    ax.set_title(f"{name} {plane}", fontsize=8)
+        ax = axes(r, FIGURE_COLUMNS - 1)
+        _panel(ax, _slice(image[flair], centre, 2), limits[flair], spacing, 2, letters, BRAIN_BAR_MM)
+        ax.add_patch(plt.Rectangle((centre[0] - half[0], centre[1] - half[1]), 2 * half[0] + 1, 2 * half[1] + 1,
+                                   fill=False, edgecolor="#ff3030", linewidth=1.0))
+        ax.text(centre[0], min(centre[1] + half[1] + 2, shape[1] - 1), str(les["id"]), color="#ff3030", fontsize=8,
+                ha="center", va="bottom", weight="bold", clip_on=True)
+        ax.set_xlim(-0.5, shape[0] - 0.5)  # the whole slice, whatever the marker's extent
+        ax.set_ylim(-0.5, shape[1] - 0.5)
+        if r == 0:
+            ax.set_title("where (FLAIR axial)", fontsize=8)
+        caption(r, lesion_caption(les))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
@@ -193,64 +303,182 @@ def update_records(output: Path, changed: dict[str, SubjectRecord]) -> dict[str,
 
 
 def picture_for(output: Path, record: SubjectRecord) -> SubjectRecord:
-    """Draw a done subject's picture from its recorded inputs and prediction (``lacunes report``)."""
+    """Draw a done subject's picture from its recorded inputs and maps, and keep its lesion table in the
+    record (``lacunes report``)."""
     from lacunes.io import read_subject, read_volume
 
     subject = read_subject(record.subject_id, {m: Path(p) for m, p in record.inputs.items()}, resample=True)
     probability, _ = read_volume(Path(output) / record.prediction)
+    uncertainty = None
+    if record.uncertainty and (Path(output) / record.uncertainty).is_file():
+        uncertainty, _ = read_volume(Path(output) / record.uncertainty)
     rel = f"{QC_DIR}/{record.subject_id}.png"
-    lesions = subject_figure(subject.image, probability, subject.geometry, Path(output) / rel, record.subject_id)
+    lesions = subject_figure(subject.image, probability, subject.geometry, Path(output) / rel, record.subject_id,
+                             uncertainty=uncertainty)
     record.picture, record.lesions = rel, len(lesions)
     record.volume_mm3 = float(sum(les["volume_mm3"] for les in lesions))
+    record.lesion_rows = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in les.items()} for les in lesions]
     return record
 
 
 # ---------------------------------------------------------------------------------------------- HTML
 
 
+def _provenance(output: Path, records: list[SubjectRecord]) -> dict:
+    """What made the run's maps: the first done subject's sidecar (:mod:`lacunes.provenance`) and settings."""
+    from lacunes.provenance import sidecar_path
+
+    for r in records:
+        side = Path(output) / sidecar_path(Path(r.prediction)) if r.prediction else None
+        if r.status != "failed" and side is not None and side.is_file():
+            try:
+                return {**json.loads(side.read_text()), "sidecar": str(side.relative_to(output))}
+            except (ValueError, OSError):
+                continue
+    return {}
+
+
+def _link(output: Path, rel: str, text: str) -> str:
+    """A relative link to a file of the run (only when it is there)."""
+    if not rel or not (Path(output) / rel).is_file():
+        return ""
+    return f'<a href="{html.escape(rel)}">{html.escape(text)}</a>'
+
+
+def _run_block(output: Path, records: list[SubjectRecord]) -> str:
+    prov = _provenance(output, records)
+    if not prov:
+        return "<p>No sidecar found: the run's model and settings are not known to this report.</p>"
+    settings = prov.get("Settings", {})
+    setting, op = settings.get("setting", {}), settings.get("operating_point", {})
+    cut = settings.get("second_stage_min_score")
+    items = [
+        ("model", f"{prov.get('Model')} (weights sha256 {str(settings.get('model_sha256', ''))[:12]}…)"),
+        ("what it was trained on", prov.get("ModelDataStatement", "")),
+        ("setting", f"TTA {setting.get('tta')}, overlap {setting.get('overlap')}, window "
+                    f"{'×'.join(map(str, setting.get('roi_size', [])))}, backend {setting.get('backend')}, "
+                    f"{setting.get('precision')}"),
+        ("operating point", f"probability ≥ {op.get('threshold')}, lesions ≥ {op.get('min_volume_mm3')} mm³"
+                            + (f", extent ≥ {op['extent_threshold']}" if op.get("extent_threshold") else "")
+                            + (f", second stage score ≥ {cut}" if cut is not None else ", no second stage")),
+        ("made by", f"lacunes {prov.get('GeneratedBy', {}).get('Version', '?')} on {prov.get('Device', '?')}, "
+                    f"{prov.get('Date', '?')}; report written {time.strftime('%Y-%m-%d %H:%M')}"),
+    ]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in items)
+    return (f'<table class="run">{rows}</table><p>Every map has a JSON sidecar with all of this and the inputs\' '
+            f'hashes ({_link(output, prov["sidecar"], "the first one")}).</p>')
+
+
+def _number(value, digits: int) -> str:
+    """A table cell's number; empty for NaN (no uncertainty map)."""
+    return "" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _lps_to_ras(centre) -> tuple[float, float, float]:
+    return (-centre[0] + 0.0, -centre[1] + 0.0, centre[2] + 0.0)
+
+
+def _lesion_table(r: SubjectRecord) -> str:
+    if not r.lesion_rows:
+        return ""
+    head = ("<tr><th>No.</th><th>volume (mm³)</th><th>centre R, A, S (mm)</th><th>mean p</th><th>max p</th>"
+            "<th>mean uncertainty</th></tr>")
+    body = "".join(
+        f"<tr><td>{row['id']}</td><td>{_number(row['volume_mm3'], 0)}</td>"
+        f"<td>{ras_text(tuple(row['centre_ras_mm']))}</td><td>{_number(row['mean_probability'], 2)}</td>"
+        f"<td>{_number(row['max_probability'], 2)}</td><td>{_number(row.get('mean_uncertainty'), 2)}</td></tr>"
+        for row in r.lesion_rows)
+    return f'<table class="lesions"><thead>{head}</thead><tbody>{body}</tbody></table>'
+
+
+def _rejected_table(r: SubjectRecord) -> str:
+    if not r.rejected_candidates:
+        return ""
+    cut = r.settings.get("second_stage_min_score")
+    body = "".join(
+        f"<tr><td>{ras_text(_lps_to_ras(c['centre_mm'])) if 'centre_mm' in c else ''}</td>"
+        f"<td>{_number(c['volume_mm3'], 0)}</td><td>{_number(c['max_probability'], 2)}</td>"
+        f"<td>{_number(c['score'], 2)}</td></tr>"
+        for c in r.rejected_candidates)
+    return (f"<details><summary>{len(r.rejected_candidates)} candidate(s) the second stage rejected"
+            + (f" (score under {cut:g})" if cut is not None else "") + "</summary>"
+            '<table class="rejected"><thead><tr><th>centre R, A, S (mm)</th><th>volume (mm³)</th>'
+            f"<th>network's max p</th><th>second-stage score</th></tr></thead><tbody>{body}</tbody></table></details>")
+
+
+def _subject_section(output: Path, r: SubjectRecord) -> str:
+    from lacunes.provenance import sidecar_path
+
+    sid = html.escape(r.subject_id)
+    largest = max((row["volume_mm3"] for row in r.lesion_rows), default=0.0)
+    totals = (f"{r.lesions} lesion(s), {r.volume_mm3:.0f} mm³ in all"
+              + (f" (largest {largest:.0f} mm³)" if r.lesions else "")
+              + f"; the second stage rejected {len(r.rejected_candidates)} candidate(s)"
+              + (f"; {r.seconds:.1f} s" if r.seconds else ""))
+    table = next((k for k in r.outputs if k.endswith("lesions.csv")), "")
+    links = [_link(output, r.prediction, "probability map"), _link(output, r.uncertainty, "uncertainty map"),
+             _link(output, str(sidecar_path(Path(r.prediction))) if r.prediction else "", "sidecar (JSON)"),
+             _link(output, table, "lesion table (CSV)"), _link(output, r.picture, "picture")]
+    return (f'<section id="{sid}"><h2>{sid}</h2><p class="totals">{html.escape(totals)}</p>'
+            f'<p class="links">{" · ".join(x for x in links if x)}</p>{_lesion_table(r)}{_rejected_table(r)}'
+            f'<img src="{html.escape(r.picture)}" alt="lesions of {sid}"></section>')
+
+
+STYLE = """body { font-family: sans-serif; margin: 1.5em; font-size: 15px; line-height: 1.4; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+td, th { border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: right; }
+td:first-child, th { text-align: left; }
+table.run td, table.run th { text-align: left; }
+tr.failed td { background: #fdd; }
+img { max-width: 100%; margin-top: 0.5em; }
+section { margin-top: 2em; border-top: 2px solid #ddd; }
+p.totals { font-weight: bold; }"""
+
+
 def write_report(output: Path, records: dict[str, SubjectRecord]) -> Path:
-    """``OUTPUT/report.html``: every subject with its lesions, volume, time, status and picture."""
+    """``OUTPUT/report.html``: what made the run, every subject's line of totals and status, and per subject
+    its lesion table (numbered by size as in its picture, centres in RAS mm, probability and uncertainty),
+    the candidates the second stage rejected with their scores, links to its maps, sidecar and lesion
+    table, and its picture. Links are relative: the folder opens in any browser and can be moved whole."""
     output = Path(output)
-    done = [r for r in records.values() if r.status != "failed"]
-    failed = [r for r in records.values() if r.status == "failed"]
+    ordered = sorted(records.values(), key=lambda r: r.subject_id)
+    done = [r for r in ordered if r.status != "failed"]
+    failed = [r for r in ordered if r.status == "failed"]
     rows = []
-    for r in sorted(records.values(), key=lambda r: r.subject_id):
+    for r in ordered:
         status = html.escape(r.status) + (f": {html.escape(r.error)}" if r.error else "")
         link = (f'<a href="#{html.escape(r.subject_id)}">{html.escape(r.subject_id)}</a>' if r.picture
                 else html.escape(r.subject_id))
+        ok = r.status != "failed"
         rows.append(f"<tr class=\"{html.escape(r.status)}\"><td>{link}</td><td>{status}</td>"
-                    f"<td>{r.lesions if r.status != 'failed' else ''}</td>"
-                    f"<td>{f'{r.volume_mm3:.0f}' if r.status != 'failed' else ''}</td>"
+                    f"<td>{r.lesions if ok else ''}</td><td>{f'{r.volume_mm3:.0f}' if ok else ''}</td>"
+                    f"<td>{len(r.rejected_candidates) if ok else ''}</td>"
                     f"<td>{f'{r.seconds:.1f}' if r.seconds else ''}</td></tr>")
-    pictures = [f'<section id="{html.escape(r.subject_id)}"><h2>{html.escape(r.subject_id)}</h2>'
-                f'<img src="{html.escape(r.picture)}" alt="lesions of {html.escape(r.subject_id)}"></section>'
-                for r in sorted(records.values(), key=lambda r: r.subject_id) if r.picture]
+    sections = [_subject_section(output, r) for r in done if r.picture]
     text = f"""<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <title>Lacunes: quality control</title>
 <style>
-body {{ font-family: sans-serif; margin: 1.5em; }}
-table {{ border-collapse: collapse; }}
-td, th {{ border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: right; }}
-td:first-child, td:nth-child(2), th {{ text-align: left; }}
-tr.failed td {{ background: #fdd; }}
-img {{ max-width: 100%; }}
+{STYLE}
 </style>
 </head>
 <body>
 <h1>Lacunes: quality control</h1>
+{_run_block(output, done)}
 <p>{len(records)} subject(s): {len(done)} with maps, {len(failed)} failed; {sum(r.lesions for r in done)} lesion(s)
 detected in all. Lesions are the connected components of the probability map at 0.5 (the model's operating
-point); outlines in red on crops of {CROP_MM:g} mm through each lesion's centre.</p>
+point), numbered by size in each subject's table and picture; outlines in red on crops of {CROP_MM:g} mm through
+each lesion's centre, orientation letters (R/L, A/P, S/I) on every panel; centres in scanner RAS mm.</p>
 <table>
-<thead><tr><th>subject</th><th>status</th><th>lesions</th><th>volume (mm³)</th><th>run time (s)</th></tr></thead>
+<thead><tr><th>subject</th><th>status</th><th>lesions</th><th>volume (mm³)</th><th>rejected by the second stage</th>
+<th>run time (s)</th></tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody>
 </table>
-{chr(10).join(pictures)}
+{chr(10).join(sections)}
 </body>
 </html>
 """
@@ -277,3 +505,47 @@ def report_folder(output: Path, progress: bool = True) -> Path:
             r.picture = ""
     records = update_records(output, records)  # under the lock, like a running lacunes predict
     return write_report(output, records)
+
+
+#: How :func:`screenshot` starts Chromium: headless, no sandbox (it may run as root in a container), and
+#: none of its background connections (a closed network refuses them, and they slow every start).
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars")
+
+
+def find_chromium() -> str | None:
+    """A Chromium (or Chrome) executable on the PATH (``LACUNES_CHROMIUM`` names another), or None."""
+    import os
+    import shutil
+
+    given = os.environ.get("LACUNES_CHROMIUM")
+    if given:
+        return given
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def screenshot(page: Path, png: Path, width: int = 1400, height: int = 2200, timeout_s: float = 120.0) -> Path:
+    """A headless-Chromium screenshot of ``page`` (``report.html``) as it renders in a browser.
+
+    Raises:
+        FileNotFoundError: no Chromium (``apt-get install chromium``, or ``LACUNES_CHROMIUM``).
+        RuntimeError: Chromium ran but wrote no picture (its output quoted).
+    """
+    import subprocess
+    import tempfile
+
+    browser = find_chromium()
+    if browser is None:
+        raise FileNotFoundError("no chromium on the PATH for the screenshot: install it (Debian: apt-get install "
+                                "chromium) or name one in LACUNES_CHROMIUM")
+    png = Path(png).resolve()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile, atomic_output(png) as tmp:
+        out = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                              f"--screenshot={tmp}", Path(page).resolve().as_uri()],
+                             capture_output=True, text=True, timeout=timeout_s)
+        if not Path(tmp).is_file() or Path(tmp).stat().st_size == 0:
+            raise RuntimeError(f"chromium wrote no screenshot of {page} (exit {out.returncode}): {out.stderr[-800:]}")
+    return png
+

@@ -32,11 +32,12 @@ class SubjectReport:
     extras_from_maps: bool = False  # skipped, the extras asked for only now made from the saved maps
     volume_mm3: float = 0.0  # all detected lesions together
     phases: dict[str, float] = field(default_factory=dict)  # seconds: read, inference, write
+    rejected_candidates: list[dict] = field(default_factory=list)  # what the second stage took out
 
 
 def write_lesion_table(rows: list[dict], path: Path) -> Path:
-    columns = ["id", "voxels", "volume_mm3", "centre_x_mm", "centre_y_mm", "centre_z_mm", "max_probability",
-               "mean_uncertainty"]
+    columns = ["id", "voxels", "volume_mm3", "centre_x_mm", "centre_y_mm", "centre_z_mm", "mean_probability",
+               "max_probability", "mean_uncertainty"]
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -149,7 +150,8 @@ def run_subject(
     t3 = time.time()
     report = SubjectReport(files.subject_id, outputs, len(rows), t3 - t0,
                            volume_mm3=float(sum(r["volume_mm3"] for r in rows)),
-                           phases={"read": t1 - t0, "inference": t2 - t1, "write": t3 - t2})
+                           phases={"read": t1 - t0, "inference": t2 - t1, "write": t3 - t2},
+                           rejected_candidates=prediction.stats.get("rejected_candidates", []))
     st = prediction.stats
     notes = []
     if st.get("candidates"):
@@ -219,7 +221,8 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
     write_sidecar(unc, provenance, "uncertainty map (1 = the model and its operating point disagree)")
     inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
     record = SubjectRecord(r.subject_id, "done", inputs, _record_key(pred, output), r.lesions, r.volume_mm3,
-                           r.seconds, outputs=fingerprints(r.outputs, output), settings=requested)
+                           r.seconds, outputs=fingerprints(r.outputs, output), settings=requested,
+                           uncertainty=_record_key(unc, output), rejected_candidates=r.rejected_candidates)
     return r, record
 
 

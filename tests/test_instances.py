@@ -22,6 +22,18 @@ def test_lesion_table_centres_are_in_scanner_coordinates():
     assert lesion_table(np.zeros((4, 4, 4), np.float32), None, (1.0, 1.0, 1.0)) == []
 
 
+def test_lesions_are_numbered_by_size_with_their_mean_probability():
+    prob = np.zeros((30, 20, 10), np.float32)
+    prob[1, 1, 1] = 0.9  # first in the array, smallest
+    prob[20:23, 10:13, 5:8] = 0.7  # 27 voxels
+    prob[20:23, 10:13, 5] = 0.9
+    prob[5:7, 15:17, 2:4] = 0.6  # 8 voxels
+    rows = lesion_table(prob, None, (1.0, 1.0, 1.0))
+    assert [(r["id"], r["voxels"]) for r in rows] == [(1, 27), (2, 8), (3, 1)]
+    assert rows[0]["mean_probability"] == pytest.approx((9 * 0.9 + 18 * 0.7) / 27)
+    assert rows[0]["max_probability"] == pytest.approx(0.9)
+
+
 def test_brain_mask_in_a_large_empty_field_of_view_equals_the_mask_of_the_brain_alone():
     rng = np.random.default_rng(2)
     small = np.zeros((3, 30, 28, 20), np.float32)

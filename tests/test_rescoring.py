@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from lacunes.checkpoint import save_checkpoint
-from lacunes.inference import InferenceSettings, Predictor
+from lacunes.inference import InferenceSettings, ModelInput, Predictor
+from lacunes.io import Geometry, Subject
 from lacunes.network import build_network
 from lacunes.operating_point import choose_operating_point
 from lacunes.postprocessing import OperatingPoint, finish_probability
@@ -59,6 +60,13 @@ def test_fit_learns_to_reject_the_look_alike_and_round_trips():
     assert (stats["candidates"], stats["rejected"]) == (2, 1) and (kept[tube] == 0).all()
     assert (kept[tube] < 0.5).all() and (kept[ball] >= 0.5).all()
     assert rejected_voxels[tube].all() and not rejected_voxels[ball].any()
+    assert "rejected_candidates" not in stats  # described only when asked (the search scores thousands of maps)
+    described = finish_probability(prob, OperatingPoint(0.5, 0.0, True), brain, (1.0, 1.0, 1.0), r, image,
+                                   describe_rejected=True).stats["rejected_candidates"]
+    (row,) = described
+    centre = np.argwhere(tube).mean(0)
+    assert np.allclose(row["voxel"], centre, atol=0.01) and row["volume_mm3"] == tube.sum()
+    assert row["score"] < r.min_score and row["max_probability"] == pytest.approx(float(prob[tube].max()))
     with pytest.raises(ValueError, match="all positive or all negative"):
         Rescorer.fit(np.zeros((3, len(FEATURES))), np.ones(3), 0.5)
     with pytest.raises(ValueError, match="fitted on features"):
@@ -88,5 +96,13 @@ def test_a_checkpoint_with_a_second_stage_uses_it(tmp_path):
     out, unc = prediction = predictor.predict_normalized(x, brain)
     stats = prediction.stats
     assert out.max() < 0.5 and stats["rejected"] == stats["candidates"] == 2
+    assert len(stats["rejected_candidates"]) == 2 and all("centre_mm" not in c for c in stats["rejected_candidates"])
+    # a subject (a grid in scanner space): the rejected candidates' centres in scanner mm too
+    subject = Subject("sub-1", np.stack([image[0] * 0 + 100, image[1], image[2]]).astype(np.float32),
+                      Geometry(brain.shape, (1.0, 1.0, 1.0), origin=(5.0, 6.0, 7.0)))
+    model_input = predictor.prepare(subject)
+    raw = predictor.raw(ModelInput(x, brain, (1.0, 1.0, 1.0), geometry=model_input.geometry))
+    rows = predictor.finish(raw).stats["rejected_candidates"]
+    assert all(np.allclose(c["centre_mm"], np.asarray(c["voxel"]) + (5.0, 6.0, 7.0), atol=0.01) for c in rows)
     # the network says lesion (p = 0.9), the second stage says no: uncertain there, certain elsewhere
     assert (unc[ball] == 1).all() and (unc[tube] == 1).all() and unc[brain & (prob < 0.1)].max() < 0.5
