@@ -5,7 +5,7 @@ runtime) converts the torch module once into its own graph and compiles it for t
 the same float32 arithmetic about 3× faster on this project's 2-core benchmark machine, and bfloat16
 (where the CPU has AMX or AVX-512 BF16) faster again at a documented error (benchmarks/RESULTS.md).
 Everything around the network (sliding window, TTA, masking, post-processing) is unchanged: the
-compiled network is called exactly like the module, ``B×3×X×Y×Z`` in, logits ``B×1×X×Y×Z`` out.
+compiled network is called exactly like the module, ``B×C×X×Y×Z`` in (C the modalities), logits ``B×1×X×Y×Z`` out.
 
 Conversion takes seconds to tens of seconds, so the converted graph (float32 weights, dynamic input
 shape) is cached on disk, keyed by the weights' sha256 and the runtime's version (:func:`cache_dir`);
@@ -88,7 +88,7 @@ PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16"}
 
 
 class OpenVINONetwork:
-    """A torch network compiled by OpenVINO for the CPU, called like the module on ``B×3×X×Y×Z``
+    """A torch network compiled by OpenVINO for the CPU, called like the module on ``B×C×X×Y×Z``
     float32 tensors (logits out, float32).
 
     Args:

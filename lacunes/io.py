@@ -2,7 +2,7 @@
 
 Arrays are indexed (x, y, z) — SimpleITK's (z, y, x) arrays are transposed on the way in and out —
 so a window of 256×256×64 means 64 slices along z. A subject is one :class:`Subject`: the three
-modalities stacked as a ``3×X×Y×Z`` float32 array, the reference geometry and the source paths.
+modalities stacked as a ``C×X×Y×Z`` float32 array (C = len(MODALITIES)), the reference geometry and the source paths.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ class Subject:
 
     Attributes:
         subject_id: e.g. ``sub-201``.
-        image: ``3×X×Y×Z`` float32 array, channels in :data:`MODALITIES` order.
+        image: ``C×X×Y×Z`` float32 array, one channel per modality in :data:`MODALITIES` order.
         geometry: the grid of the T1 (the reference); outputs are written on it.
         paths: source file of each modality.
         nonfinite: NaN/±inf count per modality as read (before any repair).

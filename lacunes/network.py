@@ -36,7 +36,7 @@ class NetworkConfig:
 
 
 def build_network(config: NetworkConfig = NetworkConfig()) -> torch.nn.Module:
-    """``BasicUNet(spatial_dims=3, ...)``: input ``B×3×X×Y×Z`` → logits ``B×1×X×Y×Z``."""
+    """``BasicUNet(spatial_dims=3, ...)``: input ``B×C×X×Y×Z`` (C = in_channels, one per modality) → logits ``B×1×X×Y×Z``."""
     from monai.networks.nets import BasicUNet
 
     return BasicUNet(

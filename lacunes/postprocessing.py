@@ -151,7 +151,7 @@ def finish_probability(raw: np.ndarray, op: OperatingPoint, mask: np.ndarray | N
         mask: the brain (used when ``op.mask_outside_brain``), or None.
         spacing: voxel size, mm.
         rescorer: a :class:`lacunes.rescoring.Rescorer`, or None.
-        image: the normalized ``3×X×Y×Z`` input (needed by the rescorer).
+        image: the normalized ``C×X×Y×Z`` input (needed by the rescorer).
         candidates: precomputed ``(labels, n, scores)`` of the rescorer's candidates on this ``raw``
             (the operating-point search scores them once).
         describe_rejected: list the rejected candidates in the counts (``rejected_candidates``).

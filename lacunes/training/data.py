@@ -31,7 +31,7 @@ class MissingLabelError(ValueError):
 @dataclass
 class TrainingSubject:
     subject_id: str
-    image: np.ndarray  # 3×X×Y×Z float32, normalized
+    image: np.ndarray  # C×X×Y×Z float32 (C modalities), normalized
     label: np.ndarray  # 1×X×Y×Z uint8
     instances: np.ndarray  # 1×X×Y×Z int32
     n_instances: int
@@ -84,7 +84,7 @@ def load_training_subject(files: SubjectFiles, config: TrainConfig) -> TrainingS
 
 def training_subject_from_arrays(subject_id: str, image: np.ndarray, raters: list[np.ndarray],
                                  spacing: tuple[float, float, float], config: TrainConfig) -> TrainingSubject:
-    """A training subject from its raw ``3×X×Y×Z`` image (T1, T2, FLAIR) and rater masks: the combined
+    """A training subject from its raw ``C×X×Y×Z`` image (the modalities) and rater masks: the combined
     label, its instances, the normalized image and the crop-centre candidates (the same for a subject
     read from files and one generated in memory)."""
     label = combine_raters(raters, config.label_mode)

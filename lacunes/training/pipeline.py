@@ -40,7 +40,7 @@ class HeldSubject:
     """A training subject as tensors (on the device that holds it) next to its arrays (mining, centres)."""
 
     subject: TrainingSubject
-    image: torch.Tensor  # 3×X×Y×Z float32
+    image: torch.Tensor  # C×X×Y×Z float32
     label: torch.Tensor  # 1×X×Y×Z uint8
     instances: torch.Tensor  # 1×X×Y×Z int32
     uses: int = 0  # batches it was drawn for
