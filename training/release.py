@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Turn a training checkpoint into a released one: weights in half precision (half the file), no
 optimizer state, the inference defaults and the model's space (orientation, voxel size) recorded, and a
-``.sha256`` sidecar next to it.
+``.sha256`` sidecar next to it. ``--second-stage-from`` carries another checkpoint's fitted second stage
+over (its operating point is then chosen again: ``lacunes calibrate --keep-rescorer``).
 
     python training/release.py runs/cpu-blob/checkpoints/final.pt model/lacunes.pt
+    python training/release.py runs/acq-blob/checkpoints/final.pt runs/acq-blob/release.pt --second-stage-from runs/stage3.pt
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -19,9 +22,16 @@ from lacunes.conform import ModelSpace  # noqa: E402
 from lacunes.network import NetworkConfig  # noqa: E402
 
 
-def main(src: str, dst: str) -> int:
+def main(src: str, dst: str, second_stage_from: str | None = None) -> int:
     net, payload = load_network(src)
     metadata = dict(payload["metadata"])
+    if second_stage_from:
+        _, other = load_network(second_stage_from)
+        rescorer = other.get("metadata", {}).get("rescorer")
+        if not rescorer:
+            print(f"{second_stage_from} has no fitted second stage", file=sys.stderr)
+            return 2
+        metadata["rescorer"] = {**rescorer, "carried_over_from": str(Path(second_stage_from))}
     # the space inference conforms subjects to (checkpoints trained before it was recorded: 1 mm phantoms)
     metadata.setdefault("model_space", ModelSpace().to_dict())
     metadata["released_from"] = str(Path(src))
@@ -32,7 +42,9 @@ def main(src: str, dst: str) -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        print(__doc__)
-        sys.exit(2)
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("src", help="a training checkpoint (checkpoints/final.pt)")
+    ap.add_argument("dst", help="the released checkpoint")
+    ap.add_argument("--second-stage-from", metavar="CKPT", help="carry this checkpoint's fitted second stage over")
+    args = ap.parse_args()
+    sys.exit(main(args.src, args.dst, args.second_stage_from))

@@ -1,0 +1,32 @@
+"""training/release.py: a training checkpoint released (half precision, model space, sidecar), with a
+second stage carried over from another checkpoint."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from lacunes.checkpoint import load_network, save_checkpoint
+from lacunes.network import build_network
+from lacunes.rescoring import FEATURES, Rescorer
+
+from .conftest import TINY
+
+RELEASE = Path(__file__).resolve().parent.parent / "training" / "release.py"
+
+
+def test_a_release_records_the_model_space_and_can_carry_a_second_stage_over(tmp_path, tiny_checkpoint):
+    stage = Rescorer(tuple([0.5] * len(FEATURES)), -1.0, tuple([0.0] * len(FEATURES)), tuple([1.0] * len(FEATURES)))
+    other = tmp_path / "other.pt"
+    save_checkpoint(other, build_network(TINY), TINY, {"rescorer": stage.to_dict()})
+    out = tmp_path / "release.pt"
+    done = subprocess.run([sys.executable, str(RELEASE), str(tiny_checkpoint), str(out), "--second-stage-from",
+                           str(other)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _, payload = load_network(out)
+    meta = payload["metadata"]
+    assert meta["model_space"] and meta["released_from"] == str(tiny_checkpoint)
+    assert Rescorer.from_dict(meta["rescorer"]) == stage and meta["rescorer"]["carried_over_from"] == str(other)
+    assert (tmp_path / "release.pt.sha256").is_file()
+    refused = subprocess.run([sys.executable, str(RELEASE), str(tiny_checkpoint), str(tmp_path / "b.pt"),
+                              "--second-stage-from", str(tiny_checkpoint)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "has no fitted second stage" in refused.stderr
