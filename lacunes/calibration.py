@@ -24,7 +24,7 @@ import logging
 import time
 from pathlib import Path
 
-from lacunes.options import DEFAULT_THRESHOLD, INFERENCE_PRESETS
+from lacunes.options import DEFAULT_THRESHOLD, FULL_SET, INFERENCE_PRESETS, INPUT_SETS
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ FEW_CANDIDATES_PER_FEATURE = 10
 ROWS_SHOWN = 8
 
 
-def raw_case(predictor, files, cache: Path | None = None):
+def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL_SET):
     """The :class:`~lacunes.operating_point.ValidationCase` (raw probability, normalized image, reference,
     spacing, brain mask) of one labelled subject in the
     model's space: the subject conformed as inference conforms it (:meth:`lacunes.inference.Predictor.prepare`),
@@ -43,7 +43,8 @@ def raw_case(predictor, files, cache: Path | None = None):
 
     With ``cache``, the raw probability is read from / written to ``cache/<subject>.npy`` (the caller
     keys the folder by checkpoint weights and setting), so that choosing the operating point again
-    does not predict again."""
+    does not predict again. ``modalities``: the set of contrasts the subject is read with (the others
+    zero, :data:`lacunes.options.INPUT_SETS`)."""
     import numpy as np
 
     from lacunes.io import read_subject, read_volume
@@ -51,8 +52,8 @@ def raw_case(predictor, files, cache: Path | None = None):
 
     labels = files.label_paths()
     if not labels:
-        raise ValueError(f"{files.subject_id}: no rater label next to {files.paths['T1']}")
-    subject = read_subject(files.subject_id, files.paths)
+        raise ValueError(f"{files.subject_id}: no rater label next to {next(iter(files.paths.values()))}")
+    subject = read_subject(files.subject_id, files.paths, modalities=modalities)
     model_input = predictor.prepare(subject)
     cached = None if cache is None else cache / f"{files.subject_id}.npy"
     raw = np.load(cached) if cached is not None and cached.exists() else None
@@ -70,9 +71,11 @@ def raw_case(predictor, files, cache: Path | None = None):
     return ValidationCase(raw, model_input.normalized, reference, model_input.spacing, model_input.mask)
 
 
-def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAULT_THRESHOLD, progress: bool = True):
-    """The second stage fitted on the candidates of the labelled subjects in ``folder``, with its fit's
-    record. Raises ValueError when they are too few for its features."""
+def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAULT_THRESHOLD, progress: bool = True,
+                     modalities: str = FULL_SET):
+    """The second stage fitted on the candidates of the labelled subjects in ``folder`` (read with the
+    set of contrasts ``modalities``), with its fit's record. Raises ValueError when they are too few for
+    its features."""
     import numpy as np
     from tqdm import tqdm
 
@@ -82,7 +85,7 @@ def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAU
     train = find_subject_files(Path(folder))
     feats, targets = [], []
     for files in tqdm(train, desc="training candidates", unit="subject", disable=not progress):
-        raw, normalized, reference, spacing, mask = raw_case(predictor, files)
+        raw, normalized, reference, spacing, mask = raw_case(predictor, files, modalities=modalities)
         masked = np.where(mask, raw, np.float32(0))
         labels, n, f = candidate_features(masked, normalized, mask, spacing, candidate_threshold)
         feats.append(f)
@@ -102,7 +105,8 @@ def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAU
     rescorer = Rescorer.fit(x, y, candidate_threshold)
     fitted = rescorer.score(x)
     fit = {
-        "subjects": [f.subject_id for f in train], "folder": str(folder), "candidates": int(len(y)),
+        "subjects": [f.subject_id for f in train], "folder": str(folder), "modalities": modalities,
+        "candidates": int(len(y)),
         "positives": positives, "weights": dict(zip(FEATURES, rescorer.weights)),
         "training_recall_at_0.5": float((fitted[y > 0] >= 0.5).mean()),
         "training_false_candidates_kept_at_0.5": int((fitted[y == 0] >= 0.5).sum()),
@@ -144,6 +148,10 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--candidate-threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"raw probability at which the second stage's candidates are formed (default {DEFAULT_THRESHOLD:g})")
     p.add_argument("--preset", default="fast", choices=INFERENCE_PRESETS, help="inference setting (default fast)")
+    p.add_argument("--modalities", default=FULL_SET, choices=list(INPUT_SETS),
+                   help=f"calibrate for this set of contrasts (default {FULL_SET}): the subjects are read with it (the "
+                        "others zero), and another set's operating point and second stage are stored beside the "
+                        "model's own (calibration_by_set), used for subjects that come with that set")
     p.add_argument("--out", help="write the calibrated checkpoint here (+ .sha256); default: only report")
     p.add_argument("--report", help="JSON file with the fit and the score of every grid point")
     p.add_argument("--max-uncertain-share", type=float, default=0.02,
@@ -173,15 +181,21 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.no_progress
     predictor = Predictor.from_checkpoint(args.checkpoint, PRESETS[args.preset].replace(progress=False),
                                           threshold=DEFAULT_THRESHOLD)  # its own point is not used: raw maps
-    if args.keep_rescorer and predictor.rescorer is None:
+    modalities = args.modalities
+    if modalities not in predictor.input_sets:
+        logger.warning("%s was trained for %s, not %s: calibrating cannot teach it the missing contrasts",
+                       args.checkpoint, ", ".join(predictor.input_sets), modalities)
+    _, own_rescorer = predictor.post_processing_for(modalities)
+    if args.keep_rescorer and own_rescorer is None:
         raise ValueError(f"--keep-rescorer: {args.checkpoint} has no second stage")
-    rescorer = predictor.rescorer if args.keep_rescorer else None
+    rescorer = own_rescorer if args.keep_rescorer else None
     if not (args.keep_rescorer or args.fit_rescorer or args.no_second_stage):
         print("no second stage (give --fit-rescorer DIR to fit one, or --keep-rescorer to keep the checkpoint's)")
-    report: dict = {"checkpoint": str(args.checkpoint), "setting": args.preset}
+    report: dict = {"checkpoint": str(args.checkpoint), "setting": args.preset, "modalities": modalities}
     t0 = time.time()
     if args.fit_rescorer:
-        rescorer, fit = fit_second_stage(predictor, Path(args.fit_rescorer), args.candidate_threshold, progress)
+        rescorer, fit = fit_second_stage(predictor, Path(args.fit_rescorer), args.candidate_threshold, progress,
+                                         modalities)
         report["rescorer_fit"] = fit
         print(f"second stage fitted on {fit['candidates']} candidates of {len(fit['subjects'])} subjects "
               f"({fit['positives']} on lesions); at a 0.5 cut it keeps {fit['training_recall_at_0.5']:.2f} of those "
@@ -191,8 +205,9 @@ def run(args: argparse.Namespace) -> int:
     subjects = find_subject_files(Path(args.val))
     cache = None
     if args.cache:
-        cache = Path(args.cache) / f"{weights_sha256(predictor.network.state_dict())[:16]}-{args.preset}"
-    cases = [raw_case(predictor, files, cache)
+        cache = Path(args.cache) / (f"{weights_sha256(predictor.network.state_dict())[:16]}-{args.preset}"
+                                    + ("" if modalities == FULL_SET else f"-{modalities}"))
+    cases = [raw_case(predictor, files, cache, modalities)
              for files in tqdm(subjects, desc="validation", unit="subject", disable=not progress)]
     seconds = time.time() - t0
     budget = args.max_uncertain_share if args.max_uncertain_share < 1 else None
@@ -209,13 +224,13 @@ def run(args: argparse.Namespace) -> int:
           + (f", extent over probability >= {op.extent_threshold}" if op.extent_threshold is not None else "")
           + f": pooled F1 {chosen.f1:.3f}, {chosen.tp} TP, {chosen.fp} FP, {chosen.fn} FN, median Dice {chosen.dice:.2f}, "
           f"uncertainty >= 0.5 in {100 * chosen.uncertain_share:.2f} % of the brain, on {len(cases)} validation "
-          f"subjects ({seconds:.0f} s of prediction); why: {why}")
+          f"subjects from {modalities} ({seconds:.0f} s of prediction); why: {why}")
     if budget is not None and not held:
         print(f"warning: no grid point keeps the uncertainty share under {100 * budget:.1f} %; "
               "the best F1 was chosen without that constraint")
     objective = "pooled detection F1" + (f", uncertainty >= 0.5 in < {100 * budget:g} % of the brain" if held else "")
     record = {**op.to_dict(), "chosen_on": {"folder": str(args.val), "subjects": [s.subject_id for s in subjects],
-                                            "setting": args.preset, "objective": objective,
+                                            "setting": args.preset, "modalities": modalities, "objective": objective,
                                             "score": chosen.to_dict()}}
     report["operating_point"] = record
     report["grid"] = [s.to_dict() for s in scores]
@@ -223,16 +238,31 @@ def run(args: argparse.Namespace) -> int:
         Path(args.report).write_text(json.dumps(report, indent=1))
     if args.out:
         net, payload = load_network(args.checkpoint)
-        metadata = {**payload["metadata"], "operating_point": record}
-        fit = report.get("rescorer_fit") or (payload["metadata"].get("rescorer") or {}).get("fit")
-        metadata.pop("rescorer", None)
-        if rescorer is not None:
-            metadata["rescorer"] = {**rescorer.replace(min_score=cut).to_dict(), "fit": fit}
+        metadata = _calibrated_metadata(payload["metadata"], modalities, record, rescorer, cut,
+                                        report.get("rescorer_fit"))
         half = all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
         out = save_checkpoint(args.out, net, NetworkConfig.from_dict(payload["network"]), metadata, half=half)
         sidecar = write_sha256(out)
         print(f"written to {out} (sha256 {sidecar.read_text().split()[0][:12]}…)")
     return 0
+
+
+def _calibrated_metadata(metadata: dict, modalities: str, record: dict, rescorer, cut, fit: dict | None) -> dict:
+    """A checkpoint's metadata with a new operating point and second stage: the model's own for the full
+    set of contrasts, else the set's entry of ``calibration_by_set`` (the model's own kept)."""
+    metadata = dict(metadata)
+    if modalities == FULL_SET:
+        target = metadata
+    else:
+        by_set = dict(metadata.get("calibration_by_set") or {})
+        target = by_set[modalities] = dict(by_set.get(modalities) or {})
+        metadata["calibration_by_set"] = by_set
+    kept_fit = (target.get("rescorer") or {}).get("fit") or (metadata.get("rescorer") or {}).get("fit")
+    target["operating_point"] = record
+    target.pop("rescorer", None)
+    if rescorer is not None:
+        target["rescorer"] = {**rescorer.replace(min_score=cut).to_dict(), "fit": fit or kept_fit}
+    return metadata
 
 
 def main(argv: list[str] | None = None) -> int:

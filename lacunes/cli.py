@@ -57,11 +57,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if args.qc:
         require_matplotlib("--qc")
-    explicit = [getattr(args, m.lower()) for m in options.MODALITIES]
-    if any(explicit) and not all(explicit):
-        raise ValueError("--t1, --t2 and --flair go together")
-    if all(explicit) == bool(args.input):
-        raise ValueError("give either --input DIR (VALDO layout) or --t1/--t2/--flair")
+    explicit = {m: getattr(args, m.lower()) for m in options.MODALITIES if getattr(args, m.lower())}
+    if bool(explicit) == bool(args.input):
+        raise ValueError("give either --input DIR (VALDO or BIDS layout) or --t1/--t2/--flair")
+    if explicit:
+        options.input_set_name(explicit)  # a set a model takes (T1+FLAIR, ...), else the message naming them
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be at least 1, got {args.threads}")
@@ -81,7 +81,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     items = cohort_items(Path(args.input) if args.input else None,
-                         tuple(Path(f) for f in explicit) if all(explicit) else None, args.subject_id)
+                         {m: Path(f) for m, f in explicit.items()} if explicit else None, args.subject_id)
     model = Path(args.model) if args.model else default_model_path()
     predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
     op = predictor.operating_point
@@ -89,7 +89,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
           f"{predictor.variants} TTA variant(s), device {predictor.device}, {predictor.precision}, "
           f"backend {predictor.backend}, "
           f"operating point: probability >= {op.threshold:g}, lesions >= {op.min_volume_mm3:g} mm³")
-    print(f"model: {predictor.data_statement}")
+    print(f"model: {predictor.data_statement}; trained for {', '.join(predictor.input_sets)}")
     if predictor.device.type == "cpu" and predictor.variants > 1:
         print(f"note: the {args.preset} setting runs {predictor.variants} TTA variants at overlap "
               f"{settings.overlap:g}: on a CPU that is minutes a subject (the sample case on 2 cores: about 2 min with "
@@ -98,7 +98,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     reports = run_cohort(predictor, items, out, overwrite=args.overwrite,
                          extras_dir=Path(args.extras_dir) if args.extras_dir else None, write_mask=args.mask,
                          write_table=args.table, resample=args.resample, qc=args.qc, progress=not args.no_progress,
-                         shard=(shard_i, shard_n))
+                         shard=(shard_i, shard_n), modalities=args.modalities)
     if args.qc:
         print(f"quality control: {out / 'report.html'}")
     failed = [r for r in reports if r.status == "failed"]
@@ -170,6 +170,18 @@ def cmd_synth(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- train
 
 
+def parse_channel_dropout(text: str) -> tuple[tuple[str, float], ...]:
+    """``"T1+FLAIR=0.2,T1+T2=0.1"`` → ``(("T1+FLAIR", 0.2), ("T1+T2", 0.1))`` (``--channel-dropout``)."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        try:
+            pairs.append((options.look_up_option(name.strip(), options.INPUT_SETS, "set of contrasts"), float(value)))
+        except ValueError as exc:
+            raise ValueError(f"--channel-dropout {text!r}: {exc if sep else 'each item is SET=PROBABILITY'}") from None
+    return tuple(pairs)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from lacunes.training import get_preset
     from lacunes.training.config import LossMode
@@ -189,6 +201,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         changes["crop_size"] = tuple(args.crop_size)
     if args.no_amp:
         changes["amp"] = False
+    if args.channel_dropout:
+        changes["channel_dropout"] = parse_channel_dropout(args.channel_dropout)
     config = config.replace(**changes)
     if (args.data is None) == (args.synthetic is None):
         raise SystemExit("lacunes train: give --data FOLDER or --synthetic N (one of them)")
@@ -227,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", help="folder of subjects in the VALDO layout")
     for m in options.MODALITIES:  # --t1 --t2 --flair
         p.add_argument(f"--{m.lower()}", help=f"{m} file (with the other contrasts' files) instead of --input")
+    p.add_argument("--modalities", choices=list(options.INPUT_SETS),
+                   help="the set of contrasts to segment from (default: every contrast a subject has); a set the "
+                        "model was not trained for is refused unless named here")
     p.add_argument("--subject-id", help="id for --t1/--t2/--flair (default: the T1's name up to '_')")
     p.add_argument("-o", "--output", required=True, help="output folder for <prefix>prediction/uncertaintymap.nii.gz")
     p.add_argument("--model", help="checkpoint (default: the bundled model, model/lacunes.pt in a checkout)")
@@ -327,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--loss", choices=options.option_values(options.LossMode),
                    help="blob (the preset's) or dicebce = beta 0, the ablation")
+    p.add_argument("--channel-dropout", metavar="SET=P,...",
+                   help="show each crop as a smaller set of contrasts with these probabilities (e.g. "
+                        "T1+FLAIR=0.2,T1+T2=0.1,T2+FLAIR=0.1; the missing channels zero), so that one model takes "
+                        "subjects without a T2, a FLAIR or a T1 (default: all three always)")
     p.add_argument("--epochs", type=int, help="override the preset's number of epochs")
     p.add_argument("--batch-size", type=int, help="subjects per batch (each gives the preset's crops per subject)")
     p.add_argument("--batches-per-epoch", type=int, help="batches in one epoch")

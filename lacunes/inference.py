@@ -29,6 +29,8 @@ from lacunes.conform import Conform, ModelSpace
 from lacunes.conform import plan as conform_plan
 from lacunes.io import Geometry, Subject
 from lacunes.options import (
+    FULL_SET,
+    INPUT_SETS,
     MODALITIES,
     NORMALIZATION_QUANTILES,
     Backend,
@@ -36,6 +38,7 @@ from lacunes.options import (
     Precision,
     TTAMode,
     UncertaintyMode,
+    input_set_name,
     look_up_option,
 )
 from lacunes.postprocessing import OperatingPoint, finish_probability, logit
@@ -162,6 +165,8 @@ class ModelInput:
         native_brain: the brain mask on the subject's own grid, where the maps are resampled back.
         geometry: the model-space grid in scanner space (None for a bare array): places of what the second
             stage rejected are given in scanner mm with it.
+        input_set: the subject's set of contrasts (:data:`lacunes.options.INPUT_SETS`; the channels of the
+            others are zeros): it picks the set's own calibration where the model has one.
     """
 
     normalized: np.ndarray
@@ -170,6 +175,7 @@ class ModelInput:
     conform: Conform | None = None
     native_brain: np.ndarray | None = None
     geometry: Geometry | None = None
+    input_set: str = FULL_SET
 
 
 @dataclass
@@ -281,6 +287,9 @@ class Predictor:
         rescorer: the second stage (:class:`lacunes.rescoring.Rescorer`), or None.
         model_space: the orientation and voxel size the network was trained in (subjects are conformed
             to it, :mod:`lacunes.conform`); :meth:`from_checkpoint` reads the checkpoint's.
+        by_set: the operating point and second stage of a set of contrasts calibrated on its own
+            (``{"T1+FLAIR": (OperatingPoint, Rescorer | None)}``); other sets use ``operating_point`` and
+            ``rescorer``. :meth:`from_checkpoint` reads the checkpoint's ``calibration_by_set``.
 
     Example:
         >>> predictor = Predictor.from_checkpoint("model/lacunes.pt", FAST)
@@ -296,12 +305,14 @@ class Predictor:
         operating_point: OperatingPoint = OperatingPoint(),
         rescorer=None,
         model_space: ModelSpace = ModelSpace(),
+        by_set: dict[str, tuple[OperatingPoint, Any]] | None = None,
     ) -> None:
         self.stage = WindowedNetwork(network, settings)
         self.settings = self.stage.settings  # bfloat16 an OpenVINO CPU lacks is float32 here
         self.model_space = model_space
         self.operating_point = operating_point
         self.rescorer = rescorer
+        self.by_set = dict(by_set or {})
         self.normalization = normalization
         self.metadata = metadata or {}
         self.checkpoint: Path | None = None  # the file the weights came from (set by from_checkpoint)
@@ -332,8 +343,12 @@ class Predictor:
         if rescorer is not None and op.threshold < rescorer.candidate_threshold:
             logger.warning("threshold %g is under the second stage's candidate threshold %g: voxels between the "
                            "two are not re-scored", op.threshold, rescorer.candidate_threshold)
+        by_set = {}
+        for name, calibration in (metadata.get("calibration_by_set") or {}).items():
+            by_set[name] = (OperatingPoint.from_dict(calibration.get("operating_point")).with_overrides(
+                threshold, min_volume_mm3), Rescorer.from_dict(calibration.get("rescorer")))
         predictor = cls(network, settings, normalization, metadata, op, rescorer,
-                        ModelSpace.from_dict(metadata.get("model_space")))
+                        ModelSpace.from_dict(metadata.get("model_space")), by_set)
         predictor.checkpoint = Path(path)
         predictor._weights_sha256 = payload.get("weights_sha256")
         return predictor
@@ -342,8 +357,35 @@ class Predictor:
         """The same network and settings with another operating point and second stage (e.g.
         :data:`lacunes.postprocessing.RAW` and None: the network stage alone); this predictor is unchanged."""
         other = copying.copy(self)
-        other.operating_point, other.rescorer = operating_point, rescorer
+        other.operating_point, other.rescorer, other.by_set = operating_point, rescorer, {}
         return other
+
+    @property
+    def input_sets(self) -> tuple[str, ...]:
+        """The sets of contrasts the network was trained for (its checkpoint's ``input_sets``; the full set
+        when it does not say)."""
+        return tuple(self.metadata.get("input_sets") or (FULL_SET,))
+
+    def check_input_set(self, input_set: str, chosen: bool = False, subject_id: str = "the subject") -> None:
+        """Refuse a set of contrasts the network was not trained for, naming the ones it was, unless the
+        user ``chosen`` it (``--modalities``): then a warning. Raises :class:`lacunes.io.LacunesInputError`."""
+        from lacunes.io import LacunesInputError
+
+        if input_set in self.input_sets:
+            return
+        missing = [m for m in MODALITIES if m not in INPUT_SETS[input_set]]
+        what = (f"{subject_id} has {input_set} (no {', '.join(missing)}); the model was trained for "
+                f"{', '.join(self.input_sets)} only")
+        if not chosen:
+            raise LacunesInputError(f"{what}: its maps would not be trustworthy. Use a model trained without "
+                                    f"{', '.join(missing)} (input_sets in its checkpoint), or --modalities "
+                                    f"{input_set} to run it anyway")
+        logger.warning("%s: its missing contrasts reach the network as zeros, which it never saw", what)
+
+    def post_processing_for(self, input_set: str = FULL_SET) -> tuple[OperatingPoint, Any]:
+        """The operating point and second stage for a set of contrasts: its own calibration where the
+        model has one (:attr:`by_set`), else the model's."""
+        return self.by_set.get(input_set, (self.operating_point, self.rescorer))
 
     @property
     def network(self) -> torch.nn.Module:
@@ -399,7 +441,10 @@ class Predictor:
             if not conform.identity:
                 logger.info("%s: to the model's space: %s", subject.subject_id, conform.describe())
                 image, spacing = conform.to_model(image), conform.model.spacing
+        present = subject.modalities if isinstance(subject, Subject) else MODALITIES
         for name, channel in zip(MODALITIES, image):
+            if name not in present:
+                continue  # an absent contrast: zeros, as the network was trained to see it
             if channel.size and channel.min() == channel.max():
                 logger.warning("%s is constant (%g everywhere): it carries no information", name, float(channel.flat[0]))
         mask = brain_mask(image)
@@ -409,7 +454,8 @@ class Predictor:
             conform = None
         geometry = None if not isinstance(subject, Subject) else conform.model if conform is not None else subject.geometry
         return ModelInput(prepare_image(image, self.normalization), mask, tuple(spacing), conform,
-                          brain_mask(native) if conform is not None and conform.resampled else None, geometry)
+                          brain_mask(native) if conform is not None and conform.resampled else None, geometry,
+                          input_set_name(present))
 
     def raw(self, subject: Subject | np.ndarray | ModelInput) -> RawPrediction:
         """The network stage of a subject (:meth:`prepare` first, unless given a :class:`ModelInput`): on the
@@ -429,11 +475,13 @@ class Predictor:
         """The maps of a :class:`RawPrediction` (:func:`finish_maps`, with this predictor's second stage,
         its operating point and the settings' uncertainty unless given), on the subject's own grid: both
         float32 (x, y, z) in [0, 1], 0 outside the brain."""
-        given, op = raw.input, operating_point or self.operating_point
-        prob, unc, stats = finish_maps(raw.variant_logits, op, self.rescorer,
+        given = raw.input
+        op, rescorer = self.post_processing_for(given.input_set)
+        op = operating_point or op
+        prob, unc, stats = finish_maps(raw.variant_logits, op, rescorer,
                                        uncertainty or self.settings.uncertainty, given.mask, given.spacing,
                                        given.normalized, self.checkpoint)
-        stats = {**raw.stats, **stats}
+        stats = {**raw.stats, **stats, "input_set": given.input_set}
         if given.geometry is not None:
             for row in stats.get("rejected_candidates", []):
                 row["centre_mm"] = [round(float(v), 2) for v in given.geometry.physical(row["voxel"])]

@@ -102,6 +102,8 @@ class Subject:
         geometry: the grid of the T1 (the reference); outputs are written on it.
         paths: source file of each modality.
         nonfinite: NaN/±inf count per modality as read (before any repair).
+        modalities: the contrasts the subject came with (:data:`lacunes.options.INPUT_SETS`); the channel
+            of a missing one holds zeros.
     """
 
     subject_id: str
@@ -109,6 +111,12 @@ class Subject:
     geometry: Geometry
     paths: dict[str, Path] = field(default_factory=dict)
     nonfinite: dict[str, int] = field(default_factory=dict)
+    modalities: tuple[str, ...] = MODALITIES
+
+    @property
+    def input_set(self) -> str:
+        """The name of its set of contrasts (``T1+FLAIR``)."""
+        return options.input_set_name(self.modalities)
 
 
 def _nifti_data_end(header: bytes) -> int | None:
@@ -444,70 +452,81 @@ def check_not_a_label(array: np.ndarray, path: Path, modality: str) -> None:
             f"a label or mask image, not a {modality} scan")
 
 
-def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample: bool = False) -> Subject:
-    """Read the three modalities of a subject and stack them on the T1's grid.
+def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample: bool = False,
+                 modalities: tuple[str, ...] | str = MODALITIES) -> Subject:
+    """Read a subject's contrasts and stack them on the grid of the first (the T1, or the T2 of a
+    ``T2+FLAIR`` subject): the reference its outputs are written on.
 
     Args:
         subject_id: identifier used in messages and output names.
-        paths: one path per modality in :data:`MODALITIES`.
-        resample: T2 and FLAIR on another grid than the T1 (shape, spacing, origin or direction) are
+        paths: one path per modality (those outside ``modalities`` are not read).
+        resample: contrasts on another grid than the reference (shape, spacing, origin or direction) are
             linearly resampled onto it, provided they cover the same physical space
-            (:func:`check_same_space`); outputs are always on the T1's grid.
+            (:func:`check_same_space`); outputs are always on the reference's grid.
+        modalities: the set of contrasts to read (names, or a set's name such as ``"T1+FLAIR"``,
+            :data:`lacunes.options.INPUT_SETS`); the channel of a contrast outside it holds zeros.
 
     Raises:
-        MissingModalityError: a modality has no path or its file does not exist.
+        MissingModalityError: a modality of the set has no path or its file does not exist.
         UnreadableImageError: a file cannot be read as a 3D scalar image.
         GeometryMismatchError: shapes or spacings differ (without ``resample``), or a modality does not
-            cover the T1's field of view (with it).
+            cover the reference's field of view (with it).
         LacunesInputError: one file or image given for two contrasts, or a label image given as one.
     """
-    missing = [m for m in MODALITIES if m not in paths or paths[m] is None]
+    wanted = options.INPUT_SETS[options.look_up_option(modalities, options.INPUT_SETS, "set of contrasts")
+                                ] if isinstance(modalities, str) else options.INPUT_SETS[options.input_set_name(modalities)]
+    missing = [m for m in wanted if m not in paths or paths[m] is None]
     if missing:
         raise MissingModalityError(
-            f"no {', '.join(missing)} for {subject_id} (found: {', '.join(sorted(paths)) or 'nothing'})"
+            f"no {', '.join(missing)} for {subject_id} (found: {', '.join(sorted(m for m in paths if paths[m])) or 'nothing'})"
         )
-    absent = [f"{m}: {paths[m]}" for m in MODALITIES if not Path(paths[m]).is_file()]
+    absent = [f"{m}: {paths[m]}" for m in wanted if not Path(paths[m]).is_file()]
     if absent:
         raise MissingModalityError(f"missing file(s) for {subject_id}: {'; '.join(absent)}")
-    resolved = {m: Path(paths[m]).resolve() for m in MODALITIES}
-    for a, b in ((a, b) for i, a in enumerate(MODALITIES) for b in MODALITIES[i + 1:]):
+    resolved = {m: Path(paths[m]).resolve() for m in wanted}
+    for a, b in ((a, b) for i, a in enumerate(wanted) for b in wanted[i + 1:]):
         if resolved[a] == resolved[b]:
             raise LacunesInputError(f"{subject_id}: the same file is given as {a} and {b} ({paths[a]}); "
                                     "each contrast needs its own image")
-    arrays, geoms, nonfinite = [], {}, {}
-    for m in MODALITIES:
+    reference = Path(paths[wanted[0]])
+    arrays, geoms, nonfinite = {}, {}, {}
+    for m in wanted:
         p = Path(paths[m])
         arr, geom = read_volume(p)
         arr = arr.astype(np.float32, copy=False)
         nonfinite[m] = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         if arr.size and nonfinite[m] == arr.size:  # repairing it would leave nothing of the contrast
             raise UnreadableImageError(f"{p} holds no finite value (all {arr.size} voxels NaN or infinite)")
-        if resample and m != "T1" and not same_grid(geoms[Path(paths["T1"])], geom):
-            t1_path = Path(paths["T1"])
-            check_same_space(geoms[t1_path], geom, t1_path.name, p.name)
-            logger.info("%s: %s resampled from %s voxels of %s mm onto the T1's grid", subject_id, m,
-                        "×".join(map(str, geom.shape)), "×".join(f"{v:g}" for v in geom.spacing))
-            arr, geom = resample_to(arr, geom, geoms[t1_path]), geoms[t1_path]
-        arrays.append(arr)
+        if resample and m != wanted[0] and not same_grid(geoms[reference], geom):
+            check_same_space(geoms[reference], geom, reference.name, p.name)
+            logger.info("%s: %s resampled from %s voxels of %s mm onto the %s's grid", subject_id, m,
+                        "×".join(map(str, geom.shape)), "×".join(f"{v:g}" for v in geom.spacing), wanted[0])
+            arr, geom = resample_to(arr, geom, geoms[reference]), geoms[reference]
+        arrays[m] = arr
         geoms[p] = geom
     check_same_grid(geoms, RESAMPLE_HINT)
-    for i, a in enumerate(MODALITIES):
-        for j in range(i + 1, len(MODALITIES)):
-            if arrays[i].any() and np.array_equal(arrays[i], arrays[j]):  # (an empty scan is its own case)
-                raise LacunesInputError(f"{subject_id}: {a} and {MODALITIES[j]} hold the same image "
-                                        f"({Path(paths[a]).name}, {Path(paths[MODALITIES[j]]).name}): a copy given twice?")
-    for m, arr in zip(MODALITIES, arrays):
+    for i, a in enumerate(wanted):
+        for b in wanted[i + 1:]:
+            if arrays[a].any() and np.array_equal(arrays[a], arrays[b]):  # (an empty scan is its own case)
+                raise LacunesInputError(f"{subject_id}: {a} and {b} hold the same image "
+                                        f"({Path(paths[a]).name}, {Path(paths[b]).name}): a copy given twice?")
+    for m, arr in arrays.items():
         check_not_a_label(arr, Path(paths[m]), m)
         check_background(arr, Path(paths[m]))
     for m, n in nonfinite.items():
         if n:
             logger.warning("%s: %s has %d non-finite voxel(s)", subject_id, m, n)
+    unused = [m for m in MODALITIES if m not in wanted and paths.get(m)]
+    if unused:
+        logger.info("%s: %s not used (the set of contrasts is %s)", subject_id, ", ".join(unused), "+".join(wanted))
+    shape = arrays[wanted[0]].shape
     return Subject(
         subject_id=subject_id,
-        image=np.stack(arrays),
-        geometry=next(iter(geoms.values())),
-        paths={m: Path(paths[m]) for m in MODALITIES},
+        image=np.stack([arrays[m] if m in arrays else np.zeros(shape, np.float32) for m in MODALITIES]),
+        geometry=geoms[reference],
+        paths={m: Path(paths[m]) for m in wanted},
         nonfinite=nonfinite,
+        modalities=wanted,
     )
 
 

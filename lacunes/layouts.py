@@ -9,7 +9,11 @@ BIDS (``sub-<label>/[ses-<label>/]anat/sub-<label>[_ses-<label>][_<entity>-<labe
 outputs form a BIDS-derivatives tree, ``<sub>/[<ses>/]anat/<entities>_space-T1w_label-lacune_probseg.nii.gz``
 and ``…_label-lacune_desc-uncertainty_probseg.nii.gz``; the subject id is the entities (``sub-01_ses-2``).
 
-Explicit files (``--t1 --t2 --flair``): outputs ``<id>_space-T1_prediction.nii.gz`` and
+A subject may have fewer contrasts (T1+FLAIR, T1+T2; T2+FLAIR as explicit files or sockets,
+:data:`lacunes.options.INPUT_SETS`): the layouts then list only the files it has, except the container's
+VALDO layout (:data:`VALDO`), which requires all three.
+
+Explicit files (``--t1 --t2 --flair``, any set): outputs ``<id>_space-T1_prediction.nii.gz`` and
 ``<id>_space-T1_uncertaintymap.nii.gz``, named as the VALDO layout's.
 
 Grand-challenge layout: ``/input/inputs.json`` lists the sockets and each image lies alone in
@@ -28,6 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 from lacunes.io import MODALITIES, LacunesInputError, MissingModalityError
+from lacunes.options import input_set_name
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +95,7 @@ class ValdoT1:
     """One VALDO-layout T1 file of a cohort; its T2 and FLAIR are found when it runs (:meth:`files`)."""
 
     t1: Path
+    complete: bool = True  # all three contrasts required (the challenge's contract), else any set with the T1
 
     @property
     def subject_id(self) -> str:
@@ -97,11 +103,20 @@ class ValdoT1:
         return match["sid"] if match else self.t1.name
 
     def files(self) -> SubjectFiles:
-        return valdo_subject(self.t1)
+        return valdo_subject(self.t1, self.complete)
 
 
-def valdo_subject(t1: Path) -> SubjectFiles:
-    """Build a subject from its T1 path in the VALDO layout (T2/FLAIR by suffix replacement)."""
+def _some_set(sid: str, paths: dict[str, Path], found: str) -> None:
+    """Refuse contrasts that form no set a model takes (:data:`lacunes.options.INPUT_SETS`), naming what was found."""
+    try:
+        input_set_name(paths)
+    except ValueError as exc:
+        raise MissingModalityError(f"{sid}: {exc} (found: {found})") from None
+
+
+def valdo_subject(t1: Path, complete: bool = True) -> SubjectFiles:
+    """Build a subject from its T1 path in the VALDO layout (T2/FLAIR by suffix replacement); with
+    ``complete`` False, a missing T2 or FLAIR leaves a smaller set of contrasts (T1+FLAIR, T1+T2)."""
     t1 = Path(t1)
     match = VALDO_T1.match(t1.name)
     if not match:
@@ -112,11 +127,11 @@ def valdo_subject(t1: Path) -> SubjectFiles:
     for m in MODALITIES[1:]:
         paths[m] = t1.with_name(stem + suffix.replace("T1", m, 1))
     missing = [m for m, p in paths.items() if not p.is_file()]
-    if missing:
-        found = sorted(p.name for p in t1.parent.glob(f"{match['sid']}_*"))
-        raise MissingModalityError(
-            f"no {', '.join(missing)} for {match['sid']} in {t1.parent} (found: {', '.join(found)})"
-        )
+    found = ", ".join(sorted(p.name for p in t1.parent.glob(f"{match['sid']}_*")))
+    if missing and complete:
+        raise MissingModalityError(f"no {', '.join(missing)} for {match['sid']} in {t1.parent} (found: {found})")
+    paths = {m: p for m, p in paths.items() if m not in missing}
+    _some_set(match["sid"], paths, found)
     prefix = t1.name.split("desc-masked_")[0]
     return SubjectFiles(match["sid"], paths, prefix)
 
@@ -186,17 +201,26 @@ def find_valdo_subjects(folder: Path) -> list[SubjectFiles]:
 SUBJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def explicit_subject(*files: Path, subject_id: str | None = None) -> SubjectFiles:
-    """A subject given as one explicit file per modality (:data:`MODALITIES` order: T1, T2, FLAIR); the id
-    defaults to the T1's name up to its first '_'. The id must be a plain name (letters, digits, ``.``,
-    ``_``, ``-``; no path)."""
-    if len(files) != len(MODALITIES):
+def explicit_subject(*files: Path | dict, subject_id: str | None = None) -> SubjectFiles:
+    """A subject given as one explicit file per modality (:data:`MODALITIES` order: T1, T2, FLAIR), or as
+    one ``{modality: file}`` dict of a smaller set (T1+FLAIR, ...); the id defaults to the first file's
+    name (the T1's) up to its first '_'. The id must be a plain name (letters, digits, ``.``, ``_``, ``-``;
+    no path). Outputs lie on the first contrast's grid: ``<id>_space-T1_`` (``space-T2`` without a T1)."""
+    if len(files) == 1 and isinstance(files[0], dict):
+        unknown = sorted(set(files[0]) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"unknown modality {', '.join(unknown)} (the modalities: {', '.join(MODALITIES)})")
+        paths = {m: Path(files[0][m]) for m in MODALITIES if files[0].get(m)}
+    elif len(files) != len(MODALITIES):
         raise ValueError(f"one file per modality ({', '.join(MODALITIES)}), got {len(files)}")
-    paths = {m: Path(f) for m, f in zip(MODALITIES, files)}
-    sid = subject_id or re.split(r"[_.]", paths["T1"].name)[0]
+    else:
+        paths = {m: Path(f) for m, f in zip(MODALITIES, files)}
+    _some_set(subject_id or "the subject", paths, ", ".join(f"{m}: {p.name}" for m, p in paths.items()))
+    first = next(iter(paths))
+    sid = subject_id or re.split(r"[_.]", paths[first].name)[0]
     if not SUBJECT_ID.match(sid) or sid in (".", ".."):
         raise LacunesInputError(f"subject id {sid!r} must be a name (letters, digits, '.', '_', '-'), not a path")
-    return SubjectFiles(sid, paths, f"{sid}_space-T1_")
+    return SubjectFiles(sid, paths, f"{sid}_space-{first}_")
 
 
 # ---------------------------------------------------------------------------------------------- BIDS
@@ -230,13 +254,14 @@ class BidsT1:
                 continue
             others = sorted(p for p in anat.glob(f"{session}_*{BIDS_SUFFIXES[m]}.nii*")
                             if re.search(rf"_{BIDS_SUFFIXES[m]}\.nii(\.gz)?$", p.name))
+            if not others:
+                continue  # a smaller set of contrasts (T1+FLAIR, T1+T2)
             if len(others) != 1:
-                listing = ", ".join(p.name for p in (others or sorted(anat.iterdir())))
                 raise MissingModalityError(
-                    f"{self.entities}: no {exact.name} in {anat}"
-                    + (f", and {len(others)} other {BIDS_SUFFIXES[m]} files of {session} ({listing}): which one is "
-                       "meant is not clear" if others else f" (found: {listing})"))
+                    f"{self.entities}: no {exact.name} in {anat}, and {len(others)} other {BIDS_SUFFIXES[m]} files of "
+                    f"{session} ({', '.join(p.name for p in others)}): which one is meant is not clear")
             paths[m] = others[0]
+        _some_set(self.entities, paths, ", ".join(sorted(p.name for p in anat.iterdir())))
         folder = anat.relative_to(self.root) if self.root else Path(*self.t1.parts[-3:-1])
         return SubjectFiles(self.entities, paths, f"{folder.as_posix()}/{self.entities}_space-T1w_label-lacune_",
                             bids=True)
@@ -287,10 +312,14 @@ def _find_bids(folder: Path) -> list[BidsT1]:
 VALDO = Layout("VALDO", "sub-*_space-*_desc-masked_T1.nii.gz with its T2 and FLAIR in the folder",
                lambda folder: bool(find_valdo_t1s(folder)),  # (warns of near misses, refuses an id twice)
                lambda folder: [ValdoT1(p) for p in sorted(folder.iterdir()) if VALDO_T1.match(p.name)])
-BIDS = Layout("BIDS", "a BIDS folder: sub-*/[ses-*/]anat/sub-*_T1w.nii.gz with _T2w and _FLAIR", is_bids_layout,
+#: The VALDO layout as the command line reads it: a subject without its T2 or FLAIR is a smaller set of
+#: contrasts (the model decides whether it takes it, :meth:`lacunes.inference.Predictor.check_input_set`).
+VALDO_ANY_SET = Layout(VALDO.name, "sub-*_space-*_desc-masked_T1.nii.gz with its T2 and/or FLAIR in the folder",
+                       VALDO.detect, lambda folder: [ValdoT1(e.t1, complete=False) for e in VALDO.find(folder)])
+BIDS = Layout("BIDS", "a BIDS folder: sub-*/[ses-*/]anat/sub-*_T1w.nii.gz with _T2w and/or _FLAIR", is_bids_layout,
               _find_bids)
 #: The folder layouts :func:`find_subjects` tries, in this order (a new layout is one more entry).
-FOLDER_LAYOUTS = (VALDO, BIDS)
+FOLDER_LAYOUTS = (VALDO_ANY_SET, BIDS)
 
 
 #: What the CLI offers for files that follow no layout (the end of :func:`find_subjects`' error).
@@ -319,23 +348,27 @@ def find_subject_files(folder: Path) -> list[SubjectFiles]:
     return [entry.files() for entry in find_subjects(folder)]
 
 
-def cohort_items(input_dir: Path | None = None, files: tuple[Path, ...] | None = None,
+def cohort_items(input_dir: Path | None = None, files: tuple[Path, ...] | dict[str, Path] | None = None,
                  subject_id: str | None = None) -> list[CohortEntry]:
     """The subjects of a run, for :func:`lacunes.runner.run_cohort`: those of a folder in a known layout
-    (:func:`find_subjects`), or one subject from explicit T1, T2 and FLAIR files."""
+    (:func:`find_subjects`), or one subject from explicit files (T1, T2 and FLAIR, or a ``{modality: file}``
+    dict of a smaller set)."""
     if (input_dir is None) == (files is None):
         raise ValueError("give either an input folder (VALDO or BIDS layout) or the T1, T2 and FLAIR files")
     if files is not None:
-        return [explicit_subject(*files, subject_id=subject_id)]
+        return [explicit_subject(*((files,) if isinstance(files, dict) else files), subject_id=subject_id)]
     return find_subjects(Path(input_dir))
 
 
 def is_grand_challenge_layout(input_dir: Path) -> bool:
-    return (Path(input_dir) / "inputs.json").is_file() or (Path(input_dir) / "images" / GC_INPUT_SLUGS["T1"]).is_dir()
+    return (Path(input_dir) / "inputs.json").is_file() or any(
+        (Path(input_dir) / "images" / slug).is_dir() for slug in GC_INPUT_SLUGS.values())
 
 
-def grand_challenge_subject(input_dir: Path) -> SubjectFiles:
-    """The one case of a grand-challenge job: one image per socket folder ``images/<slug>/``."""
+def grand_challenge_subject(input_dir: Path, complete: bool = False) -> SubjectFiles:
+    """The one case of a grand-challenge job: one image per socket folder ``images/<slug>/``, for the
+    sockets ``inputs.json`` lists (any set of contrasts, :data:`lacunes.options.INPUT_SETS`; without
+    ``inputs.json``, the socket folders present, or all three with ``complete``)."""
     input_dir = Path(input_dir)
     slugs = dict(GC_INPUT_SLUGS)
     inputs_json = input_dir / "inputs.json"
@@ -349,11 +382,16 @@ def grand_challenge_subject(input_dir: Path) -> SubjectFiles:
                                     f"{json.dumps(sockets)[:80]}")
         listed = {s["interface"].get("slug") for s in sockets
                   if isinstance(s, dict) and isinstance(s.get("interface"), dict)}
-        absent = [slug for slug in slugs.values() if slug not in listed]
-        if absent:
+        absent = [m for m, slug in slugs.items() if slug not in listed]
+        try:
+            input_set_name(m for m in slugs if m not in absent)
+        except ValueError as exc:
             raise MissingModalityError(
-                f"{inputs_json} lists no socket {', '.join(absent)} (found: {', '.join(sorted(map(str, listed)))})"
-            )
+                f"{inputs_json} lists no socket {', '.join(slugs[m] for m in absent)} (found: "
+                f"{', '.join(sorted(map(str, listed)))}): {exc}") from None
+        slugs = {m: slug for m, slug in slugs.items() if m not in absent}
+    elif not complete:
+        slugs = {m: slug for m, slug in slugs.items() if (input_dir / "images" / slug).is_dir()}
     paths = {}
     for modality, slug in slugs.items():
         folder = input_dir / "images" / slug
@@ -364,7 +402,8 @@ def grand_challenge_subject(input_dir: Path) -> SubjectFiles:
                 + (f": {', '.join(p.name for p in files)}" if files else "")
             )
         paths[modality] = files[0]
-    return SubjectFiles(paths["T1"].name.split(".")[0], paths, "")
+    _some_set("the case", paths, ", ".join(slugs.values()))
+    return SubjectFiles(next(iter(paths.values())).name.split(".")[0], paths, "")
 
 
 #: The grand-challenge job layout: one case, one image per input socket.

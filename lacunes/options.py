@@ -15,6 +15,30 @@ from enum import StrEnum
 
 #: The network's input channels, in order. Each layout's names derive from these.
 MODALITIES: tuple[str, ...] = ("T1", "T2", "FLAIR")
+#: The sets of contrasts a subject may come with, by name (``+`` between modalities, in channel order). A
+#: missing contrast reaches the network as a channel of zeros; a model states the sets it was trained for
+#: (``input_sets`` in its metadata; all three when it does not say). The first is the full set.
+INPUT_SETS: dict[str, tuple[str, ...]] = {
+    "T1+T2+FLAIR": ("T1", "T2", "FLAIR"),
+    "T1+FLAIR": ("T1", "FLAIR"),
+    "T1+T2": ("T1", "T2"),
+    "T2+FLAIR": ("T2", "FLAIR"),
+}
+FULL_SET = "T1+T2+FLAIR"
+
+
+def input_set_name(modalities) -> str:
+    """The name of the set of ``modalities`` (any order): ``("FLAIR", "T1")`` → ``"T1+FLAIR"``. Raises
+    ValueError for a set no model takes (:data:`INPUT_SETS`)."""
+    present = set(modalities)
+    unknown = present - set(MODALITIES)
+    if unknown:
+        raise ValueError(f"unknown modality {', '.join(sorted(unknown))} (the modalities: {', '.join(MODALITIES)})")
+    name = "+".join(m for m in MODALITIES if m in present)
+    if name not in INPUT_SETS:
+        raise ValueError(f"{name or 'no contrast'} is not a set of contrasts a lacune model takes (the sets: "
+                         f"{', '.join(INPUT_SETS)})")
+    return name
 
 
 # ---------------------------------------------------------------------------------------------- inference
@@ -138,6 +162,7 @@ def look_up_option(value: str, options, name: str = "option"):
     text = str(value.value if isinstance(value, StrEnum) else value)
     if text in valid:
         return options(text) if _is_enum(options) else text
-    close = difflib.get_close_matches(text.lower(), valid, n=1, cutoff=0.6)
+    lower = {v.lower(): v for v in valid}
+    close = [lower[c] for c in difflib.get_close_matches(text.lower(), list(lower), n=1, cutoff=0.6)]
     raise ValueError(f"{name} {text!r} is not one of {', '.join(valid)}" + (f"; did you mean {close[0]!r}?" if close
                                                                              else ""))

@@ -16,6 +16,7 @@ from typing import Any
 
 from lacunes import __version__
 from lacunes.io import atomic_output
+from lacunes.options import input_set_name
 
 DESCRIPTION = "dataset_description.json"
 BIDS_VERSION = "1.9.0"
@@ -33,6 +34,10 @@ def run_settings(predictor) -> dict[str, Any]:
         "setting": setting,
         "operating_point": predictor.operating_point.to_dict(),
         "second_stage_min_score": None if rescorer is None else rescorer.min_score,
+        **({"calibration_by_set": {name: {"operating_point": op.to_dict(),
+                                          "second_stage_min_score": None if r is None else r.min_score}
+                                   for name, (op, r) in sorted(predictor.by_set.items())}}
+           if getattr(predictor, "by_set", None) else {}),
     }
 
 
@@ -75,6 +80,7 @@ def subject_provenance(predictor, inputs: dict[str, Path], seconds: float) -> di
         "Device": str(predictor.device),
         "Date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "Inputs": {m: {"path": str(Path(p).resolve()), "sha256": sha256_of(p)} for m, p in inputs.items()},
+        "InputSet": input_set_name(inputs),
         "Seconds": round(float(seconds), 2),
     }
 

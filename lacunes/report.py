@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from lacunes.io import MODALITIES, Geometry, atomic_output
+from lacunes.options import input_set_name
 
 logger = logging.getLogger(__name__)
 
@@ -178,20 +179,24 @@ def _panel(ax, picture: np.ndarray, limits, spacing: np.ndarray, fixed: int, let
 
 
 def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometry, path: Path,
-                   title: str = "", max_lesions: int = MAX_LESIONS, uncertainty: np.ndarray | None = None) -> list[dict]:
+                   title: str = "", max_lesions: int = MAX_LESIONS, uncertainty: np.ndarray | None = None,
+                   modalities: tuple[str, ...] = MODALITIES) -> list[dict]:
     """Write the subject's picture (PNG) and return its lesions (:func:`lesions_of`, all of them).
 
     A row per lesion, largest first (numbered as in the lesion table): T1, T2 and FLAIR crops of
     :data:`CROP_MM` mm through its centre in the three planes of the array (axial, coronal, sagittal as
     stored) with its outline (probability ≥ 0.5) in red, then a whole-brain axial FLAIR slice with the crop
     marked; orientation letters on every panel, scale bars, and a caption (:func:`lesion_caption`). A
-    subject without lesions gets a whole-brain overview: FLAIR in the three planes, T1 and T2 axial.
+    subject without lesions gets a whole-brain overview: FLAIR in the three planes, T1 and T2 axial. A
+    contrast the subject came without is titled "absent" (its panels are blank), and the whole-brain
+    slices are of the first of FLAIR, T2, T1 it has.
 
     Args:
         image: ``C×X×Y×Z`` (T1, T2, FLAIR) as read.
         probability: the written probability map (X×Y×Z).
         geometry: the T1's grid (spacing, orientation letters, scanner coordinates).
         uncertainty: the written uncertainty map, for the captions' mean uncertainty.
+        modalities: the contrasts the subject came with (:data:`lacunes.options.INPUT_SETS`).
     """
     import matplotlib
 
@@ -210,7 +215,11 @@ def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometr
         f" (the {len(shown)} largest shown)" if len(lesions) > len(shown) else "")
     fig.text(0.01, 1 - 0.5 * HEADER_IN / (height / DPI), head, va="center", fontsize=11, weight="bold")
     limits = [np.percentile(c[c != 0], [1, 99]) if (c != 0).any() else (0.0, 1.0) for c in image]
-    flair = MODALITIES.index("FLAIR")
+    overview = next(m for m in ("FLAIR", "T2", "T1") if m in modalities)
+    flair = MODALITIES.index(overview)  # the whole-brain slices' contrast
+
+    def name_of(m: int) -> str:
+        return MODALITIES[m] if MODALITIES[m] in modalities else f"{MODALITIES[m]} (absent)"
     panel_w, row_h = PANEL_IN * DPI / width, ROW_IN * DPI / height
 
     def axes(r: int, col: float, span: float = 1.0, rows: float = 1.0):
@@ -228,13 +237,13 @@ def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometr
         for col, (m, fixed) in enumerate(views):
             ax = axes(0, col * FIGURE_COLUMNS / len(views), FIGURE_COLUMNS / len(views), rows=2)
             _panel(ax, _slice(image[m], centre, fixed), limits[m], spacing, fixed, letters, BRAIN_BAR_MM)
-            ax.set_title(f"{MODALITIES[m]} {PLANES[2 - fixed]}", fontsize=8)
+            ax.set_title(f"{name_of(m)} {PLANES[2 - fixed]}", fontsize=8)
         caption(1, "no lesion detected: whole-brain slices through the middle of the volume")
     half = tuple(max(2, int(round(CROP_MM / 2 / s))) for s in spacing)
     for r, les in enumerate(shown):
         centre = les["centre"]
         outline_volume = (probability >= 0.5).astype(np.float32)
-        for m, name in enumerate(MODALITIES):
+        for m in range(len(MODALITIES)):
             for p, plane in enumerate(PLANES):
                 fixed = 2 - p  # axial: z fixed; coronal: y fixed; sagittal: x fixed
                 ax = axes(r, m * len(PLANES) + p)
@@ -243,7 +252,7 @@ def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometr
                 if outline.any():
                     ax.contour(outline, levels=[0.5], colors=["#ff3030"], linewidths=0.9)
                 if r == 0:
-                    ax.set_title(f"{name} {plane}", fontsize=8)
+                    ax.set_title(f"{name_of(m)} {plane}", fontsize=8)
         ax = axes(r, FIGURE_COLUMNS - 1)
         _panel(ax, _slice(image[flair], centre, 2), limits[flair], spacing, 2, letters, BRAIN_BAR_MM)
         ax.add_patch(plt.Rectangle((centre[0] - half[0], centre[1] - half[1]), 2 * half[0] + 1, 2 * half[1] + 1,
@@ -253,7 +262,7 @@ def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometr
         ax.set_xlim(-0.5, shape[0] - 0.5)  # the whole slice, whatever the marker's extent
         ax.set_ylim(-0.5, shape[1] - 0.5)
         if r == 0:
-            ax.set_title("where (FLAIR axial)", fontsize=8)
+            ax.set_title(f"where ({overview} axial)", fontsize=8)
         caption(r, lesion_caption(les))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
@@ -307,14 +316,15 @@ def picture_for(output: Path, record: SubjectRecord) -> SubjectRecord:
     record (``lacunes report``)."""
     from lacunes.io import read_subject, read_volume
 
-    subject = read_subject(record.subject_id, {m: Path(p) for m, p in record.inputs.items()}, resample=True)
+    subject = read_subject(record.subject_id, {m: Path(p) for m, p in record.inputs.items()}, resample=True,
+                           modalities=tuple(record.inputs))
     probability, _ = read_volume(Path(output) / record.prediction)
     uncertainty = None
     if record.uncertainty and (Path(output) / record.uncertainty).is_file():
         uncertainty, _ = read_volume(Path(output) / record.uncertainty)
     rel = f"{QC_DIR}/{record.subject_id}.png"
     lesions = subject_figure(subject.image, probability, subject.geometry, Path(output) / rel, record.subject_id,
-                             uncertainty=uncertainty)
+                             uncertainty=uncertainty, modalities=subject.modalities)
     record.picture, record.lesions = rel, len(lesions)
     record.volume_mm3 = float(sum(les["volume_mm3"] for les in lesions))
     record.lesion_rows = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in les.items()} for les in lesions]
@@ -414,7 +424,8 @@ def _subject_section(output: Path, r: SubjectRecord) -> str:
     totals = (f"{r.lesions} lesion(s), {r.volume_mm3:.0f} mm³ in all"
               + (f" (largest {largest:.0f} mm³)" if r.lesions else "")
               + f"; the second stage rejected {len(r.rejected_candidates)} candidate(s)"
-              + (f"; {r.seconds:.1f} s" if r.seconds else ""))
+              + (f"; {r.seconds:.1f} s" if r.seconds else "")
+              + (f"; from {input_set_name(r.inputs)}" if r.inputs else ""))
     table = next((k for k in r.outputs if k.endswith("lesions.csv")), "")
     links = [_link(output, r.prediction, "probability map"), _link(output, r.uncertainty, "uncertainty map"),
              _link(output, str(sidecar_path(Path(r.prediction))) if r.prediction else "", "sidecar (JSON)"),

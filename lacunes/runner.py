@@ -17,6 +17,7 @@ from lacunes.inference import Predictor
 from lacunes.instances import lesion_table
 from lacunes.io import Subject, atomic_output, read_subject, write_volume, write_volumes
 from lacunes.layouts import SubjectFiles
+from lacunes.options import FULL_SET, INPUT_SETS, input_set_name, look_up_option
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class SubjectReport:
     volume_mm3: float = 0.0  # all detected lesions together
     phases: dict[str, float] = field(default_factory=dict)  # seconds: read, inference, write
     rejected_candidates: list[dict] = field(default_factory=list)  # what the second stage took out
+    input_set: str = FULL_SET  # the contrasts it was segmented from
 
 
 def write_lesion_table(rows: list[dict], path: Path) -> Path:
@@ -45,7 +47,21 @@ def write_lesion_table(rows: list[dict], path: Path) -> Path:
     return path
 
 
-def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, progress: bool = False):
+def input_set_of(files: SubjectFiles, modalities: str | None = None) -> str:
+    """The set of contrasts a subject is read with: ``modalities`` when given (``--modalities``, checked
+    against :data:`lacunes.options.INPUT_SETS`), else every contrast its files hold."""
+    if modalities:
+        return look_up_option(modalities, INPUT_SETS, "--modalities")
+    return input_set_name(m for m, p in files.paths.items() if p is not None)
+
+
+def read_files(files: SubjectFiles, resample: bool = False, modalities: str | None = None) -> Subject:
+    """A subject's files read with its set of contrasts (:func:`input_set_of`)."""
+    return read_subject(files.subject_id, files.paths, resample, input_set_of(files, modalities))
+
+
+def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, progress: bool = False,
+                      modalities: str | None = None):
     """Read every subject's files in full and check them before anything is written: readable and
     complete (:func:`lacunes.io.read_volume`), on one grid (or resampled onto the T1's) and not empty
     (non-finite voxels are counted by :func:`lacunes.io.read_subject` and repaired at inference). The
@@ -60,11 +76,11 @@ def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, prog
 
     for files in tqdm(subjects, desc="checking inputs", unit="subject", disable=not progress):
         try:
-            subject = read_subject(files.subject_id, files.paths, resample)
+            subject = read_files(files, resample, modalities)
         except LacunesInputError as exc:
             raise type(exc)(f"{files.subject_id}: {exc}") from None
         if subject.image.size == 0:
-            raise LacunesInputError(f"{files.subject_id}: the images hold no voxel ({files.paths['T1']})")
+            raise LacunesInputError(f"{files.subject_id}: the images hold no voxel ({next(iter(files.paths.values()))})")
     return subject if len(subjects) == 1 else None
 
 
@@ -123,17 +139,22 @@ def run_subject(
     write_table: bool = False,
     resample: bool = False,
     subject: Subject | None = None,
+    modalities: str | None = None,
 ) -> SubjectReport:
     """Read a subject (unless ``subject``, already read from ``files``, is given), predict, and write the
-    probability and uncertainty maps on its T1 grid.
+    probability and uncertainty maps on its T1 grid (the T2's for a ``T2+FLAIR`` subject).
+
+    ``modalities``: the set of contrasts to use (``--modalities``; by default every contrast the files
+    hold); a set the model was not trained for is refused unless chosen so (:meth:`Predictor.check_input_set`).
 
     Extras (binary mask at 0.5, lesion table CSV) go to ``extras_dir``, never next to the contract's
     outputs. Nothing is written when reading or predicting fails. ``resample``: T2/FLAIR on another grid
     are resampled onto the T1's (:func:`lacunes.io.read_subject`).
     """
     t0 = time.time()
+    predictor.check_input_set(input_set_of(files, modalities), chosen=bool(modalities), subject_id=files.subject_id)
     if subject is None or subject.subject_id != files.subject_id:
-        subject = read_subject(files.subject_id, files.paths, resample)
+        subject = read_files(files, resample, modalities)
     t1 = time.time()
     prediction = predictor.predict(subject)
     probability, uncertainty = prediction
@@ -148,7 +169,7 @@ def run_subject(
     if "table" in extras:
         outputs.append(write_lesion_table(rows, extras["table"]))
     t3 = time.time()
-    report = SubjectReport(files.subject_id, outputs, len(rows), t3 - t0,
+    report = SubjectReport(files.subject_id, outputs, len(rows), t3 - t0, input_set=subject.input_set,
                            volume_mm3=float(sum(r["volume_mm3"] for r in rows)),
                            phases={"read": t1 - t0, "inference": t2 - t1, "write": t3 - t2},
                            rejected_candidates=prediction.stats.get("rejected_candidates", []))
@@ -160,6 +181,8 @@ def run_subject(
         notes.append(f"{st['extended_voxels']} voxel(s) added to detected lesions by their extent")
     if st.get("removed_small_lesions"):
         notes.append(f"{st['removed_small_lesions']} lesion(s) under the minimum volume removed")
+    if subject.input_set != FULL_SET:
+        notes.append(f"from {subject.input_set}")
     logger.info("%s: %d lesion(s) in %.1f s (read %.1f s, inference %.1f s, write %.1f s)%s", files.subject_id,
                 report.lesions, report.seconds, *report.phases.values(), f"; {'; '.join(notes)}" if notes else "")
     return report
@@ -196,7 +219,7 @@ def settings_conflicts(records: dict, names: list[str], requested: dict) -> list
 
 
 def _cohort_subject(predictor: Predictor, files, output: Path, record, requested: dict, overwrite: bool,
-                    extras: Path, write_mask: bool, write_table: bool, resample: bool):
+                    extras: Path, write_mask: bool, write_table: bool, resample: bool, modalities: str | None = None):
     """One subject of :func:`run_cohort`: skipped while its record matches its maps and the settings (extras
     asked for only now made from the saved maps), else predicted with its sidecars. Returns its report
     and its new record."""
@@ -215,11 +238,12 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
         if missing:
             record.outputs.update(fingerprints(extras_from_maps(files, pred, unc, missing), output))
         return SubjectReport(files.subject_id, expected, status="skipped", extras_from_maps=bool(missing)), record
-    r = run_subject(predictor, files, pred, unc, extras, write_mask, write_table, resample)
-    provenance = subject_provenance(predictor, files.paths, r.seconds)
+    r = run_subject(predictor, files, pred, unc, extras, write_mask, write_table, resample, modalities=modalities)
+    used = {m: p for m, p in files.paths.items() if m in INPUT_SETS[r.input_set]}
+    provenance = subject_provenance(predictor, used, r.seconds)
     write_sidecar(pred, provenance, "lacune probability map (0.5 = the operating point)")
     write_sidecar(unc, provenance, "uncertainty map (1 = the model and its operating point disagree)")
-    inputs = {m: str(p.resolve()) for m, p in files.paths.items()}
+    inputs = {m: str(p.resolve()) for m, p in used.items()}
     record = SubjectRecord(r.subject_id, "done", inputs, _record_key(pred, output), r.lesions, r.volume_mm3,
                            r.seconds, outputs=fingerprints(r.outputs, output), settings=requested,
                            uncertainty=_record_key(unc, output), rejected_candidates=r.rejected_candidates)
@@ -229,7 +253,7 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
 def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bool = False,
                extras_dir: Path | None = None, write_mask: bool = False, write_table: bool = False,
                resample: bool = False, qc: bool = False, progress: bool = True,
-               shard: tuple[int, int] = (1, 1)) -> list[SubjectReport]:
+               shard: tuple[int, int] = (1, 1), modalities: str | None = None) -> list[SubjectReport]:
     """Predict every subject of ``items`` (:class:`lacunes.layouts.CohortEntry`: each turned into its files
     as it runs, :func:`lacunes.layouts.cohort_items`) into ``output``; with ``shard=(i, n)``, only every
     n-th subject from the i-th (1-based), so that n jobs share a cohort.
@@ -242,6 +266,8 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     temporary files removed); ``output/run.json`` records every subject (merged over reruns) after each
     one; with ``qc``, each subject's picture and ``output/report.html`` (:mod:`lacunes.report`).
     Extras (``write_mask``, ``write_table``) go to ``extras_dir`` (default ``output/extras``).
+    ``modalities``: the set of contrasts every subject is read with (by default each subject's own,
+    :func:`input_set_of`).
     """
     from tqdm import tqdm
 
@@ -257,7 +283,7 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     extras = Path(extras_dir) if extras_dir else output / "extras"
     prepare_output_folder(output)
     records = load_records(output)
-    requested = run_settings(predictor)
+    requested = {**run_settings(predictor), "modalities": modalities or "as found"}
     conflicts = [] if overwrite else settings_conflicts(records, [entry.subject_id for entry in items], requested)
     if conflicts:
         raise ValueError(
@@ -268,7 +294,7 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     for entry in tqdm(items, desc="subjects", unit="subject", disable=not progress):
         try:
             report, record = _cohort_subject(predictor, entry.files(), output, records.get(entry.subject_id), requested,
-                                             overwrite, extras, write_mask, write_table, resample)
+                                             overwrite, extras, write_mask, write_table, resample, modalities)
             reports.append(report)
             drawn = bool(record.picture) and (output / record.picture).is_file()
             if qc and (report.status == "done" or not drawn):

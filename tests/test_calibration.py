@@ -59,3 +59,28 @@ def test_calibrate_command_refuses_a_second_stage_from_too_few_candidates_and_fi
     assert len([line for line in text.splitlines() if line.strip().startswith(("0.", "1."))]) <= calibrate.ROWS_SHOWN + 1
     _, payload = load_network(out)
     assert "operating_point" in payload["metadata"] and "rescorer" not in payload["metadata"]
+
+
+def test_calibrating_a_smaller_set_stores_its_point_beside_the_models_own(tiny_checkpoint, tmp_path, capsys, caplog):
+    from lacunes.inference import FAST, Predictor
+
+    val = tmp_path / "val"
+    for k in range(2):
+        write_subject(val, f"sub-{k + 1:03d}", seed=k)
+    full, reduced, cache = tmp_path / "full.pt", tmp_path / "reduced.pt", tmp_path / "cache"
+    base = ["--val", str(val), "--threads", "1", "--no-progress", "--no-second-stage", "--cache", str(cache)]
+    assert calibrate.main([str(tiny_checkpoint), *base, "--out", str(full)]) == 0
+    assert calibrate.main([str(full), *base, "--out", str(reduced), "--modalities", "T1+FLAIR",
+                           "--report", str(tmp_path / "r.json")]) == 0
+    assert "trained for T1+T2+FLAIR, not T1+FLAIR" in caplog.text
+    assert "validation subjects from T1+FLAIR" in capsys.readouterr().out
+    assert len(list(cache.iterdir())) == 2  # the sets' raw maps are cached apart
+    _, before = load_network(full)
+    _, after = load_network(reduced)
+    assert after["metadata"]["operating_point"] == before["metadata"]["operating_point"]  # the model's own kept
+    own = after["metadata"]["calibration_by_set"]["T1+FLAIR"]["operating_point"]
+    assert own["chosen_on"]["modalities"] == "T1+FLAIR"
+    assert own == json.loads((tmp_path / "r.json").read_text())["operating_point"]
+    predictor = Predictor.from_checkpoint(reduced, FAST)
+    assert predictor.post_processing_for("T1+FLAIR")[0].threshold == own["threshold"]
+    assert predictor.post_processing_for("T1+T2")[0] == predictor.operating_point

@@ -149,7 +149,10 @@ def test_bids_modalities_with_other_entities_are_taken_when_unique_and_refused_w
         item.files()
     (anat / "sub-01_acq-tse2_T2w.nii.gz").unlink()
     (anat / "sub-01_acq-space_FLAIR.nii.gz").unlink()
-    with pytest.raises(MissingModalityError, match="no sub-01_acq-mprage_FLAIR.nii.gz"):
+    assert set(item.files().paths) == {"T1", "T2"}  # without its FLAIR: the T1+T2 set
+    (anat / "sub-01_acq-tse_T2w.nii.gz").unlink()
+    with pytest.raises(MissingModalityError, match=r"sub-01_acq-mprage: T1 is not a set of contrasts .*found: "
+                                                   r"sub-01_acq-mprage_T1w.nii.gz"):
         item.files()
 
 

@@ -26,3 +26,20 @@ def test_presets_are_the_ones_the_options_describe_and_bad_values_are_named():
         TrainConfig(mine_every=-1)
     with pytest.raises(ValueError, match="pos_fraction must be in"):
         TrainConfig(pos_fraction=1.5)
+
+
+def test_channel_dropout_takes_smaller_sets_with_probabilities_and_round_trips():
+    from lacunes.cli import parse_channel_dropout
+
+    cfg = TrainConfig(channel_dropout=parse_channel_dropout("T1+FLAIR=0.2, T1+T2=0.1"))
+    assert cfg.channel_dropout == (("T1+FLAIR", 0.2), ("T1+T2", 0.1))
+    assert cfg.input_sets == ["T1+T2+FLAIR", "T1+FLAIR", "T1+T2"] and TrainConfig().input_sets == ["T1+T2+FLAIR"]
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="smaller sets than T1\\+T2\\+FLAIR"):
+        TrainConfig(channel_dropout=(("T1+T2+FLAIR", 0.5),))
+    with pytest.raises(ValueError, match="summing to at most 1"):
+        TrainConfig(channel_dropout=(("T1+FLAIR", 0.7), ("T1+T2", 0.4)))
+    with pytest.raises(ValueError, match="did you mean 'T1\\+FLAIR'"):
+        parse_channel_dropout("t1+flair=0.2")
+    with pytest.raises(ValueError, match="SET=PROBABILITY"):
+        parse_channel_dropout("T1+FLAIR")

@@ -41,6 +41,7 @@ def test_smoke_run_writes_a_run_folder_and_a_usable_checkpoint(dataset, tmp_path
     net, payload = load_network(final)
     assert payload["metadata"]["train_config"]["name"] == "smoke"
     assert payload["metadata"]["normalization"]["method"] == "quantile"
+    assert payload["metadata"]["input_sets"] == ["T1+T2+FLAIR"]  # no channel dropout: all three only
     assert "training_state" not in payload
     out = net(torch.zeros(1, 3, 32, 32, 16))
     assert out.shape == (1, 1, 32, 32, 16)
@@ -54,7 +55,7 @@ def test_training_on_generated_phantoms_needs_no_data_folder_and_resumes(tmp_pat
 
     run = tmp_path / "run"
     argv = ["train", "--synthetic", "1", "--preset", "smoke", "--run-dir", str(run), "--workers", "1",
-            "--seed", "3", "--no-progress"]
+            "--seed", "3", "--no-progress", "--channel-dropout", "T1+FLAIR=0.5"]
     monkeypatch.setattr(loop, "plot_progress", lambda run_dir: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):  # stopped right after the first epoch's checkpoint
         main(argv)
@@ -67,9 +68,11 @@ def test_training_on_generated_phantoms_needs_no_data_folder_and_resumes(tmp_pat
     assert all(float(x["data_seconds"]) <= float(x["seconds"]) for x in r)
     net, payload = load_network(run / "checkpoints" / "final.pt")
     assert payload["metadata"]["data"]["generated"]["size"] == 1
+    assert payload["metadata"]["input_sets"] == ["T1+T2+FLAIR", "T1+FLAIR"]
     assert net(torch.zeros(1, 3, 32, 32, 16)).shape == (1, 1, 32, 32, 16)
     log = "".join(p.read_text() for p in run.glob("train-*.log"))
     assert f"continue at k = {stopped['next_k']}" in log
+    assert "by set of contrasts: {'T1+T2+FLAIR': " in log
     with pytest.raises(SystemExit, match="one of them"):
         main(["train", "--preset", "smoke", "--run-dir", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="held-out"):

@@ -139,3 +139,23 @@ def test_folder_source_draws_each_subject_once_per_epoch():
     assert sorted(seen) == ["sub-000", "sub-001", "sub-002"]
     assert [h.subject.subject_id for b in source.epoch(0) for h in b] == seen
     assert [h.uses for h in held] == [2, 2, 2]
+
+
+def test_channel_dropout_zeroes_the_missing_contrasts_of_its_crops_and_leaves_the_rest_as_without_it():
+    subjects = [hold(training_subject(k, f"sub-{k:03d}"), torch.device("cpu")) for k in range(2)]
+    plain = DeviceBatcher(config(noise_prob=1.0), "cpu", seed=5)
+    dropped = DeviceBatcher(config(noise_prob=1.0, channel_dropout=(("T1+FLAIR", 0.5), ("T2+FLAIR", 0.25))), "cpu", seed=5)
+    assert dropped.config.input_sets == ["T1+T2+FLAIR", "T1+FLAIR", "T2+FLAIR"]
+    full_seen = 0
+    for _ in range(30):
+        x, y = plain(subjects), dropped(subjects)
+        assert torch.equal(x["label"], y["label"]) and torch.equal(x["instances"], y["instances"])
+        for i in range(x["image"].shape[0]):
+            zero = [c for c in range(3) if not y["image"][i, c].any()]
+            assert zero in ([], [1], [0])  # all three, no T2, no T1 (exact zeros, after the noise)
+            kept = [c for c in range(3) if c not in zero]
+            assert torch.equal(x["image"][i, kept], y["image"][i, kept])
+            full_seen += not zero
+    counts = dropped.set_counts
+    assert sum(counts.values()) == 120 and counts["T1+T2+FLAIR"] == full_seen
+    assert 35 <= counts["T1+FLAIR"] <= 85 and 12 <= counts["T2+FLAIR"] <= 50 and 12 <= full_seen <= 50

@@ -6,7 +6,14 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lacunes.network import NetworkConfig
-from lacunes.options import LabelMode, LossMode, OptimizerName, look_up_option  # re-exported: the training vocabulary
+from lacunes.options import (  # re-exported: the training vocabulary
+    FULL_SET,
+    INPUT_SETS,
+    LabelMode,
+    LossMode,
+    OptimizerName,
+    look_up_option,
+)
 from lacunes.preprocessing import NormalizationConfig
 
 
@@ -38,6 +45,10 @@ class TrainConfig:
         cpu_amp: bfloat16 autocast on the CPU (fast on CPUs with AMX / AVX-512 BF16).
         num_workers: DataLoader workers of the MONAI loop that ``benchmarks/training.py`` compares against;
             the training loop makes its batches on the device and uses none.
+        channel_dropout: ``((set, probability), ...)``: each crop is shown as the smaller set of contrasts
+            ``set`` (:data:`lacunes.options.INPUT_SETS`; the other channels zero, as a subject without them
+            reaches the network) with that probability, else with all three; the checkpoints record the
+            sets trained for (``input_sets``). Empty: all three always (the recipe).
     """
 
     name: str = "valdo"
@@ -74,6 +85,7 @@ class TrainConfig:
     threads: int | None = None
     seed: int = 0
     checkpoint_every: int = 1
+    channel_dropout: tuple[tuple[str, float], ...] = ()
     network: NetworkConfig = field(default_factory=NetworkConfig)
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
 
@@ -88,6 +100,19 @@ class TrainConfig:
             raise ValueError(f"mine_every must be >= 0 and mine_subjects >= 1, got {self.mine_every}, "
                              f"{self.mine_subjects}")
         look_up_option(self.optimizer, OptimizerName, "optimizer")
+        for name, probability in self.channel_dropout:
+            if look_up_option(name, INPUT_SETS, "channel_dropout set") == FULL_SET or not 0.0 < probability <= 1.0:
+                raise ValueError(f"channel_dropout needs smaller sets than {FULL_SET} with probabilities in (0, 1], "
+                                 f"got {name}={probability}")
+        if sum(p for _, p in self.channel_dropout) > 1.0 or len({n for n, _ in self.channel_dropout}) < len(
+                self.channel_dropout):
+            raise ValueError(f"channel_dropout's sets must be distinct with probabilities summing to at most 1, got "
+                             f"{self.channel_dropout}")
+
+    @property
+    def input_sets(self) -> list[str]:
+        """The sets of contrasts this run trains for: all three, and those of :attr:`channel_dropout`."""
+        return [FULL_SET, *(name for name, _ in self.channel_dropout)]
 
     def crop_shares(self):
         from lacunes.training.sampling import CropShares
@@ -104,6 +129,7 @@ class TrainConfig:
         d["network"] = self.network.to_dict()
         d["loss"] = str(self.loss)
         d["label_mode"] = str(self.label_mode)
+        d["channel_dropout"] = [list(pair) for pair in self.channel_dropout]
         return d
 
     @classmethod
@@ -114,6 +140,7 @@ class TrainConfig:
         d["normalization"] = NormalizationConfig(**d["normalization"])
         d["loss"] = LossMode(d["loss"])
         d["label_mode"] = LabelMode(d["label_mode"])
+        d["channel_dropout"] = tuple((str(n), float(q)) for n, q in d.get("channel_dropout", ()))
         return cls(**d)
 
     def replace(self, **changes) -> TrainConfig:

@@ -270,6 +270,7 @@ def _metadata(config: TrainConfig, data_dir, generated, source, data_provenance,
                           "upper": config.normalization.upper},
         "data": data,
         "model_space": ModelSpace().to_dict(),  # where the training subjects are (lacunes.conform)
+        "input_sets": config.input_sets,  # the sets of contrasts it was trained for (channel_dropout)
         "init_from": ({"path": str(config.init_from), "sha256": sha256_of(config.init_from)}
                       if config.init_from else None),
         "hardware": {"device": str(hw.device.type), "world_size": hw.world, "cpu_bf16": hw.cpu_bf16,
@@ -396,8 +397,9 @@ def _record_epoch(run_dir: Path, row: dict, config: TrainConfig, batcher: Device
     with open(run_dir / METRICS, "a", newline="") as f:
         csv.writer(f).writerow([row[c] for c in METRIC_COLUMNS])
     logger.info("epoch %d/%d loss %.4f main %.4f blob %.4f lr %.2e %.1fs (getting batches %.1fs); "
-                "crops by kind so far: %s", row["epoch"], config.epochs, row["loss"], row["main"], row["blob"],
-                row["lr"], row["seconds"], row["data_seconds"], batcher.kind_counts)
+                "crops by kind so far: %s%s", row["epoch"], config.epochs, row["loss"], row["main"], row["blob"],
+                row["lr"], row["seconds"], row["data_seconds"], batcher.kind_counts,
+                f"; by set of contrasts: {batcher.set_counts}" if config.channel_dropout else "")
 
 
 def train(

@@ -9,7 +9,9 @@ apply it to each crop, in the same order and with the same distributions:
    axis by ``U(-rotate_rad, rotate_rad)`` and a scaling of each axis by ``U(1 - scale, 1 + scale)``,
    in voxel space, the image resampled trilinearly and the label and instances by nearest neighbour
    (one ``grid_sample`` for the batch's affine crops), zeros outside;
-3. with probability ``noise_prob``, Gaussian noise of standard deviation ``U(0, noise_std)`` on the image.
+3. with probability ``noise_prob``, Gaussian noise of standard deviation ``U(0, noise_std)`` on the image;
+4. with the config's ``channel_dropout``, a crop shown as a smaller set of contrasts: the channels it lacks
+   set to exactly zero, after the noise, as a subject without those contrasts reaches the network.
 
 Every random decision and parameter (crop kind and centre, flips, angles, scales, noise level) is drawn
 on the CPU from one seeded generator, so nothing waits on the device to decide; the noise itself is
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lacunes.options import FULL_SET, INPUT_SETS, MODALITIES
 from lacunes.training.config import TrainConfig
 from lacunes.training.data import TrainingSubject
 from lacunes.training.sampling import CropKind
@@ -118,11 +121,16 @@ class DeviceBatcher:
         self.noise = torch.Generator(device=self.device)
         self.set_epoch(0)
         self.kind_counts: dict[str, int] = {str(k): 0 for k in CropKind}
+        self.set_counts: dict[str, int] = {name: 0 for name in config.input_sets}
+        dropout = config.channel_dropout
+        self._set_names = [FULL_SET, *(name for name, _ in dropout)]
+        self._set_cumulative = np.cumsum([1.0 - sum(q for _, q in dropout), *(q for _, q in dropout)])
 
     def set_epoch(self, epoch: int) -> None:
         """Draw from the epoch's own streams: a run resumed at an epoch makes the batches an
         uninterrupted run makes there."""
         self.rng = np.random.default_rng([self.seed, epoch])
+        self.dropout_rng = np.random.default_rng([self.seed, epoch, 2])  # its own: the others' stay as without it
         self.noise.manual_seed(int(np.random.default_rng([self.seed, epoch, 1]).integers(2**62)))
 
     def crops(self, held: list[HeldSubject]) -> dict[str, torch.Tensor]:
@@ -181,7 +189,23 @@ class DeviceBatcher:
             noise = torch.randn((rows.size, *image.shape[1:]), generator=self.noise, device=self.device)
             for j, i in enumerate(rows):
                 image[i].add_(noise[j], alpha=float(stds[i]))
+        self.drop_channels(image)
         return batch
+
+    def drop_channels(self, image: torch.Tensor) -> None:
+        """Each crop of ``image`` (``B×C×…``) drawn as one of the config's sets of contrasts (``channel_dropout``):
+        the channels outside it zeroed in place. Drawn from a stream of its own, so that the crops and the
+        other augmentations stay those of a run without channel dropout."""
+        if not self.config.channel_dropout:
+            self.set_counts[FULL_SET] += image.shape[0]
+            return
+        drawn = np.searchsorted(self._set_cumulative, self.dropout_rng.random(image.shape[0]), side="right")
+        for i, k in enumerate(np.minimum(drawn, len(self._set_names) - 1)):
+            name = self._set_names[k]
+            self.set_counts[name] += 1
+            for c, m in enumerate(MODALITIES):
+                if m not in INPUT_SETS[name]:
+                    image[i, c].zero_()
 
     def __call__(self, held: list[HeldSubject]) -> dict[str, torch.Tensor]:
         return self.augment(self.crops(held))
