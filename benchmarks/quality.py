@@ -41,6 +41,7 @@ from lacunes.inference import PRESETS, ModelInput, Predictor  # noqa: E402
 from lacunes.io import read_subject, read_volume, write_volume  # noqa: E402
 from lacunes.layouts import find_valdo_subjects  # noqa: E402
 from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
+from lacunes.options import FULL_SET, INPUT_SETS, MODALITIES, look_up_option  # noqa: E402
 from lacunes.postprocessing import RAW, OperatingPoint, finish_probability  # noqa: E402
 from lacunes.preprocessing import brain_mask, prepare_image, repair_nonfinite  # noqa: E402
 from lacunes.uncertainty import UncertaintyMode  # noqa: E402
@@ -74,20 +75,24 @@ def tissue_path(files) -> Path:
     return files.paths["T1"].with_name(f"{files.output_prefix}desc-synthetic_tissues.nii.gz")
 
 
-def parse_runs(text: str, default_full: int | None) -> list[tuple[str, Path, str, int | None]]:
-    """``name=checkpoint:setting[:n],...`` → (name, checkpoint, setting, subjects or None = all)."""
+def parse_runs(text: str, default_full: int | None) -> list[tuple[str, Path, str, int | None, str]]:
+    """``name=checkpoint:setting[:n][@SET],...`` → (name, checkpoint, setting, subjects or None = all, set of
+    contrasts: the subjects are given with only those, the others zero, as a subject without them is read)."""
     runs = []
     for item in text.split(","):
         name, rest = item.rsplit("=", 1)
+        rest, _, modalities = rest.partition("@")
         parts = rest.split(":")
         n = int(parts[2]) if len(parts) > 2 else (default_full if parts[1] == "full" else None)
-        runs.append((name, Path(parts[0]) if Path(parts[0]).is_absolute() else ROOT / parts[0], parts[1], n))
+        runs.append((name, Path(parts[0]) if Path(parts[0]).is_absolute() else ROOT / parts[0], parts[1], n,
+                     look_up_option(modalities or FULL_SET, INPUT_SETS, "set of contrasts")))
     return runs
 
 
-def stages(predictor) -> list[tuple[str, OperatingPoint, object]]:
-    """The inference steps added one at a time, ending with the checkpoint's own configuration."""
-    op, rescorer = predictor.operating_point, predictor.rescorer
+def stages(predictor, modalities: str = FULL_SET) -> list[tuple[str, OperatingPoint, object]]:
+    """The inference steps added one at a time, ending with the checkpoint's own configuration (for the
+    set of contrasts ``modalities``)."""
+    op, rescorer = predictor.post_processing_for(modalities)
     out = [("network only (p ≥ 0.5, on the brain's box)", RAW, None), ("+ brain mask", OperatingPoint(0.5, 0.0, True), None),
            (f"+ operating point (p ≥ {op.threshold:g}, ≥ {op.min_volume_mm3:g} mm³)", op, None)]
     if rescorer is not None:
@@ -133,15 +138,18 @@ def generated_case(index: int) -> Case:
     return Case(ph.subject_id, image, reference, ph.spacing, None, mimics, ph.tissues)
 
 
-def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: bool, ablate: bool = False) -> dict:
+def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: bool, ablate: bool = False,
+              modalities: str = FULL_SET) -> dict:
     """Predict, write the maps (one uncertainty map per mode with TTA; not for generated cases),
     evaluate and break down; with ``ablate``, also score each inference step on the same network
-    outputs. ``subjects``: callables that return a :class:`Case`."""
+    outputs. ``subjects``: callables that return a :class:`Case`; ``modalities``: the set of contrasts the
+    subjects are given with (the other channels zero; the model's calibration for that set where it has one)."""
     predictor = Predictor.from_checkpoint(model, PRESETS[setting].replace(progress=False))
     if raw:
         predictor = predictor.with_post_processing(RAW, None)
-    op = predictor.operating_point
-    steps = stages(predictor) if ablate else []
+    op = predictor.post_processing_for(modalities)[0]
+    steps = stages(predictor, modalities) if ablate else []
+    absent = [c for c, m in enumerate(MODALITIES) if m not in INPUT_SETS[modalities]]
     step_results = {label: [] for label, _, _ in steps}
     step_rows = {label: [] for label, _, _ in steps}
     modes = MODES if setting == "full" else MODES[:1]
@@ -152,9 +160,10 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
         case = load()
         sid, reference, spacing, mimics, tissues = case.subject_id, case.reference, case.spacing, case.mimics, case.tissues
         image = repair_nonfinite(case.image)
-        mask = brain_mask(image) if predictor.operating_point.mask_outside_brain else None
+        image[absent] = 0.0  # a subject read without those contrasts (lacunes.io.read_subject)
+        mask = brain_mask(image) if op.mask_outside_brain else None
         normalized = prepare_image(image, predictor.normalization)
-        raw = predictor.raw(ModelInput(normalized, mask, spacing))  # on the brain's box, as at inference
+        raw = predictor.raw(ModelInput(normalized, mask, spacing, input_set=modalities))  # on the brain's box
         for mode in modes:
             prob, unc = predictor.finish(raw, uncertainty=mode)
             if case.geometry is not None:
@@ -184,7 +193,8 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
     big = [les for les in lesions if les["diameter_mm"] >= 5]
     free = [r.fp for r in main if r.n_ref == 0]
     return {
-        "name": name, "setting": setting, "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
+        "name": name, "setting": setting, "modalities": modalities,
+        "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
         "operating_point": op.to_dict(), "subjects": len(main), "summary": summarize(main),
         "by_mode": {str(m): summarize(results[m]) for m in modes},
         "fp_mean": float(np.mean([r.fp for r in main])), "fp_lacune_free": float(np.mean(free)) if free else math.nan,
@@ -235,6 +245,12 @@ def plot(curves: dict[str, list[tuple[str, int, float]]], path: Path) -> None:
     plt.close(fig)
 
 
+def label(run: dict) -> str:
+    """``name · setting``, and the set of contrasts when it is not all three."""
+    modalities = run.get("modalities", FULL_SET)
+    return f"{run['name']} · {run['setting']}" + ("" if modalities == FULL_SET else f" · {modalities}")
+
+
 def targets(run: dict) -> str:
     """The specificity targets, reached or not, for one run."""
     s = run["summary"]
@@ -269,14 +285,14 @@ def section(runs: list[dict], args, title: str) -> str:
     for r in runs:
         s, op = r["summary"], r["operating_point"]
         lines.append(
-            f"| {r['name']} · {r['setting']} | p ≥ {op['threshold']:g}, ≥ {op['min_volume_mm3']:g} mm³ | {r['subjects']} "
+            f"| {label(r)} | p ≥ {op['threshold']:g}, ≥ {op['min_volume_mm3']:g} mm³ | {r['subjects']} "
             f"| {fmt(s['f1'])} | {fmt(s['dice'])} | {fmt(s['avd_mm3'], 0)} | {r['found'][0]}/{r['found'][1]} "
             f"| {r['found_5mm'][0]}/{r['found_5mm'][1]} | {r['fp_mean']:.2f} | {r['fp_lacune_free']:.2f} "
             f"| {fmt(s['unc_flags'])} | {fmt(s['unc_voxels'])} | {100 * r['uncertain_brain_share']:.1f} % "
             f"| {r['seconds_per_subject']:.0f} |")
     lines += ["", "Targets (issue: median F1 ≥ 0.8, FP ≤ 1 per subject and ≤ 0.5 per lacune-free subject, "
               "Dice ≥ 0.7, every lacune ≥ 5 mm found):", ""]
-    lines += [f"- {r['name']} · {r['setting']} ({r['subjects']} subjects): {targets(r)}" for r in runs]
+    lines += [f"- {label(r)} ({r['subjects']} subjects): {targets(r)}" for r in runs]
     lines += ["", "What lies under the predicted lesions (lesions per subject; median volume mm³ / median maximum "
               "probability in brackets):", "",
               "| model · setting | " + " | ".join(CATEGORIES) + " |", "|---|" + "---|" * len(CATEGORIES)]
@@ -285,11 +301,11 @@ def section(runs: list[dict], args, title: str) -> str:
         for b in r["breakdown"]:
             cells.append("0" if b["count"] == 0 else
                          f"{b['per_subject']:.2f} ({b['median_volume_mm3']:.0f} / {b['median_max_probability']:.2f})")
-        lines.append(f"| {r['name']} · {r['setting']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(r)} | " + " | ".join(cells) + " |")
     for r in runs:
         if not r["steps"]:
             continue
-        lines += ["", f"What each inference step does ({r['name']} · {r['setting']}, {r['subjects']} subjects, the same "
+        lines += ["", f"What each inference step does ({label(r)}, {r['subjects']} subjects, the same "
                   "network outputs; FP lesions per subject by what lies under them):", "",
                   "| step | F1 | lacunes found | FP / subject | " + " | ".join(CATEGORIES[1:]) + " |",
                   "|---|---|---|---|" + "---|" * (len(CATEGORIES) - 1)]
@@ -299,14 +315,14 @@ def section(runs: list[dict], args, title: str) -> str:
                          f"| {st['fp_mean']:.2f} | " + " | ".join(cells) + " |")
     full = [r for r in runs if len(r["by_mode"]) > 1]
     for r in full:
-        lines += ["", f"Uncertainty options on the same predictions ({r['name']} · {r['setting']}, {r['subjects']} "
+        lines += ["", f"Uncertainty options on the same predictions ({label(r)}, {r['subjects']} "
                   "subjects):", "", "| uncertainty | flags right (a) | voxel score (b) |", "|---|---|---|"]
         for mode, s in r["by_mode"].items():
             lines.append(f"| {mode} | {fmt(s['unc_flags'])} | {fmt(s['unc_voxels'])} |")
     lines += ["", "Detection rate by reference lesion diameter:", "", f"![detection vs diameter]({args.plot})",
               "", "| run | " + " | ".join(f"{lo}-{hi} mm" for lo, hi in BINS) + " |", "|---|" + "---|" * len(BINS)]
     for r in runs:
-        lines.append(f"| {r['name']} · {r['setting']} (n={r['subjects']}) | "
+        lines.append(f"| {label(r)} (n={r['subjects']}) | "
                      + " | ".join(f"{x[2]:.2f} (n={x[1]})" for x in r["by_diameter"]) + " |")
     return "\n".join(lines)
 
@@ -352,16 +368,16 @@ def main() -> int:
         ensure_heldout(heldout, args.n)
         subjects = [partial(file_case, f) for f in find_valdo_subjects(heldout)[: args.n]]
     runs = []
-    for name, model, setting, n in parse_runs(runs_spec, args.full_subjects):
+    for name, model, setting, n, modalities in parse_runs(runs_spec, args.full_subjects):
         if not model.is_file():
             print(f"skipping {name} · {setting}: no model at {model}")
             continue
         subs = subjects[:n] if n is not None else subjects
-        tag = f"{name.replace('=', '').replace('β', 'beta')}-{setting}"
-        print(f"{name} · {setting}: {len(subs)} subject(s), {model}")
+        tag = f"{name.replace('=', '').replace('β', 'beta').replace(' ', '_')}-{setting}-{modalities}"
+        print(f"{name} · {setting} · {modalities}: {len(subs)} subject(s), {model}")
         runs.append(run_model(name, model, setting, subs, work / tag, args.raw,
-                              ablate=setting == "fast" and not args.no_steps and not args.raw))
-    plot({f"{r['name']} · {r['setting']} (n={r['subjects']})": r["by_diameter"] for r in runs}, HERE / args.plot)
+                              ablate=setting == "fast" and not args.no_steps and not args.raw, modalities=modalities))
+    plot({f"{label(r)} (n={r['subjects']})": r["by_diameter"] for r in runs}, HERE / args.plot)
     text = section(runs, args, args.title)
     replace_section(args.section, text)
     work.mkdir(parents=True, exist_ok=True)
