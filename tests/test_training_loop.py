@@ -174,3 +174,28 @@ def test_ranger21_notices_go_to_the_log_not_to_stdout(capsys, caplog):
         opt.step()
     assert capsys.readouterr().out == ""
     assert "Ranger21: ** Ranger21 update: Warmdown starting now." in caplog.text
+
+
+def test_a_batch_with_non_finite_gradients_is_skipped_not_fatal(caplog):
+    import lacunes.training.loop as loop
+    from lacunes.losses import BlobLoss, DiceBCELoss
+    from lacunes.network import build_network
+
+    from .conftest import TINY
+
+    cfg = get_preset("smoke").replace(network=TINY)
+    hw = loop._set_up_hardware(cfg, "cpu")
+    net = build_network(TINY)
+    trainer = loop._Trainer(cfg, hw, net, net, loop.make_optimizer(cfg, net.parameters(), 2),
+                            torch.amp.GradScaler("cuda", enabled=False), BlobLoss(DiceBCELoss()), None, None, 2)
+    label = torch.zeros(1, 1, 32, 32, 32)
+    label[..., 12:18, 12:18, 12:18] = 1
+    batch = {"image": torch.rand(1, 3, 32, 32, 32), "label": label, "instances": label.long()}
+    bad = {**batch, "image": batch["image"].clone()}
+    bad["image"][0, 0, 3, 3, 3] = float("nan")
+    before = [p.detach().clone() for p in net.parameters()]
+    trainer.step(bad)
+    assert trainer.skipped_steps == 1 and "non-finite gradients" in caplog.text
+    assert all(torch.equal(a, p) for a, p in zip(before, net.parameters()))  # nothing moved
+    trainer.step(batch)  # the next batch trains as usual
+    assert trainer.skipped_steps == 1 and any(not torch.equal(a, p) for a, p in zip(before, net.parameters()))

@@ -94,6 +94,11 @@ def cpu_bf16_supported() -> bool:
     return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
+def _finite_gradients(net: torch.nn.Module) -> bool:
+    norms = [p.grad.detach().norm() for p in net.parameters() if p.grad is not None]
+    return not norms or bool(torch.isfinite(torch.stack(norms)).all())
+
+
 def mine_hard_negatives(net: torch.nn.Module, subjects, indices, device: torch.device,
                         bf16: bool = False) -> dict[str, int]:
     """Predict the training subjects ``indices`` with the current network (the ``fast`` inference
@@ -296,6 +301,7 @@ class _Trainer:
     source: object
     batcher: DeviceBatcher
     batches_per_epoch: int
+    skipped_steps: int = 0  # batches whose gradients were not finite (:meth:`step`)
 
     def resume(self, payload: dict) -> tuple[int, float]:
         """Weights, optimizer, scaler and mined crop centres from ``payload``; returns ``(epoch, elapsed_s)``."""
@@ -340,6 +346,15 @@ class _Trainer:
             logits = self.model(image)
         terms = self.loss_fn.terms(logits.float(), label, instances)
         self.scaler.scale(terms.total).backward()
+        if not self.scaler.is_enabled() and not _finite_gradients(self.net):
+            # float16's scaler skips such a step itself; elsewhere Ranger21 would stop the run ("hit nan for
+            # variance_normalized"): one batch's overflow (e.g. instance norm over the few voxels of a tiny
+            # crop's deepest level) skips that batch instead
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            logger.warning("non-finite gradients (loss %.4g): step skipped (%d so far)", float(terms.total.detach()),
+                           self.skipped_steps)
+            return terms
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return terms
