@@ -30,3 +30,21 @@ def test_a_release_records_the_model_space_and_can_carry_a_second_stage_over(tmp
     refused = subprocess.run([sys.executable, str(RELEASE), str(tiny_checkpoint), str(tmp_path / "b.pt"),
                               "--second-stage-from", str(tiny_checkpoint)], capture_output=True, text=True)
     assert refused.returncode == 2 and "has no fitted second stage" in refused.stderr
+
+
+def test_a_release_can_carry_an_operating_point_over(tmp_path, tiny_checkpoint):
+    from lacunes.inference import Predictor
+    from lacunes.postprocessing import OperatingPoint
+
+    other = tmp_path / "other.pt"
+    point = OperatingPoint(0.6, 10.0, True)
+    save_checkpoint(other, build_network(TINY), TINY, {"operating_point": point.to_dict()})
+    out = tmp_path / "release.pt"
+    done = subprocess.run([sys.executable, str(RELEASE), str(tiny_checkpoint), str(out), "--operating-point-from",
+                           str(other)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert load_network(out)[1]["metadata"]["operating_point"]["carried_over_from"] == str(other)
+    assert Predictor.from_checkpoint(out).operating_point == point
+    refused = subprocess.run([sys.executable, str(RELEASE), str(tiny_checkpoint), str(tmp_path / "b.pt"),
+                              "--operating-point-from", str(tiny_checkpoint)], capture_output=True, text=True)
+    assert refused.returncode == 2 and "has no operating point" in refused.stderr

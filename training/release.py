@@ -2,10 +2,14 @@
 """Turn a training checkpoint into a released one: weights in half precision (half the file), no
 optimizer state, the inference defaults and the model's space (orientation, voxel size) recorded, and a
 ``.sha256`` sidecar next to it. ``--second-stage-from`` carries another checkpoint's fitted second stage
-over (its operating point is then chosen again: ``lacunes calibrate --keep-rescorer``).
+over (its operating point is then chosen again: ``lacunes calibrate --keep-rescorer``, or carried over too
+with ``--operating-point-from``, where a fine-tuning run keeps the network's outputs close to the other's
+and the held-out benchmark checks it).
 
     python training/release.py runs/cpu-blob/checkpoints/final.pt model/lacunes.pt
     python training/release.py runs/acq-blob/checkpoints/final.pt runs/acq-blob/release.pt --second-stage-from runs/stage3.pt
+    python training/release.py runs/acq-sets/checkpoints/final.pt runs/acq-sets/release.pt \
+        --second-stage-from model/lacunes.pt --operating-point-from model/lacunes.pt
 """
 
 from __future__ import annotations
@@ -22,9 +26,16 @@ from lacunes.conform import ModelSpace  # noqa: E402
 from lacunes.network import NetworkConfig  # noqa: E402
 
 
-def main(src: str, dst: str, second_stage_from: str | None = None) -> int:
+def main(src: str, dst: str, second_stage_from: str | None = None, operating_point_from: str | None = None) -> int:
     net, payload = load_network(src)
     metadata = dict(payload["metadata"])
+    if operating_point_from:
+        _, other = load_network(operating_point_from)
+        op = other.get("metadata", {}).get("operating_point")
+        if not op:
+            print(f"{operating_point_from} has no operating point", file=sys.stderr)
+            return 2
+        metadata["operating_point"] = {**op, "carried_over_from": str(Path(operating_point_from))}
     if second_stage_from:
         _, other = load_network(second_stage_from)
         rescorer = other.get("metadata", {}).get("rescorer")
@@ -46,5 +57,6 @@ if __name__ == "__main__":
     ap.add_argument("src", help="a training checkpoint (checkpoints/final.pt)")
     ap.add_argument("dst", help="the released checkpoint")
     ap.add_argument("--second-stage-from", metavar="CKPT", help="carry this checkpoint's fitted second stage over")
+    ap.add_argument("--operating-point-from", metavar="CKPT", help="carry this checkpoint's operating point over")
     args = ap.parse_args()
-    sys.exit(main(args.src, args.dst, args.second_stage_from))
+    sys.exit(main(args.src, args.dst, args.second_stage_from, args.operating_point_from))
