@@ -125,16 +125,16 @@ def file_case(files) -> Case:
                 files.uncertainty_name)
 
 
-def generated_case(index: int) -> Case:
-    """Held-out phantom ``index`` made in memory: the same arrays as its files (no SimpleITK needed)."""
-    from dataclasses import asdict
+def generated_case(index: int, lacune_shapes: bool = False) -> Case:
+    """Held-out phantom ``index`` made in memory: the same arrays as its files (no SimpleITK needed);
+    ``lacune_shapes``: the same subject with lobulated lacunes and hyperintensities against some
+    (``lacunes synth --lacune-shapes``: the lacunes where the plain subject has them)."""
+    from lacunes.synthetic import MODALITIES, LacuneShapeConfig, SynthConfig, generate_phantom, lesion_record
 
-    from lacunes.synthetic import MODALITIES, generate_phantom
-
-    ph = generate_phantom(HELDOUT_SEED, index)
+    ph = generate_phantom(HELDOUT_SEED, index, SynthConfig(lacune_shapes=LacuneShapeConfig()) if lacune_shapes else None)
     image = np.stack([ph.images[m].astype(np.float32) for m in MODALITIES])
     reference = np.mean([(ph.rater1 > 0).astype(np.float32), (ph.rater2 > 0).astype(np.float32)], axis=0)
-    mimics = json.loads(json.dumps([asdict(les) for les in ph.lesions]))  # as the sidecar reads back
+    mimics = json.loads(json.dumps([lesion_record(les) for les in ph.lesions]))  # as the sidecar reads back
     return Case(ph.subject_id, image, reference, ph.spacing, None, mimics, ph.tissues)
 
 
@@ -272,7 +272,8 @@ def section(runs: list[dict], args, title: str) -> str:
         f"Command: `{shlex.join(['python', 'benchmarks/quality.py', *(a for a in sys.argv[1:] if a != '--render')])}`"
         + f" — {device}, torch "
         f"{torch.__version__}. Held-out set: `lacunes synth --n {args.n} --seed {HELDOUT_SEED} --first-id "
-        f"{HELDOUT_FIRST_ID}`{' (generated in memory)' if getattr(args, 'generated', False) else ''} (training used "
+        f"{HELDOUT_FIRST_ID}{' --lacune-shapes' if getattr(args, 'lacune_shapes', False) else ''}`"
+        f"{' (generated in memory)' if getattr(args, 'generated', False) else ''} (training used "
         "seed 2021, the operating point seed 5151). Reference = mean of the two "
         "raters; centre matching within 5 mm. " + ("Raw maps (no operating point, no brain mask). " if args.raw else
                                                    "Each checkpoint's operating point and the brain mask applied. ")
@@ -344,6 +345,9 @@ def main() -> int:
     ap.add_argument("--generated", action="store_true",
                     help="generate the held-out subjects in memory instead of reading --heldout (the same arrays; no "
                          "files, no SimpleITK, maps not written: for machines without them)")
+    ap.add_argument("--lacune-shapes", action="store_true",
+                    help="with --generated: the same held-out subjects with lobulated lacunes, some against a "
+                         "hyperintensity (lacunes synth --lacune-shapes; the lacunes where they are without it)")
     ap.add_argument("--render", action="store_true",
                     help="rewrite the section from the results this command saved (WORK/SECTION.json), predicting "
                          "nothing (after a change of the tables' layout)")
@@ -362,8 +366,10 @@ def main() -> int:
     runs_spec = args.runs or ("blob=model/lacunes.pt:fast,β=0=benchmarks/models/dicebce.pt:fast,"
                               "blob=model/lacunes.pt:full")
     heldout, work = Path(args.heldout), Path(args.work)
+    if args.lacune_shapes and not args.generated:
+        raise SystemExit("--lacune-shapes generates the subjects: add --generated")
     if args.generated:
-        subjects = [partial(generated_case, HELDOUT_FIRST_ID + k) for k in range(args.n)]
+        subjects = [partial(generated_case, HELDOUT_FIRST_ID + k, args.lacune_shapes) for k in range(args.n)]
     else:
         ensure_heldout(heldout, args.n)
         subjects = [partial(file_case, f) for f in find_valdo_subjects(heldout)[: args.n]]

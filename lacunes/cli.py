@@ -158,9 +158,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from lacunes.synthetic import AcquisitionConfig, SynthConfig, generate_dataset
+    from lacunes.synthetic import AcquisitionConfig, LacuneShapeConfig, SynthConfig, generate_dataset
 
-    config = SynthConfig(acquisition=AcquisitionConfig()) if args.acquisitions else None
+    config = None
+    if args.acquisitions or args.lacune_shapes:
+        config = SynthConfig(acquisition=AcquisitionConfig() if args.acquisitions else None,
+                             lacune_shapes=LacuneShapeConfig() if args.lacune_shapes else None)
     ids = generate_dataset(Path(args.out), args.n, args.seed, first_id=args.first_id, preview=args.preview,
                            config=config, progress=not args.no_progress)
     print(f"wrote {len(ids)} subject(s) to {args.out}: {ids[0]} … {ids[-1]}")
@@ -212,7 +215,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         try:
             generated = GeneratedData(args.synthetic, seed=options.TRAINING_SEED if args.seed is None else args.seed,
-                                      uses=args.subject_uses, workers=args.workers, acquisitions=args.acquisitions)
+                                      uses=args.subject_uses, workers=args.workers, acquisitions=args.acquisitions,
+                                      lacune_shapes=args.lacune_shapes)
         except ValueError as exc:
             raise SystemExit(f"lacunes train --synthetic: {exc}") from None
         provenance = {"generated": generated.to_dict()}
@@ -319,6 +323,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--acquisitions", action="store_true",
                    help="randomize each subject's acquisition (voxel size, thick-slice T2/FLAIR, contrasts, bias, "
                         "noise), conformed back to 1 mm as inference does; the labels stay exact")
+    p.add_argument("--lacune-shapes", action="store_true",
+                   help="lobulated lacunes (5 mm and larger, 60 %%) and hyperintensities against some (40 %%) "
+                        "instead of ellipsoids only; the lacunes sit where they do without it")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_synth)
 
@@ -336,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--acquisitions", action="store_true",
                    help="with --synthetic: randomize each phantom's acquisition (voxel size 0.7-1.5 mm, thick-slice "
                         "T2/FLAIR, contrasts, bias, noise), conformed to 1 mm as inference does")
+    p.add_argument("--lacune-shapes", action="store_true",
+                   help="with --synthetic: lobulated lacunes and hyperintensities against some (lacunes synth "
+                        "--lacune-shapes)")
     p.add_argument("--run-dir", required=True, help="run folder (config, log, metrics.csv, progress.png, checkpoints/)")
     p.add_argument("--preset", default=options.DEFAULT_TRAIN_PRESET, choices=list(options.TRAIN_PRESETS),
                    help="; ".join(f"{k}: {v}" for k, v in options.TRAIN_PRESETS.items())

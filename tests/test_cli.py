@@ -213,6 +213,20 @@ def test_synth_command(tmp_path, capsys):
     assert "wrote 1 subject(s)" in capsys.readouterr().out
 
 
+def test_synth_and_train_take_lacune_shapes(tmp_path):
+    import json
+
+    from lacunes.training.generated import GeneratedData
+
+    assert main(["synth", "--n", "1", "--out", str(tmp_path), "--seed", "5", "--first-id", "4", "--lacune-shapes",
+                 "--no-progress"]) == 0
+    record = json.loads((tmp_path / "sub-004_space-T1_desc-synthetic_lesions.json").read_text())
+    assert {les["shape"] for les in record if les["kind"] == "lacune"} <= {"ellipsoid", "irregular"}
+    synth = GeneratedData(4, seed=3, lacune_shapes=True).synth_config()
+    assert synth.lacune_shapes is not None and synth.acquisition is None
+    assert GeneratedData(4, seed=3).synth_config() is None
+
+
 def test_precision_option_reaches_the_predictor(tmp_path, tiny_checkpoint, capsys):
     write_subject(tmp_path / "in", "sub-003")
     from lacunes.backends import openvino_cpu_capabilities, openvino_version

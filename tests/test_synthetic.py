@@ -143,3 +143,45 @@ def test_randomized_acquisitions_keep_the_anatomy_and_labels_and_vary_the_images
     # another index draws another acquisition; the default generator draws none
     assert generate_phantom(seed=5, index=4, config=SynthConfig(acquisition=AcquisitionConfig())).acquisition != drawn
     assert phantom.acquisition is None
+
+
+def test_lacune_shapes_lobulate_lacunes_where_they_were_and_add_hyperintensities_against_them(tmp_path):
+    from lacunes.synthetic import LacuneShapeConfig
+
+    every = SynthConfig(lacune_shapes=LacuneShapeConfig(p_irregular=1.0, p_beside_wmh=1.0))
+    plain, shaped = generate_phantom(seed=5, index=4), generate_phantom(seed=5, index=4, config=every)
+    assert len(shaped.lacunes) == len(plain.lacunes) >= 2
+    assert label_instances(shaped.rater1)[1] == len(shaped.lacunes)  # one component each, none merged
+    for les, ref in zip(shaped.lacunes, plain.lacunes):
+        assert les.centre_vox == ref.centre_vox and les.shape == "irregular" and les.beside_wmh
+        own = label_instances(shaped.rater1)[0]
+        mine = own == own[tuple(int(round(v)) for v in les.centre_vox)]
+        theirs = label_instances(plain.rater1)[0]
+        theirs = theirs == theirs[tuple(int(round(v)) for v in ref.centre_vox)]
+        dice = 2 * (mine & theirs).sum() / (mine.sum() + theirs.sum())
+        assert dice < 0.95, "the outline is not the ellipsoid's"
+        assert 0.7 <= les.voxels / ref.voxels <= 1.0 and les.voxels == int(mine.sum())
+        assert 0.8 <= max(les.diameters_mm) / max(ref.diameters_mm) <= 1.15
+    # each lacune is followed by the hyperintensity against it: bright on FLAIR, never labelled
+    for k, les in enumerate(shaped.lesions):
+        if les.kind == "lacune":
+            halo = shaped.lesions[k + 1]
+            assert halo.kind == "wmh"
+            box = tuple(slice(int(round(v)) - 1, int(round(v)) + 2) for v in halo.centre_vox)
+            assert shaped.images["FLAIR"][box].mean() > 1.2 * plain.images["FLAIR"][box].mean()
+            assert shaped.rater1[tuple(int(round(v)) for v in halo.centre_vox)] == 0
+    # the sidecar says which lacunes are which; without the option it carries no shape fields
+    write_phantom(shaped, tmp_path)
+    record = json.loads((tmp_path / "sub-004_space-T1_desc-synthetic_lesions.json").read_text())
+    assert record[0]["shape"] == "irregular" and record[0]["beside_wmh"] is True
+    write_phantom(plain, tmp_path / "plain")
+    assert "shape" not in json.loads((tmp_path / "plain" / "sub-004_space-T1_desc-synthetic_lesions.json").read_text())[0]
+
+
+def test_small_lacunes_stay_round_and_the_default_phantom_is_unchanged(phantom):
+    from lacunes.synthetic import LacuneShapeConfig
+
+    shaped = generate_phantom(seed=5, index=3, config=SynthConfig(lacune_shapes=LacuneShapeConfig(p_irregular=1.0)))
+    small = [les for les in shaped.lacunes if max(les.diameters_mm) < 5.0]
+    assert small and all(les.shape == "ellipsoid" for les in small)
+    assert phantom.lacunes[0].shape is None and not phantom.lacunes[0].beside_wmh

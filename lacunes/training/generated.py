@@ -57,6 +57,8 @@ class GeneratedData:
         acquisitions: randomize each phantom's acquisition (voxel size, thick-slice T2/FLAIR, contrast,
             bias, noise: :class:`lacunes.synthetic.AcquisitionConfig`), then conform it to 1 mm as
             inference does.
+        lacune_shapes: lobulated lacunes, some against a hyperintensity
+            (:class:`lacunes.synthetic.LacuneShapeConfig`), instead of ellipsoids only.
     """
 
     size: int
@@ -65,6 +67,7 @@ class GeneratedData:
     workers: int | None = None
     first_index: int = 1
     acquisitions: bool = False
+    lacune_shapes: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -85,11 +88,12 @@ class GeneratedData:
 
     def synth_config(self):
         """The generator's parameters (None = :class:`lacunes.synthetic.SynthConfig`'s defaults)."""
-        if not self.acquisitions:
+        if not (self.acquisitions or self.lacune_shapes):
             return None
-        from lacunes.synthetic import AcquisitionConfig, SynthConfig
+        from lacunes.synthetic import AcquisitionConfig, LacuneShapeConfig, SynthConfig
 
-        return SynthConfig(acquisition=AcquisitionConfig())
+        return SynthConfig(acquisition=AcquisitionConfig() if self.acquisitions else None,
+                           lacune_shapes=LacuneShapeConfig() if self.lacune_shapes else None)
 
 
 def generated_subject(seed: int, index: int, config: TrainConfig, synth=None) -> TrainingSubject:
