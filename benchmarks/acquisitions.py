@@ -42,6 +42,7 @@ from lacunes.conform import grid_with_spacing, resample_axis_aligned, resample_m
 from lacunes.inference import PRESETS, Predictor  # noqa: E402
 from lacunes.io import Geometry, Subject  # noqa: E402
 from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
+from lacunes.options import FULL_SET, INPUT_SETS, MODALITIES, look_up_option  # noqa: E402
 
 PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # array axes along y, z, x (a sagittal stack)
 LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
@@ -152,20 +153,29 @@ VARIANTS = {
 }
 
 
-def predict_stored(predictor: Predictor, sid: str, stored: Stored):
+def predict_stored(predictor: Predictor, sid: str, stored: Stored, modalities: str = FULL_SET):
+    """The stored subject through the predictor, with only the contrasts of ``modalities`` (the others'
+    channels zero, as a subject without them is read)."""
+    kept = INPUT_SETS[modalities]
     if stored.files is None:
-        return predictor.predict(Subject(sid, stored.image, stored.geometry))
+        image = stored.image.copy()
+        for c, m in enumerate(MODALITIES):
+            if m not in kept:
+                image[c] = 0
+        return predictor.predict(Subject(sid, image, stored.geometry, modalities=kept))
     from lacunes.io import read_subject, write_volume
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}
         for m, (arr, g) in stored.files.items():
-            paths[m] = write_volume(arr, g, Path(tmp) / f"{sid}_space-T1_desc-masked_{m}.nii.gz")
-        subject = read_subject(sid, paths, resample=True)
+            if m in kept:
+                paths[m] = write_volume(arr, g, Path(tmp) / f"{sid}_space-T1_desc-masked_{m}.nii.gz")
+        subject = read_subject(sid, paths, resample=True, modalities=modalities)
     return predictor.predict(subject)
 
 
-def run(name: str, model: Path, setting: str, conform: bool, variants: list[str], indices: list[int]) -> dict:
+def run(name: str, model: Path, setting: str, conform: bool, variants: list[str], indices: list[int],
+        modalities: str = FULL_SET) -> dict:
     predictor = Predictor.from_checkpoint(model, PRESETS[setting].replace(progress=False, conform=conform))
     results = {v: [] for v in variants}
     seconds = {v: [] for v in variants}
@@ -178,7 +188,7 @@ def run(name: str, model: Path, setting: str, conform: bool, variants: list[str]
         for v in variants:
             stored = VARIANTS[v][1](image, geom)
             t0 = time.time()
-            prob, unc = predict_stored(predictor, sid, stored)
+            prob, unc = predict_stored(predictor, sid, stored, modalities)
             seconds[v].append(time.time() - t0)
             back_p = np.clip(stored.back(prob, 3), 0, 1)
             back_u = np.clip(stored.back(unc, 1), 0, 1)
@@ -194,7 +204,8 @@ def run(name: str, model: Path, setting: str, conform: bool, variants: list[str]
                 dps[v].append(float(np.abs(maps[v] - maps["generated"]).max()))
         maps.clear()
     out = {"name": name, "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
-           "setting": setting, "conform": conform, "subjects": len(indices), "variants": {}}
+           "setting": setting, "conform": conform, "modalities": modalities, "subjects": len(indices),
+           "variants": {}}
     for v in variants:
         rs = results[v]
         lesions = [les for r in rs for les in r.lesions if les["kind"] == "reference"]
@@ -235,31 +246,36 @@ def section(runs: list[dict], args) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
+        contrasts = r.get("modalities", FULL_SET)
         for v, s in r["variants"].items():
             dp = "" if s["max_abs_dp"] is None else f"{s['max_abs_dp']:.1e}"
             lines.append(
-                f"| {r['name']} · {r['setting']} · {'on' if r['conform'] else 'off'} | {VARIANTS[v][0]} "
+                f"| {r['name']} · {r['setting']} · {'on' if r['conform'] else 'off'}"
+                f"{'' if contrasts == FULL_SET else ' · ' + contrasts} | {VARIANTS[v][0]} "
                 f"| {s['found'][0]}/{s['found'][1]} | {s['found_4mm'][0]}/{s['found_4mm'][1]} | {s['fp_mean']:.2f} "
                 f"| {fmt(s['summary']['f1'])} | {fmt(s['summary']['dice'])} | {s['avd_max']:.0f} | {dp} "
                 f"| {s['seconds']:.0f} |")
     return "\n".join(lines)
 
 
-def parse_runs(text: str) -> list[tuple[str, Path, str, bool]]:
-    """``name=checkpoint:setting[:noconform],...``"""
+def parse_runs(text: str) -> list[tuple[str, Path, str, bool, str]]:
+    """``name=checkpoint:setting[:noconform][@SET],...`` (SET: the contrasts the subjects are given with)."""
     out = []
     for item in text.split(","):
         name, rest = item.rsplit("=", 1)
+        rest, _, modalities = rest.partition("@")
         parts = rest.split(":")
         path = Path(parts[0]) if Path(parts[0]).is_absolute() else ROOT / parts[0]
-        out.append((name, path, parts[1] if len(parts) > 1 else "fast", not (len(parts) > 2 and parts[2] == "noconform")))
+        out.append((name, path, parts[1] if len(parts) > 1 else "fast", not (len(parts) > 2 and parts[2] == "noconform"),
+                    look_up_option(modalities or FULL_SET, INPUT_SETS, "set of contrasts")))
     return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", default="bundled=model/lacunes.pt:fast",
-                    help="name=checkpoint:setting[:noconform],... (default: the bundled model, fast, conform on)")
+                    help="name=checkpoint:setting[:noconform][@SET],... (default: the bundled model, fast, conform "
+                         "on, all three contrasts; @T1+FLAIR: the subjects given with those only)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--n", type=int, default=20, help="held-out subjects (from 101)")
     ap.add_argument("--first", type=int, default=HELDOUT_FIRST_ID)
@@ -280,8 +296,11 @@ def main() -> int:
         if unknown:
             raise SystemExit(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
         indices = list(range(args.first, args.first + args.n))
-        runs = [run(name, model, setting, conform, variants, indices)
-                for name, model, setting, conform in parse_runs(args.runs)]
+        specs = parse_runs(args.runs)
+        if "thick3" in variants and any("T1" not in INPUT_SETS[spec[4]] for spec in specs):
+            raise SystemExit("thick3 resamples T2 and FLAIR onto the T1's grid: not for a set without T1")
+        runs = [run(name, model, setting, conform, variants, indices, modalities)
+                for name, model, setting, conform, modalities in specs]
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(runs, indent=1, default=str))
     text = section(runs, args)
