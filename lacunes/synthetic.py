@@ -90,7 +90,8 @@ class LacuneShapeConfig:
     """How lacunes' shapes vary (``SynthConfig.lacune_shapes``) beyond the default oriented ellipsoid.
 
     Drawn per lacune from a stream of its own (``[seed, index, 2]``), so a phantom's lacunes sit where
-    those of the same phantom without it do, with the same largest diameters.
+    those of the same phantom without it do, drawn with the same diameters (a lobulated one's recorded
+    diameters are its labelled extents along its axes).
 
     Attributes:
         p_irregular: share of the lacunes of at least ``min_irregular_mm`` with a lobulated outline: the
