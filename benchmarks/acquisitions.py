@@ -35,14 +35,14 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from quality import HELDOUT_FIRST_ID, HELDOUT_SEED, generated_case  # noqa: E402
+from quality import HELDOUT_FIRST_ID, HELDOUT_SEED, absent_channels, generated_case  # noqa: E402
 from results_md import device_label, replace_section  # noqa: E402
 
 from lacunes.conform import grid_with_spacing, resample_axis_aligned, resample_masked  # noqa: E402
 from lacunes.inference import PRESETS, Predictor  # noqa: E402
 from lacunes.io import Geometry, Subject  # noqa: E402
 from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
-from lacunes.options import FULL_SET, INPUT_SETS, MODALITIES, look_up_option  # noqa: E402
+from lacunes.options import FULL_SET, INPUT_SETS, look_up_option  # noqa: E402
 
 PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # array axes along y, z, x (a sagittal stack)
 LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
@@ -159,9 +159,7 @@ def predict_stored(predictor: Predictor, sid: str, stored: Stored, modalities: s
     kept = INPUT_SETS[modalities]
     if stored.files is None:
         image = stored.image.copy()
-        for c, m in enumerate(MODALITIES):
-            if m not in kept:
-                image[c] = 0
+        image[absent_channels(modalities)] = 0
         return predictor.predict(Subject(sid, image, stored.geometry, modalities=kept))
     from lacunes.io import read_subject, write_volume
 

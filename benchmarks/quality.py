@@ -89,6 +89,11 @@ def parse_runs(text: str, default_full: int | None) -> list[tuple[str, Path, str
     return runs
 
 
+def absent_channels(modalities: str) -> list[int]:
+    """The channels a subject given with only the set ``modalities`` holds as zeros."""
+    return [c for c, m in enumerate(MODALITIES) if m not in INPUT_SETS[modalities]]
+
+
 def stages(predictor, modalities: str = FULL_SET) -> list[tuple[str, OperatingPoint, object]]:
     """The inference steps added one at a time, ending with the checkpoint's own configuration (for the
     set of contrasts ``modalities``)."""
@@ -149,7 +154,7 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
         predictor = predictor.with_post_processing(RAW, None)
     op = predictor.post_processing_for(modalities)[0]
     steps = stages(predictor, modalities) if ablate else []
-    absent = [c for c, m in enumerate(MODALITIES) if m not in INPUT_SETS[modalities]]
+    absent = absent_channels(modalities)
     step_results = {label: [] for label, _, _ in steps}
     step_rows = {label: [] for label, _, _ in steps}
     modes = MODES if setting == "full" else MODES[:1]

@@ -517,7 +517,7 @@ def _add_wmh_beside(rng: np.random.Generator, shapes: LacuneShapeConfig, maps: _
     c = centre + _random_unit(rng) * (radius + 0.25 * d)
     radii = np.array([d, d * rng.uniform(0.6, 1.0), d * rng.uniform(0.5, 0.9)], np.float32) / 2
     box, frac = _ellipsoid_fraction(maps.wmh.shape, c, radii, _rotation(rng, 90.0).astype(np.float32))
-    bumpy = ndi.gaussian_filter(np.clip(frac * rng.uniform(0.6, 1.0, frac.shape).astype(np.float32), 0, 1), 0.8)
+    bumpy = _bumpy(rng, frac)
     if maps.halo is None:
         maps.halo = np.zeros_like(maps.wmh)
     maps.halo[box] = np.maximum(maps.halo[box], bumpy)
@@ -545,6 +545,11 @@ def _add_pvs(rng: np.random.Generator, cfg: SynthConfig, sites: dict, maps: _Les
     return lesions
 
 
+def _bumpy(rng: np.random.Generator, frac: np.ndarray) -> np.ndarray:
+    """A hyperintensity's irregular fraction: an ellipsoid's, randomly thinned and smoothed."""
+    return ndi.gaussian_filter(np.clip(frac * rng.uniform(0.6, 1.0, frac.shape).astype(np.float32), 0, 1), 0.8)
+
+
 def _add_wmh(rng: np.random.Generator, cfg: SynthConfig, sites: dict, maps: _LesionMaps, wm: np.ndarray) -> list[Lesion]:
     """White-matter hyperintensities: irregular bright blobs, often periventricular."""
     lesions = []
@@ -555,8 +560,7 @@ def _add_wmh(rng: np.random.Generator, cfg: SynthConfig, sites: dict, maps: _Les
             continue
         radii = np.array([d, d * rng.uniform(0.5, 1.0), d * rng.uniform(0.4, 0.9)], np.float32) / 2
         box, frac = _ellipsoid_fraction(maps.wmh.shape, c, radii, _rotation(rng, 90.0).astype(np.float32))
-        bumpy = np.clip(frac * rng.uniform(0.6, 1.0, frac.shape).astype(np.float32), 0, 1)
-        bumpy = ndi.gaussian_filter(bumpy, 0.8) * wm[box]
+        bumpy = _bumpy(rng, frac) * wm[box]
         maps.wmh[box] = np.maximum(maps.wmh[box], bumpy)
         maps.taken.append((c, d / 2))
         lesions.append(Lesion("wmh", tuple(float(v) for v in c), tuple(float(2 * r) for r in radii), int((bumpy >= 0.5).sum())))

@@ -26,23 +26,24 @@ from lacunes.conform import ModelSpace  # noqa: E402
 from lacunes.network import NetworkConfig  # noqa: E402
 
 
+def carried_over(path: str, key: str) -> dict | None:
+    """Another checkpoint's metadata entry ``key``, marked with where it came from (None: it has none)."""
+    _, other = load_network(path)
+    entry = other.get("metadata", {}).get(key)
+    return {**entry, "carried_over_from": str(Path(path))} if entry else None
+
+
 def main(src: str, dst: str, second_stage_from: str | None = None, operating_point_from: str | None = None) -> int:
     net, payload = load_network(src)
     metadata = dict(payload["metadata"])
-    if operating_point_from:
-        _, other = load_network(operating_point_from)
-        op = other.get("metadata", {}).get("operating_point")
-        if not op:
-            print(f"{operating_point_from} has no operating point", file=sys.stderr)
-            return 2
-        metadata["operating_point"] = {**op, "carried_over_from": str(Path(operating_point_from))}
-    if second_stage_from:
-        _, other = load_network(second_stage_from)
-        rescorer = other.get("metadata", {}).get("rescorer")
-        if not rescorer:
-            print(f"{second_stage_from} has no fitted second stage", file=sys.stderr)
-            return 2
-        metadata["rescorer"] = {**rescorer, "carried_over_from": str(Path(second_stage_from))}
+    for path, key, what in ((operating_point_from, "operating_point", "operating point"),
+                            (second_stage_from, "rescorer", "fitted second stage")):
+        if path:
+            entry = carried_over(path, key)
+            if entry is None:
+                print(f"{path} has no {what}", file=sys.stderr)
+                return 2
+            metadata[key] = entry
     # the space inference conforms subjects to (checkpoints trained before it was recorded: 1 mm phantoms)
     metadata.setdefault("model_space", ModelSpace().to_dict())
     metadata["released_from"] = str(Path(src))
