@@ -2,7 +2,9 @@
 against PyTorch float32 (what the plain MONAI loop runs) and, on a small window, against float64 (the exact
 answer, up to rounding), with each backend's time on the large window.
 
-Backends: PyTorch, OpenVINO (the project's compiled backend, :mod:`lacunes.backends`) and, when it is
+Backends: PyTorch, OpenVINO (the project's compiled backend, :mod:`lacunes.backends`, its instance norms
+rewritten in two stages; and converted as it is, with OpenVINO's own instance norm), OpenVINO bfloat16
+where the CPU has it (its error, for the record) and, when it is
 installed, ONNX Runtime (the other candidate; not a dependency of the project: ``pip install onnxruntime
 onnx`` to measure it). One run, the arms one after another in this process, each timed after a warm-up call.
 
@@ -41,11 +43,16 @@ def backends(net, threads: int) -> dict:
     """Each available backend as a callable on a ``1×3×X×Y×Z`` float32 tensor (logits out, numpy)."""
     import torch
 
-    from lacunes.backends import OpenVINONetwork
+    from lacunes.backends import OpenVINONetwork, openvino_cpu_capabilities
 
     arms = {"torch": lambda w: net(w).numpy()}
     ov = OpenVINONetwork(net, "float32", threads=threads)
-    arms["openvino"] = lambda w: ov(w).numpy()
+    arms["openvino (the backend: two-stage instance norm)"] = lambda w: ov(w).numpy()
+    own = OpenVINONetwork(net, "float32", threads=threads, rewrite_norms=False)
+    arms["openvino, its own instance norm"] = lambda w: own(w).numpy()
+    if "BF16" in openvino_cpu_capabilities():
+        bf16 = OpenVINONetwork(net, "bfloat16", threads=threads)
+        arms["openvino bfloat16 (not float32: its error)"] = lambda w: bf16(w).numpy()
     try:
         import onnxruntime as ort
     except ImportError:
@@ -118,7 +125,7 @@ def main() -> int:
         f"plain MONAI loop runs) and on a {small} window against the same network in float64. torch "
         f"{torch.__version__}, OpenVINO {openvino_version()} (this CPU: {', '.join(openvino_cpu_capabilities())}).",
         "",
-        f"| backend (float32) | seconds ({shape}) | × torch | max abs Δlogit vs torch | max abs Δp vs torch "
+        f"| backend | seconds ({shape}) | × torch | max abs Δlogit vs torch | max abs Δp vs torch "
         f"| max abs Δlogit vs float64 ({small}) | max abs Δp vs float64 |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -152,6 +152,17 @@ def _run_arms(runs: list[str], args, work: Path) -> dict | None:
     return results
 
 
+def same_lesions(a, b) -> bool:
+    """Whether two labelled lesion maps hold the same lesions: as many, each overlapping exactly one of
+    the other's (voxels at their edges may differ)."""
+
+    if a.max() != b.max():
+        return False
+    both = (a > 0) & (b > 0)
+    pairs = set(zip(a[both].tolist(), b[both].tolist()))
+    return len(pairs) == int(a.max()) and len({p for p, _ in pairs}) == len({q for _, q in pairs}) == len(pairs)
+
+
 def _rows(results: dict, work: Path) -> tuple[list[str], list[str]]:
     """The table's rows (against the plain float32 loop when it ran) and the float32 arms that differ from
     it by more than 1e-3."""
@@ -185,8 +196,9 @@ def _rows(results: dict, work: Path) -> tuple[list[str], list[str]]:
         if base and r["preset"] == "full" and spec != reference:
             from lacunes.instances import label_instances
 
-            mine, theirs = (label_instances(p >= 0.5)[1] for p in (prob(spec), prob(reference)))
-            notes.append(f"{mine} lesion(s) at 0.5, baseline {theirs}")
+            (a, mine), (b, theirs) = (label_instances(p >= 0.5) for p in (prob(spec), prob(reference)))
+            notes.append(f"{mine} lesion(s) at 0.5, baseline {theirs}, "
+                         f"{'the same lesions' if same_lesions(a, b) else 'lesions differ'}")
         ratio = r["seconds"] / base["seconds"] if base else float("nan")
         gpu = f"{r['peak_gpu_gb']:.2f}" if "peak_gpu_gb" in r else "–"
         tf = f"{r['tflops']:.1f}" if "tflops" in r else "–"

@@ -7,6 +7,12 @@ the same float32 arithmetic about 3× faster on this project's 2-core benchmark 
 Everything around the network (sliding window, TTA, masking, post-processing) is unchanged: the
 compiled network is called exactly like the module, ``B×C×X×Y×Z`` in (C the modalities), logits ``B×1×X×Y×Z`` out.
 
+OpenVINO's own instance normalization reduces over the whole window in one pass, in an order whose
+float32 sums drift (logits up to 8e-3 from PyTorch's on a 144×176×64 window). Before conversion each
+``InstanceNorm3d`` is therefore written out as :class:`TwoStageInstanceNorm`: the same arithmetic, its
+statistics summed along one axis first, then averaged over the other two (4.5e-4 from PyTorch's, about a
+fifth more time; benchmarks/RESULTS.md, "How exact each CPU backend's float32 is").
+
 Conversion takes seconds to tens of seconds, so the converted graph (float32 weights, dynamic input
 shape) is cached on disk, keyed by the weights' sha256 and the runtime's version (:func:`cache_dir`);
 compiling it for one input shape takes a fraction of a second and is done once per shape and process.
@@ -17,6 +23,7 @@ otherwise and always on a GPU.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -83,6 +90,47 @@ def weights_key(network: torch.nn.Module) -> str:
     return weights_sha256({k: v.detach().cpu() for k, v in network.state_dict().items()})
 
 
+def _spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean over the three spatial axes of ``B×C×X×Y×Z``, in two reductions of different kinds
+    (a sum along Z, then a mean over X and Y) that OpenVINO cannot merge into one long float32 sum."""
+    return x.sum(dim=4, keepdim=True).mean(dim=(2, 3), keepdim=True) * (1.0 / x.shape[4])
+
+
+class TwoStageInstanceNorm(torch.nn.Module):
+    """``torch.nn.InstanceNorm3d`` (no running statistics) with its mean and variance computed by
+    :func:`_spatial_mean`: equal in exact arithmetic, and in float32 as close to it as PyTorch's own
+    once OpenVINO has compiled it."""
+
+    def __init__(self, norm: torch.nn.InstanceNorm3d) -> None:
+        super().__init__()
+        if norm.track_running_stats:
+            raise ValueError("only instance norms without running statistics are rewritten")
+        self.eps = float(norm.eps)
+        self.affine = norm.weight is not None
+        if self.affine:
+            self.register_buffer("weight", norm.weight.detach().clone().view(1, -1, 1, 1, 1))
+            self.register_buffer("bias", norm.bias.detach().clone().view(1, -1, 1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - _spatial_mean(x)
+        y = centred * torch.rsqrt(_spatial_mean(centred * centred) + self.eps)
+        return y * self.weight + self.bias if self.affine else y
+
+
+def for_conversion(network: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``network`` with every ``InstanceNorm3d`` (without running statistics) rewritten as
+    :class:`TwoStageInstanceNorm`; the network itself is left as it is."""
+    network = copy.deepcopy(network)
+    for module in list(network.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.InstanceNorm3d) and not child.track_running_stats:
+                setattr(module, name, TwoStageInstanceNorm(child))
+    return network
+
+
+#: The converted graph's form; part of the cache key, so that a change of it is converted again.
+GRAPH_FORM = "norm2"
+
 #: OpenVINO's names for the precisions this backend offers.
 PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16"}
 
@@ -96,10 +144,12 @@ class OpenVINONetwork:
         precision: ``float32`` or ``bfloat16`` (:data:`PRECISION_HINTS`).
         threads: CPU threads for inference (default: torch's).
         cache: folder for converted networks (default :func:`cache_dir`; None-like "" = no cache).
+        rewrite_norms: convert with :func:`for_conversion` (default); False keeps OpenVINO's own
+            instance norm, as measured against it in benchmarks/backend_accuracy.py.
     """
 
     def __init__(self, network: torch.nn.Module, precision: str = "float32", threads: int | None = None,
-                 cache: Path | str | None = None) -> None:
+                 cache: Path | str | None = None, rewrite_norms: bool = True) -> None:
         import openvino as ov
 
         if precision not in PRECISION_HINTS:
@@ -109,6 +159,7 @@ class OpenVINONetwork:
                        "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
         self.precision = precision
         self.cache = cache_dir() if cache is None else (Path(cache) if cache else None)
+        self.rewrite_norms = rewrite_norms
         self.model = self._load_or_convert(network)
         self._compiled: dict[tuple[int, ...], object] = {}
         self.seconds_converting = 0.0
@@ -117,7 +168,8 @@ class OpenVINONetwork:
         import openvino as ov
 
         runtime = re.sub(r"[^A-Za-z0-9.]+", "-", openvino_version() or "none")  # e.g. 2026.4.1-22982-…/2026/4
-        key = f"{weights_key(network)[:24]}-openvino-{runtime}"
+        form = GRAPH_FORM if self.rewrite_norms else "ovnorm"
+        key = f"{weights_key(network)[:24]}-{form}-openvino-{runtime}"
         path = self.cache / f"{key}.xml" if self.cache is not None else None
         if path is not None and path.is_file() and path.with_suffix(".bin").is_file():
             try:
@@ -125,8 +177,7 @@ class OpenVINONetwork:
             except RuntimeError as exc:  # a damaged cache entry: converted again below
                 logger.warning("cached network %s cannot be read (%s): converting again", path, exc)
         t0 = time.time()
-        was_training = network.training
-        network = network.eval()
+        network = (for_conversion(network) if self.rewrite_norms else copy.deepcopy(network)).eval()
         channels = _in_channels(network)
         with torch.no_grad(), warnings.catch_warnings():
             # the tracer notes that shape checks become constants: true for the inputs this network gets
@@ -134,7 +185,6 @@ class OpenVINONetwork:
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             model = ov.convert_model(network, example_input=torch.zeros(1, channels, 32, 32, 32),
                                      input=[ov.PartialShape([-1, channels, -1, -1, -1])])
-        network.train(was_training)
         logger.info("network converted for OpenVINO in %.1f s", time.time() - t0)
         if path is not None:
             try:
