@@ -173,14 +173,14 @@ def predict_stored(predictor: Predictor, sid: str, stored: Stored, modalities: s
 
 
 def run(name: str, model: Path, setting: str, conform: bool, variants: list[str], indices: list[int],
-        modalities: str = FULL_SET) -> dict:
+        modalities: str = FULL_SET, seed: int = HELDOUT_SEED) -> dict:
     predictor = Predictor.from_checkpoint(model, PRESETS[setting].replace(progress=False, conform=conform))
     results = {v: [] for v in variants}
     seconds = {v: [] for v in variants}
     dps = {v: [] for v in variants}
     maps = {}
     for index in indices:
-        case = generated_case(index)  # the held-out phantom in memory, as benchmarks/quality.py makes it
+        case = generated_case(index, seed=seed)  # the phantom in memory, as benchmarks/quality.py makes it
         sid, image, reference = case.subject_id, case.image, case.reference
         geom = generated_grid(image.shape[1:])
         for v in variants:
@@ -203,6 +203,7 @@ def run(name: str, model: Path, setting: str, conform: bool, variants: list[str]
         maps.clear()
     out = {"name": name, "model": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
            "setting": setting, "conform": conform, "modalities": modalities, "subjects": len(indices),
+           "seed": seed, "first": indices[0] if indices else None,
            "variants": {}}
     for v in variants:
         rs = results[v]
@@ -226,13 +227,16 @@ def fmt(stat: dict, digits: int = 2) -> str:
 
 def section(runs: list[dict], args) -> str:
     device = device_label("cuda" if torch.cuda.is_available() else "cpu")
-    first = runs[0]["subjects"] if runs else 0
+    count = runs[0]["subjects"] if runs else 0
+    seed = runs[0].get("seed", HELDOUT_SEED) if runs else HELDOUT_SEED
+    start = (runs[0].get("first") or HELDOUT_FIRST_ID) if runs else HELDOUT_FIRST_ID
+    kind = "Held-out" if seed == HELDOUT_SEED else "Validation (not held-out)"
     lines = [
         f"## {args.title}",
         "",
         f"Command: `{shlex.join(['python', 'benchmarks/acquisitions.py', *(a for a in sys.argv[1:] if a != '--render')])}`"
-        f" — {device}, torch {torch.__version__}. Held-out phantoms {HELDOUT_FIRST_ID}–{HELDOUT_FIRST_ID + first - 1} "
-        f"(`lacunes synth --seed {HELDOUT_SEED}`, generated in memory), each stored as the row says, predicted "
+        f" — {device}, torch {torch.__version__}. {kind} phantoms {start}–{start + count - 1} "
+        f"(`lacunes synth --seed {seed}`, generated in memory), each stored as the row says, predicted "
         "as stored and its map brought back onto the generated grid (inverse permutation; resampled maps by cubic "
         "B-spline) to be scored against the generated reference (mean of the raters, centre matching within 5 mm). "
         "Found = reference lacunes detected; Dice = median over subjects with lacunes of the mean Dice over matched "
@@ -277,6 +281,9 @@ def main() -> int:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}")
     ap.add_argument("--n", type=int, default=20, help="held-out subjects (from 101)")
     ap.add_argument("--first", type=int, default=HELDOUT_FIRST_ID)
+    ap.add_argument("--seed", type=int, default=HELDOUT_SEED,
+                    help=f"the phantoms' seed (default {HELDOUT_SEED}, the held-out set; 5151 with --first 301: the "
+                         "validation set, to choose between candidates without looking at the held-out subjects)")
     ap.add_argument("--section", default="acquisitions")
     ap.add_argument("--title", default="Scans as they come (acquisition benchmark)")
     ap.add_argument("--work", default=str(ROOT / "out" / "acquisitions"))
@@ -297,7 +304,7 @@ def main() -> int:
         specs = parse_runs(args.runs)
         if "thick3" in variants and any("T1" not in INPUT_SETS[spec[4]] for spec in specs):
             raise SystemExit("thick3 resamples T2 and FLAIR onto the T1's grid: not for a set without T1")
-        runs = [run(name, model, setting, conform, variants, indices, modalities)
+        runs = [run(name, model, setting, conform, variants, indices, modalities, args.seed)
                 for name, model, setting, conform, modalities in specs]
         saved.parent.mkdir(parents=True, exist_ok=True)
         saved.write_text(json.dumps(runs, indent=1, default=str))

@@ -130,13 +130,14 @@ def file_case(files) -> Case:
                 files.uncertainty_name)
 
 
-def generated_case(index: int, lacune_shapes: bool = False) -> Case:
+def generated_case(index: int, lacune_shapes: bool = False, seed: int = HELDOUT_SEED) -> Case:
     """Held-out phantom ``index`` made in memory: the same arrays as its files (no SimpleITK needed);
     ``lacune_shapes``: the same subject with lobulated lacunes and hyperintensities against some
-    (``lacunes synth --lacune-shapes``: the lacunes where the plain subject has them)."""
+    (``lacunes synth --lacune-shapes``: the lacunes where the plain subject has them); ``seed``: another
+    set's phantom (e.g. the validation set's, 5151)."""
     from lacunes.synthetic import MODALITIES, LacuneShapeConfig, SynthConfig, generate_phantom, lesion_record
 
-    ph = generate_phantom(HELDOUT_SEED, index, SynthConfig(lacune_shapes=LacuneShapeConfig()) if lacune_shapes else None)
+    ph = generate_phantom(seed, index, SynthConfig(lacune_shapes=LacuneShapeConfig()) if lacune_shapes else None)
     image = np.stack([ph.images[m].astype(np.float32) for m in MODALITIES])
     reference = np.mean([(ph.rater1 > 0).astype(np.float32), (ph.rater2 > 0).astype(np.float32)], axis=0)
     mimics = json.loads(json.dumps([lesion_record(les) for les in ph.lesions]))  # as the sidecar reads back
