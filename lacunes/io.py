@@ -445,8 +445,14 @@ def check_not_a_label(array: np.ndarray, path: Path, modality: str) -> None:
     if values.size == 0:
         return
     sample = values[:: max(1, values.size // 1_000_000)]
-    distinct = np.unique(sample[np.isfinite(sample)])
-    if distinct.size <= MAX_LABEL_VALUES:
+    sample = sample[np.isfinite(sample)]
+    for _ in range(MAX_LABEL_VALUES):  # drop one value at a time: a scan has more left after MAX_LABEL_VALUES
+        if sample.size == 0:
+            break
+        sample = sample[sample != sample[0]]
+    if sample.size == 0:
+        distinct = np.unique(values[:: max(1, values.size // 1_000_000)])
+        distinct = distinct[np.isfinite(distinct)]
         raise LacunesInputError(
             f"{path} holds only {distinct.size} distinct non-zero value(s) ({', '.join(f'{v:g}' for v in distinct)}): "
             f"a label or mask image, not a {modality} scan")

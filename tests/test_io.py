@@ -1,4 +1,5 @@
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -369,6 +370,20 @@ def test_a_label_image_given_as_a_contrast_is_refused(tmp_path):
     with pytest.raises(LacunesInputError, match="not a FLAIR scan"):
         read_subject("sub-001", {**p, "FLAIR": mask})
     assert read_subject("sub-001", p).image.shape[0] == 3  # the real contrasts pass
+
+
+def test_a_label_is_at_most_two_distinct_non_zero_values():
+    from lacunes.io import check_not_a_label
+
+    two = np.zeros((6, 6, 6), np.float32)
+    two[1:3], two[3:5] = 2.0, 5.0
+    two[0, 0, 0] = np.nan  # not a value of its own
+    with pytest.raises(LacunesInputError, match=r"holds only 2 distinct non-zero value\(s\) \(2, 5\)"):
+        check_not_a_label(two, Path("x.nii.gz"), "T2")
+    three = two.copy()
+    three[5, 5, 5] = 7.0
+    check_not_a_label(three, Path("x.nii.gz"), "T2")  # three values: a scan
+    check_not_a_label(np.zeros((4, 4, 4), np.float32), Path("x.nii.gz"), "T2")  # nothing to judge
 
 
 def test_one_file_given_twice_is_refused_and_a_background_that_is_not_zero_named(tmp_path, caplog):

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 
 from lacunes.checkpoint import save_checkpoint
 from lacunes.inference import InferenceSettings, ModelInput, Predictor
@@ -8,7 +9,7 @@ from lacunes.io import Geometry, Subject
 from lacunes.network import build_network
 from lacunes.operating_point import choose_operating_point
 from lacunes.postprocessing import OperatingPoint, finish_probability
-from lacunes.rescoring import FEATURES, Rescorer, candidate_features, candidate_targets
+from lacunes.rescoring import FEATURES, EdgeDistance, Rescorer, candidate_features, candidate_targets
 
 from .conftest import TINY
 
@@ -106,3 +107,18 @@ def test_a_checkpoint_with_a_second_stage_uses_it(tmp_path):
     assert all(np.allclose(c["centre_mm"], np.asarray(c["voxel"]) + (5.0, 6.0, 7.0), atol=0.01) for c in rows)
     # the network says lesion (p = 0.9), the second stage says no: uncertain there, certain elsewhere
     assert (unc[ball] == 1).all() and (unc[tube] == 1).all() and unc[brain & (prob < 0.1)].max() < 0.5
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (1.0, 0.9, 1.3)])
+def test_the_edge_distance_is_the_distance_transform_at_each_voxel(spacing):
+    rng = np.random.default_rng(4)
+    inside = ndi.gaussian_filter(rng.random((30, 27, 22)), 2.5) > 0.5
+    inside[5:25, 5:22, 4:18] |= True  # deep voxels as well as thin parts
+    exact = ndi.distance_transform_edt(np.pad(inside, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    distance = EdgeDistance(inside, spacing)
+    voxels = [tuple(int(c) for c in v) for v in np.argwhere(np.ones(inside.shape, bool))[::7]]
+    got = np.array([distance(v) for v in voxels])
+    np.testing.assert_allclose(got, [exact[v] for v in voxels], rtol=0, atol=1e-9)
+    assert got.max() > 4 and (got == 0).any()  # both deep voxels and voxels outside were checked
+    assert EdgeDistance(np.zeros((4, 4, 4), bool), spacing)((1, 1, 1)) == 0.0
+    assert EdgeDistance(np.ones((5, 5, 5), bool), spacing)((2, 2, 2)) == pytest.approx(3 * min(spacing))
