@@ -89,7 +89,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
           f"{predictor.variants} TTA variant(s), device {predictor.device}, {predictor.precision}, "
           f"backend {predictor.backend}, "
           f"operating point: probability >= {op.threshold:g}, lesions >= {op.min_volume_mm3:g} mm³")
-    print(f"model: {predictor.data_statement}; trained for {', '.join(predictor.input_sets)}")
+    print(f"model: {predictor.data_statement}; {predictor.input_sets_statement}")
     if predictor.device.type == "cpu" and predictor.variants > 1:
         print(f"note: the {args.preset} setting runs {predictor.variants} TTA variants at overlap "
               f"{settings.overlap:g}: on a CPU that is minutes a subject (the sample case on 2 cores: about 2 min with "
@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(f"--{m.lower()}", help=f"{m} file (with the other contrasts' files) instead of --input")
     p.add_argument("--modalities", choices=list(options.INPUT_SETS),
                    help="the set of contrasts to segment from (default: every contrast a subject has); a set the "
-                        "model was not trained for is refused unless named here")
+                        "model does not accept (its input_sets) is refused unless named here")
     p.add_argument("--subject-id", help="id for --t1/--t2/--flair (default: the T1's name up to '_')")
     p.add_argument("-o", "--output", required=True, help="output folder for <prefix>prediction/uncertaintymap.nii.gz")
     p.add_argument("--model", help="checkpoint (default: the bundled model, model/lacunes.pt in a checkout)")

@@ -362,19 +362,33 @@ class Predictor:
 
     @property
     def input_sets(self) -> tuple[str, ...]:
-        """The sets of contrasts the network was trained for (its checkpoint's ``input_sets``; the full set
-        when it does not say)."""
+        """The sets of contrasts the model accepts (its checkpoint's ``input_sets``: the sets it was trained
+        for, or those a release states as measured; the full set when it does not say)."""
         return tuple(self.metadata.get("input_sets") or (FULL_SET,))
 
+    @property
+    def input_sets_trained(self) -> tuple[str, ...]:
+        """The sets of contrasts the network was trained for (``input_sets_trained`` where a release stated
+        others as measured, else :attr:`input_sets`)."""
+        return tuple(self.metadata.get("input_sets_trained") or self.input_sets)
+
+    @property
+    def input_sets_statement(self) -> str:
+        """``accepts T1+T2+FLAIR, T1+FLAIR (trained for T1+T2+FLAIR; the others measured)``, for run logs."""
+        text = f"accepts {', '.join(self.input_sets)}"
+        if self.input_sets_trained != self.input_sets:
+            text += f" (trained for {', '.join(self.input_sets_trained)}; the others measured: its model card)"
+        return text
+
     def check_input_set(self, input_set: str, chosen: bool = False, subject_id: str = "the subject") -> None:
-        """Refuse a set of contrasts the network was not trained for, naming the ones it was, unless the
-        user ``chosen`` it (``--modalities``): then a warning. Raises :class:`lacunes.io.LacunesInputError`."""
+        """Refuse a set of contrasts the model does not accept (:attr:`input_sets`), naming those it does,
+        unless the user ``chosen`` it (``--modalities``): then a warning. Raises :class:`lacunes.io.LacunesInputError`."""
         from lacunes.io import LacunesInputError
 
         if input_set in self.input_sets:
             return
         missing = [m for m in MODALITIES if m not in INPUT_SETS[input_set]]
-        what = (f"{subject_id} has {input_set} (no {', '.join(missing)}); the model was trained for "
+        what = (f"{subject_id} has {input_set} (no {', '.join(missing)}); the model accepts "
                 f"{', '.join(self.input_sets)} only")
         if not chosen:
             raise LacunesInputError(f"{what}: its maps would not be trustworthy. Use a model trained without "

@@ -16,8 +16,9 @@ from enum import StrEnum
 #: The network's input channels, in order. Each layout's names derive from these.
 MODALITIES: tuple[str, ...] = ("T1", "T2", "FLAIR")
 #: The sets of contrasts a subject may come with, by name (``+`` between modalities, in channel order). A
-#: missing contrast reaches the network as a channel of zeros; a model states the sets it was trained for
-#: (``input_sets`` in its metadata; all three when it does not say). The first is the full set.
+#: missing contrast reaches the network as a channel of zeros; a model states the sets it accepts
+#: (``input_sets`` in its metadata: those it was trained for, or a release's measured ones; all three when
+#: it does not say). The first is the full set.
 INPUT_SETS: dict[str, tuple[str, ...]] = {
     "T1+T2+FLAIR": ("T1", "T2", "FLAIR"),
     "T1+FLAIR": ("T1", "FLAIR"),

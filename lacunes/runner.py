@@ -145,7 +145,7 @@ def run_subject(
     probability and uncertainty maps on its T1 grid (the T2's for a ``T2+FLAIR`` subject).
 
     ``modalities``: the set of contrasts to use (``--modalities``; by default every contrast the files
-    hold); a set the model was not trained for is refused unless chosen so (:meth:`Predictor.check_input_set`).
+    hold); a set the model does not accept is refused unless chosen so (:meth:`Predictor.check_input_set`).
 
     Extras (binary mask at 0.5, lesion table CSV) go to ``extras_dir``, never next to the contract's
     outputs. Nothing is written when reading or predicting fails. ``resample``: T2/FLAIR on another grid

@@ -117,7 +117,7 @@ def test_a_model_refuses_a_set_it_was_not_trained_for_unless_chosen(tiny_checkpo
     plain = Predictor.from_checkpoint(tiny_checkpoint, FAST.replace(progress=False))
     assert plain.input_sets == (options.FULL_SET,)
     plain.check_input_set(options.FULL_SET)
-    with pytest.raises(LacunesInputError, match=r"sub-1 has T1\+FLAIR \(no T2\); the model was trained for "
+    with pytest.raises(LacunesInputError, match=r"sub-1 has T1\+FLAIR \(no T2\); the model accepts "
                                                 r"T1\+T2\+FLAIR only.*--modalities T1\+FLAIR"):
         plain.check_input_set("T1+FLAIR", subject_id="sub-1")
     with caplog.at_level(logging.WARNING):
@@ -196,11 +196,11 @@ def test_the_command_line_takes_explicit_files_of_a_smaller_set(tmp_path, set_ch
     paths = _paths(tmp_path / "in", "sub-007")
     args = ["predict", "--preset", "fast", "--no-progress", "--t1", str(paths["T1"]), "--flair", str(paths["FLAIR"])]
     assert main([*args, "-o", str(tmp_path / "out"), "--model", str(set_checkpoint)]) == 0
-    assert "trained for T1+T2+FLAIR, T1+FLAIR" in capsys.readouterr().out
+    assert "accepts T1+T2+FLAIR, T1+FLAIR" in capsys.readouterr().out
     sidecar = json.loads((tmp_path / "out" / "sub-007_space-T1_prediction.json").read_text())
     assert sidecar["InputSet"] == "T1+FLAIR"
     assert main([*args, "-o", str(tmp_path / "plain"), "--model", str(tiny_checkpoint)]) == 1  # refused: failed
-    assert "the model was trained for T1+T2+FLAIR only" in caplog.text
+    assert "the model accepts T1+T2+FLAIR only" in caplog.text
     assert main([*args, "-o", str(tmp_path / "plain"), "--model", str(tiny_checkpoint), "--modalities", "T1+FLAIR"]) == 0
     assert main(["predict", "--t1", str(paths["T1"]), "-o", str(tmp_path / "x")]) == 2
     assert "T1 is not a set of contrasts" in caplog.text

@@ -48,3 +48,27 @@ def test_a_release_can_carry_an_operating_point_over(tmp_path, tiny_checkpoint):
     refused = subprocess.run([sys.executable, str(RELEASE), str(tiny_checkpoint), str(tmp_path / "b.pt"),
                               "--operating-point-from", str(tiny_checkpoint)], capture_output=True, text=True)
     assert refused.returncode == 2 and "has no operating point" in refused.stderr
+
+
+def test_a_release_states_the_sets_of_contrasts_it_accepts_and_keeps_those_it_was_trained_for(tmp_path,
+                                                                                            tiny_checkpoint):
+    from lacunes.inference import Predictor
+
+    out = tmp_path / "release.pt"
+    done = subprocess.run([sys.executable, str(RELEASE), str(tiny_checkpoint), str(out), "--input-sets",
+                           "T1+T2,T1+T2+FLAIR, T1+FLAIR"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    predictor = Predictor.from_checkpoint(out)
+    assert predictor.input_sets == ("T1+T2+FLAIR", "T1+FLAIR", "T1+T2")  # in channel-set order
+    assert predictor.input_sets_trained == ("T1+T2+FLAIR",)
+    assert predictor.input_sets_statement == ("accepts T1+T2+FLAIR, T1+FLAIR, T1+T2 (trained for T1+T2+FLAIR; "
+                                              "the others measured: its model card)")
+    predictor.check_input_set("T1+T2")  # accepted without --modalities now
+    again = tmp_path / "again.pt"  # releasing a release keeps what it was trained for
+    assert subprocess.run([sys.executable, str(RELEASE), str(out), str(again), "--input-sets", "T1+T2+FLAIR"],
+                          capture_output=True).returncode == 0
+    assert Predictor.from_checkpoint(again).input_sets_trained == ("T1+T2+FLAIR",)
+    for bad, says in (("T1+FLAIR", "must include T1+T2+FLAIR"), ("T1+T2+FLAIR,T1+PD", "unknown set(s) of contrasts T1+PD")):
+        refused = subprocess.run([sys.executable, str(RELEASE), str(tiny_checkpoint), str(tmp_path / "b.pt"),
+                                  "--input-sets", bad], capture_output=True, text=True)
+        assert refused.returncode == 2 and says in refused.stderr and not (tmp_path / "b.pt").exists()

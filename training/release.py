@@ -4,12 +4,15 @@ optimizer state, the inference defaults and the model's space (orientation, voxe
 ``.sha256`` sidecar next to it. ``--second-stage-from`` carries another checkpoint's fitted second stage
 over (its operating point is then chosen again: ``lacunes calibrate --keep-rescorer``, or carried over too
 with ``--operating-point-from``, where a fine-tuning run keeps the network's outputs close to the other's
-and the held-out benchmark checks it).
+and the held-out benchmark checks it). ``--input-sets`` states the sets of contrasts the release accepts
+without ``--modalities`` (its ``input_sets``; the ones it was trained for are kept as ``input_sets_trained``):
+list only sets measured on the held-out benchmark, with their own calibration where one needs it.
 
     python training/release.py runs/cpu-blob/checkpoints/final.pt model/lacunes.pt
     python training/release.py runs/acq-blob/checkpoints/final.pt runs/acq-blob/release.pt --second-stage-from runs/stage3.pt
     python training/release.py runs/acq-sets/checkpoints/final.pt runs/acq-sets/release.pt \
         --second-stage-from model/lacunes.pt --operating-point-from model/lacunes.pt
+    python training/release.py runs/s4b-sets/t1t2.pt model/lacunes.pt --input-sets T1+T2+FLAIR,T1+FLAIR,T2+FLAIR,T1+T2
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from lacunes.checkpoint import load_network, save_checkpoint, write_sha256  # noqa: E402
 from lacunes.conform import ModelSpace  # noqa: E402
 from lacunes.network import NetworkConfig  # noqa: E402
+from lacunes.options import FULL_SET, INPUT_SETS  # noqa: E402
 
 
 def carried_over(path: str, key: str) -> dict | None:
@@ -33,9 +37,30 @@ def carried_over(path: str, key: str) -> dict | None:
     return {**entry, "carried_over_from": str(Path(path))} if entry else None
 
 
-def main(src: str, dst: str, second_stage_from: str | None = None, operating_point_from: str | None = None) -> int:
+def parse_input_sets(text: str) -> list[str]:
+    """``"T1+T2+FLAIR,T1+FLAIR"`` → the sets in :data:`INPUT_SETS` order, the full set required (it is the
+    model's own calibration). Raises ValueError naming what is wrong."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in INPUT_SETS]
+    if unknown:
+        raise ValueError(f"unknown set(s) of contrasts {', '.join(unknown)} (the sets: {', '.join(INPUT_SETS)})")
+    if FULL_SET not in names:
+        raise ValueError(f"--input-sets must include {FULL_SET}, the set the model's own calibration is for")
+    return [n for n in INPUT_SETS if n in names]
+
+
+def main(src: str, dst: str, second_stage_from: str | None = None, operating_point_from: str | None = None,
+         input_sets: str | None = None) -> int:
+    try:
+        sets = parse_input_sets(input_sets) if input_sets is not None else None
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     net, payload = load_network(src)
     metadata = dict(payload["metadata"])
+    if sets is not None:
+        metadata.setdefault("input_sets_trained", list(metadata.get("input_sets") or [FULL_SET]))
+        metadata["input_sets"] = sets
     for path, key, what in ((operating_point_from, "operating_point", "operating point"),
                             (second_stage_from, "rescorer", "fitted second stage")):
         if path:
@@ -59,5 +84,7 @@ if __name__ == "__main__":
     ap.add_argument("dst", help="the released checkpoint")
     ap.add_argument("--second-stage-from", metavar="CKPT", help="carry this checkpoint's fitted second stage over")
     ap.add_argument("--operating-point-from", metavar="CKPT", help="carry this checkpoint's operating point over")
+    ap.add_argument("--input-sets", metavar="SETS",
+                    help="comma-separated sets of contrasts the release accepts without --modalities (measured ones)")
     args = ap.parse_args()
-    sys.exit(main(args.src, args.dst, args.second_stage_from, args.operating_point_from))
+    sys.exit(main(args.src, args.dst, args.second_stage_from, args.operating_point_from, args.input_sets))
