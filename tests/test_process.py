@@ -207,3 +207,28 @@ def test_every_subject_is_read_and_checked_before_the_first_output(tmp_path, tin
     assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 2
     assert "sub-002" in caplog.text and bad.name in caplog.text
     assert not any(p.is_file() and not p.name.startswith(".") for p in (tmp_path / "out").rglob("*"))
+
+
+def test_the_grand_challenge_sockets_take_a_smaller_set_the_model_accepts(tmp_path, tiny_checkpoint, caplog):
+    from lacunes.checkpoint import load_network, save_checkpoint
+    from lacunes.network import NetworkConfig
+
+    _, _, geom = write_subject(tmp_path / "src", "sub-001")
+    inp = tmp_path / "in"
+    slugs = [GC_INPUT_SLUGS[m] for m in ("T1", "FLAIR")]
+    for m in ("T1", "FLAIR"):
+        (inp / "images" / GC_INPUT_SLUGS[m]).mkdir(parents=True)
+        shutil.copy(tmp_path / "src" / f"sub-001_space-T1_desc-masked_{m}.nii.gz",
+                    inp / "images" / GC_INPUT_SLUGS[m] / "a.nii.gz")
+    (inp / "inputs.json").write_text(json.dumps([{"interface": {"slug": s}} for s in slugs]))
+    # a model for all three only: the subject fails with the reason, nothing written
+    assert run(inp, tmp_path / "refused", tiny_checkpoint) != 0
+    assert "the model accepts T1+T2+FLAIR only" in caplog.text
+    assert not any((tmp_path / "refused").rglob("*.mha"))
+    # the same model released as accepting T1+FLAIR too: both maps on the T1's grid
+    net, payload = load_network(tiny_checkpoint)
+    accepting = save_checkpoint(tmp_path / "sets.pt", net, NetworkConfig.from_dict(payload["network"]),
+                                {**payload["metadata"], "input_sets": ["T1+T2+FLAIR", "T1+FLAIR"]})
+    assert run(inp, tmp_path / "out", accepting) == 0
+    for slug in GC_OUTPUT_SLUGS.values():
+        check_map(tmp_path / "out" / "images" / slug / "output.mha", geom)

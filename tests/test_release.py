@@ -68,6 +68,8 @@ def test_a_release_states_the_sets_of_contrasts_it_accepts_and_keeps_those_it_wa
     assert subprocess.run([sys.executable, str(RELEASE), str(out), str(again), "--input-sets", "T1+T2+FLAIR"],
                           capture_output=True).returncode == 0
     assert Predictor.from_checkpoint(again).input_sets_trained == ("T1+T2+FLAIR",)
+    meta = load_network(again)[1]["metadata"]
+    assert meta["released_from"] == str(out) and meta["release_history"] == [str(tiny_checkpoint)]
     for bad, says in (("T1+FLAIR", "must include T1+T2+FLAIR"), ("T1+T2+FLAIR,T1+PD", "unknown set(s) of contrasts T1+PD")):
         refused = subprocess.run([sys.executable, str(RELEASE), str(tiny_checkpoint), str(tmp_path / "b.pt"),
                                   "--input-sets", bad], capture_output=True, text=True)

@@ -71,6 +71,9 @@ def main(src: str, dst: str, second_stage_from: str | None = None, operating_poi
             metadata[key] = entry
     # the space inference conforms subjects to (checkpoints trained before it was recorded: 1 mm phantoms)
     metadata.setdefault("model_space", ModelSpace().to_dict())
+    previous = metadata.get("released_from")
+    if previous and previous != str(Path(src)):  # a release of a release: where the weights came from is kept
+        metadata["release_history"] = [*metadata.get("release_history", []), previous]
     metadata["released_from"] = str(Path(src))
     out = save_checkpoint(dst, net, NetworkConfig.from_dict(payload["network"]), metadata, half=True)
     sidecar = write_sha256(out)
