@@ -28,8 +28,14 @@ def lesion_centres_mm(labels: np.ndarray, n: int, spacing: tuple[float, ...]) ->
     matching and the lesion table (which adds origin and direction) share them."""
     if n == 0:
         return np.zeros((0, 3))
-    com = np.array(ndi.center_of_mass(np.ones(labels.shape, np.uint8), labels, np.arange(1, n + 1)))
-    return com.reshape(n, 3) * np.asarray(spacing)[None]
+    # ndi.center_of_mass's sums (bincount over the flat order), over the labelled voxels only: the same
+    # numbers without three passes over the whole volume
+    flat = np.flatnonzero(labels)
+    which = labels.ravel()[flat]
+    count = np.bincount(which, minlength=n + 1)[1:n + 1].astype(float)
+    com = np.stack([np.bincount(which, weights=idx.astype(float), minlength=n + 1)[1:n + 1] / count
+                    for idx in np.unravel_index(flat, labels.shape)], axis=1)
+    return com * np.asarray(spacing)[None]
 
 
 def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:

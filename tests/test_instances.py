@@ -51,3 +51,18 @@ def test_brain_mask_in_a_large_empty_field_of_view_equals_the_mask_of_the_brain_
     box = bounding_box(mask)
     assert all(b.start >= lo and b.stop <= hi for b, (lo, hi) in zip(box, ((10, 40), (12, 40), (5, 25))))
     assert label_instances(mask)[1] == 1
+
+
+def test_lesion_centres_are_scipys_centres_of_mass_to_the_last_bit():
+    from scipy import ndimage as ndi
+
+    from lacunes.instances import label_instances, lesion_centres_mm
+
+    rng = np.random.default_rng(3)
+    mask = rng.random((41, 37, 29)) > 0.85
+    labels, n = label_instances(mask)
+    assert n > 20
+    spacing = (0.9, 1.1, 3.0)
+    expected = np.array(ndi.center_of_mass(np.ones(labels.shape, np.uint8), labels, np.arange(1, n + 1)))
+    np.testing.assert_array_equal(lesion_centres_mm(labels, n, spacing), expected * np.asarray(spacing))
+    assert lesion_centres_mm(np.zeros((4, 4, 4), np.int32), 0, spacing).shape == (0, 3)
