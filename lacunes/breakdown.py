@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from lacunes.instances import label_instances
+from lacunes.instances import label_centres, label_instances
 
 CATEGORIES = ("lacune", "outside brain", "perivascular space", "WMH", "brain edge", "CSF", "other tissue")
 _MIMICS = {"pvs": "perivascular space", "wmh": "WMH"}
@@ -66,7 +66,7 @@ def classify_predictions(probability: np.ndarray, reference: np.ndarray, brain: 
     on_lesion = np.asarray(ndi.maximum(reference > 0, labels, idx)).astype(bool)
     inside = np.asarray(ndi.mean(brain.astype(np.float32), labels, idx))
     peaks = np.asarray(ndi.maximum(probability, labels, idx))
-    centres = np.array(ndi.center_of_mass(np.ones(labels.shape, np.uint8), labels, idx)).reshape(n, 3)
+    centres = label_centres(labels, idx)
     depth = ndi.distance_transform_edt(np.pad(brain, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
     csf = (np.asarray(ndi.mean((tissues == 1).astype(np.float32), labels, idx)) if tissues is not None
            else np.zeros(n))

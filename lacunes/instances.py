@@ -23,19 +23,28 @@ def label_instances(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarra
     return labels.astype(np.int32, copy=False), int(n)
 
 
+def label_centres(labels: np.ndarray, index) -> np.ndarray:
+    """Centres of mass (voxel index, float) of the given labels, ``len(index)×3``: ``ndi.center_of_mass``'s
+    sums (a bincount over the flat order) taken over the labelled voxels only, so the same numbers to the
+    last bit without passes over the whole volume. A label with no voxel gives NaN, as there."""
+    index = np.atleast_1d(np.asarray(index, dtype=np.int64))
+    if index.size == 0:
+        return np.zeros((0, labels.ndim))
+    flat = np.flatnonzero(labels)
+    which = labels.ravel()[flat]
+    size = max(int(which.max(initial=0)), int(index.max())) + 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        count = np.bincount(which, minlength=size)[index].astype(float)
+        return np.stack([np.bincount(which, weights=idx.astype(float), minlength=size)[index] / count
+                         for idx in np.unravel_index(flat, labels.shape)], axis=1)
+
+
 def lesion_centres_mm(labels: np.ndarray, n: int, spacing: tuple[float, ...]) -> np.ndarray:
     """Centres of mass of labels 1..n in mm (voxel index × spacing), ``n×3``: the metrics' lesion
     matching and the lesion table (which adds origin and direction) share them."""
     if n == 0:
         return np.zeros((0, 3))
-    # ndi.center_of_mass's sums (bincount over the flat order), over the labelled voxels only: the same
-    # numbers without three passes over the whole volume
-    flat = np.flatnonzero(labels)
-    which = labels.ravel()[flat]
-    count = np.bincount(which, minlength=n + 1)[1:n + 1].astype(float)
-    com = np.stack([np.bincount(which, weights=idx.astype(float), minlength=n + 1)[1:n + 1] / count
-                    for idx in np.unravel_index(flat, labels.shape)], axis=1)
-    return com * np.asarray(spacing)[None]
+    return label_centres(labels, np.arange(1, n + 1)) * np.asarray(spacing)[None]
 
 
 def bounding_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:

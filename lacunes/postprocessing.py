@@ -203,7 +203,9 @@ def rejected_candidates(prob: np.ndarray, labels: np.ndarray, rejected: np.ndarr
     network's highest probability there and the second stage's score, the highest score first."""
     from scipy import ndimage as ndi
 
-    centres = ndi.center_of_mass(np.ones(labels.shape, np.float32), labels, rejected)
+    from lacunes.instances import label_centres
+
+    centres = label_centres(labels, rejected)
     maxima = ndi.maximum(prob, labels, rejected)
     voxels = ndi.sum_labels(np.ones(labels.shape, np.float32), labels, rejected)
     rows = [{"voxel": [round(float(v), 2) for v in c], "volume_mm3": float(n) * float(np.prod(spacing)),

@@ -66,3 +66,15 @@ def test_lesion_centres_are_scipys_centres_of_mass_to_the_last_bit():
     expected = np.array(ndi.center_of_mass(np.ones(labels.shape, np.uint8), labels, np.arange(1, n + 1)))
     np.testing.assert_array_equal(lesion_centres_mm(labels, n, spacing), expected * np.asarray(spacing))
     assert lesion_centres_mm(np.zeros((4, 4, 4), np.int32), 0, spacing).shape == (0, 3)
+
+
+def test_the_centres_of_a_subset_of_labels_are_scipys_too():
+    from scipy import ndimage as ndi
+
+    from lacunes.instances import label_centres, label_instances
+
+    labels, n = label_instances(np.random.default_rng(4).random((30, 26, 20)) > 0.85)
+    some = np.array([n, 3, 1, 7])  # any order
+    expected = np.array(ndi.center_of_mass(np.ones(labels.shape, np.float32), labels, some))
+    np.testing.assert_array_equal(label_centres(labels, some), expected)
+    assert label_centres(labels, []).shape == (0, 3)

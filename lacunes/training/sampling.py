@@ -25,6 +25,7 @@ from enum import StrEnum
 import numpy as np
 from scipy import ndimage as ndi
 
+from lacunes.instances import label_centres
 from lacunes.options import MODALITIES
 from lacunes.preprocessing import brain_mask
 
@@ -159,5 +160,5 @@ def false_positive_centres(probability: np.ndarray, label: np.ndarray, threshold
         return np.zeros((0, 3), np.int64)
     peaks = np.asarray(ndi.maximum(probability, labels, keep))
     keep = keep[np.argsort(-peaks, kind="stable")][:max_centres]
-    centres = np.array(ndi.center_of_mass(np.ones_like(labels), labels, keep)).reshape(-1, 3)
+    centres = label_centres(labels, keep)
     return np.round(centres).astype(np.int64)
