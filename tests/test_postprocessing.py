@@ -214,3 +214,24 @@ def test_operating_point_overrides_drop_an_extent_that_no_longer_lies_under_the_
     assert op.with_overrides() == op
     assert op.with_overrides(0.7) == OperatingPoint(0.7, 10.0, True, extent_threshold=0.5)
     assert op.with_overrides(0.4, 0.0) == OperatingPoint(0.4, 0.0, True, extent_threshold=None)
+
+
+def test_rejected_candidates_are_described_as_scipy_measures_them():
+    from scipy import ndimage as ndi
+
+    from lacunes.instances import label_instances
+    from lacunes.postprocessing import rejected_candidates
+
+    rng = np.random.default_rng(5)
+    prob = rng.random((30, 28, 20)).astype(np.float32)
+    labels, n = label_instances(prob > 0.9)
+    rejected = np.array([2, n, 5])
+    scores = rng.random(n)
+    rows = rejected_candidates(prob, labels, rejected, scores, (1.0, 1.0, 2.0))
+    centres = ndi.center_of_mass(np.ones(labels.shape, np.float32), labels, rejected)
+    expected = sorted(({"voxel": [round(float(v), 2) for v in c],
+                        "volume_mm3": float(ndi.sum_labels(np.ones(labels.shape), labels, [k])[0]) * 2.0,
+                        "max_probability": float(ndi.maximum(prob, labels, [k])[0]), "score": float(scores[k - 1])}
+                       for k, c in zip(rejected, centres)), key=lambda r: -r["score"])
+    assert rows == expected
+    assert rejected_candidates(prob, labels, np.array([], int), scores, (1.0, 1.0, 2.0)) == []
