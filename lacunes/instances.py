@@ -23,20 +23,33 @@ def label_instances(mask: np.ndarray, connectivity: int = 26) -> tuple[np.ndarra
     return labels.astype(np.int32, copy=False), int(n)
 
 
-def label_centres(labels: np.ndarray, index) -> np.ndarray:
-    """Centres of mass (voxel index, float) of the given labels, ``len(index)×3``: ``ndi.center_of_mass``'s
-    sums (a bincount over the flat order) taken over the labelled voxels only, so the same numbers to the
-    last bit without passes over the whole volume. A label with no voxel gives NaN, as there."""
+def label_measures(labels: np.ndarray, index, values: np.ndarray | None = None):
+    """Voxel counts, centres of mass (voxel index, float, ``len(index)×3``) and, with ``values``, the
+    maxima of ``values`` of the given labels, from one pass over the labelled voxels only: scipy's
+    ``sum_labels``/``center_of_mass``/``maximum`` numbers to the last bit (their sums are bincounts over
+    the flat order) without passes over the whole volume. A label with no voxel: count 0, centre NaN and
+    maximum -inf. Returns ``(counts, centres, maxima or None)``."""
     index = np.atleast_1d(np.asarray(index, dtype=np.int64))
     if index.size == 0:
-        return np.zeros((0, labels.ndim))
+        return np.zeros(0, np.int64), np.zeros((0, labels.ndim)), None if values is None else np.zeros(0)
     flat = np.flatnonzero(labels)
     which = labels.ravel()[flat]
     size = max(int(which.max(initial=0)), int(index.max())) + 1
+    counts = np.bincount(which, minlength=size)[index]
     with np.errstate(invalid="ignore", divide="ignore"):
-        count = np.bincount(which, minlength=size)[index].astype(float)
-        return np.stack([np.bincount(which, weights=idx.astype(float), minlength=size)[index] / count
-                         for idx in np.unravel_index(flat, labels.shape)], axis=1)
+        centres = np.stack([np.bincount(which, weights=idx.astype(float), minlength=size)[index] / counts
+                            for idx in np.unravel_index(flat, labels.shape)], axis=1)
+    maxima = None
+    if values is not None:
+        peak = np.full(size, -np.inf)
+        np.maximum.at(peak, which, values.ravel()[flat])
+        maxima = peak[index]
+    return counts, centres, maxima
+
+
+def label_centres(labels: np.ndarray, index) -> np.ndarray:
+    """Centres of mass (voxel index, float) of the given labels, ``len(index)×3`` (:func:`label_measures`)."""
+    return label_measures(labels, index)[1]
 
 
 def lesion_centres_mm(labels: np.ndarray, n: int, spacing: tuple[float, ...]) -> np.ndarray:

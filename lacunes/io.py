@@ -446,13 +446,13 @@ def check_not_a_label(array: np.ndarray, path: Path, modality: str) -> None:
         return
     sample = values[:: max(1, values.size // 1_000_000)]
     sample = sample[np.isfinite(sample)]
+    rest = sample
     for _ in range(MAX_LABEL_VALUES):  # drop one value at a time: a scan has more left after MAX_LABEL_VALUES
-        if sample.size == 0:
+        if rest.size == 0:
             break
-        sample = sample[sample != sample[0]]
-    if sample.size == 0:
-        distinct = np.unique(values[:: max(1, values.size // 1_000_000)])
-        distinct = distinct[np.isfinite(distinct)]
+        rest = rest[rest != rest[0]]
+    if rest.size == 0:
+        distinct = np.unique(sample)
         raise LacunesInputError(
             f"{path} holds only {distinct.size} distinct non-zero value(s) ({', '.join(f'{v:g}' for v in distinct)}): "
             f"a label or mask image, not a {modality} scan")

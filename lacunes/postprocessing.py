@@ -201,21 +201,15 @@ def rejected_candidates(prob: np.ndarray, labels: np.ndarray, rejected: np.ndarr
                         spacing: tuple[float, ...]) -> list[dict]:
     """What the second stage took out: per rejected candidate its centre (voxel index, float), volume, the
     network's highest probability there and the second stage's score, the highest score first."""
-    from lacunes.instances import label_centres
+    from lacunes.instances import label_measures
 
     rejected = np.atleast_1d(np.asarray(rejected, dtype=np.int64))
     if rejected.size == 0:
         return []
-    centres = label_centres(labels, rejected)
-    flat = np.flatnonzero(labels)  # the labelled voxels only: candidates are small next to the volume
-    which = labels.ravel()[flat]
-    size = max(int(which.max(initial=0)), int(rejected.max())) + 1
-    peak = np.full(size, -np.inf)
-    np.maximum.at(peak, which, prob.ravel()[flat])
-    maxima, voxels = peak[rejected], np.bincount(which, minlength=size)[rejected]
+    voxels, centres, maxima = label_measures(labels, rejected, prob)  # candidates are small: their voxels only
     rows = [{"voxel": [round(float(v), 2) for v in c], "volume_mm3": float(n) * float(np.prod(spacing)),
              "max_probability": float(m), "score": float(scores[k - 1])}
-            for k, c, m, n in zip(rejected, centres, np.atleast_1d(maxima), np.atleast_1d(voxels))]
+            for k, c, m, n in zip(rejected, centres, maxima, voxels)]
     return sorted(rows, key=lambda r: -r["score"])
 
 
