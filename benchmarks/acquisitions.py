@@ -42,10 +42,12 @@ from lacunes.conform import grid_with_spacing, resample_axis_aligned, resample_m
 from lacunes.inference import PRESETS, Predictor  # noqa: E402
 from lacunes.io import Geometry, Subject  # noqa: E402
 from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
-from lacunes.options import FULL_SET, INPUT_SETS, look_up_option  # noqa: E402
+from lacunes.options import FULL_SET, INPUT_SETS, RAS_DIRECTION, look_up_option  # noqa: E402
 
-PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # array axes along y, z, x (a sagittal stack)
-LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
+# The generated arrays run towards the right, anterior and superior (RAS_DIRECTION). Stored sagittally,
+# the array axes follow the generated y, z, x; stored LPS, x and y reversed (SimpleITK's identity).
+PERMUTED = tuple((np.asarray(RAS_DIRECTION).reshape(3, 3)[:, [1, 2, 0]]).ravel().tolist())
+LPS = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
 @dataclass
@@ -60,7 +62,7 @@ class Stored:
 
 
 def generated_grid(shape) -> Geometry:
-    return Geometry(shape=tuple(int(s) for s in shape))
+    return Geometry(shape=tuple(int(s) for s in shape), direction=RAS_DIRECTION)
 
 
 def as_generated(image, geom):
@@ -75,7 +77,7 @@ def permuted(image, geom):
 
 def lps(image, geom):
     stored = np.ascontiguousarray(image[:, ::-1, ::-1])
-    g = Geometry(shape=stored.shape[1:], origin=(geom.shape[0] - 1.0, geom.shape[1] - 1.0, 0.0), direction=LPS)
+    g = Geometry(shape=stored.shape[1:], origin=(-(geom.shape[0] - 1.0), -(geom.shape[1] - 1.0), 0.0), direction=LPS)
     return Stored(stored, g, lambda m, order=1: np.ascontiguousarray(m[::-1, ::-1]))
 
 
@@ -112,9 +114,10 @@ def thick_t2_flair(image, geom, mm: float = 3.0):
 def clinical_fov(image, geom, shape=(256, 256, 192)):
     pad = [(max(0, (s - n) // 2), max(0, s - n - (s - n) // 2)) for s, n in zip(shape, image.shape[1:])]
     stored = np.pad(image, [(0, 0), *pad])
-    origin = tuple(-float(p[0]) for p in pad)
+    origin = geom.physical([-float(p[0]) for p in pad])
     crop = tuple(slice(p[0], p[0] + n) for p, n in zip(pad, image.shape[1:]))
-    return Stored(stored, Geometry(shape=stored.shape[1:], origin=origin), lambda m, order=1: m[crop])
+    return Stored(stored, Geometry(shape=stored.shape[1:], origin=tuple(float(v) for v in origin),
+                                   direction=geom.direction), lambda m, order=1: m[crop])
 
 
 def float_scaled(image, geom):

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lacunes.io import Geometry
+from lacunes.options import RAS_DIRECTION
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +50,12 @@ class ModelSpace:
     Attributes:
         spacing: voxel size (mm) along the model's array axes.
         direction: row-major 3×3 direction matrix of the training arrays (SimpleITK's convention;
-            the phantoms are written with the identity).
+            the phantoms' arrays run towards the right, anterior and superior: :data:`RAS_DIRECTION`).
         spacing_rtol: relative voxel-size difference under which a volume is not resampled.
     """
 
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    direction: tuple[float, ...] = IDENTITY
+    direction: tuple[float, ...] = RAS_DIRECTION
     spacing_rtol: float = 0.05
 
     def __post_init__(self) -> None:
@@ -70,7 +71,7 @@ class ModelSpace:
 
     @classmethod
     def from_dict(cls, d: dict | None) -> ModelSpace:
-        """The stored space; a checkpoint without one was trained on 1 mm phantoms, identity direction."""
+        """The stored space; a checkpoint without one was trained on 1 mm phantoms (:data:`RAS_DIRECTION`)."""
         if not d:
             return cls()
         return cls(tuple(float(v) for v in d["spacing"]), tuple(float(v) for v in d["direction"]),

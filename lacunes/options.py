@@ -99,6 +99,10 @@ class Matching(StrEnum):
     OVERLAP = "overlap"
 
 
+#: Direction matrix (SimpleITK's row-major 3×3, LPS frame) of arrays whose axes run towards the right,
+#: anterior and superior: the ICBM template's array order, in which the phantoms are made and the bundled
+#: networks were trained (:class:`lacunes.conform.ModelSpace`). x and y point against LPS's axes.
+RAS_DIRECTION = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
 #: The challenge's centre-matching distance.
 MAX_DISTANCE_MM = 5.0
 

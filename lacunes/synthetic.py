@@ -8,7 +8,9 @@ thick-slice blurring. Lacunes (labelled) are inserted with CSF-like signal and a
 (perivascular spaces, white-matter hyperintensities) are inserted but never labelled. A second rater
 misses some small lacunes and draws some borders one voxel wider or narrower.
 
-Arrays are indexed (x, y, z) like the rest of the package (see :mod:`lacunes.io`).
+Arrays are indexed (x, y, z) like the rest of the package (see :mod:`lacunes.io`), in the template's
+order: towards the right, anterior and superior. Phantoms are written so (:data:`lacunes.options.RAS_DIRECTION`,
+the origin at the template's millimetres), so that a phantom lies over the template in scanner space.
 """
 
 from __future__ import annotations
@@ -199,7 +201,8 @@ class Phantom:
     lesions: list[Lesion]
     tissues: np.ndarray | None = None
     spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # scanner mm (LPS) of voxel (0, 0, 0)
+    direction: tuple[float, ...] = options.RAS_DIRECTION
     acquisition: dict | None = None  # what was drawn (AcquisitionConfig), None when not randomized
 
     @property
@@ -217,11 +220,19 @@ class _Template:
     wm: np.ndarray
     csf: np.ndarray
     mask: np.ndarray
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # scanner mm (LPS) of the crop's voxel (0, 0, 0)
+
+
+def _lps_origin(affine: np.ndarray, first: np.ndarray) -> tuple[float, float, float]:
+    """Scanner mm (SimpleITK's LPS) of voxel ``first`` of a NIfTI image with RAS ``affine``."""
+    ras = affine[:3, :3] @ np.asarray(first, float) + affine[:3, 3]
+    return (-float(ras[0]), -float(ras[1]), float(ras[2]))
 
 
 @lru_cache(maxsize=1)
 def load_template(margin: int = 4) -> _Template:
-    """ICBM152 2009a tissue maps from nilearn, cropped to the brain with a margin, float32 in [0, 1]."""
+    """ICBM152 2009a tissue maps from nilearn, cropped to the brain with a margin, float32 in [0, 1]
+    (arrays towards the right, anterior and superior, as nilearn's files store them)."""
     try:
         import nibabel as nib
         from nilearn import datasets
@@ -230,7 +241,10 @@ def load_template(margin: int = 4) -> _Template:
             "the phantom generator needs nilearn (pip install -r requirements-dev.txt)"
         ) from exc
 
-    t1 = np.asarray(nib.load(datasets.MNI152_FILE_PATH).dataobj, dtype=np.float32)
+    t1_image = nib.load(datasets.MNI152_FILE_PATH)
+    if nib.aff2axcodes(t1_image.affine) != ("R", "A", "S"):  # pragma: no cover - nilearn's files are RAS
+        raise ValueError(f"the template {datasets.MNI152_FILE_PATH} is not stored RAS")
+    t1 = np.asarray(t1_image.dataobj, dtype=np.float32)
     gm = np.asarray(nib.load(datasets.GM_MNI152_FILE_PATH).dataobj, dtype=np.float32) / 255.0
     wm = np.asarray(nib.load(datasets.WM_MNI152_FILE_PATH).dataobj, dtype=np.float32) / 255.0
     mask = t1 > 0
@@ -244,7 +258,7 @@ def load_template(margin: int = 4) -> _Template:
     gm[over] /= total[over]
     wm[over] /= total[over]
     csf = np.clip(mask.astype(np.float32) - gm - wm, 0.0, 1.0)
-    return _Template(gm=gm, wm=wm, csf=csf, mask=mask.astype(np.float32))
+    return _Template(gm=gm, wm=wm, csf=csf, mask=mask.astype(np.float32), origin=_lps_origin(t1_image.affine, lo))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -600,7 +614,8 @@ def generate_phantom(seed: int, index: int = 1, config: SynthConfig | None = Non
     tissues = np.where(anat["mask"], 1 + np.argmax(np.stack([anat["csf"], anat["gm"], anat["wm"]]), axis=0), 0)
     if drawn is not None:
         images = _acquire(images, drawn)
-    return Phantom(sid, images, maps.rater1, maps.rater2, lesions, tissues.astype(np.uint8), acquisition=drawn)
+    return Phantom(sid, images, maps.rater1, maps.rater2, lesions, tissues.astype(np.uint8), origin=tpl.origin,
+                   acquisition=drawn)
 
 
 #: Tissue order each modality keeps whatever contrast is drawn (darkest first).
@@ -743,7 +758,8 @@ def write_phantom(phantom: Phantom, out_dir: Path, preview: bool = False) -> lis
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    geom = Geometry(shape=phantom.rater1.shape, spacing=phantom.spacing, origin=phantom.origin)
+    geom = Geometry(shape=phantom.rater1.shape, spacing=phantom.spacing, origin=phantom.origin,
+                    direction=phantom.direction)
     sid = phantom.subject_id
     written = []
     for name, img in phantom.images.items():

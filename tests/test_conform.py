@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from lacunes.conform import ModelSpace, grid_with_spacing, orientation, plan, resample_axis_aligned, resample_masked
+from lacunes.conform import IDENTITY, ModelSpace, grid_with_spacing, orientation, plan, resample_axis_aligned, resample_masked
 from lacunes.inference import InferenceSettings, Predictor
 from lacunes.io import Geometry, Subject
+from lacunes.options import RAS_DIRECTION
 from lacunes.preprocessing import quantile_normalize
 
 PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # array axes along y, z, x (columns)
@@ -22,12 +23,13 @@ def reorient_values(array, conform):
     return conform.to_model(array[None])[0]
 
 
-@pytest.mark.parametrize("direction", [PERMUTED, LPS, (0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 0.0)])
+@pytest.mark.parametrize("direction", [PERMUTED, IDENTITY, (0.0, 0.0, -1.0, -1.0, 0.0, 0.0, 0.0, 1.0, 0.0)])
 def test_reorientation_keeps_every_voxel_where_it_is_in_scanner_space(direction):
     geom = Geometry(shape=(5, 7, 9), spacing=(1.0, 1.02, 0.98), origin=(3.0, -4.0, 10.0), direction=direction)
     c = plan(geom)
     assert c.reoriented and not c.resampled
-    np.testing.assert_allclose(np.asarray(c.model.direction).reshape(3, 3), np.eye(3), atol=1e-12)
+    # the model's arrays run towards the right, anterior and superior, as the phantoms' do
+    np.testing.assert_allclose(np.asarray(c.model.direction).reshape(3, 3), np.diag([-1.0, -1.0, 1.0]), atol=1e-12)
     native = centres_mm(geom)
     moved = np.stack([reorient_values(native[k], c) for k in range(3)])
     np.testing.assert_allclose(moved, centres_mm(c.model), atol=1e-9)  # same point, new array position
@@ -42,14 +44,15 @@ def test_an_oblique_scan_goes_to_its_nearest_orientation():
     assert axes == (2, 0, 1) and flips == (False, False, False)
 
 
-def test_identity_geometry_is_left_alone():
-    c = plan(Geometry(shape=(4, 5, 6), spacing=(1.03, 0.97, 1.0)))
+def test_a_grid_in_the_models_orientation_and_voxel_size_is_left_alone():
+    c = plan(Geometry(shape=(4, 5, 6), spacing=(1.03, 0.97, 1.0), direction=RAS_DIRECTION))
     assert c.identity and c.model == c.native
+    assert plan(Geometry(shape=(4, 5, 6)), ModelSpace(direction=IDENTITY)).identity
 
 
 def test_resampling_is_exact_on_a_linear_ramp_of_scanner_coordinates():
     geom = Geometry(shape=(20, 18, 9), spacing=(1.3, 1.3, 3.0), origin=(5.0, -2.0, 7.0))
-    c = plan(geom)
+    c = plan(geom, ModelSpace(direction=IDENTITY))  # resampling alone
     assert c.resampled and c.model.spacing == (1.0, 1.0, 1.0) and c.model.shape == (26, 23, 27)
     ramp = lambda g: (centres_mm(g) * np.array([0.5, -1.0, 2.0])[:, None, None, None]).sum(0)  # noqa: E731
     model = c.to_model(ramp(geom)[None].astype(np.float32))[0]

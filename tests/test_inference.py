@@ -7,6 +7,7 @@ import torch
 
 from lacunes.inference import FAST, InferenceSettings, Predictor
 from lacunes.io import Geometry, Subject
+from lacunes.options import RAS_DIRECTION
 from lacunes.windowing import TTAPlan, reference_predict
 
 
@@ -165,7 +166,7 @@ def test_only_the_brain_is_computed_and_the_maps_are_the_same_there():
     rng = np.random.default_rng(5)
     image = np.zeros((3, *shape), np.float32)
     image[:, 6:26, 30:52, 4:20] = rng.uniform(50, 150, size=(3, 20, 22, 16))
-    subject = Subject("sub-1", image, Geometry(shape))
+    subject = Subject("sub-1", image, Geometry(shape, direction=RAS_DIRECTION))  # the model's orientation
     calls = []
 
     class Counting(PlusOne):

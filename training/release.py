@@ -7,12 +7,17 @@ with ``--operating-point-from``, where a fine-tuning run keeps the network's out
 and the held-out benchmark checks it). ``--input-sets`` states the sets of contrasts the release accepts
 without ``--modalities`` (its ``input_sets``; the ones it was trained for are kept as ``input_sets_trained``):
 list only sets measured on the held-out benchmark, with their own calibration where one needs it.
+``--phantom-space`` records the phantoms' space (1 mm, arrays towards the right, anterior and superior) in
+place of the one the checkpoint states: checkpoints trained on phantoms before their files carried that
+orientation (before 2026-12-05) state the identity direction, under which inference turns real scans 180° about
+the vertical axis before the network.
 
     python training/release.py runs/cpu-blob/checkpoints/final.pt model/lacunes.pt
     python training/release.py runs/acq-blob/checkpoints/final.pt runs/acq-blob/release.pt --second-stage-from runs/stage3.pt
     python training/release.py runs/acq-sets/checkpoints/final.pt runs/acq-sets/release.pt \
         --second-stage-from model/lacunes.pt --operating-point-from model/lacunes.pt
     python training/release.py runs/s4b-sets/t1t2.pt model/lacunes.pt --input-sets T1+T2+FLAIR,T1+FLAIR,T2+FLAIR,T1+T2
+    python training/release.py model/lacunes.pt model/lacunes.pt --phantom-space
 """
 
 from __future__ import annotations
@@ -50,7 +55,7 @@ def parse_input_sets(text: str) -> list[str]:
 
 
 def main(src: str, dst: str, second_stage_from: str | None = None, operating_point_from: str | None = None,
-         input_sets: str | None = None) -> int:
+         input_sets: str | None = None, phantom_space: bool = False) -> int:
     try:
         sets = parse_input_sets(input_sets) if input_sets is not None else None
     except ValueError as exc:
@@ -70,6 +75,8 @@ def main(src: str, dst: str, second_stage_from: str | None = None, operating_poi
                 return 2
             metadata[key] = entry
     # the space inference conforms subjects to (checkpoints trained before it was recorded: 1 mm phantoms)
+    if phantom_space:
+        metadata["model_space"] = ModelSpace().to_dict()
     metadata.setdefault("model_space", ModelSpace().to_dict())
     previous = metadata.get("released_from")
     if previous and previous != str(Path(src)):  # a release of a release: where the weights came from is kept
@@ -89,5 +96,9 @@ if __name__ == "__main__":
     ap.add_argument("--operating-point-from", metavar="CKPT", help="carry this checkpoint's operating point over")
     ap.add_argument("--input-sets", metavar="SETS",
                     help="comma-separated sets of contrasts the release accepts without --modalities (measured ones)")
+    ap.add_argument("--phantom-space", action="store_true",
+                    help="record the phantoms' space (RAS arrays, 1 mm) in place of the checkpoint's (trained on "
+                         "phantoms before their files carried their orientation)")
     args = ap.parse_args()
-    sys.exit(main(args.src, args.dst, args.second_stage_from, args.operating_point_from, args.input_sets))
+    sys.exit(main(args.src, args.dst, args.second_stage_from, args.operating_point_from, args.input_sets,
+                  args.phantom_space))
