@@ -158,12 +158,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from lacunes.synthetic import AcquisitionConfig, LacuneShapeConfig, SynthConfig, generate_dataset
+    from lacunes.synthetic import AcquisitionConfig, LacuneShapeConfig, MimicConfig, SynthConfig, generate_dataset
 
     config = None
-    if args.acquisitions or args.lacune_shapes:
+    if args.acquisitions or args.lacune_shapes or args.mimics:
         config = SynthConfig(acquisition=AcquisitionConfig() if args.acquisitions else None,
-                             lacune_shapes=LacuneShapeConfig() if args.lacune_shapes else None)
+                             lacune_shapes=LacuneShapeConfig() if args.lacune_shapes else None,
+                             mimics=MimicConfig() if args.mimics else None)
     ids = generate_dataset(Path(args.out), args.n, args.seed, first_id=args.first_id, preview=args.preview,
                            config=config, progress=not args.no_progress)
     print(f"wrote {len(ids)} subject(s) to {args.out}: {ids[0]} … {ids[-1]}")
@@ -194,7 +195,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     changes = {}
     for name in ("epochs", "batch_size", "batches_per_epoch", "lr", "seed", "threads", "optimizer",
                  "alpha", "beta", "label_mode", "connectivity", "pos_fraction", "edge_fraction", "fluid_fraction",
-                 "hard_fraction", "mine_every", "mine_subjects", "init_from"):
+                 "hard_fraction", "mimic_fraction", "mine_every", "mine_subjects", "init_from"):
         value = getattr(args, name)
         if value is not None:
             changes[name] = value
@@ -216,7 +217,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             generated = GeneratedData(args.synthetic, seed=options.TRAINING_SEED if args.seed is None else args.seed,
                                       uses=args.subject_uses, workers=args.workers, acquisitions=args.acquisitions,
-                                      lacune_shapes=args.lacune_shapes)
+                                      lacune_shapes=args.lacune_shapes, mimics=args.mimics)
         except ValueError as exc:
             raise SystemExit(f"lacunes train --synthetic: {exc}") from None
         provenance = {"generated": generated.to_dict()}
@@ -326,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lacune-shapes", action="store_true",
                    help="lobulated lacunes (5 mm and larger, 60 %%) and hyperintensities against some (40 %%) "
                         "instead of ellipsoids only; the lacunes sit where they do without it")
+    p.add_argument("--mimics", action="store_true",
+                   help="lacune mimics as varied as real brains hold them (perivascular spaces of 1-5 mm along the "
+                        "vessels, fluid pockets at the ventricles' horns, the choroid fissure, the insular cistern, "
+                        "sulci, a cavum septi) and tissue intensities drawn per structure; the lacunes sit where "
+                        "they do without it")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_synth)
 
@@ -346,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lacune-shapes", action="store_true",
                    help="with --synthetic: lobulated lacunes and hyperintensities against some (lacunes synth "
                         "--lacune-shapes)")
+    p.add_argument("--mimics", action="store_true",
+                   help="with --synthetic: lacune mimics as varied as real brains hold them and per-structure "
+                        "tissue intensities (lacunes synth --mimics)")
     p.add_argument("--run-dir", required=True, help="run folder (config, log, metrics.csv, progress.png, checkpoints/)")
     p.add_argument("--preset", default=options.DEFAULT_TRAIN_PRESET, choices=list(options.TRAIN_PRESETS),
                    help="; ".join(f"{k}: {v}" for k, v in options.TRAIN_PRESETS.items())
@@ -366,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--edge-fraction", type=float, help="share of crops centred within 3 mm of the brain's edge")
     p.add_argument("--fluid-fraction", type=float, help="share of crops centred on fluid-like brain voxels")
     p.add_argument("--hard-fraction", type=float, help="share of crops centred on the network's false positives")
+    p.add_argument("--mimic-fraction", type=float,
+                   help="share of crops centred on a generated phantom's recorded mimics (--synthetic --mimics)")
     p.add_argument("--mine-every", type=int, help="mine false positives every N epochs (0 = never)")
     p.add_argument("--mine-subjects", type=int, help="training subjects predicted per mining round")
     p.add_argument("--lr", type=float, help="peak learning rate (the recipe: 1e-3)")

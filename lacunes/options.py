@@ -134,6 +134,7 @@ TRAIN_PRESETS: dict[str, str] = {
     "cpu-hardneg": "continues a cpu run (--init-from) on the background it gets wrong",
     "gpu-hardneg": "continues a calibrated model on a GPU (--init-from), the recipe's batches",
     "cpu-acq": "continues a calibrated model on a CPU on acquisition-randomized phantoms (--acquisitions)",
+    "cpu-mimics": "continues a calibrated model on a CPU on phantoms with varied mimics (--mimics --acquisitions)",
     "smoke": "a few steps, to check that training runs",
 }
 DEFAULT_TRAIN_PRESET = "valdo"

@@ -212,3 +212,69 @@ def test_a_written_phantom_lies_over_the_template_in_scanner_space(phantom, tmp_
     right = dice(stored)
     assert right > 0.92, right
     assert dice(turned) < right - 0.05
+
+
+def test_default_phantoms_are_unchanged_by_the_options():
+    """The sample case (seed 2027, subject 201) is regenerated bit for bit: the generator's options draw
+    from streams of their own."""
+    from pathlib import Path
+
+    sample = Path(__file__).resolve().parent.parent / "test"
+    phantom = generate_phantom(2027, 201)
+    for m in ("T1", "FLAIR"):
+        stored, _ = read_volume(sample / f"sub-201_space-T1_desc-masked_{m}.nii.gz")
+        np.testing.assert_array_equal(stored, phantom.images[m])
+
+
+def test_mimics_are_fluid_unlabelled_and_leave_the_lacunes_where_they_are():
+    from lacunes.synthetic import MimicConfig
+    from lacunes.synthetic.mimics import POCKET_SITES_MM
+
+    cfg = SynthConfig(mimics=MimicConfig(pockets=(6, 6), p_cluster=1.0))
+    plain, mimicked = generate_phantom(5, 3), generate_phantom(5, 3, config=cfg)
+    np.testing.assert_array_equal(plain.rater1, mimicked.rater1)  # the same lacunes, nothing else labelled
+    pockets = [les for les in mimicked.lesions if les.kind == "pocket"]
+    assert len(pockets) >= 3
+    assert all(les.site.removesuffix(" (detached)") in POCKET_SITES_MM for les in pockets)
+    extra_pvs = sum(les.kind == "pvs" for les in mimicked.lesions) - sum(les.kind == "pvs" for les in plain.lesions)
+    assert extra_pvs >= 7  # at least the default minimum (4) and a cluster (3)
+    t1, t2 = mimicked.images["T1"].astype(float), mimicked.images["T2"].astype(float)
+    brain = t1 > 0
+    for les in pockets:  # fluid: dark on T1, bright on T2 against the brain
+        c = tuple(np.round(les.centre_vox).astype(int))
+        assert t1[c] < np.percentile(t1[brain], 20) and t2[c] > np.percentile(t2[brain], 80), les
+    with pytest.raises(ValueError, match="pocket site"):
+        MimicConfig(pocket_sites={"fourth ventricle": 1.0})
+
+
+def test_tissue_means_keep_each_contrasts_order_and_the_deep_nuclei_their_own():
+    from lacunes.synthetic.mimics import TissueRanges, draw_means
+
+    rng = np.random.default_rng(0)
+    draws = [draw_means(rng, TissueRanges()) for _ in range(200)]
+    for d in draws:
+        assert d["T1"]["csf"] < d["T1"]["gm"] < d["T1"]["wm"]
+        assert d["T2"]["wm"] < d["T2"]["gm"] < d["T2"]["csf"]
+        assert d["FLAIR"]["csf"] < d["FLAIR"]["wm"] < d["FLAIR"]["gm"]
+    deep_minus_cortex = [d["T1"]["dgm"] - d["T1"]["gm"] for d in draws]
+    assert min(deep_minus_cortex) < 0 < max(deep_minus_cortex)  # drawn apart, not tied to the cortex
+
+
+def test_colin27_is_a_measurement_anatomy():
+    from lacunes.synthetic.anatomy import colin27_path, load_colin27, tissue_fractions
+    from lacunes.training.config import SMOKE
+    from lacunes.training.generated import generated_subject
+
+    # the tissue model on a synthetic T1 of three known classes, with a partial-volume ramp
+    t1 = np.concatenate([np.full(50, 30.0), np.linspace(30, 80, 11), np.full(50, 80.0), np.full(50, 120.0)])
+    csf, gm, wm, means = tissue_fractions(t1[None, None], np.ones((1, 1, t1.size), bool))
+    np.testing.assert_allclose(means, [30, 80, 120], atol=2.0)  # the ramp pulls the ends in
+    np.testing.assert_allclose((csf + gm + wm)[0, 0], 1.0, atol=1e-6)
+    assert csf[0, 0, 55] == pytest.approx(0.5, abs=0.05) and wm[0, 0, -1] == 1.0
+    with pytest.raises(ValueError, match="measurement"):
+        generated_subject(9, 1, SMOKE, SynthConfig(anatomy="colin27"))
+    if not colin27_path().is_file():
+        pytest.skip("Debian's mricron-data is not installed")
+    colin = load_colin27()
+    assert 1.0e6 < colin.mask.sum() < 1.8e6  # an adult brain in 1 mm voxels
+    assert 0.3 < colin.wm.sum() / colin.mask.sum() < 0.5 and colin.csf.sum() / colin.mask.sum() < 0.25

@@ -63,6 +63,33 @@ def test_hard_centres_are_used_when_mined_and_fall_back_to_fluid_otherwise():
     assert empty.draw(CropKind.LESION, rng)[1] == CropKind.FLUID
 
 
+def test_mimic_centres_come_from_a_phantoms_record_and_fall_back_to_fluid_without_one():
+    image, instances = subject_arrays()
+    c = Candidates.from_arrays(image, instances)
+    rng = np.random.default_rng(2)
+    assert c.draw(CropKind.MIMIC, rng)[1] == CropKind.FLUID  # real data: no record
+    c.mimics = np.array([[12, 14, 9]])
+    for _ in range(50):
+        centre, kind = c.draw(CropKind.MIMIC, rng, mimic_jitter=3)
+        assert kind == CropKind.MIMIC and np.abs(centre - [12, 14, 9]).max() <= 3
+    # without mimic crops, the kinds are drawn as before the mimic kind existed (it comes last)
+    kinds, p = CropShares(0.4, 0.2, 0.1, 0.1).probabilities()
+    assert kinds[-1] == CropKind.MIMIC and p[-1] == 0 and p[4] == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="mimic"):
+        CropShares(0.5, 0.2, 0.1, 0.1, mimic=0.2)
+
+
+def test_generated_phantoms_give_their_mimics_as_crop_centres():
+    from lacunes.synthetic import MimicConfig, SynthConfig
+    from lacunes.training.config import SMOKE
+    from lacunes.training.generated import generated_subject
+
+    subject = generated_subject(2028, 1, SMOKE, SynthConfig(mimics=MimicConfig(pockets=(3, 3))))
+    mimics = subject.candidates.mimics
+    assert len(mimics) >= 4 + 8  # the default perivascular spaces and the added ones at least
+    assert subject.label[0][tuple(mimics.T)].sum() == 0  # never on a lacune
+
+
 def test_crop_at_keeps_the_box_inside_and_pads_small_volumes():
     a = np.arange(2 * 10 * 12 * 6).reshape(2, 10, 12, 6).astype(np.float32)
     out = crop_at(a, np.array([0, 11, 3]), (4, 4, 4))

@@ -27,9 +27,10 @@ class TrainConfig:
         crop_size: (x, y, z) voxels.
         pos_fraction: share of crops centred on a lesion voxel, the lesion instance drawn uniformly
             (recipe: 95 %).
-        edge_fraction, fluid_fraction, hard_fraction: shares of crops centred on the brain's edge
-            (within ``edge_mm``), on fluid-like brain voxels, and on the network's own false positives
-            (see :mod:`lacunes.training.sampling`); the rest of the crops are centred on any brain voxel.
+        edge_fraction, fluid_fraction, hard_fraction, mimic_fraction: shares of crops centred on the brain's
+            edge (within ``edge_mm``), on fluid-like brain voxels, on the network's own false positives and
+            on a generated phantom's recorded mimics (see :mod:`lacunes.training.sampling`); the rest of
+            the crops are centred on any brain voxel.
         mine_every: predict ``mine_subjects`` training subjects every this many epochs (and before the
             first epoch of a run that starts from ``init_from``) to find the false positives that
             ``hard`` crops are centred on; 0 = no mining.
@@ -60,6 +61,7 @@ class TrainConfig:
     edge_fraction: float = 0.0
     fluid_fraction: float = 0.0
     hard_fraction: float = 0.0
+    mimic_fraction: float = 0.0
     edge_mm: float = 3.0
     mine_every: int = 0
     mine_subjects: int = 8
@@ -117,7 +119,8 @@ class TrainConfig:
     def crop_shares(self):
         from lacunes.training.sampling import CropShares
 
-        return CropShares(self.pos_fraction, self.edge_fraction, self.fluid_fraction, self.hard_fraction)
+        return CropShares(self.pos_fraction, self.edge_fraction, self.fluid_fraction, self.hard_fraction,
+                          self.mimic_fraction)
 
     @property
     def effective_beta(self) -> float:
@@ -200,8 +203,19 @@ CPU_ACQ = CPU.replace(
     fluid_fraction=0.15, batch_dice=True, cpu_amp=True, lr=5e-4,
 )
 
+#: Continues the calibrated model (``--init-from``) on phantoms with lacune mimics as varied as real brains
+#: hold them and per-structure tissue intensities (``--synthetic N --mimics --acquisitions``;
+#: :class:`lacunes.synthetic.mimics.MimicConfig`), so that the network itself, not only the second stage,
+#: tells a lacune from a fluid pocket or a perivascular space. A third of the crops on lesions, a quarter
+#: on the phantom's recorded mimics (perivascular spaces, fluid pockets, hyperintensities), the rest on the
+#: brain's edge, fluid-like voxels and anywhere; otherwise stage 4's recipe (Dice over the batch, bfloat16
+#: autocast where the CPU has it, half the recipe's learning rate). 20 epochs × 40 batches.
+CPU_MIMICS = CPU_ACQ.replace(
+    name="cpu-mimics", epochs=20, pos_fraction=0.35, edge_fraction=0.1, fluid_fraction=0.1, mimic_fraction=0.25,
+)
+
 PRESETS = {"valdo": VALDO, "cpu": CPU, "cpu-hardneg": CPU_HARDNEG, "gpu-hardneg": GPU_HARDNEG, "cpu-acq": CPU_ACQ,
-           "smoke": SMOKE}
+           "cpu-mimics": CPU_MIMICS, "smoke": SMOKE}
 
 
 def get_preset(name: str) -> TrainConfig:

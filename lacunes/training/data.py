@@ -83,14 +83,18 @@ def load_training_subject(files: SubjectFiles, config: TrainConfig) -> TrainingS
 
 
 def training_subject_from_arrays(subject_id: str, image: np.ndarray, raters: list[np.ndarray],
-                                 spacing: tuple[float, float, float], config: TrainConfig) -> TrainingSubject:
+                                 spacing: tuple[float, float, float], config: TrainConfig,
+                                 mimic_centres: np.ndarray | None = None) -> TrainingSubject:
     """A training subject from its raw ``C×X×Y×Z`` image (the modalities) and rater masks: the combined
     label, its instances, the normalized image and the crop-centre candidates (the same for a subject
-    read from files and one generated in memory)."""
+    read from files and one generated in memory; ``mimic_centres``: a generated phantom's recorded
+    mimics, voxel ``n×3``, the ``mimic`` crop centres)."""
     label = combine_raters(raters, config.label_mode)
     instances, n = label_instances(label, config.connectivity)
     normalized = quantile_normalize(image, config.normalization)
     candidates = Candidates.from_arrays(image, instances, config.edge_mm, spacing, seed=config.seed)
+    if mimic_centres is not None:
+        candidates.mimics = np.asarray(mimic_centres, np.int64).reshape(-1, 3)
     return TrainingSubject(subject_id, normalized, label[None].astype(np.uint8), instances[None], n, candidates)
 
 

@@ -59,6 +59,9 @@ class GeneratedData:
             inference does.
         lacune_shapes: lobulated lacunes, some against a hyperintensity
             (:class:`lacunes.synthetic.LacuneShapeConfig`), instead of ellipsoids only.
+        mimics: lacune mimics as varied as real brains hold them and per-structure tissue intensities
+            (:class:`lacunes.synthetic.mimics.MimicConfig`); their recorded centres are the ``mimic`` crop
+            centres (:mod:`lacunes.training.sampling`).
     """
 
     size: int
@@ -68,6 +71,7 @@ class GeneratedData:
     first_index: int = 1
     acquisitions: bool = False
     lacune_shapes: bool = False
+    mimics: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -88,22 +92,31 @@ class GeneratedData:
 
     def synth_config(self):
         """The generator's parameters (None = :class:`lacunes.synthetic.SynthConfig`'s defaults)."""
-        if not (self.acquisitions or self.lacune_shapes):
+        if not (self.acquisitions or self.lacune_shapes or self.mimics):
             return None
-        from lacunes.synthetic import AcquisitionConfig, LacuneShapeConfig, SynthConfig
+        from lacunes.synthetic import AcquisitionConfig, LacuneShapeConfig, MimicConfig, SynthConfig
 
         return SynthConfig(acquisition=AcquisitionConfig() if self.acquisitions else None,
-                           lacune_shapes=LacuneShapeConfig() if self.lacune_shapes else None)
+                           lacune_shapes=LacuneShapeConfig() if self.lacune_shapes else None,
+                           mimics=MimicConfig() if self.mimics else None)
 
 
 def generated_subject(seed: int, index: int, config: TrainConfig, synth=None) -> TrainingSubject:
-    """Phantom ``(seed, index)`` as a training subject (what a worker returns)."""
-    from lacunes.synthetic import MODALITIES, generate_phantom
+    """Phantom ``(seed, index)`` as a training subject (what a worker returns), its recorded mimics'
+    centres kept for the ``mimic`` crops.
 
+    Raises:
+        ValueError: for an anatomy kept for measurement (:data:`lacunes.synthetic.MEASUREMENT_ONLY`).
+    """
+    from lacunes.synthetic import MEASUREMENT_ONLY, MODALITIES, generate_phantom
+
+    if synth is not None and synth.anatomy in MEASUREMENT_ONLY:
+        raise ValueError(f"the {synth.anatomy} anatomy is kept for measurement; train on another")
     phantom = generate_phantom(seed, index, synth, subject_id=f"syn-{seed}-{index}")
     image = np.stack([phantom.images[m].astype(np.float32) for m in MODALITIES])
+    mimics = np.array([np.round(les.centre_vox) for les in phantom.lesions if les.kind != "lacune"], np.int64)
     return training_subject_from_arrays(phantom.subject_id, image, [phantom.rater1, phantom.rater2],
-                                        phantom.spacing, config)
+                                        phantom.spacing, config, mimic_centres=mimics.reshape(-1, 3))
 
 
 def _warm_worker() -> None:

@@ -11,15 +11,19 @@ A crop's centre is drawn by kind, with the shares of :class:`CropShares`:
 - ``hard``: the centre of one of the network's own false positives on this subject, found by
   predicting the training subjects during training (hard-negative mining), moved by up to
   ``hard_jitter`` voxels; while a subject has none, a ``fluid`` centre is drawn instead;
-- ``brain``: any brain voxel (the rest).
+- ``brain``: any brain voxel (the rest);
+- ``mimic``: the centre of one of the lacune's look-alikes a generated phantom records (perivascular
+  spaces, fluid pockets, hyperintensities: :class:`lacunes.synthetic.mimics.MimicConfig`), moved by up to
+  ``mimic_jitter`` voxels; a subject without such a record (one read from files, real data) gets a
+  ``fluid`` centre instead.
 
-Only the images, the labels and the network's outputs are used, never a phantom's record of its
-mimics, so the same sampler works on real (VALDO) data.
+Apart from ``mimic``, only the images, the labels and the network's outputs are used, so the same
+sampler works on real (VALDO) data.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
@@ -40,6 +44,7 @@ class CropKind(StrEnum):
     FLUID = "fluid"
     HARD = "hard"
     BRAIN = "brain"
+    MIMIC = "mimic"
 
 
 @dataclass(frozen=True)
@@ -50,20 +55,22 @@ class CropShares:
     edge: float = 0.0
     fluid: float = 0.0
     hard: float = 0.0
+    mimic: float = 0.0
 
     def __post_init__(self) -> None:
-        values = (self.lesion, self.edge, self.fluid, self.hard)
+        values = (self.lesion, self.edge, self.fluid, self.hard, self.mimic)
         if any(v < 0 for v in values) or sum(values) > 1 + 1e-9:
             raise ValueError(f"crop shares must be >= 0 and sum to at most 1, got lesion={self.lesion}, "
-                             f"edge={self.edge}, fluid={self.fluid}, hard={self.hard}")
+                             f"edge={self.edge}, fluid={self.fluid}, hard={self.hard}, mimic={self.mimic}")
 
     @property
     def brain(self) -> float:
-        return max(0.0, 1.0 - self.lesion - self.edge - self.fluid - self.hard)
+        return max(0.0, 1.0 - self.lesion - self.edge - self.fluid - self.hard - self.mimic)
 
     def probabilities(self) -> tuple[list[CropKind], np.ndarray]:
-        kinds = [CropKind.LESION, CropKind.EDGE, CropKind.FLUID, CropKind.HARD, CropKind.BRAIN]
-        p = np.array([self.lesion, self.edge, self.fluid, self.hard, self.brain], np.float64)
+        # mimic last: without it, the draws are those of the shares before it existed
+        kinds = [CropKind.LESION, CropKind.EDGE, CropKind.FLUID, CropKind.HARD, CropKind.BRAIN, CropKind.MIMIC]
+        p = np.array([self.lesion, self.edge, self.fluid, self.hard, self.brain, self.mimic], np.float64)
         return kinds, p / p.sum()
 
 
@@ -83,6 +90,7 @@ class Candidates:
     fluid: np.ndarray
     brain: np.ndarray
     hard: np.ndarray  # (n, 3) voxel centres; empty until mined
+    mimics: np.ndarray = field(default_factory=lambda: np.zeros((0, 3), np.int64))  # (n, 3): a phantom's record
 
     @classmethod
     def from_arrays(cls, image: np.ndarray, instances: np.ndarray, edge_mm: float = 3.0,
@@ -108,18 +116,22 @@ class Candidates:
 
     def counts(self) -> dict[str, int]:
         return {"lesions": len(self.lesions), "edge": int(self.edge.size), "fluid": int(self.fluid.size),
-                "brain": int(self.brain.size), "hard": int(len(self.hard))}
+                "brain": int(self.brain.size), "hard": int(len(self.hard)), "mimics": int(len(self.mimics))}
 
-    def draw(self, kind: CropKind, rng: np.random.Generator, hard_jitter: int = 8) -> tuple[np.ndarray, CropKind]:
-        """A centre (x, y, z) of ``kind``, falling back (lesion/hard → fluid → brain) where a subject has
-        none; returns the centre and the kind actually drawn."""
+    def draw(self, kind: CropKind, rng: np.random.Generator, hard_jitter: int = 8,
+             mimic_jitter: int = 4) -> tuple[np.ndarray, CropKind]:
+        """A centre (x, y, z) of ``kind``, falling back (lesion/hard/mimic → fluid → brain) where a subject
+        has none; returns the centre and the kind actually drawn."""
         if kind == CropKind.LESION and self.lesions:
             voxels = self.lesions[rng.integers(len(self.lesions))]
             return self._unravel(voxels[rng.integers(voxels.size)]), kind
         if kind == CropKind.HARD and len(self.hard):
             c = self.hard[rng.integers(len(self.hard))] + rng.integers(-hard_jitter, hard_jitter + 1, 3)
             return np.clip(c, 0, np.array(self.shape) - 1), kind
-        if kind in (CropKind.LESION, CropKind.HARD):
+        if kind == CropKind.MIMIC and len(self.mimics):
+            c = self.mimics[rng.integers(len(self.mimics))] + rng.integers(-mimic_jitter, mimic_jitter + 1, 3)
+            return np.clip(c, 0, np.array(self.shape) - 1), kind
+        if kind in (CropKind.LESION, CropKind.HARD, CropKind.MIMIC):
             kind = CropKind.FLUID
         pool = {CropKind.EDGE: self.edge, CropKind.FLUID: self.fluid}.get(kind, self.brain)
         if pool.size == 0:

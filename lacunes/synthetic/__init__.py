@@ -18,15 +18,32 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
 from lacunes import options
+from lacunes.synthetic.anatomy import ANATOMIES, MEASUREMENT_ONLY, _Template, load_anatomy, load_template
+from lacunes.synthetic.mimics import MimicConfig, TissueRanges, add_pockets, add_pvs, deep_grey_weight, draw_means
+from lacunes.synthetic.mimics import _places as mimic_places
+from lacunes.synthetic.shapes import (
+    _capsule_fraction,
+    _draw_diameter,
+    _ellipsoid_fraction,
+    _extents_mm,
+    _lobulated_fraction,
+    _place,
+    _random_unit,
+    _rotation,
+    _smooth_field,
+)
 
 logger = logging.getLogger(__name__)
+
+__all__ = ["ANATOMIES", "MEASUREMENT_ONLY", "AcquisitionConfig", "ContrastTable", "LacuneShapeConfig", "Lesion",
+           "MimicConfig", "Phantom", "SynthConfig", "TissueRanges", "generate_dataset", "generate_phantom",
+           "load_template", "write_phantom"]
 
 MODALITIES = options.MODALITIES  # the network's channels, in order
 #: Values of the tissue sidecar (``sub-XXX_space-T1_desc-synthetic_tissues.nii.gz``).
@@ -143,6 +160,11 @@ class SynthConfig:
             1 mm with the default contrasts (the held-out benchmark and the sample case).
         lacune_shapes: vary the lacunes' shapes (:class:`LacuneShapeConfig`); None = every lacune an
             ellipsoid with a thin FLAIR rim.
+        mimics: lacune mimics as varied as real brains hold them and per-structure tissue intensities
+            (:class:`lacunes.synthetic.mimics.MimicConfig`); None = the default perivascular spaces and
+            hyperintensities only, the contrast table with its jitter.
+        anatomy: the anatomy deformed (:data:`lacunes.synthetic.anatomy.ANATOMIES`); ``colin27`` is for
+            measurement only (:data:`lacunes.synthetic.anatomy.MEASUREMENT_ONLY`).
     """
 
     p_no_lacune: float = 0.3
@@ -165,8 +187,12 @@ class SynthConfig:
     contrasts: ContrastTable = field(default_factory=ContrastTable)
     acquisition: AcquisitionConfig | None = None
     lacune_shapes: LacuneShapeConfig | None = None
+    mimics: MimicConfig | None = None
+    anatomy: str = "icbm152"
 
     def __post_init__(self) -> None:
+        if self.anatomy not in ANATOMIES:
+            raise ValueError(f"unknown anatomy {self.anatomy!r} (the anatomies: {', '.join(ANATOMIES)})")
         lo, hi = self.lacune_diameter_mm
         if not 0 < lo <= hi:
             raise ValueError(f"lacune_diameter_mm must satisfy 0 < min <= max, got {self.lacune_diameter_mm}")
@@ -180,13 +206,14 @@ class SynthConfig:
 class Lesion:
     """One inserted lesion, as recorded in the subject's ``lesions.json`` sidecar."""
 
-    kind: str  # "lacune", "pvs" or "wmh"
+    kind: str  # "lacune", "pvs", "wmh" or "pocket" (a fluid pocket, SynthConfig.mimics)
     centre_vox: tuple[float, float, float]
     diameters_mm: tuple[float, float, float]
     voxels: int = 0
     rater2: str = "same"  # lacunes only: same | missed | dilated | eroded
     shape: str | None = None  # lacunes with SynthConfig.lacune_shapes: "ellipsoid" or "irregular"
     beside_wmh: bool = False  # lacunes with SynthConfig.lacune_shapes: a hyperintensity against it
+    site: str | None = None  # fluid pockets: where (lacunes.synthetic.mimics.POCKET_SITES_MM)
 
 
 @dataclass
@@ -211,91 +238,7 @@ class Phantom:
 
 
 # ----------------------------------------------------------------------------------------------
-# Template
-
-
-@dataclass(frozen=True)
-class _Template:
-    gm: np.ndarray
-    wm: np.ndarray
-    csf: np.ndarray
-    mask: np.ndarray
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)  # scanner mm (LPS) of the crop's voxel (0, 0, 0)
-
-
-def _lps_origin(affine: np.ndarray, first: np.ndarray) -> tuple[float, float, float]:
-    """Scanner mm (SimpleITK's LPS) of voxel ``first`` of a NIfTI image with RAS ``affine``."""
-    ras = affine[:3, :3] @ np.asarray(first, float) + affine[:3, 3]
-    return (-float(ras[0]), -float(ras[1]), float(ras[2]))
-
-
-@lru_cache(maxsize=1)
-def load_template(margin: int = 4) -> _Template:
-    """ICBM152 2009a tissue maps from nilearn, cropped to the brain with a margin, float32 in [0, 1]
-    (arrays towards the right, anterior and superior, as nilearn's files store them)."""
-    try:
-        import nibabel as nib
-        from nilearn import datasets
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "the phantom generator needs nilearn (pip install -r requirements-dev.txt)"
-        ) from exc
-
-    t1_image = nib.load(datasets.MNI152_FILE_PATH)
-    if nib.aff2axcodes(t1_image.affine) != ("R", "A", "S"):  # pragma: no cover - nilearn's files are RAS
-        raise ValueError(f"the template {datasets.MNI152_FILE_PATH} is not stored RAS")
-    t1 = np.asarray(t1_image.dataobj, dtype=np.float32)
-    gm = np.asarray(nib.load(datasets.GM_MNI152_FILE_PATH).dataobj, dtype=np.float32) / 255.0
-    wm = np.asarray(nib.load(datasets.WM_MNI152_FILE_PATH).dataobj, dtype=np.float32) / 255.0
-    mask = t1 > 0
-    idx = np.argwhere(mask)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, mask.shape)
-    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
-    gm, wm, mask = gm[crop] * mask[crop], wm[crop] * mask[crop], mask[crop]
-    total = gm + wm
-    over = total > 1
-    gm[over] /= total[over]
-    wm[over] /= total[over]
-    csf = np.clip(mask.astype(np.float32) - gm - wm, 0.0, 1.0)
-    return _Template(gm=gm, wm=wm, csf=csf, mask=mask.astype(np.float32), origin=_lps_origin(t1_image.affine, lo))
-
-
-# ----------------------------------------------------------------------------------------------
-# Geometry helpers
-
-
-@lru_cache(maxsize=32)
-def _spline_upsampling(coarse: int, size: int) -> np.ndarray:
-    """The ``size × coarse`` matrix of a 1-D cubic-spline zoom (``ndi.zoom``, mode nearest, grid mode)."""
-    eye = np.eye(coarse)
-    columns = [ndi.zoom(eye[a], size / coarse, order=3, mode="nearest", grid_mode=True)[:size] for a in range(coarse)]
-    return np.stack(columns, 1)
-
-
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], coarse: int, amplitude: float) -> np.ndarray:
-    """A smooth random field: Gaussian noise on a coarse grid, upsampled with cubic splines.
-
-    The spline zoom is separable, so it is applied one axis at a time as a small matrix product (the
-    same field as ``ndi.zoom`` of the whole grid, to float32 precision, 20-30× faster)."""
-    small = rng.normal(0.0, amplitude, size=(coarse,) * len(shape)).astype(np.float32)
-    out = small.astype(np.float64)
-    for axis, size in enumerate(shape):
-        out = np.moveaxis(np.tensordot(_spline_upsampling(coarse, size), out, axes=([1], [axis])), 0, axis)
-    return out.astype(np.float32)
-
-
-def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
-    ax, ay, az = np.deg2rad(rng.uniform(-max_deg, max_deg, size=3))
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    return rz @ ry @ rx
-
-
-def _random_unit(rng: np.random.Generator) -> np.ndarray:
-    v = rng.normal(size=3)
-    return v / np.linalg.norm(v)
+# Anatomy
 
 
 def _deform_anatomy(rng: np.random.Generator, cfg: SynthConfig, tpl: _Template) -> dict[str, np.ndarray]:
@@ -330,68 +273,8 @@ def _deform_anatomy(rng: np.random.Generator, cfg: SynthConfig, tpl: _Template) 
     for name in ("gm", "wm", "csf"):
         out[name] = np.where(mask, np.clip(out[name], 0.0, 1.0), 0.0).astype(np.float32)
     out["mask"] = mask
+    out["affine"] = a  # template voxel ≈ affine · (phantom voxel - centre) + centre
     return out
-
-
-def _ellipsoid_fraction(
-    shape: tuple[int, ...], centre: np.ndarray, radii: np.ndarray, axes: np.ndarray, extent: float | None = None
-) -> tuple[tuple[slice, ...], np.ndarray]:
-    """Partial-volume fraction of an oriented ellipsoid on a box of half-size ``extent`` (default:
-    the largest radius + 2 voxels), returned with the box's slices."""
-    r = float(radii.max()) + 2 if extent is None else extent
-    lo = np.maximum(np.floor(centre - r).astype(int), 0)
-    hi = np.minimum(np.ceil(centre + r).astype(int) + 1, shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    pts = np.indices(hi - lo, dtype=np.float32).reshape(3, -1) + lo[:, None] - centre[:, None]
-    local = axes.T @ pts  # coordinates along the ellipsoid's axes
-    rho = np.sqrt(((local / radii[:, None]) ** 2).sum(0))
-    # Signed distance to the surface, approximated along the ray, in voxels.
-    sdist = (rho - 1.0) * np.sqrt((local**2).sum(0)) / np.maximum(rho, 1e-6)
-    frac = np.clip(0.5 - sdist, 0.0, 1.0).reshape(hi - lo)
-    return box, frac.astype(np.float32)
-
-
-def _capsule_fraction(
-    shape: tuple[int, ...], p0: np.ndarray, p1: np.ndarray, radius: float
-) -> tuple[tuple[slice, ...], np.ndarray]:
-    lo = np.maximum(np.floor(np.minimum(p0, p1) - radius - 2).astype(int), 0)
-    hi = np.minimum(np.ceil(np.maximum(p0, p1) + radius + 2).astype(int) + 1, shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    pts = np.indices(hi - lo, dtype=np.float32).reshape(3, -1) + lo[:, None]
-    seg = p1 - p0
-    t = np.clip(((pts - p0[:, None]) * seg[:, None]).sum(0) / max(float(seg @ seg), 1e-6), 0, 1)
-    closest = p0[:, None] + seg[:, None] * t
-    dist = np.sqrt(((pts - closest) ** 2).sum(0))
-    frac = np.clip(radius + 0.5 - dist, 0.0, 1.0).reshape(hi - lo)
-    return box, frac.astype(np.float32)
-
-
-def _lobulated_fraction(
-    shape: tuple[int, ...], centre: np.ndarray, radii: np.ndarray, axes: np.ndarray, extent: float,
-    lobes: np.ndarray, depth: float, width: float,
-) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray]:
-    """Partial-volume fraction of a lobulated cavity (:class:`LacuneShapeConfig`) and its signed distance
-    to the outline (voxels, approximate), on the box of half-size ``extent``; ``lobes``: unit vectors."""
-    lo = np.maximum(np.floor(centre - extent).astype(int), 0)
-    hi = np.minimum(np.ceil(centre + extent).astype(int) + 1, shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    pts = np.indices(hi - lo, dtype=np.float32).reshape(3, -1) + lo[:, None] - centre[:, None]
-    norm = np.sqrt((pts**2).sum(0))
-    unit = pts / np.maximum(norm, 1e-6)
-    bump = np.exp(-width * (1.0 - lobes @ unit)).max(0)  # 1 towards a lobe, falling off between them
-    scale = (1.0 - depth) + depth * bump
-    local = axes.T @ pts
-    rho = np.sqrt(((local / radii[:, None]) ** 2).sum(0)) / scale
-    sdist = (rho - 1.0) * norm / np.maximum(rho, 1e-6)
-    frac = np.clip(0.5 - sdist, 0.0, 1.0).reshape(hi - lo)
-    return box, frac.astype(np.float32), sdist.reshape(hi - lo).astype(np.float32)
-
-
-def _extents_mm(label: np.ndarray, lo: np.ndarray, centre: np.ndarray, axes: np.ndarray) -> tuple[float, ...]:
-    """Extent of a labelled lesion along each of its axes (1 mm voxels)."""
-    pts = np.argwhere(label).T.astype(np.float32) + lo[:, None] - centre[:, None]
-    local = axes.T @ pts
-    return tuple(float(v) for v in local.max(1) - local.min(1) + 1.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -413,23 +296,6 @@ def _candidate_sites(anat: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     dgm = deep & (anat["gm"] > 0.6) & far_from_csf
     wm = (anat["wm"] > 0.9) & far_from_csf & (ndi.distance_transform_edt(mask) > 12)
     return {"deep_gm": np.argwhere(dgm), "wm": np.argwhere(wm), "deep": np.argwhere(deep & mask & far_from_csf)}
-
-
-def _draw_diameter(rng: np.random.Generator, lo: float, hi: float) -> float:
-    # Small lacunes are more common than large ones: log-uniform over the range.
-    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-
-
-def _place(
-    rng: np.random.Generator, sites: np.ndarray, taken: list[tuple[np.ndarray, float]], radius: float, gap: float
-) -> np.ndarray | None:
-    if len(sites) == 0:
-        return None
-    for _ in range(60):
-        c = sites[rng.integers(len(sites))].astype(np.float32) + rng.uniform(-0.5, 0.5, 3)
-        if all(np.linalg.norm(c - t) > radius + r + gap for t, r in taken):
-            return c
-    return None
 
 
 @dataclass
@@ -599,7 +465,7 @@ def generate_phantom(seed: int, index: int = 1, config: SynthConfig | None = Non
         acq_rng = np.random.default_rng([seed, index, 1])
         cfg, drawn = _draw_acquisition(acq_rng, cfg)
     rng = np.random.default_rng([seed, index])
-    tpl = load_template()
+    tpl = load_anatomy(cfg.anatomy)
     anat = _deform_anatomy(rng, cfg, tpl)
     shape = anat["mask"].shape
     sites = _candidate_sites(anat)
@@ -609,7 +475,15 @@ def generate_phantom(seed: int, index: int = 1, config: SynthConfig | None = Non
     lesions = _add_lacunes(rng, cfg, sites, maps, shape_rng)
     lesions += _add_pvs(rng, cfg, sites, maps, anat["mask"])
     lesions += _add_wmh(rng, cfg, sites, maps, anat["wm"])
-    images = _render(rng, cfg, anat, maps.lacune, maps.rim, maps.pvs, maps.wmh, maps.halo)
+    means = deep = None
+    if cfg.mimics is not None:  # a stream of their own: the lacunes and default mimics stay where they are
+        mim_rng = np.random.default_rng([seed, index, 3])
+        places = mimic_places(anat, tpl.origin, anat["affine"])
+        lesions += add_pvs(mim_rng, cfg.mimics, places, sites, maps.pvs, maps.rim, maps.taken, Lesion)
+        lesions += add_pockets(mim_rng, cfg.mimics, places, maps.pvs, maps.taken, Lesion)
+        if cfg.mimics.tissues is not None:
+            means, deep = draw_means(mim_rng, cfg.mimics.tissues), deep_grey_weight(anat["gm"])
+    images = _render(rng, cfg, anat, maps.lacune, maps.rim, maps.pvs, maps.wmh, maps.halo, means, deep)
     sid = subject_id or f"sub-{index:03d}"
     tissues = np.where(anat["mask"], 1 + np.argmax(np.stack([anat["csf"], anat["gm"], anat["wm"]]), axis=0), 0)
     if drawn is not None:
@@ -710,7 +584,13 @@ def _render(
     pvs: np.ndarray,
     wmh: np.ndarray,
     halo: np.ndarray | None = None,
+    means: dict[str, dict[str, float]] | None = None,
+    deep: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
+    """The three contrasts from the tissue fractions and the lesion maps. ``means``: each modality's
+    structure means drawn for this subject (:func:`lacunes.synthetic.mimics.draw_means`; None: the
+    contrast table with its jitter); ``deep``: the share of grey matter that is deep grey nuclei, which
+    takes the mean ``dgm``."""
     mask = anat["mask"]
     fluid = np.maximum(lacune, pvs)
     keep = 1.0 - fluid
@@ -730,7 +610,13 @@ def _render(
     for name in MODALITIES:
         table = getattr(cfg.contrasts, name)
         mean = {k: v * (1 + rng.normal(0, cfg.jitter)) for k, v in table.items()}
-        img = csf * mean["csf"] + gm * mean["gm"] + wm * mean["wm"] + wmh * anat["wm"] * keep * mean["wmh"]
+        if means is not None:  # drawn per structure (the jitter above still drawn: the streams stay aligned)
+            mean = {**mean, **means[name]}
+        if deep is not None:
+            img = (csf * mean["csf"] + gm * (1.0 - deep) * mean["gm"] + gm * deep * mean["dgm"] + wm * mean["wm"]
+                   + wmh * anat["wm"] * keep * mean["wmh"])
+        else:
+            img = csf * mean["csf"] + gm * mean["gm"] + wm * mean["wm"] + wmh * anat["wm"] * keep * mean["wmh"]
         if hyper is not None:
             img = img + hyper * mean["wmh"]
         if name == "FLAIR":
@@ -781,10 +667,13 @@ def write_phantom(phantom: Phantom, out_dir: Path, preview: bool = False) -> lis
 
 
 def lesion_record(lesion: Lesion) -> dict:
-    """A lesion as the sidecar stores it (the shape fields only where shapes were varied)."""
+    """A lesion as the sidecar stores it (the shape fields only where shapes were varied, the site only for
+    fluid pockets)."""
     record = asdict(lesion)
     if record["shape"] is None:
         del record["shape"], record["beside_wmh"]
+    if record["site"] is None:
+        del record["site"]
     return record
 
 
