@@ -11,6 +11,11 @@ evaluation reports under --work, the plot next to this file, and the quality sec
     python benchmarks/quality.py --full-subjects 5        # full recipe on the first 5 only (CPU)
     python benchmarks/quality.py --runs before=runs/init/cpu-blob.pt:fast --section quality-before
     python benchmarks/quality.py --generated --runs x=runs/x.pt:full   # no data folder, no SimpleITK (GPU machines)
+    python benchmarks/quality.py --family colin27 --runs "bundled=model/lacunes.pt:fast" --no-steps \
+        --section family-colin27-bundled        # an out-of-family family (benchmarks/families.py), in memory
+
+Besides the challenge's metrics, each run reports the lacunes found of 4 mm and more and the share of
+lacune-free subjects flagged (at least one false positive): the number a cohort study reads first.
 """
 
 from __future__ import annotations
@@ -144,6 +149,20 @@ def generated_case(index: int, lacune_shapes: bool = False, seed: int = HELDOUT_
     return Case(ph.subject_id, image, reference, ph.spacing, None, mimics, ph.tissues)
 
 
+def family_case(family_name: str, index: int) -> Case:
+    """Subject ``index`` of an out-of-family family (:mod:`families`), made in memory."""
+    from families import FAMILIES
+
+    from lacunes.synthetic import MODALITIES, generate_phantom, lesion_record
+
+    family = FAMILIES[family_name]
+    ph = generate_phantom(family.seed, index, family.subject_config(index), subject_id=f"{family.name}-{index:03d}")
+    image = np.stack([ph.images[m].astype(np.float32) for m in MODALITIES])
+    reference = np.mean([(ph.rater1 > 0).astype(np.float32), (ph.rater2 > 0).astype(np.float32)], axis=0)
+    mimics = json.loads(json.dumps([lesion_record(les) for les in ph.lesions]))
+    return Case(ph.subject_id, image, reference, ph.spacing, None, mimics, ph.tissues)
+
+
 def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: bool, ablate: bool = False,
               modalities: str = FULL_SET) -> dict:
     """Predict, write the maps (one uncertainty map per mode with TTA; not for generated cases),
@@ -197,6 +216,7 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
     main = results[modes[0]]
     lesions = [les for r in main for les in r.lesions if les["kind"] == "reference"]
     big = [les for les in lesions if les["diameter_mm"] >= 5]
+    four = [les for les in lesions if les["diameter_mm"] >= 4]
     free = [r.fp for r in main if r.n_ref == 0]
     return {
         "name": name, "setting": setting, "modalities": modalities,
@@ -206,6 +226,8 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
         "fp_mean": float(np.mean([r.fp for r in main])), "fp_lacune_free": float(np.mean(free)) if free else math.nan,
         "found": (sum(les["detected"] for les in lesions), len(lesions)),
         "found_5mm": (sum(les["detected"] for les in big), len(big)),
+        "found_4mm": (sum(les["detected"] for les in four), len(four)),
+        "lacune_free_flagged": (sum(fp > 0 for fp in free), len(free)),
         "by_diameter": detection_by_diameter(lesions),
         "breakdown": summarize_breakdown(rows, len(main)),
         "seconds_per_subject": float(np.mean(seconds)), "variants": predictor.variants,
@@ -251,6 +273,19 @@ def plot(curves: dict[str, list[tuple[str, int, float]]], path: Path) -> None:
     plt.close(fig)
 
 
+def pair(run: dict, key: str) -> str:
+    """``a/b`` of a run's count (n/a in results saved before it was counted)."""
+    return f"{run[key][0]}/{run[key][1]}" if key in run else "n/a"
+
+
+def flagged(run: dict) -> str:
+    """Lacune-free subjects with at least one false positive: ``k/n (share %)``."""
+    if "lacune_free_flagged" not in run or not run["lacune_free_flagged"][1]:
+        return "n/a"
+    k, n = run["lacune_free_flagged"]
+    return f"{k}/{n} ({100 * k / n:.0f} %)"
+
+
 def label(run: dict) -> str:
     """``name · setting``, and the set of contrasts when it is not all three."""
     modalities = run.get("modalities", FULL_SET)
@@ -270,36 +305,63 @@ def targets(run: dict) -> str:
     return ", ".join(f"{label}: {'yes' if ok else 'no'}" for label, ok in checks)
 
 
+def specificity_targets(run: dict) -> str:
+    """The out-of-family targets (a family of benchmarks/families.py), reached or not, for one run."""
+    four, free = run.get("found_4mm", (0, 0)), run.get("lacune_free_flagged", (0, 0))
+    checks = [
+        ("FP ≤ 0.1 per subject", run["fp_mean"] <= 0.1),
+        ("≤ 5 % of lacune-free subjects flagged", free[1] > 0 and free[0] <= 0.05 * free[1]),
+        ("≥ 95 % of lacunes ≥ 4 mm found", four[1] > 0 and four[0] >= 0.95 * four[1]),
+        ("median Dice ≥ 0.75", run["summary"]["dice"]["median"] >= 0.75),
+    ]
+    return ", ".join(f"{label}: {'yes' if ok else 'no'}" for label, ok in checks)
+
+
 def section(runs: list[dict], args, title: str) -> str:
     device = device_label("cuda" if torch.cuda.is_available() else "cpu")
+    if getattr(args, "family", None):
+        from families import FAMILIES
+
+        family = FAMILIES[args.family]
+        held = (f"Out-of-family family `{family.name}` (benchmarks/families.py: {family.description}; seed "
+                f"{family.seed}, {family.lacune_free} lacune-free subjects and {family.with_lacunes} with lacunes, "
+                "generated in memory; never used for training, the second stage or the operating point)")
+    else:
+        held = (f"Held-out set: `lacunes synth --n {args.n} --seed {HELDOUT_SEED} --first-id "
+                f"{HELDOUT_FIRST_ID}{' --lacune-shapes' if getattr(args, 'lacune_shapes', False) else ''}`"
+                f"{' (generated in memory)' if getattr(args, 'generated', False) else ''} (training used "
+                "seed 2021, the operating point seed 5151)")
     lines = [
         f"## {title}",
         "",
         f"Command: `{shlex.join(['python', 'benchmarks/quality.py', *(a for a in sys.argv[1:] if a != '--render')])}`"
-        + f" — {device}, torch "
-        f"{torch.__version__}. Held-out set: `lacunes synth --n {args.n} --seed {HELDOUT_SEED} --first-id "
-        f"{HELDOUT_FIRST_ID}{' --lacune-shapes' if getattr(args, 'lacune_shapes', False) else ''}`"
-        f"{' (generated in memory)' if getattr(args, 'generated', False) else ''} (training used "
-        "seed 2021, the operating point seed 5151). Reference = mean of the two "
+        + f" — {device}, torch {torch.__version__}. {held}. Reference = mean of the two "
         "raters; centre matching within 5 mm. " + ("Raw maps (no operating point, no brain mask). " if args.raw else
                                                    "Each checkpoint's operating point and the brain mask applied. ")
         + "Median [IQR] over subjects (F1 and Dice over subjects with lacunes); FP = false-positive lesions.",
         "",
-        "| model · setting | operating point | subjects | F1 | Dice | AVD mm³ | lacunes found | ≥ 5 mm found "
-        "| FP / subject | FP / lacune-free subject | unc. flags | unc. voxels | brain with unc. ≥ 0.5 | s / subject |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model · setting | operating point | subjects | F1 | Dice | AVD mm³ | lacunes found | ≥ 4 mm found "
+        "| ≥ 5 mm found | FP / subject | FP / lacune-free subject | lacune-free subjects flagged | unc. flags "
+        "| unc. voxels | brain with unc. ≥ 0.5 | s / subject |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         s, op = r["summary"], r["operating_point"]
         lines.append(
             f"| {label(r)} | p ≥ {op['threshold']:g}, ≥ {op['min_volume_mm3']:g} mm³ | {r['subjects']} "
             f"| {fmt(s['f1'])} | {fmt(s['dice'])} | {fmt(s['avd_mm3'], 0)} | {r['found'][0]}/{r['found'][1]} "
-            f"| {r['found_5mm'][0]}/{r['found_5mm'][1]} | {r['fp_mean']:.2f} | {r['fp_lacune_free']:.2f} "
+            f"| {pair(r, 'found_4mm')} | {r['found_5mm'][0]}/{r['found_5mm'][1]} | {r['fp_mean']:.2f} "
+            f"| {r['fp_lacune_free']:.2f} | {flagged(r)} "
             f"| {fmt(s['unc_flags'])} | {fmt(s['unc_voxels'])} | {100 * r['uncertain_brain_share']:.1f} % "
             f"| {r['seconds_per_subject']:.0f} |")
-    lines += ["", "Targets (issue: median F1 ≥ 0.8, FP ≤ 1 per subject and ≤ 0.5 per lacune-free subject, "
-              "Dice ≥ 0.7, every lacune ≥ 5 mm found):", ""]
-    lines += [f"- {label(r)} ({r['subjects']} subjects): {targets(r)}" for r in runs]
+    if getattr(args, "family", None):
+        lines += ["", "Out-of-family targets (≤ 0.1 FP per subject, ≤ 5 % of lacune-free subjects flagged, ≥ 95 % of "
+                  "lacunes ≥ 4 mm found, median Dice ≥ 0.75):", ""]
+        lines += [f"- {label(r)} ({r['subjects']} subjects): {specificity_targets(r)}" for r in runs]
+    else:
+        lines += ["", "Targets (issue: median F1 ≥ 0.8, FP ≤ 1 per subject and ≤ 0.5 per lacune-free subject, "
+                  "Dice ≥ 0.7, every lacune ≥ 5 mm found):", ""]
+        lines += [f"- {label(r)} ({r['subjects']} subjects): {targets(r)}" for r in runs]
     lines += ["", "What lies under the predicted lesions (lesions per subject; median volume mm³ / median maximum "
               "probability in brackets):", "",
               "| model · setting | " + " | ".join(CATEGORIES) + " |", "|---|" + "---|" * len(CATEGORIES)]
@@ -354,6 +416,9 @@ def main() -> int:
     ap.add_argument("--lacune-shapes", action="store_true",
                     help="with --generated: the same held-out subjects with lobulated lacunes, some against a "
                          "hyperintensity (lacunes synth --lacune-shapes; the lacunes where they are without it)")
+    ap.add_argument("--family", choices=["colin27", "wide"],
+                    help="an out-of-family family of benchmarks/families.py instead of the held-out set (generated "
+                         "in memory; --n ignored)")
     ap.add_argument("--render", action="store_true",
                     help="rewrite the section from the results this command saved (WORK/SECTION.json), predicting "
                          "nothing (after a change of the tables' layout)")
@@ -374,7 +439,11 @@ def main() -> int:
     heldout, work = Path(args.heldout), Path(args.work)
     if args.lacune_shapes and not args.generated:
         raise SystemExit("--lacune-shapes generates the subjects: add --generated")
-    if args.generated:
+    if args.family:
+        from families import FAMILIES
+
+        subjects = [partial(family_case, args.family, k) for k in FAMILIES[args.family].indices]
+    elif args.generated:
         subjects = [partial(generated_case, HELDOUT_FIRST_ID + k, args.lacune_shapes) for k in range(args.n)]
     else:
         ensure_heldout(heldout, args.n)

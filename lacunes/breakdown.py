@@ -7,13 +7,14 @@ that applies, in this order:
     it touches a reference lesion (whether or not the challenge's matching counts it as the TP);
 ``outside brain``
     most of its voxels lie outside the brain mask of the input;
-``perivascular space`` / ``WMH``
+``perivascular space`` / ``fluid pocket`` / ``WMH``
     its centre lies within a mimic's reach: half the mimic's largest extent + 2 mm from the centre
-    the phantom's sidecar records (the sidecar has no orientation, so this is a sphere);
+    the phantom's sidecar records (the sidecar has no orientation, so this is a sphere); fluid pockets
+    are those of ``lacunes synth --mimics`` (the ventricles' horns, the choroid fissure, cisterns, sulci);
 ``brain edge``
     its centre lies within ``edge_mm`` (3 mm) of the brain mask's edge;
 ``CSF``
-    most of its voxels are CSF in the phantom's tissue model (ventricles, sulci);
+    most of its voxels are CSF in the phantom's tissue model (the anatomy's own ventricles and sulci);
 ``other tissue``
     anything else (grey or white matter without a recorded mimic).
 """
@@ -27,8 +28,9 @@ from scipy import ndimage as ndi
 
 from lacunes.instances import label_centres, label_instances
 
-CATEGORIES = ("lacune", "outside brain", "perivascular space", "WMH", "brain edge", "CSF", "other tissue")
-_MIMICS = {"pvs": "perivascular space", "wmh": "WMH"}
+CATEGORIES = ("lacune", "outside brain", "perivascular space", "fluid pocket", "WMH", "brain edge", "CSF",
+              "other tissue")
+_MIMICS = {"pvs": "perivascular space", "pocket": "fluid pocket", "wmh": "WMH"}
 
 
 @dataclass

@@ -10,7 +10,8 @@ metrics, pooled over the validation subjects (rater-weighted detection F1, false
 subjects included), and the best is kept among the points whose default uncertainty map is >= 0.5 in
 under 2 % of the brain (``--max-uncertain-share``); an extent threshold is then chosen for Dice.
 
-A second stage has one weight per feature (:data:`lacunes.rescoring.FEATURES`): it is refused when the
+A second stage has one weight per feature (a new fit: :data:`lacunes.rescoring.SCALE_FREE_FEATURES`, or
+``--features v1`` for the first set, :data:`lacunes.rescoring.FEATURES`): it is refused when the
 training subjects give fewer than that many candidates on lesions or off them (``--no-second-stage``
 then calibrates the operating point alone), and fitted with a warning under
 :data:`FEW_CANDIDATES_PER_FEATURE` candidates per feature.
@@ -34,7 +35,7 @@ FEW_CANDIDATES_PER_FEATURE = 10
 ROWS_SHOWN = 8
 
 
-def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL_SET):
+def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL_SET, family: str = ""):
     """The :class:`~lacunes.operating_point.ValidationCase` (raw probability, normalized image, reference,
     spacing, brain mask) of one labelled subject in the
     model's space: the subject conformed as inference conforms it (:meth:`lacunes.inference.Predictor.prepare`),
@@ -44,7 +45,7 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
     With ``cache``, the raw probability is read from / written to ``cache/<subject>.npy`` (the caller
     keys the folder by checkpoint weights and setting), so that choosing the operating point again
     does not predict again. ``modalities``: the set of contrasts the subject is read with (the others
-    zero, :data:`lacunes.options.INPUT_SETS`)."""
+    zero, :data:`lacunes.options.INPUT_SETS`); ``family``: the family of subjects it belongs to."""
     import numpy as np
 
     from lacunes.io import read_subject, read_volume
@@ -68,46 +69,61 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
         raters = [model_input.conform.mask_to_model(r > 0) for r in raters]
     # binary raters averaged (0, 0.5, 1); a single label file is taken as it is (lacunes.evaluation.load_reference)
     reference = np.mean([(r > 0) if len(raters) > 1 else r for r in raters], axis=0).astype(np.float32)
-    return ValidationCase(raw, model_input.normalized, reference, model_input.spacing, model_input.mask)
+    return ValidationCase(raw, model_input.normalized, reference, model_input.spacing, model_input.mask, family)
+
+
+#: The second stage's feature sets by name (``--features``).
+FEATURE_SETS = ("scale-free", "v1")
+
+
+def feature_set(name: str) -> tuple[str, ...]:
+    """The features of the set ``name`` (:data:`FEATURE_SETS`; :mod:`lacunes.rescoring`)."""
+    from lacunes.rescoring import FEATURES, SCALE_FREE_FEATURES
+
+    sets = {"scale-free": SCALE_FREE_FEATURES, "v1": FEATURES}
+    if name not in sets:
+        raise ValueError(f"unknown feature set {name!r} (the sets: {', '.join(FEATURE_SETS)})")
+    return sets[name]
 
 
 def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAULT_THRESHOLD, progress: bool = True,
-                     modalities: str = FULL_SET):
+                     modalities: str = FULL_SET, features: str = "scale-free"):
     """The second stage fitted on the candidates of the labelled subjects in ``folder`` (read with the
-    set of contrasts ``modalities``), with its fit's record. Raises ValueError when they are too few for
-    its features."""
+    set of contrasts ``modalities``) over the feature set ``features`` (:data:`FEATURE_SETS`), with its
+    fit's record. Raises ValueError when they are too few for its features."""
     import numpy as np
     from tqdm import tqdm
 
     from lacunes.layouts import find_subject_files
-    from lacunes.rescoring import FEATURES, Rescorer, candidate_features, candidate_targets
+    from lacunes.rescoring import ALL_FEATURES, Rescorer, candidate_features, candidate_targets
 
+    names = feature_set(features)
     train = find_subject_files(Path(folder))
     feats, targets = [], []
     for files in tqdm(train, desc="training candidates", unit="subject", disable=not progress):
-        raw, normalized, reference, spacing, mask = raw_case(predictor, files, modalities=modalities)
+        raw, normalized, reference, spacing, mask, _ = raw_case(predictor, files, modalities=modalities)
         masked = np.where(mask, raw, np.float32(0))
         labels, n, f = candidate_features(masked, normalized, mask, spacing, candidate_threshold)
         feats.append(f)
         targets.append(candidate_targets(labels, n, reference))
-    x = np.concatenate(feats) if feats else np.zeros((0, len(FEATURES)))
+    x = np.concatenate(feats) if feats else np.zeros((0, len(ALL_FEATURES)))
     y = np.concatenate(targets) if targets else np.zeros(0)
     positives, negatives = int((y > 0).sum()), int((y == 0).sum())
-    if min(positives, negatives) < len(FEATURES):
+    if min(positives, negatives) < len(names):
         raise ValueError(
             f"{len(train)} training subject(s) in {folder} give {positives} candidate(s) on lesions and {negatives} "
-            f"off them: the second stage has {len(FEATURES)} weights and needs at least as many of each; add "
+            f"off them: the second stage has {len(names)} weights and needs at least as many of each; add "
             "labelled subjects, or calibrate the operating point alone (--no-second-stage)")
-    if len(y) < FEW_CANDIDATES_PER_FEATURE * len(FEATURES):
+    if len(y) < FEW_CANDIDATES_PER_FEATURE * len(names):
         logger.warning("the second stage is fitted on %d candidates for %d features (fewer than %d per feature): "
                        "it may not hold on other subjects; check it on the validation table below", len(y),
-                       len(FEATURES), FEW_CANDIDATES_PER_FEATURE)
-    rescorer = Rescorer.fit(x, y, candidate_threshold)
+                       len(names), FEW_CANDIDATES_PER_FEATURE)
+    rescorer = Rescorer.fit(x, y, candidate_threshold, names=names)
     fitted = rescorer.score(x)
     fit = {
         "subjects": [f.subject_id for f in train], "folder": str(folder), "modalities": modalities,
         "candidates": int(len(y)),
-        "positives": positives, "weights": dict(zip(FEATURES, rescorer.weights)),
+        "positives": positives, "weights": dict(zip(rescorer.features, rescorer.weights)),
         "training_recall_at_0.5": float((fitted[y > 0] >= 0.5).mean()),
         "training_false_candidates_kept_at_0.5": int((fitted[y == 0] >= 0.5).sum()),
     }
@@ -138,13 +154,19 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p = p or argparse.ArgumentParser(prog="lacunes calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", help="the checkpoint to calibrate (a training checkpoint or a release)")
-    p.add_argument("--val", required=True, help="validation subjects (VALDO layout with rater labels)")
+    p.add_argument("--val", required=True,
+                   help="validation subjects (VALDO layout with rater labels); several folders separated by commas "
+                        "are families of subjects, scored apart for --worst-family")
     stage = p.add_mutually_exclusive_group()
     stage.add_argument("--fit-rescorer", metavar="DIR", help="fit a second stage on these labelled (training) subjects")
     stage.add_argument("--keep-rescorer", action="store_true",
                        help="keep the checkpoint's fitted second stage (its score cut is chosen again)")
     stage.add_argument("--no-second-stage", action="store_true",
                        help="the operating point alone, without a second stage (few labelled subjects)")
+    p.add_argument("--features", default="scale-free", choices=FEATURE_SETS,
+                   help="with --fit-rescorer: the second stage's features (default scale-free: contrasts with the "
+                        "surroundings, shape, size, depth and the fluid a candidate joins, no intensity on the "
+                        "normalized scale; v1: the first set, with it)")
     p.add_argument("--candidate-threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"raw probability at which the second stage's candidates are formed (default {DEFAULT_THRESHOLD:g})")
     p.add_argument("--preset", default="fast", choices=INFERENCE_PRESETS, help="inference setting (default fast)")
@@ -157,6 +179,12 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--max-uncertain-share", type=float, default=0.02,
                    help="only points whose uncertainty map is >= 0.5 in less than this share of the validation "
                         "brains (default 0.02; 1 = no constraint)")
+    p.add_argument("--max-flagged-share", type=float, default=None, metavar="SHARE",
+                   help="only operating points that flag (at least one false positive) at most this share of the "
+                        "lacune-free validation subjects (e.g. 0.05; default: no such constraint)")
+    p.add_argument("--worst-family", action="store_true",
+                   help="with several --val folders: choose for the family it does worst on (the best lowest "
+                        "family F1, then the pooled F1) instead of the pooled F1")
     p.add_argument("--cache", metavar="DIR",
                    help="keep the raw validation maps here (a subfolder per checkpoint weights and setting) and "
                         "reuse them")
@@ -174,8 +202,6 @@ def run(args: argparse.Namespace) -> int:
     from lacunes.layouts import find_subject_files
     from lacunes.network import NetworkConfig
     from lacunes.operating_point import choose_operating_point
-    from lacunes.rescoring import FEATURES
-
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.no_progress
@@ -195,41 +221,59 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     if args.fit_rescorer:
         rescorer, fit = fit_second_stage(predictor, Path(args.fit_rescorer), args.candidate_threshold, progress,
-                                         modalities)
+                                         modalities, args.features)
         report["rescorer_fit"] = fit
         print(f"second stage fitted on {fit['candidates']} candidates of {len(fit['subjects'])} subjects "
               f"({fit['positives']} on lesions); at a 0.5 cut it keeps {fit['training_recall_at_0.5']:.2f} of those "
               f"and {fit['training_false_candidates_kept_at_0.5']} of {fit['candidates'] - fit['positives']} others")
-        for name, w in sorted(zip(FEATURES, rescorer.weights), key=lambda t: -abs(t[1]))[:5]:
+        for name, w in sorted(zip(rescorer.features, rescorer.weights), key=lambda t: -abs(t[1]))[:5]:
             print(f"  {name:<18} {w:+.2f}")
-    subjects = find_subject_files(Path(args.val))
+    folders = [Path(p) for p in args.val.split(",") if p]
+    families = [(f.name, files) for f in folders for files in find_subject_files(f)]
+    subjects = [files for _, files in families]
     cache = None
     if args.cache:
         cache = Path(args.cache) / (f"{weights_sha256(predictor.network.state_dict())[:16]}-{args.preset}"
                                     + ("" if modalities == FULL_SET else f"-{modalities}"))
-    cases = [raw_case(predictor, files, cache, modalities)
-             for files in tqdm(subjects, desc="validation", unit="subject", disable=not progress)]
+    cases = [raw_case(predictor, files, cache if cache is None or len(folders) == 1 else cache / name, modalities, name)
+             for name, files in tqdm(families, desc="validation", unit="subject", disable=not progress)]
     seconds = time.time() - t0
     budget = args.max_uncertain_share if args.max_uncertain_share < 1 else None
-    op, cut, scores = choose_operating_point(cases, rescorer, max_uncertain_share=budget, progress=progress)
+    worst = args.worst_family and len(folders) > 1
+    op, cut, scores = choose_operating_point(cases, rescorer, max_uncertain_share=budget, progress=progress,
+                                             max_flagged_share=args.max_flagged_share, worst_family=worst)
     key = (op.threshold, op.min_volume_mm3, cut, op.extent_threshold)
     chosen = next(s for s in scores if (s.threshold, s.min_volume_mm3, s.min_score, s.extent_threshold) == key)
     print_table(scores, chosen)
     held = budget is not None and chosen.uncertain_share < budget
-    why = ("the best pooled detection F1" + (f" with uncertainty >= 0.5 in under {100 * budget:g} % of the brain"
-                                             if held else "")
+    flag_held = args.max_flagged_share is not None and chosen.flagged <= args.max_flagged_share * chosen.lacune_free
+    objective = (("the best lowest F1 of a family (" + ", ".join(f.name for f in folders) + "), then pooled F1")
+                 if worst else "the best pooled detection F1")
+    constraints = ([f"uncertainty >= 0.5 in under {100 * budget:g} % of the brain"] if held else []) + (
+        [f"at most {100 * args.max_flagged_share:g} % of the lacune-free subjects flagged"] if flag_held else [])
+    why = (objective + (" with " + " and ".join(constraints) if constraints else "")
            + " (ties: fewer false positives, the smaller minimum volume, the lower threshold, then Dice)")
     print(f"chosen: probability >= {op.threshold}, lesions >= {op.min_volume_mm3} mm³"
           + (f", second-stage score >= {cut}" if cut is not None else "")
           + (f", extent over probability >= {op.extent_threshold}" if op.extent_threshold is not None else "")
           + f": pooled F1 {chosen.f1:.3f}, {chosen.tp} TP, {chosen.fp} FP, {chosen.fn} FN, median Dice {chosen.dice:.2f}, "
-          f"uncertainty >= 0.5 in {100 * chosen.uncertain_share:.2f} % of the brain, on {len(cases)} validation "
-          f"subjects from {modalities} ({seconds:.0f} s of prediction); why: {why}")
-    if budget is not None and not held:
-        print(f"warning: no grid point keeps the uncertainty share under {100 * budget:.1f} %; "
-              "the best F1 was chosen without that constraint")
-    objective = "pooled detection F1" + (f", uncertainty >= 0.5 in < {100 * budget:g} % of the brain" if held else "")
+          f"uncertainty >= 0.5 in {100 * chosen.uncertain_share:.2f} % of the brain, "
+          f"{chosen.flagged} of {chosen.lacune_free} lacune-free subjects flagged"
+          + (f", lowest family F1 {chosen.worst_family_f1:.3f}" if worst else "")
+          + f", on {len(cases)} validation subjects from {modalities} ({seconds:.0f} s of prediction); why: {why}")
+    if (budget is not None and not held) or (args.max_flagged_share is not None and not flag_held):
+        print("warning: no grid point keeps " + " and ".join(
+            ([f"the uncertainty share under {100 * budget:.1f} %"] if budget is not None else [])
+            + ([f"the lacune-free subjects flagged at most {100 * args.max_flagged_share:g} %"]
+               if args.max_flagged_share is not None else []))
+            + "; the best point was chosen without those constraints")
+    objective = (("lowest family F1 (" + ", ".join(f.name for f in folders) + "), then pooled F1") if worst
+                 else "pooled detection F1")
+    objective += (f", uncertainty >= 0.5 in < {100 * budget:g} % of the brain" if held else "") + (
+        f", <= {100 * args.max_flagged_share:g} % of lacune-free subjects flagged" if flag_held else "")
     record = {**op.to_dict(), "chosen_on": {"folder": str(args.val), "subjects": [s.subject_id for s in subjects],
+                                            "families": {f.name: sum(name == f.name for name, _ in families)
+                                                         for f in folders},
                                             "setting": args.preset, "modalities": modalities, "objective": objective,
                                             "score": chosen.to_dict()}}
     report["operating_point"] = record

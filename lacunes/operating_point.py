@@ -42,6 +42,9 @@ class OperatingPointScore:
     dice: float = float("nan")  # median over subjects with lacunes; computed for the chosen point and its ties only
     extent_threshold: float | None = None  # hysteresis (searched at the chosen point only)
     uncertain_share: float = float("nan")  # mean over subjects: share of the brain with uncertainty >= 0.5
+    worst_family_f1: float = float("nan")  # the lowest pooled F1 of a family of subjects (calibrate's --val folders)
+    flagged: int = 0  # lacune-free subjects with at least one false positive
+    lacune_free: int = 0  # lacune-free subjects
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,15 +99,30 @@ class PreparedCase(NamedTuple):
     reference_lesions: ReferenceLesions
     spacing: tuple[float, ...]
     mask: np.ndarray | None
+    family: str = ""  # the family of subjects it belongs to (its --val folder)
 
 
-def _pool(counts: list[Counts], threshold: float, min_volume_mm3: float, min_score: float | None) -> OperatingPointScore:
-    tp, fp, fn = (sum(getattr(c, k) for c in counts) for k in ("tp", "fp", "fn"))
-    wtp, wfn = sum(c.wtp for c in counts), sum(c.wfn for c in counts)
+def _pooled_f1(counts: list[Counts]) -> float:
+    fp, wtp, wfn = sum(c.fp for c in counts), sum(c.wtp for c in counts), sum(c.wfn for c in counts)
     denom = wfn + fp + 2 * wtp
+    return 2 * wtp / denom if denom else float("nan")
+
+
+def _pool(counts: list[Counts], threshold: float, min_volume_mm3: float, min_score: float | None,
+          families: list[str] | None = None) -> OperatingPointScore:
+    """Detection pooled over the subjects; per family (``families``: one name per subject) the lowest
+    pooled F1; the lacune-free subjects flagged."""
+    tp, fp, fn = (sum(getattr(c, k) for c in counts) for k in ("tp", "fp", "fn"))
     f1s = [c.f1 for c in counts if not math.isnan(c.f1)]
-    return OperatingPointScore(threshold, min_volume_mm3, min_score, 2 * wtp / denom if denom else float("nan"),
-                               float(np.median(f1s)) if f1s else float("nan"), tp, fp, fn, fp / max(len(counts), 1))
+    s = OperatingPointScore(threshold, min_volume_mm3, min_score, _pooled_f1(counts),
+                            float(np.median(f1s)) if f1s else float("nan"), tp, fp, fn, fp / max(len(counts), 1))
+    free = [c for c in counts if c.tp + c.fn == 0]
+    s.flagged, s.lacune_free = sum(c.fp > 0 for c in free), len(free)
+    names = families or [""] * len(counts)
+    per_family = [_pooled_f1([c for c, f in zip(counts, names) if f == name]) for name in sorted(set(names))]
+    per_family = [f for f in per_family if not math.isnan(f)]
+    s.worst_family_f1 = min(per_family) if per_family else float("nan")
+    return s
 
 
 class ValidationCase(NamedTuple):
@@ -115,6 +133,7 @@ class ValidationCase(NamedTuple):
     reference: np.ndarray  # the raters' mean (0, 0.5, 1)
     spacing: tuple[float, ...]
     mask: np.ndarray | None  # the brain
+    family: str = ""  # the family of subjects it belongs to (calibrate's --val folders)
 
 
 def _crop_to(box: tuple[slice, ...], *arrays):
@@ -124,7 +143,7 @@ def _crop_to(box: tuple[slice, ...], *arrays):
 def _prepare(case: ValidationCase, rescorer) -> tuple[PreparedCase, np.ndarray]:
     """A case cropped to its brain's box, masked, its candidates scored once; with the raw logit of every
     brain voxel (for the uncertainty share)."""
-    raw, image, ref, spacing, mask = case
+    raw, image, ref, spacing, mask = case[:5]
     if mask is not None and mask.any():
         # Everything that can change lies in the brain's box (the reference too): scoring the box
         # gives the same matching (centres move together) and features (the whole mask is inside).
@@ -140,7 +159,8 @@ def _prepare(case: ValidationCase, rescorer) -> tuple[PreparedCase, np.ndarray]:
 
         labels, n, feats = candidate_features(masked, image, mask, spacing, rescorer.candidate_threshold)
         cand = (labels, n, rescorer.score(feats) if n else np.zeros(0))
-    prepared = PreparedCase(masked, cand, ref, ReferenceLesions.from_reference(ref, spacing), spacing, mask)
+    prepared = PreparedCase(masked, cand, ref, ReferenceLesions.from_reference(ref, spacing), spacing, mask,
+                            case.family if isinstance(case, ValidationCase) else "")
     return prepared, logit(masked[mask] if mask is not None else masked.ravel()).astype(np.float32)
 
 
@@ -168,7 +188,7 @@ def _grid(prepared: list[PreparedCase], logits_inside: list[np.ndarray], rescore
         for v in volumes:
             counts = [Counts(*detection_counts(centres[vol >= v], c.reference_lesions))
                       for (centres, vol), c in zip(lesions, prepared)]
-            scores.append(_pool(counts, t, v, cut))
+            scores.append(_pool(counts, t, v, cut, [c.family for c in prepared]))
             scores[-1].uncertain_share = float(np.mean(shares)) if shares else 0.0
     return scores
 
@@ -183,7 +203,7 @@ def _score_at(prepared: list[PreparedCase], op: OperatingPoint, stage, min_score
         shares.append(uncertain_share(c.masked, finished.threshold, c.mask, finished.rejected))
         if r.n_ref:
             dices.append(r.dice)
-    s = _pool(counts, op.threshold, op.min_volume_mm3, min_score)
+    s = _pool(counts, op.threshold, op.min_volume_mm3, min_score, [c.family for c in prepared])
     s.dice, s.extent_threshold = (float(np.median(dices)) if dices else float("nan")), op.extent_threshold
     s.uncertain_share = float(np.mean(shares)) if shares else 0.0
     return s
@@ -193,18 +213,22 @@ def _dice(s: OperatingPointScore) -> float:
     return float(np.nan_to_num(s.dice, nan=-1.0))
 
 
-def _best_of_grid(scores: list[OperatingPointScore], prepared, rescorer, progress: bool):
-    """The best pooled F1 (ties: fewer FP, smaller minimum volume, lower threshold and cut); then, among the
-    thresholds that tie with it on F1 and FP at its cut and minimum volume, the best median Dice: a sharp
-    network detects the same lesions over a wide range of thresholds, and only their extent changes.
-    Returns the point and the second stage at its cut."""
+def _best_of_grid(scores: list[OperatingPointScore], prepared, rescorer, progress: bool, worst_family: bool = False):
+    """The best pooled F1 (with ``worst_family``: the best lowest F1 of a family, then the pooled F1; ties:
+    fewer FP, smaller minimum volume, lower threshold and cut); then, among the thresholds that tie with it
+    on those and FP at its cut and minimum volume, the best median Dice: a sharp network detects the same
+    lesions over a wide range of thresholds, and only their extent changes. Returns the point and the
+    second stage at its cut."""
     from tqdm import tqdm
 
-    best = max(scores, key=lambda s: (np.nan_to_num(s.f1, nan=-1.0), -s.fp, -s.min_volume_mm3, -s.threshold,
-                                      -(s.min_score or 0.0)))
+    def objective(s: OperatingPointScore) -> tuple[float, ...]:
+        f1 = float(np.nan_to_num(s.f1, nan=-1.0))
+        return (float(np.nan_to_num(s.worst_family_f1, nan=-1.0)), f1) if worst_family else (f1,)
+
+    best = max(scores, key=lambda s: (*objective(s), -s.fp, -s.min_volume_mm3, -s.threshold, -(s.min_score or 0.0)))
     stage = rescorer.replace(min_score=best.min_score) if rescorer is not None else None
     ties = [s for s in scores if s.min_score == best.min_score and s.min_volume_mm3 == best.min_volume_mm3
-            and s.fp == best.fp and abs(np.nan_to_num(s.f1, nan=-1.0) - np.nan_to_num(best.f1, nan=-1.0)) < 1e-9]
+            and s.fp == best.fp and np.allclose(objective(s), objective(best), atol=1e-9, rtol=0)]
     for s in tqdm(sorted(ties, key=lambda s: s.threshold), desc="thresholds (Dice)",
                   disable=not progress or len(ties) < 2):
         s.dice = _score_at(prepared, OperatingPoint(s.threshold, s.min_volume_mm3, True), stage, s.min_score).dice
@@ -215,7 +239,8 @@ def _best_of_grid(scores: list[OperatingPointScore], prepared, rescorer, progres
 
 def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=None,
                            min_scores=MIN_SCORES, extents=EXTENTS, progress: bool = True,
-                           max_uncertain_share: float | None = None):
+                           max_uncertain_share: float | None = None, max_flagged_share: float | None = None,
+                           worst_family: bool = False):
     """The operating point (and second-stage cut) with the best pooled detection F1 on validation cases.
 
     Args:
@@ -240,6 +265,11 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
     qualifies, the constraint is dropped (the caller sees it in the chosen score's share). Every score
     carries its share.
 
+    With ``max_flagged_share``, only points that flag at most that share of the lacune-free cases (at least
+    one false positive) are eligible, likewise. With ``worst_family``, the cases' families
+    (:attr:`ValidationCase.family`) are scored apart and the point with the best lowest family F1 is
+    chosen (then the pooled F1): an operating point for the family it does worst on, not the average.
+
     Returns the chosen operating point (masking outside the brain), the chosen score cut (None without a
     second stage) and every grid point's score (the chosen one and the extents with their median Dice).
     """
@@ -256,17 +286,19 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
         scores += _grid(prepared, logits_inside, rescorer, cut, thresholds, volumes)
 
     def eligible(s: OperatingPointScore) -> bool:
-        return max_uncertain_share is None or s.uncertain_share < max_uncertain_share
+        return ((max_uncertain_share is None or s.uncertain_share < max_uncertain_share)
+                and (max_flagged_share is None or s.flagged <= max_flagged_share * s.lacune_free))
 
     constrained = any(eligible(s) for s in scores)
     pool = [s for s in scores if eligible(s)] if constrained else scores
-    best, stage = _best_of_grid(pool, prepared, rescorer, progress)
+    best, stage = _best_of_grid(pool, prepared, rescorer, progress, worst_family)
     op = OperatingPoint(best.threshold, best.min_volume_mm3, True)
     chosen = best
     extents_below = [e for e in sorted(extents, reverse=True) if e < op.threshold]
     for e in tqdm(extents_below, desc="extents", disable=not progress or not extents_below):
         s = _score_at(prepared, op.replace(extent_threshold=e), stage, best.min_score)
         scores.append(s)
-        if s.f1 >= best.f1 - 1e-9 and (not constrained or eligible(s)) and _dice(s) > _dice(chosen):
+        keeps = s.f1 >= best.f1 - 1e-9 and (not worst_family or s.worst_family_f1 >= best.worst_family_f1 - 1e-9)
+        if keeps and (not constrained or eligible(s)) and _dice(s) > _dice(chosen):
             chosen = s
     return op.replace(extent_threshold=chosen.extent_threshold), best.min_score, scores

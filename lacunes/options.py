@@ -141,7 +141,9 @@ DEFAULT_TRAIN_PRESET = "valdo"
 #: The generator's seed for training phantoms; seeds the generator refuses for training.
 TRAINING_SEED = 2021
 RESERVED_SEEDS: dict[int, str] = {7777: "the held-out benchmark (lacunes synth --seed 7777)",
-                                  5151: "the operating-point validation set (lacunes synth --seed 5151)"}
+                                  5151: "the operating-point validation set (lacunes synth --seed 5151)",
+                                  8801: "the out-of-family benchmark's colin27 family (benchmarks/families.py)",
+                                  8802: "the out-of-family benchmark's wide family (benchmarks/families.py)"}
 
 
 # ---------------------------------------------------------------------------------------------- look-up

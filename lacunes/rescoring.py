@@ -3,9 +3,14 @@
 Candidates are the 26-connected components of the raw probability map (mean over the TTA variants)
 at ``candidate_threshold``, inside the brain. Each is described by a few numbers that a reader of
 the scan would look at (:data:`FEATURES`): its size and shape, the network's confidence, its signal on
-T1/T2/FLAIR against its surroundings, a FLAIR rim, its depth under the brain's edge and how much fluid
-lies around it (ventricles, sulci). A logistic regression on these (standardized) features gives each
-candidate a score; candidates scoring under ``min_score`` are set to probability 0.
+T1/T2/FLAIR against its surroundings, a FLAIR rim, its depth under the brain's edge, how much fluid
+lies around it (ventricles, sulci) and how much fluid it connects to (a lacune is a cavity of its own; a
+ventricle's horn or a sulcus runs on). A logistic regression on a set of these (standardized) features
+gives each candidate a score; candidates scoring under ``min_score`` are set to probability 0.
+
+Two sets: :data:`FEATURES` (the first, kept for the rescorers fitted on it) and :data:`SCALE_FREE_FEATURES`
+(new fits' default): no intensity inside the candidate on the normalized scale (which one generator's
+tissue table sets), only contrasts with its surroundings, shape, size, depth and the fluid it joins.
 
 The regression is fitted on the network's own candidates on labelled training subjects (a candidate
 is positive when it touches a labelled lesion): images, labels and the network's outputs only, so the
@@ -38,6 +43,15 @@ FEATURES = (
     "depth_mm",  # distance from the centre to the brain's edge
     "fluid_around",  # share of fluid-like voxels (dark T1, bright T2) within 4 voxels, candidate excluded
 )
+#: Every feature :func:`candidate_features` computes: :data:`FEATURES` and those added since.
+ALL_FEATURES = (
+    *FEATURES,
+    "log_fluid_joined_mm3",  # log(1 + fluid-like volume connected to the candidate, the candidate excluded)
+)
+#: The default set of a new fit (the module docstring).
+SCALE_FREE_FEATURES = tuple(f for f in ALL_FEATURES if f not in ("t1", "t2", "flair"))
+#: How far (voxels) the fluid joined to a candidate is followed from it: a ventricle or a sulcus fills it.
+FLUID_REACH = 12
 
 
 def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.ndarray | None,
@@ -52,13 +66,13 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
         spacing: voxel size, mm.
 
     Returns:
-        The label map (0 = background), the number of candidates and an ``n×len(FEATURES)`` array.
+        The label map (0 = background), the number of candidates and an ``n×len(ALL_FEATURES)`` array.
     """
     candidate = probability >= threshold
     if brain is not None:
         candidate &= brain
     labels, n = label_instances(candidate)
-    feats = np.zeros((n, len(FEATURES)), np.float64)
+    feats = np.zeros((n, len(ALL_FEATURES)), np.float64)
     if n == 0:
         return labels, 0, feats
     inside_brain = brain if brain is not None else (image != 0).any(0)
@@ -75,6 +89,8 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
             continue
         pad = 5
         big = tuple(slice(max(s.start - pad, 0), min(s.stop + pad, dim)) for s, dim in zip(box, labels.shape))
+        far = tuple(slice(max(s.start - FLUID_REACH, 0), min(s.stop + FLUID_REACH, dim))
+                    for s, dim in zip(box, labels.shape))
         comp = labels[big] == k + 1
         d1 = ndi.binary_dilation(comp, ball, iterations=1)
         d2 = ndi.binary_dilation(d1, ball, iterations=1)
@@ -103,8 +119,20 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
             *(a - b for a, b in zip(inside_means, shell_means)), rim,
             math.log(eig[2] / eig[0]), math.sqrt(eig[2]), depth(centre),
             float(fluid[big][around].mean()) if around.any() else 0.0,
+            math.log1p(_fluid_joined(labels[far] == k + 1, fluid[far]) * voxel),
         ]
     return labels, n, feats
+
+
+def _fluid_joined(comp: np.ndarray, fluid: np.ndarray) -> int:
+    """Fluid-like voxels connected to the candidate ``comp`` through fluid, the candidate's own excluded,
+    within the box given (:data:`FLUID_REACH` around it). Face neighbours only: the fluid-like voxels that
+    noise scatters through tissue (a quarter of the brain is dark on T1, a quarter bright on T2) do not
+    chain up across faces as they would across corners."""
+    labels, _ = ndi.label(fluid | comp, ndi.generate_binary_structure(3, 1))
+    own = np.unique(labels[comp])
+    own = own[own > 0]
+    return int((np.isin(labels, own) & fluid & ~comp).sum())
 
 
 class EdgeDistance:
@@ -131,11 +159,13 @@ class EdgeDistance:
 
 @dataclass(frozen=True)
 class Rescorer:
-    """A logistic regression over :data:`FEATURES` (standardized with ``mean`` and ``std``).
+    """A logistic regression over ``features`` (a subset of :data:`ALL_FEATURES`, standardized with
+    ``mean`` and ``std``).
 
     Attributes:
         candidate_threshold: raw probability at which candidates are formed.
         min_score: candidates scoring under this are removed (set to probability 0).
+        features: the features it weighs, by name (:data:`FEATURES` for those fitted before the others).
     """
 
     weights: tuple[float, ...]
@@ -147,17 +177,25 @@ class Rescorer:
     features: tuple[str, ...] = FEATURES
 
     def __post_init__(self) -> None:
-        if tuple(self.features) != FEATURES:
-            raise ValueError(f"this rescorer was fitted on features {list(self.features)}; this version computes "
-                             f"{list(FEATURES)}")
-        if not (len(self.weights) == len(self.mean) == len(self.std) == len(FEATURES)):
+        unknown = [f for f in self.features if f not in ALL_FEATURES]
+        if unknown:
+            raise ValueError(f"this rescorer was fitted on features {unknown} that this version does not compute "
+                             f"(it computes {list(ALL_FEATURES)})")
+        if not (len(self.weights) == len(self.mean) == len(self.std) == len(self.features)):
             raise ValueError("rescorer weights, mean and std must have one value per feature")
         if not 0.0 < self.candidate_threshold < 1.0 or not 0.0 <= self.min_score <= 1.0:
             raise ValueError(f"candidate_threshold must be in (0, 1) and min_score in [0, 1], got "
                              f"{self.candidate_threshold}, {self.min_score}")
 
+    @property
+    def columns(self) -> list[int]:
+        """The columns of :func:`candidate_features`'s array that it weighs."""
+        return [ALL_FEATURES.index(f) for f in self.features]
+
     def score(self, features: np.ndarray) -> np.ndarray:
-        z = (np.asarray(features, np.float64) - np.asarray(self.mean)) / np.asarray(self.std)
+        """Scores of candidates given :func:`candidate_features`'s ``n×len(ALL_FEATURES)`` array."""
+        x = np.asarray(features, np.float64).reshape(-1, len(ALL_FEATURES))[:, self.columns]
+        z = (x - np.asarray(self.mean)) / np.asarray(self.std)
         return 1.0 / (1.0 + np.exp(-(z @ np.asarray(self.weights) + self.bias)))
 
     def to_dict(self) -> dict:
@@ -181,16 +219,21 @@ class Rescorer:
 
     @classmethod
     def fit(cls, features: np.ndarray, targets: np.ndarray, candidate_threshold: float, l2: float = 1.0,
-            iterations: int = 50) -> Rescorer:
-        """Class-balanced, L2-regularized logistic regression by Newton's method.
+            iterations: int = 50, names: tuple[str, ...] = SCALE_FREE_FEATURES) -> Rescorer:
+        """Class-balanced, L2-regularized logistic regression by Newton's method on the features ``names``
+        of :func:`candidate_features`'s ``n×len(ALL_FEATURES)`` array.
 
         Raises:
-            ValueError: no candidates, or only one class among them.
+            ValueError: no candidates, only one class among them, or an unknown feature.
         """
         x = np.asarray(features, np.float64)
         y = np.asarray(targets, np.float64)
-        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != len(FEATURES):
-            raise ValueError(f"need an n×{len(FEATURES)} feature array, got shape {x.shape}")
+        if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != len(ALL_FEATURES):
+            raise ValueError(f"need an n×{len(ALL_FEATURES)} feature array, got shape {x.shape}")
+        unknown = [f for f in names if f not in ALL_FEATURES]
+        if unknown:
+            raise ValueError(f"unknown feature(s) {unknown} (the features: {', '.join(ALL_FEATURES)})")
+        x = x[:, [ALL_FEATURES.index(f) for f in names]]
         if y.min() == y.max():
             raise ValueError("the candidates are all positive or all negative: nothing to learn")
         mean, std = x.mean(0), x.std(0)
@@ -209,7 +252,7 @@ class Rescorer:
             if np.abs(step).max() < 1e-8:
                 break
         return cls(tuple(float(v) for v in w[:-1]), float(w[-1]), tuple(float(v) for v in mean),
-                   tuple(float(v) for v in std), candidate_threshold)
+                   tuple(float(v) for v in std), candidate_threshold, features=tuple(names))
 
 
 def candidate_targets(labels: np.ndarray, n: int, reference: np.ndarray) -> np.ndarray:

@@ -41,7 +41,7 @@ def test_calibration_writes_its_choice_and_reuses_the_cached_maps(tiny_checkpoin
 
 def test_calibrate_command_refuses_a_second_stage_from_too_few_candidates_and_fits_the_point_alone(
         tiny_checkpoint, tmp_path, capsys, caplog):
-    from lacunes.rescoring import FEATURES
+    from lacunes.rescoring import SCALE_FREE_FEATURES
 
     train, val = tmp_path / "train", tmp_path / "val"
     write_subject(train, "sub-001", seed=3)
@@ -50,7 +50,7 @@ def test_calibrate_command_refuses_a_second_stage_from_too_few_candidates_and_fi
     base = [str(tiny_checkpoint), "--val", str(val), "--out", str(out), "--threads", "1", "--no-progress"]
     assert cli_main(["calibrate", *base, "--fit-rescorer", str(train)]) == 2
     assert not out.exists()
-    assert f"the second stage has {len(FEATURES)} weights and needs at least as many of each" in caplog.text
+    assert f"the second stage has {len(SCALE_FREE_FEATURES)} weights and needs at least as many of each" in caplog.text
     assert "--no-second-stage" in caplog.text
     capsys.readouterr()
     assert cli_main(["calibrate", *base, "--no-second-stage"]) == 0

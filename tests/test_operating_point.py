@@ -95,3 +95,32 @@ def test_cases_are_named_records_and_plain_tuples_are_taken_alike():
     b = choose_operating_point([tuple(named)], thresholds=(0.5, 0.95), volumes=(0.0,), extents=(), progress=False)
     assert a[0] == b[0] and [s.to_dict() for s in a[2]] == [s.to_dict() for s in b[2]]
     assert named.reference is ref and named.mask.all()
+
+
+def test_the_point_for_the_worst_family_with_few_lacune_free_subjects_flagged():
+    """Family a: lacunes at p = 0.95 and, in lacune-free subjects, fluid pockets at 0.8 (flagged at 0.5);
+    family b: faint lacunes at 0.6 (found at 0.5 only). Pooled F1 and the worst family alike want 0.5, where
+    every lacune-free subject of family a is flagged; under a cap on the flagged share the point moves to
+    0.9, the best that flags none."""
+    shape = (30, 30, 20)
+
+    def case(p_lesion: float | None, p_pocket: float | None, family: str) -> ValidationCase:
+        p = np.full(shape, 0.01, np.float32)
+        ref = np.zeros(shape, np.float32)
+        if p_lesion is not None:
+            p[5:9, 5:9, 5:9], ref[5:9, 5:9, 5:9] = p_lesion, 1.0
+        if p_pocket is not None:
+            p[20:24, 20:24, 10:14] = p_pocket
+        return ValidationCase(*validation_case(p, ref), family=family)
+
+    cases = ([case(0.95, None, "a") for _ in range(3)] + [case(None, 0.8, "a") for _ in range(3)]
+             + [case(0.6, None, "b") for _ in range(3)] + [case(None, None, "b") for _ in range(3)])
+    kwargs = dict(thresholds=(0.5, 0.9), volumes=(0.0,), extents=(), progress=False)
+    op, _, scores = choose_operating_point(cases, worst_family=True, **kwargs)
+    by_t = {s.threshold: s for s in scores}
+    assert by_t[0.5].flagged == 3 and by_t[0.5].lacune_free == 6 and by_t[0.9].flagged == 0
+    assert by_t[0.5].worst_family_f1 == pytest.approx(2 * 3 / (3 + 6))  # family a: 3 TP, 3 FP
+    assert by_t[0.9].worst_family_f1 == 0.0  # family b: nothing found
+    assert op.threshold == 0.5
+    capped, _, _ = choose_operating_point(cases, worst_family=True, max_flagged_share=0.05, **kwargs)
+    assert capped.threshold == 0.9

@@ -10,7 +10,7 @@ from lacunes.network import build_network
 from lacunes.operating_point import choose_operating_point
 from lacunes.options import RAS_DIRECTION
 from lacunes.postprocessing import OperatingPoint, finish_probability
-from lacunes.rescoring import FEATURES, EdgeDistance, Rescorer, candidate_features, candidate_targets
+from lacunes.rescoring import ALL_FEATURES, FEATURES, SCALE_FREE_FEATURES, EdgeDistance, Rescorer, candidate_features, candidate_targets
 
 from .conftest import TINY
 
@@ -37,8 +37,8 @@ def scene(seed=0):
 def test_features_describe_shape_and_signal():
     prob, image, brain, reference, ball, tube = scene()
     labels, n, feats = candidate_features(prob, image, brain, (1.0, 1.0, 1.0), 0.5)
-    assert n == 2 and feats.shape == (2, len(FEATURES))
-    f = {name: feats[:, i] for i, name in enumerate(FEATURES)}
+    assert n == 2 and feats.shape == (2, len(ALL_FEATURES))
+    f = {name: feats[:, i] for i, name in enumerate(ALL_FEATURES)}
     k_ball = labels[18, 24, 20] - 1
     k_tube = 1 - k_ball
     assert f["log_elongation"][k_tube] > f["log_elongation"][k_ball] + 2
@@ -69,15 +69,46 @@ def test_fit_learns_to_reject_the_look_alike_and_round_trips():
     centre = np.argwhere(tube).mean(0)
     assert np.allclose(row["voxel"], centre, atol=0.01) and row["volume_mm3"] == tube.sum()
     assert row["score"] < r.min_score and row["max_probability"] == pytest.approx(float(prob[tube].max()))
+    assert r.features == SCALE_FREE_FEATURES and "t1" not in r.features
     with pytest.raises(ValueError, match="all positive or all negative"):
-        Rescorer.fit(np.zeros((3, len(FEATURES))), np.ones(3), 0.5)
+        Rescorer.fit(np.zeros((3, len(ALL_FEATURES))), np.ones(3), 0.5)
     with pytest.raises(ValueError, match="fitted on features"):
-        Rescorer.from_dict({**r.to_dict(), "features": ["x"] * len(FEATURES)})
+        Rescorer.from_dict({**r.to_dict(), "features": ["x"] * len(r.features)})
+    # a second stage of the first feature set (the bundled model's) weighs its own columns alone
+    v1 = Rescorer.fit(np.concatenate(feats), np.concatenate(targets), 0.5, names=FEATURES)
+    x = np.concatenate(feats)
+    z = (x[:, : len(FEATURES)] - np.asarray(v1.mean)) / np.asarray(v1.std)
+    np.testing.assert_allclose(v1.score(x), 1 / (1 + np.exp(-(z @ np.asarray(v1.weights) + v1.bias))))
     # the search picks a cut that keeps the lesion and drops the tube
     val = [(p, img, ref, (1.0, 1.0, 1.0), b) for p, img, b, ref, *_ in cases]
     op, cut, _ = choose_operating_point(val, r, thresholds=(0.5,), volumes=(0.0,), min_scores=(0.0, 0.5),
                                         progress=False)
     assert cut == 0.5
+
+
+def test_the_fluid_a_candidate_joins_tells_a_horn_from_a_cavity_of_its_own():
+    """Two equal fluid balls the network is sure of: one touches a large fluid space (a ventricle's horn),
+    the other stands alone (a lacune), 2 voxels of tissue from the same space."""
+    shape = (48, 48, 40)
+    idx = np.indices(shape)
+
+    def ball(c, r2):
+        return ((idx - np.array(c)[:, None, None, None]) ** 2).sum(0) <= r2
+
+    brain = ball((24, 24, 20), 21**2)
+    ventricle = (np.abs(idx[0] - 24) <= 3) & (np.abs(idx[1] - 24) <= 10) & (np.abs(idx[2] - 20) <= 6)
+    horn, cavity = ball((29, 20, 20), 4), ball((13, 28, 20), 4)  # the horn overlaps x <= 27, the cavity 5 voxels off
+    image = np.zeros((3, *shape), np.float32)
+    image[:, brain] = 0.6 + np.random.default_rng(0).normal(0, 0.02, (3, brain.sum()))
+    for fluid in (ventricle, horn, cavity):
+        image[0][fluid], image[1][fluid], image[2][fluid] = 0.1, 1.0, 0.1
+    prob = np.full(shape, 0.02, np.float32)
+    prob[horn | cavity] = 0.9
+    labels, n, feats = candidate_features(prob, image, brain, (1.0, 1.0, 1.0), 0.5)
+    joined = feats[:, ALL_FEATURES.index("log_fluid_joined_mm3")]
+    k_horn, k_cavity = labels[29, 20, 20] - 1, labels[13, 28, 20] - 1
+    assert n == 2 and np.expm1(joined[k_cavity]) < 10  # the odd noisy voxel beside it
+    assert np.expm1(joined[k_horn]) > 0.5 * (ventricle & ~horn).sum()
 
 
 def test_a_checkpoint_with_a_second_stage_uses_it(tmp_path):
