@@ -141,6 +141,23 @@ def _nifti_data_end(header: bytes) -> int | None:
     return None
 
 
+def check_no_confusable_sibling(path: Path) -> None:
+    """Refuse ``X.nii.gz`` when ``X.nii`` lies beside it: the NIfTI reader (niftilib's file-name search,
+    which SimpleITK uses) opens ``X.nii`` when asked for ``X.nii.gz``, so another scan would be segmented
+    while the records name this one.
+
+    Raises:
+        UnreadableImageError: naming both files.
+    """
+    name = path.name
+    if name.lower().endswith(".nii.gz"):
+        sibling = path.with_name(name[: -len(".gz")])
+        if sibling.exists():
+            raise UnreadableImageError(
+                f"{path}: {sibling.name} lies beside it, and the NIfTI reader opens {sibling.name} when asked for "
+                f"{name}; move or rename one of them")
+
+
 def check_complete(path: Path) -> None:
     """Refuse a damaged file that the reader would accept: a gzip stream is read to its end (truncated or
     corrupt → error), and a NIfTI file (compressed or not) must hold all the voxels its header announces
@@ -289,10 +306,12 @@ def _reason(exc: Exception) -> str:
 
 def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     """Read a 3D scalar image (NIfTI, MetaImage, anything SimpleITK reads) as an (x, y, z) array.
-    A truncated or corrupt NIfTI or gzip file is refused (:func:`check_complete`).
+    A truncated or corrupt NIfTI or gzip file is refused (:func:`check_complete`), and so is ``X.nii.gz``
+    beside an ``X.nii`` that the reader would open instead (:func:`check_no_confusable_sibling`).
 
     Raises:
-        UnreadableImageError: missing file, damaged or unreadable content, not 3D, or not scalar.
+        UnreadableImageError: missing file, a confusable sibling, damaged or unreadable content, not 3D,
+            or not scalar.
     """
     path = Path(path)
     if not path.is_file():
@@ -301,6 +320,7 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
         raise UnreadableImageError(f"cannot read {path}: the file is empty (0 bytes)")
     import SimpleITK as sitk
 
+    check_no_confusable_sibling(path)
     check_size(path)
     check_complete(path)
 

@@ -122,6 +122,19 @@ def test_4d_and_unreadable_files_are_clear_errors(tmp_path):
         read_volume(tmp_path / "absent.nii.gz")
 
 
+def test_a_nii_beside_the_nii_gz_asked_for_is_refused_naming_both(tmp_path):
+    """The NIfTI reader opens X.nii when asked for X.nii.gz: another scan would be read under this one's name."""
+    geom = Geometry(shape=(4, 5, 6))
+    asked = write_volume(np.zeros((4, 5, 6), np.int16), geom, tmp_path / "sub-001_T1w.nii.gz")
+    other = write_volume(np.ones((4, 5, 6), np.int16), geom, tmp_path / "sub-001_T1w.nii")
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(asked))).max() == 1  # what the reader alone does
+    with pytest.raises(UnreadableImageError, match=r"sub-001_T1w\.nii\.gz: sub-001_T1w\.nii lies beside it"):
+        read_volume(asked)
+    assert read_volume(other)[0].max() == 1  # the .nii itself is read by its name
+    other.unlink()
+    assert read_volume(asked)[0].max() == 0
+
+
 def test_nonfinite_voxels_are_counted(tmp_path):
     # MetaImage keeps NaN/inf; SimpleITK's NIfTI reader already turns them into 0 (see docs/usage.md).
     images, _, geom = write_subject(tmp_path)
