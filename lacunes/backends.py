@@ -16,6 +16,12 @@ fifth more time; benchmarks/RESULTS.md, "How exact each CPU backend's float32 is
 Conversion takes seconds to tens of seconds, so the converted graph (float32 weights, dynamic input
 shape) is cached on disk, keyed by the weights' sha256 and the runtime's version (:func:`cache_dir`);
 compiling it for one input shape takes a fraction of a second and is done once per shape and process.
+A cached entry is used only when it verifiably derives from the weights in use: its manifest (the full
+weights hash, the runtime, the graph's form, the sha256 of its two files) matches, its folder is not
+writable by others, and it gives the torch network's logits on a seeded probe (:data:`PROBE_TOLERANCE`).
+Anything else is converted again, with a warning naming the cache; a cache that cannot be written (full,
+read-only) only means no cache for that run. A conversion that itself fails the probe is refused
+(:class:`ConversionMismatchError`), and inference falls back to PyTorch.
 
 ``auto`` (the default) picks OpenVINO on the CPU when the ``openvino`` package is installed, PyTorch
 otherwise and always on a GPU.
@@ -130,6 +136,30 @@ def for_conversion(network: torch.nn.Module) -> torch.nn.Module:
 
 #: The converted graph's form; part of the cache key, so that a change of it is converted again.
 GRAPH_FORM = "norm2"
+#: Largest logit difference between the torch network and a converted one (float32) on the probe, a
+#: seeded ``1×C×32×32×32`` input: conversions differ by about 1e-5 (tests/test_backends.py).
+PROBE_TOLERANCE = 1e-3
+
+
+class ConversionMismatchError(RuntimeError):
+    """A freshly converted network does not give the torch network's logits on the probe."""
+
+
+def _sha256_file(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _writable_by_others(path: Path) -> bool:
+    """Group- or world-writable, or owned by another user (where ownership can be read)."""
+    st = path.stat()
+    foreign = hasattr(os, "getuid") and st.st_uid not in (os.getuid(), 0)
+    return bool(st.st_mode & 0o022) or foreign
 
 #: OpenVINO's names for the precisions this backend offers.
 PRECISION_HINTS = {"float32": "f32", "bfloat16": "bf16"}
@@ -164,18 +194,72 @@ class OpenVINONetwork:
         self._compiled: dict[tuple[int, ...], object] = {}
         self.seconds_converting = 0.0
 
+    def _manifest(self, weights: str, runtime: str, form: str) -> dict:
+        return {"weights_sha256": weights, "openvino": runtime, "graph_form": form}
+
+    def _cached(self, path: Path, manifest: dict, network: torch.nn.Module):
+        """The cache entry at ``path`` if it verifiably derives from ``network`` (the module docstring),
+        else ``(None, why)``; ``(None, None)`` where there is none."""
+        import json
+
+        xml, bin_, meta = path, path.with_suffix(".bin"), path.with_suffix(".json")
+        if not (xml.is_file() and bin_.is_file()):
+            return None, None
+        try:
+            for p in (path.parent, xml, bin_, meta):
+                if p.exists() and _writable_by_others(p):
+                    return None, f"{p} is writable by others"
+            if not meta.is_file():
+                return None, "it has no manifest"
+            recorded = json.loads(meta.read_text())
+            if {k: recorded.get(k) for k in manifest} != manifest:
+                return None, "its manifest names other weights, runtime or graph form"
+            if recorded.get("xml_sha256") != _sha256_file(xml) or recorded.get("bin_sha256") != _sha256_file(bin_):
+                return None, "its files are not those its manifest hashed"
+            model = self.core.read_model(str(xml))
+        except (OSError, RuntimeError, ValueError) as exc:
+            return None, f"it cannot be read: {exc}"
+        problem = self._probe(model, network)
+        return (model, None) if problem is None else (None, problem)
+
+    def _probe(self, model, network: torch.nn.Module) -> str | None:
+        """None when ``model`` gives ``network``'s logits on the probe (float32), else what differs."""
+        channels = _in_channels(network)
+        x = torch.from_numpy(np.random.default_rng(0).normal(0.0, 1.0, (1, channels, 32, 32, 32)).astype(np.float32))
+        with torch.no_grad():
+            expected = network.eval()(x).numpy()
+        probe = model.clone()
+        probe.reshape({0: list(x.shape)})
+        try:
+            got = np.asarray(self.core.compile_model(probe, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                                    "INFERENCE_NUM_THREADS": 1})(x.numpy())[0])
+        except RuntimeError as exc:
+            return f"it cannot be compiled: {exc}"
+        if got.shape != expected.shape:
+            return f"it gives logits of shape {got.shape}, the network {expected.shape}"
+        diff = float(np.nan_to_num(np.abs(got - expected), nan=np.inf).max())
+        if not diff <= PROBE_TOLERANCE:
+            return f"its logits differ from the network's by {diff:.3g} on the probe (at most {PROBE_TOLERANCE:g})"
+        return None
+
     def _load_or_convert(self, network: torch.nn.Module):
+        import json
+
         import openvino as ov
 
         runtime = re.sub(r"[^A-Za-z0-9.]+", "-", openvino_version() or "none")  # e.g. 2026.4.1-22982-…/2026/4
         form = GRAPH_FORM if self.rewrite_norms else "ovnorm"
-        key = f"{weights_key(network)[:24]}-{form}-openvino-{runtime}"
+        weights = weights_key(network)
+        manifest = self._manifest(weights, runtime, form)
+        key = f"{weights[:24]}-{form}-openvino-{runtime}"
         path = self.cache / f"{key}.xml" if self.cache is not None else None
-        if path is not None and path.is_file() and path.with_suffix(".bin").is_file():
-            try:
-                return self.core.read_model(str(path))
-            except RuntimeError as exc:  # a damaged cache entry: converted again below
-                logger.warning("cached network %s cannot be read (%s): converting again", path, exc)
+        if path is not None:
+            model, why = self._cached(path, manifest, network)
+            if model is not None:
+                return model
+            if why is not None:
+                logger.warning("the cached network %s is not used (%s): converting again (cache: %s, "
+                               "LACUNES_CACHE)", path.name, why, path.parent)
         t0 = time.time()
         network = (for_conversion(network) if self.rewrite_norms else copy.deepcopy(network)).eval()
         channels = _in_channels(network)
@@ -186,16 +270,25 @@ class OpenVINONetwork:
             model = ov.convert_model(network, example_input=torch.zeros(1, channels, 32, 32, 32),
                                      input=[ov.PartialShape([-1, channels, -1, -1, -1])])
         logger.info("network converted for OpenVINO in %.1f s", time.time() - t0)
+        problem = self._probe(model, network)
+        if problem is not None:
+            raise ConversionMismatchError(f"the network converted for OpenVINO is not used: {problem}")
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
+                if _writable_by_others(path.parent):
+                    raise OSError("the folder is writable by others")
                 with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                     xml = Path(tmp) / path.name
                     ov.save_model(model, str(xml), compress_to_fp16=False)  # float32 weights, as trained
+                    hashes = {"xml_sha256": _sha256_file(xml), "bin_sha256": _sha256_file(xml.with_suffix(".bin"))}
+                    xml.with_suffix(".json").write_text(json.dumps({**manifest, **hashes}, indent=1))
                     os.replace(xml.with_suffix(".bin"), path.with_suffix(".bin"))
                     os.replace(xml, path)
-            except OSError as exc:  # a read-only or full cache: the conversion is simply not kept
-                logger.warning("cannot cache the converted network in %s: %s", path.parent, exc)
+                    os.replace(xml.with_suffix(".json"), path.with_suffix(".json"))  # last: the entry is complete
+            except (OSError, RuntimeError) as exc:  # a read-only or full cache: the conversion is simply not kept
+                logger.warning("cannot cache the converted network in %s (%s): it is converted again next time",
+                               path.parent, exc)
         return model
 
     def compiled_for(self, shape: tuple[int, ...]):

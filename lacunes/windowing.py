@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from lacunes.backends import OpenVINONetwork, resolve_backend
+from lacunes.backends import ConversionMismatchError, OpenVINONetwork, resolve_backend
 from lacunes.device import resolve_device
 from lacunes.options import MODALITIES, Backend, Precision, TTAMode
 
@@ -214,9 +214,14 @@ class WindowedNetwork:
         rest of the volume) and retries."""
         if self.backend == Backend.OPENVINO:  # one sample at a time (samples_per_call), the variants included
             if self._compiled is None:
-                self._compiled = OpenVINONetwork(self.network, self.precision.value)
-            step = self.samples_per_call(tuple(x.shape[2:]))
-            return torch.cat([self._compiled(x[i:i + step]) for i in range(0, x.shape[0], step)])
+                try:
+                    self._compiled = OpenVINONetwork(self.network, self.precision.value)
+                except ConversionMismatchError as exc:
+                    logger.warning("%s; running on PyTorch instead", exc)
+                    self.backend = Backend.TORCH
+            if self._compiled is not None:
+                step = self.samples_per_call(tuple(x.shape[2:]))
+                return torch.cat([self._compiled(x[i:i + step]) for i in range(0, x.shape[0], step)])
         outputs, i = [], 0
         while i < x.shape[0]:
             chunk = run.chunk or x.shape[0]
@@ -303,6 +308,7 @@ class WindowedNetwork:
             )[0].float()
         if self._compiled is not None:  # its working memory is not needed while the maps are finished and written
             self._compiled.release()
+        stats["backend"] = str(self.backend)  # PyTorch where a conversion was refused (lacunes.backends)
         if crop:
             stats["windows_run"], stats["windows"] = run.windows_run, run.windows
         if inner.shape[1:] == shape:

@@ -83,7 +83,7 @@ def test_the_compiled_network_gives_the_torch_logits_and_is_cached_by_its_weight
     (next(tmp_path.glob("*.xml"))).write_text("damaged")
     with caplog.at_level(logging.WARNING):
         compiled = OpenVINONetwork(network, "float32", threads=1, cache=tmp_path)
-    assert "cannot be read" in caplog.text
+    assert "is not used (its files are not those its manifest hashed)" in caplog.text
     np.testing.assert_allclose(compiled(x).numpy(), expected.numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="runs in"):
         OpenVINONetwork(network, "float16", cache="")
@@ -104,3 +104,97 @@ def test_the_predictor_on_openvino_matches_torch(tmp_path, monkeypatch):
         assert maps[backend].stats["backend"] == backend
     for a, b in zip(maps["torch"], maps["openvino"]):
         assert float(np.abs(a - b).max()) < 1e-3
+
+
+def _entry(folder):
+    (xml,) = folder.glob("*.xml")
+    return xml, xml.with_suffix(".bin"), xml.with_suffix(".json")
+
+
+@needs_openvino
+def test_a_damaged_substituted_or_foreign_cache_entry_is_never_used(tmp_path, caplog):
+    import json
+    import shutil
+
+    from lacunes.backends import _sha256_file, weights_key
+
+    torch.manual_seed(0)
+    ours, theirs = build_network(TINY).eval(), build_network(TINY).eval()
+    with torch.no_grad():  # another model: its last layer's bias moved by 1 logit
+        last = [m for m in theirs.modules() if isinstance(m, torch.nn.Conv3d)][-1]
+        last.bias += 1.0
+    x = torch.randn(1, 3, 32, 32, 32)
+    with torch.no_grad():
+        expected = ours(x)
+
+    def fresh(cache, net=ours):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            return OpenVINONetwork(net, "float32", threads=1, cache=cache)
+
+    def check(compiled, why):
+        assert f"is not used ({why}" in caplog.text and "converted for OpenVINO" in caplog.text
+        assert float((compiled(x) - expected).abs().max()) < 1e-4
+
+    cache = tmp_path / "cache"
+    fresh(cache)
+    xml, bin_, meta = _entry(cache)
+    # 4 KiB of the weights overwritten
+    with open(bin_, "r+b") as f:
+        f.seek(4096)
+        f.write(b"\x7f" * 4096)
+    check(fresh(cache), "its files are not those its manifest hashed")
+    # another model's entry copied under our key, its manifest with it
+    other = tmp_path / "other"
+    fresh(other, theirs)
+    for src, dst in zip(_entry(other), _entry(cache)):
+        shutil.copy(src, dst)
+    check(fresh(cache), "its manifest names other weights")
+    # the same, its manifest forged to name our weights and to hash the files it holds: the probe sees it
+    for src, dst in zip(_entry(other), _entry(cache)):
+        shutil.copy(src, dst)
+    forged = json.loads(meta.read_text())
+    forged.update(weights_sha256=weights_key(ours), xml_sha256=_sha256_file(xml), bin_sha256=_sha256_file(bin_))
+    meta.write_text(json.dumps(forged))
+    check(fresh(cache), "its logits differ from the network's")
+    # an entry without a manifest (written before there was one)
+    meta.unlink()
+    check(fresh(cache), "it has no manifest")
+    # a cache folder others can write to: neither read nor written
+    cache.chmod(0o777)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        compiled = OpenVINONetwork(ours, "float32", threads=1, cache=cache)
+    assert "writable by others" in caplog.text and "cannot cache the converted network" in caplog.text
+    assert float((compiled(x) - expected).abs().max()) < 1e-4
+
+
+@needs_openvino
+def test_a_cache_that_cannot_be_written_or_a_conversion_that_differs_never_fails_a_subject(tmp_path, monkeypatch,
+                                                                                           caplog):
+    import openvino as ov
+
+    import lacunes.backends as backends
+
+    torch.manual_seed(1)
+    network = build_network(TINY)
+    images, _ = make_subject_arrays(shape=(40, 36, 24), seed=3)
+    image = np.stack([images[m] for m in ("T1", "T2", "FLAIR")])
+    reference = Predictor(network, FAST.replace(backend="torch", progress=False)).predict(image)
+
+    def full_disk(*args, **kwargs):
+        raise RuntimeError("basic_ios::clear: iostream error")
+
+    monkeypatch.setenv("LACUNES_CACHE", str(tmp_path))
+    monkeypatch.setattr(ov, "save_model", full_disk)
+    with caplog.at_level(logging.WARNING):
+        got = Predictor(network, FAST.replace(backend="openvino", progress=False)).predict(image)
+    assert "cannot cache the converted network" in caplog.text and got.stats["backend"] == "openvino"
+    assert float(np.abs(got.probability - reference.probability).max()) < 1e-3
+    monkeypatch.setattr(backends.OpenVINONetwork, "_probe", lambda self, model, net: "its logits differ (a test)")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        got = Predictor(network, FAST.replace(backend="openvino", progress=False)).predict(image)
+    assert "is not used: its logits differ (a test); running on PyTorch instead" in caplog.text
+    assert got.stats["backend"] == "torch"
+    np.testing.assert_allclose(got.probability, reference.probability, atol=1e-6)
