@@ -10,7 +10,15 @@ from lacunes.network import build_network
 from lacunes.operating_point import choose_operating_point
 from lacunes.options import RAS_DIRECTION
 from lacunes.postprocessing import OperatingPoint, finish_probability
-from lacunes.rescoring import ALL_FEATURES, FEATURES, SCALE_FREE_FEATURES, EdgeDistance, Rescorer, candidate_features, candidate_targets
+from lacunes.rescoring import (
+    ALL_FEATURES,
+    FEATURES,
+    SCALE_FREE_FEATURES,
+    EdgeDistance,
+    Rescorer,
+    candidate_features,
+    candidate_targets,
+)
 
 from .conftest import TINY
 
