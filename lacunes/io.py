@@ -229,28 +229,78 @@ BYTES_PER_VOXEL = 100
 BASE_BYTES = 600_000_000
 
 
-def memory_limit() -> tuple[int, str]:
+def _cgroup_limits(proc_cgroup: Path, cgroup_root: Path) -> list[int]:
+    """The memory limits (bytes) of the cgroup this process runs in and of each of its ancestors, v2
+    (``memory.max``) and v1 (``memory.limit_in_bytes``); ``max`` and v1's "unlimited" (a huge number)
+    are left to the caller's minimum."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return []
+    places = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":  # v2: one unified hierarchy
+            places.append((cgroup_root, "memory.max", path))
+            places.append((cgroup_root / "unified", "memory.max", path))
+        elif "memory" in controllers.split(","):
+            places.append((cgroup_root / "memory", "memory.limit_in_bytes", path))
+    limits = []
+    for root, name, path in places:
+        folder = root / path.strip("/")
+        while True:  # this cgroup and every ancestor up to the hierarchy's root
+            try:
+                text = (folder / name).read_text().strip()
+            except OSError:
+                text = ""
+            if text.isdigit():
+                limits.append(int(text))
+            if folder == root or root not in folder.parents:
+                break
+            folder = folder.parent
+    return limits
+
+
+def _slurm_limit(env: dict) -> int | None:
+    """SLURM's memory request of this job step (``SLURM_MEM_PER_NODE``, or ``SLURM_MEM_PER_CPU`` times
+    the CPUs on the node; megabytes), where set."""
+    try:
+        if env.get("SLURM_MEM_PER_NODE"):
+            return int(env["SLURM_MEM_PER_NODE"]) * 1024 * 1024
+        if env.get("SLURM_MEM_PER_CPU"):
+            cpus = int(env.get("SLURM_CPUS_ON_NODE") or env.get("SLURM_CPUS_PER_TASK") or 1)
+            return int(env["SLURM_MEM_PER_CPU"]) * cpus * 1024 * 1024
+    except ValueError:
+        return None
+    return None
+
+
+def memory_limit(proc_cgroup: Path = Path("/proc/self/cgroup"), cgroup_root: Path = Path("/sys/fs/cgroup"),
+                 env: dict | None = None) -> tuple[int, str]:
     """The memory a run may use (bytes) and where that number comes from: ``$LACUNES_MEMORY_LIMIT_GB``,
-    else the container's limit (cgroup v2 ``memory.max`` or v1 ``memory.limit_in_bytes``), else the
-    machine's physical memory."""
-    env = os.environ.get("LACUNES_MEMORY_LIMIT_GB")
-    if env is not None:
+    else the smallest of the limits of the cgroup this process runs in and its ancestors (v2
+    ``memory.max``, v1 ``memory.limit_in_bytes``: a container, a SLURM job, ``systemd-run --scope``),
+    SLURM's memory request where set, and the machine's physical memory."""
+    env = os.environ if env is None else env
+    value = env.get("LACUNES_MEMORY_LIMIT_GB")
+    if value is not None:
         try:
-            gb = float(env)
+            gb = float(value)
         except ValueError:
             gb = float("nan")
         if not (np.isfinite(gb) and gb > 0):
-            raise LacunesInputError(f"LACUNES_MEMORY_LIMIT_GB must be a positive number of GB, got {env!r}")
+            raise LacunesInputError(f"LACUNES_MEMORY_LIMIT_GB must be a positive number of GB, got {value!r}")
         return int(gb * 1e9), "LACUNES_MEMORY_LIMIT_GB"
-    physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        try:
-            text = Path(cgroup).read_text().strip()
-        except OSError:
-            continue
-        if text.isdigit() and int(text) < physical:
-            return int(text), "the container's memory limit"
-    return int(physical), "this machine's memory"
+    candidates = [(int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")), "this machine's memory")]
+    candidates += [(limit, "the memory limit of this process's cgroup")
+                   for limit in _cgroup_limits(Path(proc_cgroup), Path(cgroup_root))]
+    slurm = _slurm_limit(env)
+    if slurm is not None:
+        candidates.append((slurm, "SLURM's memory request"))
+    return min(candidates, key=lambda c: c[0])
 
 
 def max_voxels() -> tuple[int, str]:

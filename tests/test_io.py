@@ -122,6 +122,38 @@ def test_4d_and_unreadable_files_are_clear_errors(tmp_path):
         read_volume(tmp_path / "absent.nii.gz")
 
 
+def test_the_memory_limit_is_read_where_the_process_runs(tmp_path):
+    """cgroup v2 and v1, the process's own cgroup and its ancestors (the smallest limit holds), SLURM's
+    request, the machine last."""
+    from lacunes.io import memory_limit
+
+    def tree(lines: str, files: dict) -> tuple:
+        proc = tmp_path / "proc_cgroup"
+        proc.write_text(lines)
+        root = tmp_path / "cg"
+        for rel, text in files.items():
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            (root / rel).write_text(text)
+        return proc, root
+
+    physical = memory_limit(tmp_path / "absent", tmp_path / "absent", env={})
+    assert physical[1] == "this machine's memory"
+    # v2, nested: the job's limit holds for its step, whose own says "max"
+    proc, root = tree("0::/system.slice/slurm/job_5/step_0\n", {
+        "system.slice/slurm/job_5/memory.max": "4000000000", "system.slice/slurm/job_5/step_0/memory.max": "max"})
+    assert memory_limit(proc, root, env={}) == (4_000_000_000, "the memory limit of this process's cgroup")
+    # v1: the memory controller's hierarchy, a scope of its own (systemd-run --scope -p MemoryMax=2G)
+    (root / "system.slice").rename(tmp_path / "old")
+    proc, root = tree("4:memory:/user.slice/run-1.scope\n3:cpu,cpuacct:/\n", {
+        "memory/user.slice/run-1.scope/memory.limit_in_bytes": "2000000000",
+        "memory/memory.limit_in_bytes": "9223372036854771712"})
+    assert memory_limit(proc, root, env={}) == (2_000_000_000, "the memory limit of this process's cgroup")
+    # SLURM's request where it is smaller (1024 MB a node; or per CPU times the CPUs)
+    assert memory_limit(proc, root, env={"SLURM_MEM_PER_NODE": "1024"}) == (1024 ** 3, "SLURM's memory request")
+    assert memory_limit(proc, root, env={"SLURM_MEM_PER_CPU": "256", "SLURM_CPUS_ON_NODE": "2"})[0] == 512 * 1024 ** 2
+    assert memory_limit(proc, root, env={"LACUNES_MEMORY_LIMIT_GB": "3"}) == (3e9, "LACUNES_MEMORY_LIMIT_GB")
+
+
 def test_a_nii_beside_the_nii_gz_asked_for_is_refused_naming_both(tmp_path):
     """The NIfTI reader opens X.nii when asked for X.nii.gz: another scan would be read under this one's name."""
     geom = Geometry(shape=(4, 5, 6))
@@ -336,7 +368,8 @@ def test_the_size_limit_follows_the_memory_a_run_may_use(tmp_path, monkeypatch):
     monkeypatch.delenv("LACUNES_MAX_VOXELS", raising=False)
     monkeypatch.delenv("LACUNES_MEMORY_LIMIT_GB", raising=False)
     limit, source = memory_limit()
-    assert limit > 1e9 and source in ("the container's memory limit", "this machine's memory")
+    assert limit > 1e9 and source in ("the memory limit of this process's cgroup", "this machine's memory",
+                                      "SLURM's memory request")
     write_volume(np.zeros((120, 120, 80), np.int16), Geometry((120, 120, 80)), tmp_path / "wide.nii.gz")
     gb = (BASE_BYTES + 1_000_000 * BYTES_PER_VOXEL) / 1e9  # room for 10^6 voxels, the file holds 1.15 10^6
     monkeypatch.setenv("LACUNES_MEMORY_LIMIT_GB", str(gb))
