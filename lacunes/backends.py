@@ -146,13 +146,9 @@ class ConversionMismatchError(RuntimeError):
 
 
 def _sha256_file(path: Path) -> str:
-    import hashlib
+    from lacunes.checkpoint import sha256_of
 
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of(path)
 
 
 def _writable_by_others(path: Path) -> bool:

@@ -42,13 +42,17 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
     its rater labels as training conforms them, and the network's output (mean of the TTA variants'
     sigmoids) before the second stage and the operating point.
 
-    With ``cache``, the raw probability is read from / written to ``cache/<subject>.npy`` (the caller
-    keys the folder by checkpoint weights and setting), so that choosing the operating point again
-    does not predict again. ``modalities``: the set of contrasts the subject is read with (the others
-    zero, :data:`lacunes.options.INPUT_SETS`); ``family``: the family of subjects it belongs to."""
+    With ``cache``, the raw probability is read from / written to ``cache/<subject>-<content>.npy`` (the
+    caller keys the folder by checkpoint weights and setting; ``<content>`` hashes the bytes of the
+    subject's image files, so that another subject under the same id is predicted anew), so that choosing
+    the operating point again does not predict again. The rater labels must lie on the subject's grid
+    (shape, spacing, origin, direction), as ``lacunes evaluate`` requires. ``modalities``: the set of
+    contrasts the subject is read with (the others zero, :data:`lacunes.options.INPUT_SETS`); ``family``:
+    the family of subjects it belongs to."""
     import numpy as np
 
-    from lacunes.io import read_subject, read_volume
+    from lacunes.checkpoint import sha256_of
+    from lacunes.io import check_same_grid, read_subject, read_volume
     from lacunes.operating_point import ValidationCase
 
     labels = files.label_paths()
@@ -56,7 +60,17 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
         raise ValueError(f"{files.subject_id}: no rater label next to {next(iter(files.paths.values()))}")
     subject = read_subject(files.subject_id, files.paths, modalities=modalities)
     model_input = predictor.prepare(subject)
-    cached = None if cache is None else cache / f"{files.subject_id}.npy"
+    raters, grids = [], {Path(next(iter(files.paths.values()))): subject.geometry}
+    for path in labels.values():
+        array, grids[Path(path)] = read_volume(path)
+        raters.append(array)
+    check_same_grid(grids, hint=f" ({files.subject_id}: a rater's label must lie on its subject's grid)")
+    content = ""
+    if cache is not None:
+        import hashlib
+
+        content = hashlib.sha256("".join(sha256_of(p) for p in files.paths.values()).encode()).hexdigest()[:16]
+    cached = None if cache is None else cache / f"{files.subject_id}-{content}.npy"
     raw = np.load(cached) if cached is not None and cached.exists() else None
     if raw is None or raw.shape != model_input.normalized.shape[1:]:
         raw = predictor.raw(model_input).probability
@@ -64,7 +78,6 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
             cache.mkdir(parents=True, exist_ok=True)
             np.save(cached.with_suffix(".tmp.npy"), raw)
             cached.with_suffix(".tmp.npy").replace(cached)
-    raters = [read_volume(p)[0] for p in labels.values()]
     if model_input.conform is not None:
         raters = [model_input.conform.mask_to_model(r > 0) for r in raters]
     # binary raters averaged (0, 0.5, 1); a single label file is taken as it is (lacunes.evaluation.load_reference)

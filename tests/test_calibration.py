@@ -18,7 +18,7 @@ def test_calibration_writes_its_choice_and_reuses_the_cached_maps(tiny_checkpoin
             "--cache", str(cache), "--threads", "1"]
     assert calibrate.main(argv) == 0
     maps = sorted(cache.rglob("*.npy"))
-    assert [m.name for m in maps] == ["sub-001.npy", "sub-002.npy"]
+    assert [m.name[:8] for m in maps] == ["sub-001-", "sub-002-"]  # keyed by id and the files' content
     first = json.loads(report.read_text())
     chosen = first["operating_point"]
     grid = first["grid"]
@@ -84,3 +84,27 @@ def test_calibrating_a_smaller_set_stores_its_point_beside_the_models_own(tiny_c
     predictor = Predictor.from_checkpoint(reduced, FAST)
     assert predictor.post_processing_for("T1+FLAIR")[0].threshold == own["threshold"]
     assert predictor.post_processing_for("T1+T2")[0] == predictor.operating_point
+
+
+def test_calibrate_predicts_another_subject_under_a_cached_id_and_refuses_a_label_off_its_grid(
+        tiny_checkpoint, tmp_path, caplog):
+    from lacunes.io import Geometry, write_volume
+
+    from .conftest import DIRECTION, ORIGIN, SPACING
+
+    val, cache = tmp_path / "val", tmp_path / "cache"
+    write_subject(val, "sub-001", seed=1)
+    argv = [str(tiny_checkpoint), "--val", str(val), "--cache", str(cache), "--threads", "1", "--no-progress",
+            "--no-second-stage"]
+    assert calibrate.main(argv) == 0
+    write_subject(val, "sub-001", seed=2)  # another validation set with the same ids
+    assert calibrate.main(argv) == 0
+    assert len(list(cache.rglob("sub-001-*.npy"))) == 2  # predicted anew, not the stale map
+    # a label 20 mm off its subject's grid, voxel for voxel the same
+    _, label, _ = write_subject(val, "sub-001", seed=2, raters=False)
+    shifted = Geometry(shape=label.shape, spacing=SPACING, origin=tuple(np.add(ORIGIN, (20.0, 0, 0))),
+                       direction=DIRECTION)
+    write_volume(label, shifted, val / "sub-001_space-T1_desc-Rater1_Lacunes.nii.gz")
+    assert cli_main(["calibrate", *argv]) == 2
+    assert "sub-001_space-T1_desc-Rater1_Lacunes.nii.gz is not on the grid of" in caplog.text
+    assert "a rater's label must lie on its subject's grid" in caplog.text
