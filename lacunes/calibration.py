@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 #: Fewer candidates than this per second-stage feature: fitted, with a warning that it may not generalize.
 FEW_CANDIDATES_PER_FEATURE = 10
+#: The least validation data an operating point is chosen on without ``--force``: on fewer, every grid
+#: point ties (2 subjects with 1 lacune chose p >= 0.999 and no minimum volume among pages of F1 = 1.000).
+MIN_VALIDATION_SUBJECTS = 5
+MIN_VALIDATION_LACUNES = 10
 #: Grid rows printed (the best by pooled F1, then fewer false positives); the report holds them all.
 ROWS_SHOWN = 8
 
@@ -83,6 +87,18 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
     # binary raters averaged (0, 0.5, 1); a single label file is taken as it is (lacunes.evaluation.load_reference)
     reference = np.mean([(r > 0) if len(raters) > 1 else r for r in raters], axis=0).astype(np.float32)
     return ValidationCase(raw, model_input.normalized, reference, model_input.spacing, model_input.mask, family)
+
+
+def validation_shortfall(cases) -> str:
+    """What the validation cases lack against :data:`MIN_VALIDATION_SUBJECTS` and
+    :data:`MIN_VALIDATION_LACUNES` (lacunes: connected components of the reference), or ""."""
+    from lacunes.instances import label_instances
+
+    lacunes = sum(label_instances(case.reference > 0)[1] for case in cases)
+    if len(cases) >= MIN_VALIDATION_SUBJECTS and lacunes >= MIN_VALIDATION_LACUNES:
+        return ""
+    return (f"{len(cases)} validation subject(s) with {lacunes} lacune(s): an operating point needs at least "
+            f"{MIN_VALIDATION_SUBJECTS} subjects and {MIN_VALIDATION_LACUNES} lacunes, or every threshold ties")
 
 
 #: The second stage's feature sets by name (``--features``).
@@ -195,6 +211,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--max-flagged-share", type=float, default=None, metavar="SHARE",
                    help="only operating points that flag (at least one false positive) at most this share of the "
                         "lacune-free validation subjects (e.g. 0.05; default: no such constraint)")
+    p.add_argument("--force", action="store_true",
+                   help=f"choose a point on fewer than {MIN_VALIDATION_SUBJECTS} validation subjects or "
+                        f"{MIN_VALIDATION_LACUNES} lacunes (recorded as below the minimum)")
     p.add_argument("--worst-family", action="store_true",
                    help="with several --val folders: choose for the family it does worst on (the best lowest "
                         "family F1, then the pooled F1) instead of the pooled F1")
@@ -251,6 +270,12 @@ def run(args: argparse.Namespace) -> int:
     cases = [raw_case(predictor, files, cache if cache is None or len(folders) == 1 else cache / name, modalities, name)
              for name, files in tqdm(families, desc="validation", unit="subject", disable=not progress)]
     seconds = time.time() - t0
+    short = validation_shortfall(cases)
+    if short:
+        if not args.force:
+            raise ValueError(f"{short}; add labelled validation subjects, or give --force to choose a point on "
+                             "these (it is then recorded as below the minimum)")
+        logger.warning("%s: the operating point is chosen anyway (--force) and recorded as below the minimum", short)
     budget = args.max_uncertain_share if args.max_uncertain_share < 1 else None
     worst = args.worst_family and len(folders) > 1
     op, cut, scores = choose_operating_point(cases, rescorer, max_uncertain_share=budget, progress=progress,
@@ -287,6 +312,7 @@ def run(args: argparse.Namespace) -> int:
     record = {**op.to_dict(), "chosen_on": {"folder": str(args.val), "subjects": [s.subject_id for s in subjects],
                                             "families": {f.name: sum(name == f.name for name, _ in families)
                                                          for f in folders},
+                                            **({"below_minimum": short} if short else {}),
                                             "setting": args.preset, "modalities": modalities, "objective": objective,
                                             "score": chosen.to_dict()}}
     report["operating_point"] = record

@@ -14,8 +14,11 @@ def test_calibration_writes_its_choice_and_reuses_the_cached_maps(tiny_checkpoin
     for k in range(2):
         write_subject(val, f"sub-{k + 1:03d}", seed=k)
     out, report, cache = tmp_path / "cal.pt", tmp_path / "cal.json", tmp_path / "cache"
-    argv = [str(tiny_checkpoint), "--val", str(val), "--out", str(out), "--report", str(report),
+    argv = [str(tiny_checkpoint), "--force", "--val", str(val), "--out", str(out), "--report", str(report),
             "--cache", str(cache), "--threads", "1"]
+    assert calibrate.main([a for a in argv if a != "--force"]) == 2  # 2 subjects, 2 lacunes: under the minimum
+    assert "needs at least 5 subjects and 10 lacunes" in capsys.readouterr().err
+    assert not out.exists()
     assert calibrate.main(argv) == 0
     maps = sorted(cache.rglob("*.npy"))
     assert [m.name[:8] for m in maps] == ["sub-001-", "sub-002-"]  # keyed by id and the files' content
@@ -28,6 +31,7 @@ def test_calibration_writes_its_choice_and_reuses_the_cached_maps(tiny_checkpoin
     assert held == ("uncertainty" in chosen["chosen_on"]["objective"])
     _, payload = load_network(out)
     assert payload["metadata"]["operating_point"]["threshold"] == chosen["threshold"]
+    assert "2 validation subject(s) with 2 lacune(s)" in chosen["chosen_on"]["below_minimum"]
     # a cached map is what the second run reads: change it, and the grid's scores change with it
     np.save(maps[0], np.full(np.load(maps[0]).shape, 0.5, np.float32))
     assert calibrate.main(argv[:-2] + ["--max-uncertain-share", "1"]) == 0
@@ -47,7 +51,7 @@ def test_calibrate_command_refuses_a_second_stage_from_too_few_candidates_and_fi
     write_subject(train, "sub-001", seed=3)
     write_subject(val, "sub-101", seed=4)
     out = tmp_path / "cal.pt"
-    base = [str(tiny_checkpoint), "--val", str(val), "--out", str(out), "--threads", "1", "--no-progress"]
+    base = [str(tiny_checkpoint), "--val", str(val), "--out", str(out), "--threads", "1", "--no-progress", "--force"]
     assert cli_main(["calibrate", *base, "--fit-rescorer", str(train)]) == 2
     assert not out.exists()
     assert f"the second stage has {len(SCALE_FREE_FEATURES)} weights and needs at least as many of each" in caplog.text
@@ -68,7 +72,7 @@ def test_calibrating_a_smaller_set_stores_its_point_beside_the_models_own(tiny_c
     for k in range(2):
         write_subject(val, f"sub-{k + 1:03d}", seed=k)
     full, reduced, cache = tmp_path / "full.pt", tmp_path / "reduced.pt", tmp_path / "cache"
-    base = ["--val", str(val), "--threads", "1", "--no-progress", "--no-second-stage", "--cache", str(cache)]
+    base = ["--val", str(val), "--threads", "1", "--no-progress", "--no-second-stage", "--cache", str(cache), "--force"]
     assert calibrate.main([str(tiny_checkpoint), *base, "--out", str(full)]) == 0
     assert calibrate.main([str(full), *base, "--out", str(reduced), "--modalities", "T1+FLAIR",
                            "--report", str(tmp_path / "r.json")]) == 0
@@ -95,7 +99,7 @@ def test_calibrate_predicts_another_subject_under_a_cached_id_and_refuses_a_labe
     val, cache = tmp_path / "val", tmp_path / "cache"
     write_subject(val, "sub-001", seed=1)
     argv = [str(tiny_checkpoint), "--val", str(val), "--cache", str(cache), "--threads", "1", "--no-progress",
-            "--no-second-stage"]
+            "--no-second-stage", "--force"]
     assert calibrate.main(argv) == 0
     write_subject(val, "sub-001", seed=2)  # another validation set with the same ids
     assert calibrate.main(argv) == 0
