@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -63,8 +64,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if explicit:
         options.input_set_name(explicit)  # a set a model takes (T1+FLAIR, ...), else the message naming them
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be at least 1, got {args.threads}")
+        cores = os.cpu_count() or 1
+        if not 1 <= args.threads <= 4 * cores:
+            raise ValueError(f"--threads must be between 1 and {4 * cores} (4 × this machine's {cores} cores), "
+                             f"got {args.threads}")
         import torch
 
         torch.set_num_threads(args.threads)  # the OpenVINO backend takes the same count
@@ -79,6 +82,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     settings = PRESETS[args.preset].replace(**changes)
     shard_i, shard_n = parse_shard(args.shard)
 
+    if not str(args.output).strip():
+        raise ValueError("--output is empty: give the folder the maps go to")
     out = Path(args.output)
     items = cohort_items(Path(args.input) if args.input else None,
                          {m: Path(f) for m, f in explicit.items()} if explicit else None, args.subject_id)

@@ -160,6 +160,9 @@ def find_valdo_t1s(folder: Path) -> list[Path]:
     and ``.mha``) is an error naming both files. Files that look like T1 scans but do not follow the
     names are listed in a warning, each with what is wrong with its name (:func:`near_miss`)."""
     folder = Path(folder)
+    if folder.is_file():
+        raise LacunesInputError(f"{folder} is a file, not an input folder: give a subject's files with --t1, --t2 "
+                                "and --flair")
     if not folder.is_dir():
         raise LacunesInputError(f"input folder {folder} does not exist")
     t1s = sorted(p for p in folder.iterdir() if VALDO_T1.match(p.name))
@@ -331,6 +334,9 @@ def find_subjects(folder: Path, layouts: tuple[Layout, ...] = FOLDER_LAYOUTS,
     """The subjects of a folder in the first of ``layouts`` it follows; one that follows none is an error
     naming what each layout expects, what the folder holds and ``otherwise``."""
     folder = Path(folder)
+    if folder.is_file():
+        raise LacunesInputError(f"{folder} is a file, not an input folder: give a subject's files with --t1, --t2 "
+                                "and --flair")
     if not folder.is_dir():
         raise LacunesInputError(f"input folder {folder} does not exist")
     for layout in layouts:

@@ -27,6 +27,7 @@ in this order (:func:`finish_probability`):
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
@@ -54,8 +55,8 @@ class OperatingPoint:
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if not self.min_volume_mm3 >= 0:
-            raise ValueError(f"min_volume_mm3 must be >= 0, got {self.min_volume_mm3}")
+        if not (self.min_volume_mm3 >= 0 and math.isfinite(self.min_volume_mm3)):
+            raise ValueError(f"min_volume_mm3 must be a finite number >= 0, got {self.min_volume_mm3}")
         if self.extent_threshold is not None and not 0.0 < self.extent_threshold <= self.threshold:
             raise ValueError(f"extent_threshold must be in (0, threshold={self.threshold}], got {self.extent_threshold}")
 

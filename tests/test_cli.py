@@ -40,7 +40,23 @@ def test_version_short_flags_and_threads(tmp_path, tiny_checkpoint, capsys, capl
         torch.set_num_threads(before)
     assert (tmp_path / "out" / "sub-001_space-T1_prediction.nii.gz").is_file()
     assert predict("-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--threads", "0") == 2
-    assert "--threads must be at least 1" in caplog.text
+    assert "--threads must be between 1 and" in caplog.text
+    caplog.clear()
+    assert predict("-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--threads", "100000") == 2
+    assert "got 100000" in caplog.text  # (it ended in a segfault)
+
+
+def test_impossible_arguments_get_one_line_each(tmp_path, tiny_checkpoint, caplog):
+    write_subject(tmp_path / "in", "sub-001", shape=(30, 28, 18))
+    t1 = tmp_path / "in" / "sub-001_space-T1_desc-masked_T1.nii.gz"
+    common = ("--model", str(tiny_checkpoint))
+    assert predict("-i", str(tmp_path / "in"), "-o", "", *common) == 2
+    assert "--output is empty" in caplog.text
+    assert predict("-i", str(t1), "-o", str(tmp_path / "out"), *common) == 2
+    assert f"{t1} is a file, not an input folder: give a subject's files with --t1" in caplog.text
+    assert predict("-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--min-volume", "inf", *common) == 2
+    assert "min_volume_mm3 must be a finite number >= 0, got inf" in caplog.text
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob("*.nii.gz"))
 
 
 def test_cohort_with_a_bad_subject_continues_and_reports(tmp_path, tiny_checkpoint, capsys):
