@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +105,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"{path}: sha256 {actual} does not match {sidecar.name} ({expected})")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # torch's message would advise loading it with weights_only=False
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        raise ValueError(f"{path} is not a lacunes checkpoint: it holds objects other than plain containers and "
+                         f"tensors{f' ({found.group(1)})' if found else ''}, which are never loaded (they could "
+                         "run code)") from None
     except Exception as exc:
-        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
+        raise ValueError(f"{path} is not a readable checkpoint: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
     if not isinstance(payload, dict) or "state_dict" not in payload or "network" not in payload:
         raise ValueError(f"{path} is not a lacunes checkpoint (no network arguments or weights)")
     expected = payload.get("weights_sha256")

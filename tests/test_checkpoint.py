@@ -67,3 +67,19 @@ def test_a_network_with_another_channel_count_is_refused_at_load_naming_the_moda
     path = save_checkpoint(tmp_path / "two.pt", build_network(two), two, {})
     with pytest.raises(ValueError, match="takes 2 channel\\(s\\) and gives 1 \\(expected 3 in: T1, T2, FLAIR; 1 out\\)"):
         Predictor.from_checkpoint(path)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_a_checkpoint_holding_code_is_refused_without_advice_to_load_it_unsafely(tmp_path, capsys):
+    path = tmp_path / "crafted.pt"
+    torch.save({"network": {}, "state_dict": {}, "x": _RunsCode()}, path)
+    with pytest.raises(ValueError) as err:
+        read_checkpoint(path)
+    message = str(err.value)
+    assert "is not a lacunes checkpoint: it holds objects other than plain containers and tensors" in message
+    assert "weights_only" not in message and "\n" not in message
+    assert "this must never run" not in capsys.readouterr().out
