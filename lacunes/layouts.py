@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,6 +115,13 @@ def _some_set(sid: str, paths: dict[str, Path], found: str) -> None:
         raise MissingModalityError(f"{sid}: {exc} (found: {found})") from None
 
 
+def refuse_dangling(sid: str, path: Path) -> None:
+    """A contrast's name that is a link to nothing is an error naming it and where it points: read as
+    absent, the subject would run as a smaller set of contrasts (T1+FLAIR) and end "done"."""
+    if path.is_symlink() and not path.exists():
+        raise MissingModalityError(f"{sid}: {path} is a link to {os.readlink(path)}, which does not exist")
+
+
 def valdo_subject(t1: Path, complete: bool = True) -> SubjectFiles:
     """Build a subject from its T1 path in the VALDO layout (T2/FLAIR by suffix replacement); with
     ``complete`` False, a missing T2 or FLAIR leaves a smaller set of contrasts (T1+FLAIR, T1+T2)."""
@@ -126,6 +134,7 @@ def valdo_subject(t1: Path, complete: bool = True) -> SubjectFiles:
     paths = {"T1": t1}
     for m in MODALITIES[1:]:
         paths[m] = t1.with_name(stem + suffix.replace("T1", m, 1))
+        refuse_dangling(match["sid"], paths[m])
     missing = [m for m, p in paths.items() if not p.is_file()]
     found = ", ".join(sorted(p.name for p in t1.parent.glob(f"{match['sid']}_*")))
     if missing and complete:
@@ -252,6 +261,7 @@ class BidsT1:
         session = "_".join(e for e in self.entities.split("_") if e.startswith(("sub-", "ses-")))
         for m in MODALITIES[1:]:
             exact = anat / f"{self.entities}_{BIDS_SUFFIXES[m]}.{ext}"
+            refuse_dangling(self.entities, exact)
             if exact.is_file():
                 paths[m] = exact
                 continue

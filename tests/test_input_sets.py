@@ -83,6 +83,26 @@ def test_the_command_lines_layouts_find_smaller_sets_and_the_containers_valdo_la
         explicit_subject({"FLAIR": tmp_path / "fl.nii.gz"})
 
 
+def test_a_contrast_that_links_to_nothing_is_an_error_not_a_smaller_set(tmp_path):
+    from lacunes.layouts import find_bids_t1s
+
+    write_subject(tmp_path, shape=(20, 18, 12), raters=False)
+    t2 = _paths(tmp_path)["T2"]
+    t2.unlink()
+    t2.symlink_to(tmp_path / "gone" / "t2.nii.gz")
+    (entry,) = cohort_items(tmp_path)
+    with pytest.raises(MissingModalityError, match=r"sub-001: .*T2\.nii\.gz is a link to .*gone/t2\.nii\.gz, which "
+                                                   r"does not exist"):
+        entry.files()
+    anat = tmp_path / "bids" / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    _paths(tmp_path)["T1"].rename(anat / "sub-01_T1w.nii.gz")
+    (anat / "sub-01_T2w.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    (bids,) = find_bids_t1s(tmp_path / "bids")
+    with pytest.raises(MissingModalityError, match="sub-01_T2w.nii.gz is a link to"):
+        bids.files()
+
+
 def test_the_grand_challenge_sockets_take_the_set_inputs_json_lists(tmp_path):
     images, _, geom = write_subject(tmp_path / "src", shape=(20, 18, 12), raters=False)
     sockets = []
