@@ -24,6 +24,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -352,7 +353,7 @@ def _link(output: Path, rel: str, text: str) -> str:
     """A relative link to a file of the run (only when it is there)."""
     if not rel or not (Path(output) / rel).is_file():
         return ""
-    return f'<a href="{html.escape(rel)}">{html.escape(text)}</a>'
+    return f'<a href="{html.escape(quote(rel))}">{html.escape(text)}</a>'
 
 
 def _run_block(output: Path, records: list[SubjectRecord]) -> str:
@@ -432,7 +433,7 @@ def _subject_section(output: Path, r: SubjectRecord) -> str:
              _link(output, table, "lesion table (CSV)"), _link(output, r.picture, "picture")]
     return (f'<section id="{sid}"><h2>{sid}</h2><p class="totals">{html.escape(totals)}</p>'
             f'<p class="links">{" · ".join(x for x in links if x)}</p>{_lesion_table(r)}{_rejected_table(r)}'
-            f'<img src="{html.escape(r.picture)}" alt="lesions of {sid}"></section>')
+            f'<img src="{html.escape(quote(r.picture))}" alt="lesions of {sid}"></section>')
 
 
 STYLE = """body { font-family: sans-serif; margin: 1.5em; font-size: 15px; line-height: 1.4; }
@@ -458,7 +459,7 @@ def write_report(output: Path, records: dict[str, SubjectRecord]) -> Path:
     rows = []
     for r in ordered:
         status = html.escape(r.status) + (f": {html.escape(r.error)}" if r.error else "")
-        link = (f'<a href="#{html.escape(r.subject_id)}">{html.escape(r.subject_id)}</a>' if r.picture
+        link = (f'<a href="#{html.escape(quote(r.subject_id, safe=""))}">{html.escape(r.subject_id)}</a>' if r.picture
                 else html.escape(r.subject_id))
         ok = r.status != "failed"
         rows.append(f"<tr class=\"{html.escape(r.status)}\"><td>{link}</td><td>{status}</td>"

@@ -44,13 +44,16 @@ def check_report(folder: Path) -> Links:
     parser = Links()
     parser.feed((folder / "report.html").read_text(encoding="utf-8"))
     parser.close()
-    for src in parser.images:
-        assert (folder / src).is_file(), src
+    from urllib.parse import unquote
+
+    for src in parser.images:  # a browser percent-decodes links and fragments
+        assert (folder / unquote(src)).is_file(), src
     for href in parser.anchors:
         if href.startswith("#"):
-            assert href[1:] in parser.ids, href
+            assert unquote(href[1:]) in parser.ids, href
         else:
-            assert not Path(href).is_absolute() and (folder / href).is_file(), href
+            assert not Path(href).is_absolute() and (folder / unquote(href)).is_file(), href
+            assert unquote(href) != href or not set(href) & set("#?%"), href  # a '#' or '?' would cut the link
     return parser
 
 
@@ -119,6 +122,17 @@ def test_predict_qc_and_report_command(tmp_path, tiny_checkpoint):
     assert main(["report", str(out), "--no-progress"]) == 0
     assert (out / "qc" / "sub-001.png").is_file() and check_report(out).images == ["qc/sub-001.png"]
     assert main(["report", str(tmp_path / "in")]) == 2  # no run.json there: a message, not a traceback
+
+
+def test_report_links_resolve_whatever_characters_a_subject_id_holds(tmp_path, tiny_checkpoint):
+    write_subject(tmp_path / "in", "sub-a#1?x%25")  # a name the VALDO layout takes as it is
+    out = tmp_path / "out"
+    rc = main(["predict", "--input", str(tmp_path / "in"), "--output", str(out), "--model", str(tiny_checkpoint),
+               "--preset", "fast", "--no-progress", "--qc"])
+    assert rc == 0 and load_records(out)["sub-a#1?x%25"].status == "done"
+    parsed = check_report(out)
+    assert parsed.images and all("#" not in src and "?" not in src for src in parsed.images)
+    assert any(href.startswith("#") for href in parsed.anchors)
 
 
 def _add_records(folder: str, prefix: str, n: int) -> None:
