@@ -184,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     # the project's own INFO lines; other libraries' (evalutils' "Skip loading …") only from WARNING
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("lacunes").setLevel(logging.INFO)
+    from lacunes.logs import setup
+
+    setup(logging.WARNING, "%(asctime)s %(levelname)s %(name)s: %(message)s", logging.INFO)
 
     from lacunes.inference import PRESETS, Predictor
     from lacunes.io import LacunesInputError, WriteError, prepare_output_folder

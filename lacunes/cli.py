@@ -18,9 +18,10 @@ logger = logging.getLogger("lacunes")
 
 def _setup_logging(verbose: bool) -> None:
     # the project's own INFO lines; other libraries' only from WARNING (all of them with --verbose)
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("lacunes").setLevel(logging.DEBUG if verbose else logging.INFO)
+    from lacunes.logs import setup
+
+    setup(logging.DEBUG if verbose else logging.WARNING, "%(levelname)s %(name)s: %(message)s",
+          logging.DEBUG if verbose else logging.INFO)
 
 
 # ---------------------------------------------------------------------------------------------- predict
