@@ -623,6 +623,9 @@ TEMPORARY_MARK = ".lacunes-tmp."
 _TEMPORARY = re.compile(r"^\..+" + re.escape(TEMPORARY_MARK) + r"[a-z0-9_]{8}(\.nii\.gz|\.[A-Za-z0-9]+)$")
 #: Temporary files older than this (seconds) are a killed run's leftovers (a live write takes seconds).
 STALE_SECONDS = 600
+#: The longest file name (bytes) of the usual file systems; a temporary name for a final name near it
+#: is made from the name's hash instead (:func:`atomic_output`).
+NAME_MAX = 255
 
 
 def prepare_output_folder(folder: str | os.PathLike) -> Path:
@@ -667,7 +670,13 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMPORARY_MARK}", suffix=suffix, dir=path.parent)
+    stem = path.name
+    extra = len(f".{TEMPORARY_MARK}") + 8 + len(suffix.encode())  # what the temporary name adds
+    if len(stem.encode()) + extra > NAME_MAX:  # a legal long name: the temporary one is shortened, not refused
+        import hashlib
+
+        stem = hashlib.sha256(path.name.encode()).hexdigest()[:16]
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}{TEMPORARY_MARK}", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)

@@ -261,6 +261,19 @@ def test_a_truncated_or_corrupt_file_is_refused(tmp_path, suffix):
             read_volume(path)
 
 
+def test_a_legal_name_near_the_file_systems_limit_is_written(tmp_path):
+    """A final name of 250 bytes: its temporary name would pass 255 bytes, so it is made from a hash."""
+    from lacunes.io import _TEMPORARY, NAME_MAX, atomic_output
+
+    name = "s" * (NAME_MAX - len("_prediction.nii.gz") - 5) + "_prediction.nii.gz"
+    path = write_volume(np.zeros((4, 5, 6), np.int16), Geometry(shape=(4, 5, 6)), tmp_path / name)
+    assert path.name == name and read_volume(path)[0].shape == (4, 5, 6)
+    with atomic_output(tmp_path / name) as tmp:
+        assert len(tmp.name.encode()) <= NAME_MAX and _TEMPORARY.match(tmp.name)  # still cleaned up if left
+        tmp.write_bytes(b"x")
+    assert (tmp_path / name).read_bytes() == b"x"
+
+
 def test_output_folder_is_checked_and_a_killed_runs_temporaries_are_removed(tmp_path, caplog):
     import os
     import time
