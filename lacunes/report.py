@@ -214,7 +214,9 @@ def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometr
     total = sum(les["volume_mm3"] for les in lesions)
     head = f"{title}: {len(lesions)} lesion(s), {total:.0f} mm³ in all" + (
         f" (the {len(shown)} largest shown)" if len(lesions) > len(shown) else "")
-    fig.text(0.01, 1 - 0.5 * HEADER_IN / (height / DPI), head, va="center", fontsize=11, weight="bold")
+    # parse_math off: a '$' in a subject id or file name is text, not mathtext
+    fig.text(0.01, 1 - 0.5 * HEADER_IN / (height / DPI), head, va="center", fontsize=11, weight="bold",
+             parse_math=False)
     limits = [np.percentile(c[c != 0], [1, 99]) if (c != 0).any() else (0.0, 1.0) for c in image]
     overview = next(m for m in ("FLAIR", "T2", "T1") if m in modalities)
     flair = MODALITIES.index(overview)  # the whole-brain slices' contrast
@@ -230,7 +232,7 @@ def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometr
 
     def caption(r: int, text: str) -> None:
         top = 1 - (HEADER_IN * DPI) / height - r * row_h
-        fig.text(0.01, top - row_h + 0.05 * row_h, text, fontsize=CAPTION_PT)
+        fig.text(0.01, top - row_h + 0.05 * row_h, text, fontsize=CAPTION_PT, parse_math=False)
 
     if not shown:
         centre = tuple(s // 2 for s in probability.shape)

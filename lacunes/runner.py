@@ -298,11 +298,16 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
             reports.append(report)
             drawn = bool(record.picture) and (output / record.picture).is_file()
             if qc and (report.status == "done" or not drawn):
-                picture_for(output, record)
+                try:
+                    picture_for(output, record)
+                except Exception as exc:  # the maps are written: a picture that cannot be drawn fails nothing
+                    logger.warning("%s: its picture could not be drawn: %s", entry.subject_id,
+                                   str(exc) or type(exc).__name__)
         except Exception as exc:  # one bad subject must not stop the cohort
-            logger.error("%s failed: %s", entry.subject_id, exc)
-            reports.append(SubjectReport(entry.subject_id, status="failed", error=str(exc)))
-            record = SubjectRecord(entry.subject_id, "failed", error=str(exc))
+            reason = str(exc) or type(exc).__name__  # never an empty reason
+            logger.error("%s failed: %s", entry.subject_id, reason)
+            reports.append(SubjectReport(entry.subject_id, status="failed", error=reason))
+            record = SubjectRecord(entry.subject_id, "failed", error=reason)
         records = update_records(output, {record.subject_id: record})
     if qc:
         write_report(output, records)

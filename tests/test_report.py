@@ -125,11 +125,13 @@ def test_predict_qc_and_report_command(tmp_path, tiny_checkpoint):
 
 
 def test_report_links_resolve_whatever_characters_a_subject_id_holds(tmp_path, tiny_checkpoint):
-    write_subject(tmp_path / "in", "sub-a#1?x%25")  # a name the VALDO layout takes as it is
+    sid = "sub-a#1?x%25$x^$"  # a name the VALDO layout takes as it is; "$x^$" is broken mathtext to matplotlib
+    write_subject(tmp_path / "in", sid)
     out = tmp_path / "out"
     rc = main(["predict", "--input", str(tmp_path / "in"), "--output", str(out), "--model", str(tiny_checkpoint),
                "--preset", "fast", "--no-progress", "--qc"])
-    assert rc == 0 and load_records(out)["sub-a#1?x%25"].status == "done"
+    record = load_records(out)[sid]
+    assert rc == 0 and record.status == "done" and (out / record.picture).is_file()
     parsed = check_report(out)
     assert parsed.images and all("#" not in src and "?" not in src for src in parsed.images)
     assert any(href.startswith("#") for href in parsed.anchors)
