@@ -166,6 +166,9 @@ def check_complete(path: Path) -> None:
     import zlib
 
     name = path.name.lower()
+    if name.endswith(".mha"):
+        _check_metaimage(path)
+        return
     if not (name.endswith(".gz") or name.endswith(".nii")):
         return
     size, header = 0, b""
@@ -187,6 +190,40 @@ def check_complete(path: Path) -> None:
         if end is not None and size < end:
             raise UnreadableImageError(f"{path} is truncated: it holds {size} bytes of the {end} its header "
                                        "announces; copy it again from its source")
+
+
+#: Bytes per voxel of MetaImage's element types.
+_MET_BYTES = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
+              "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4, "MET_DOUBLE": 8}
+
+
+def _check_metaimage(path: Path) -> None:
+    """An ``.mha`` with its data inside (``ElementDataFile = LOCAL``) must hold all the bytes its header
+    announces: the voxels, or ``CompressedDataSize`` when compressed (SimpleITK calls a short compressed
+    one "No such file or directory")."""
+    fields, offset = {}, 0
+    with open(path, "rb") as f:
+        for raw in iter(f.readline, b""):
+            offset += len(raw)
+            key, _, value = raw.decode("latin-1").partition("=")
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile" or offset > 65536:
+                break
+    if fields.get("ElementDataFile") != "LOCAL":
+        return
+    try:
+        if fields.get("CompressedData", "False").lower() == "true":
+            need = offset + int(fields["CompressedDataSize"])
+        else:
+            dims = [int(v) for v in fields["DimSize"].split()]
+            per = _MET_BYTES[fields["ElementType"]] * int(fields.get("ElementNumberOfChannels", "1"))
+            need = offset + per * int(np.prod(dims, dtype=np.int64))
+    except (KeyError, ValueError):
+        return  # the reader says what is wrong with the header
+    size = path.stat().st_size
+    if size < need:
+        raise UnreadableImageError(f"{path} is truncated: it holds {size} bytes of the {need} its header "
+                                   "announces; copy it again from its source")
 
 
 def nan_mask(path: str | os.PathLike, shape: tuple[int, ...]) -> np.ndarray | None:
