@@ -6,8 +6,13 @@ others, ``run.json``, quality control) and the checks made before anything is wr
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import logging
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -250,6 +255,60 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
     return r, record
 
 
+#: The lock a run holds on its output folder, named by its settings' digest (:func:`settings_lock`).
+LOCK_PREFIX = ".lacunes-run-"
+
+
+@contextmanager
+def settings_lock(folder: Path, settings: dict) -> Iterator[None]:
+    """Hold ``folder`` for a run with ``settings`` for as long as it runs: a shared lock on
+    ``.lacunes-run-<digest>.lock``, so that runs with the same settings (shards) write side by side, while
+    a run with other settings is refused at its start, naming them, instead of replacing maps in the
+    middle of another run (whose settings were checked only when it started). Locks left by a killed run
+    are free and removed. Where the system has no ``fcntl`` (Windows), nothing is locked.
+
+    Raises:
+        ValueError: another run with other settings holds the folder.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    text = json.dumps(settings, sort_keys=True, default=str)
+    own = folder / f"{LOCK_PREFIX}{hashlib.sha256(text.encode()).hexdigest()[:16]}.lock"
+    fd = os.open(own, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        if os.fstat(fd).st_size == 0:
+            os.write(fd, text.encode())
+        for other in folder.glob(f"{LOCK_PREFIX}*.lock"):
+            if other == own:
+                continue
+            try:
+                ofd = os.open(other, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(ofd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = other.read_text(errors="replace")[:300]
+                raise ValueError(f"another run is writing into {folder} with other settings ({held}); wait for it "
+                                 "to finish, or give another --output") from None
+            else:  # a killed run's lock
+                other.unlink(missing_ok=True)
+            finally:
+                os.close(ofd)
+        yield
+    finally:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the last of its settings' runs removes it
+            own.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass
+        os.close(fd)
+
+
 def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bool = False,
                extras_dir: Path | None = None, write_mask: bool = False, write_table: bool = False,
                resample: bool = False, qc: bool = False, progress: bool = True,
@@ -260,7 +319,8 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
 
     A subject is skipped (unless ``overwrite``) only while its maps match their completion record in
     ``run.json`` and were made with the same settings (:mod:`lacunes.provenance`); a folder holding maps of
-    other settings is refused before anything runs. Extras asked for only now are made from the saved
+    other settings is refused before anything runs, and so is a run with other settings while another
+    holds the folder (:func:`settings_lock`). Extras asked for only now are made from the saved
     maps. Every map gets a JSON sidecar, the folder a ``dataset_description.json``. A failing subject is logged and
     reported, and the others go on. The output folder is checked writable first (and a killed run's
     temporary files removed); ``output/run.json`` records every subject (merged over reruns) after each
@@ -269,11 +329,9 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     ``modalities``: the set of contrasts every subject is read with (by default each subject's own,
     :func:`input_set_of`).
     """
-    from tqdm import tqdm
 
     from lacunes.io import prepare_output_folder
-    from lacunes.provenance import run_settings, write_dataset_description
-    from lacunes.report import SubjectRecord, load_records, picture_for, update_records, write_report
+    from lacunes.provenance import run_settings
 
     shard_i, shard_n = shard
     if not 1 <= shard_i <= shard_n:
@@ -282,8 +340,21 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     output = Path(output)
     extras = Path(extras_dir) if extras_dir else output / "extras"
     prepare_output_folder(output)
-    records = load_records(output)
     requested = {**run_settings(predictor), "modalities": modalities or "as found"}
+    with settings_lock(output, requested):
+        return _run_locked(predictor, items, output, requested, overwrite, extras, write_mask, write_table, resample,
+                           modalities, qc, progress)
+
+
+def _run_locked(predictor, items, output, requested, overwrite, extras, write_mask, write_table, resample,
+                modalities, qc, progress) -> list[SubjectReport]:
+    """The cohort loop of :func:`run_cohort`, with the output folder held for its settings."""
+    from tqdm import tqdm
+
+    from lacunes.provenance import write_dataset_description
+    from lacunes.report import SubjectRecord, load_records, picture_for, update_records, write_report
+
+    records = load_records(output)
     conflicts = [] if overwrite else settings_conflicts(records, [entry.subject_id for entry in items], requested)
     if conflicts:
         raise ValueError(

@@ -49,3 +49,42 @@ def test_record_mismatch_names_what_is_not_known_complete(tmp_path):
     files = type("Files", (), {"output_prefix": "x_", "subject_id": "x"})()
     assert extras_paths(files, None, True, True) == {}
     assert extras_paths(files, out, True, False) == {"mask": out / "x_mask.nii.gz"}
+
+
+def test_a_run_with_other_settings_is_refused_while_another_holds_the_folder(tmp_path):
+    """Shards with the same settings share the folder; a run with other settings is refused at its start
+    while one holds it; a killed run's lock is free and removed."""
+    import json
+    import subprocess
+    import sys
+
+    import pytest
+
+    from lacunes.runner import LOCK_PREFIX, settings_lock
+
+    fast, full = {"preset": "fast", "threshold": 0.6}, {"preset": "full", "threshold": 0.6}
+    with settings_lock(tmp_path, fast):
+        with settings_lock(tmp_path, dict(fast)):  # another shard of the same run
+            (held,) = tmp_path.glob(f"{LOCK_PREFIX}*.lock")
+            assert json.loads(held.read_text()) == fast
+        with pytest.raises(ValueError, match=r"another run is writing into .* with other settings \(.*fast"):
+            with settings_lock(tmp_path, full):
+                pass
+    assert not list(tmp_path.glob(f"{LOCK_PREFIX}*.lock"))  # the last holder removed it
+    stale = tmp_path / f"{LOCK_PREFIX}0123456789abcdef.lock"  # a killed run's: nobody holds it
+    stale.write_text(json.dumps(full))
+    with settings_lock(tmp_path, fast):
+        assert not stale.exists()
+    # held by another process (a shared flock of its own)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+        "os.write(fd, b'{\"preset\": \"full\"}'); fcntl.flock(fd, fcntl.LOCK_SH); print('held', flush=True); "
+        "time.sleep(30)"), str(stale)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match="other settings"):
+            with settings_lock(tmp_path, fast):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
