@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 #: A subject id in a prediction or label file name: what comes before ``_space-``, ``_desc-``,
 #: ``_prediction.`` or the last ``…Lacunes.`` part (``sub-201_space-T1_prediction.nii.gz``, ``my_case_space-T1_…``).
+#: The names ``lacunes predict`` gives a BIDS dataset's maps (:mod:`lacunes.layouts`).
+BIDS_PREDICTION = "_label-lacune_probseg"
+BIDS_UNCERTAINTY = "_label-lacune_desc-uncertainty_probseg"
 _SID = re.compile(r"^(?P<sid>[^/]+?)_(space-|desc-|prediction\.|[^_]*Lacunes\.)")
 
 
@@ -44,7 +47,7 @@ def _sid(path: Path) -> str | None:
 
 def _references(ref_dir: Path, sid: str) -> tuple[Path, ...]:
     """A subject's label files: Rater1 and Rater2 when both exist, else its single ``*Lacunes`` file."""
-    refs = sorted(ref_dir.glob(f"{sid}_*Lacunes.nii*"))
+    refs = sorted(ref_dir.glob(f"{sid}_*Lacunes.nii*")) or sorted(ref_dir.rglob(f"{sid}_*Lacunes.nii*"))
     raters = [r for r in refs if re.search(r"desc-Rater[12]_", r.name)]
     chosen = tuple(raters) if len(raters) == 2 else tuple(refs)
     if len(chosen) not in (1, 2):
@@ -54,7 +57,10 @@ def _references(ref_dir: Path, sid: str) -> tuple[Path, ...]:
 
 
 def pair_subjects(pred_dir: Path, ref_dir: Path) -> list[EvaluationPair]:
-    """Pair ``<sid>_*prediction.nii.gz`` (and ``*uncertaintymap``) with ``<sid>_*Lacunes.nii.gz``.
+    """Pair ``<sid>_*prediction.nii.gz`` (and ``*uncertaintymap``) with ``<sid>_*Lacunes.nii.gz``; or, in a
+    BIDS-derivatives tree that ``lacunes predict`` wrote for a BIDS dataset, each
+    ``<entities>_space-T1w_label-lacune_probseg.nii.gz`` (and its ``desc-uncertainty`` map) with the
+    ``<entities>_*Lacunes.nii.gz`` labels (in ``ref_dir`` or below it).
 
     The reference is the mean of Rater1 and Rater2 when both exist, else the single label file. A
     reference subject without a prediction is paired with ``prediction=None`` (scored as an empty
@@ -68,15 +74,20 @@ def pair_subjects(pred_dir: Path, ref_dir: Path) -> list[EvaluationPair]:
         if not d.is_dir():
             raise LacunesInputError(f"folder {d} does not exist")
     preds = sorted(p for p in pred_dir.glob("*_prediction.nii*") if _sid(p))
+    if not preds:  # a BIDS-derivatives tree
+        preds = sorted(p for p in pred_dir.rglob(f"*{BIDS_PREDICTION}.nii*") if _sid(p))
     if not preds:
-        raise LacunesInputError(f"no <id>_space-<space>_prediction.nii.gz in {pred_dir}")
+        raise LacunesInputError(f"no <id>_space-<space>_prediction.nii.gz in {pred_dir}, nor "
+                                f"<entities>_space-T1w{BIDS_PREDICTION}.nii.gz below it")
     pairs = []
     for pred in preds:
         sid = _sid(pred)
-        unc = pred.with_name(pred.name.replace("prediction", "uncertaintymap"))
+        unc = (pred.with_name(pred.name.replace(BIDS_PREDICTION, BIDS_UNCERTAINTY)) if BIDS_PREDICTION in pred.name
+               else pred.with_name(pred.name.replace("prediction", "uncertaintymap")))
         pairs.append(EvaluationPair(sid, pred, unc if unc.is_file() else None, _references(ref_dir, sid)))
     predicted = {p.subject_id for p in pairs}
-    missing = sorted({sid for r in ref_dir.glob("*Lacunes.nii*") if (sid := _sid(r)) and sid not in predicted})
+    labels = sorted(ref_dir.glob("*Lacunes.nii*")) or sorted(ref_dir.rglob("*Lacunes.nii*"))
+    missing = sorted({sid for r in labels if (sid := _sid(r)) and sid not in predicted})
     pairs += [EvaluationPair(sid, None, None, _references(ref_dir, sid)) for sid in missing]
     if missing:
         logger.warning("%d subject(s) of %s have no prediction in %s and are scored as empty predictions: %s",

@@ -359,6 +359,19 @@ def test_a_bids_folder_is_segmented_into_a_bids_derivatives_tree(tmp_path, tiny_
     assert (out / records["sub-02_ses-1"]["picture"]).is_file()  # the QC picture found the nested map
     assert predict("-i", str(tmp_path / "bids"), "-o", str(out), "--model", str(tiny_checkpoint), "--table") == 1
     assert "0 done, 2 skipped" in capsys.readouterr().out
+    # lacunes evaluate reads the derivatives it wrote, against labels of the same entities
+    from lacunes.io import Geometry, write_volume
+
+    from .conftest import make_subject_arrays
+
+    _, label = make_subject_arrays((30, 28, 18), 0)
+    for sid in ("sub-01", "sub-02_ses-1"):
+        write_volume(label, Geometry(shape=(30, 28, 18)),
+                     tmp_path / "labels" / f"{sid}_space-T1w_desc-Rater1_Lacunes.nii.gz")
+    assert main(["evaluate", "--pred", str(out), "--ref", str(tmp_path / "labels"), "--out", str(tmp_path / "ev"),
+                 "--no-progress"]) == 0
+    scored = (tmp_path / "ev" / "per_subject.csv").read_text()
+    assert "sub-01," in scored and "sub-02_ses-1," in scored and "no prediction" not in capsys.readouterr().err
 
 
 def test_a_multi_variant_setting_on_the_cpu_says_what_it_costs_and_the_fast_alternative(tmp_path, tiny_checkpoint,
