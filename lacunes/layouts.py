@@ -289,7 +289,8 @@ class BidsT1:
 
 
 def find_bids_t1s(root: Path) -> list[BidsT1]:
-    """Every ``…_T1w.nii[.gz]`` under ``root/sub-*/anat/`` and ``root/sub-*/ses-*/anat/``, sorted."""
+    """Every ``…_T1w.nii[.gz]`` under ``root/sub-*/anat/`` and ``root/sub-*/ses-*/anat/``, sorted; the same
+    entities twice (``sub-01_T1w.nii`` beside ``sub-01_T1w.nii.gz``) is an error naming both files."""
     root = Path(root)
     found = []
     for anat in sorted([*root.glob("sub-*/anat"), *root.glob("sub-*/ses-*/anat")]):
@@ -297,6 +298,13 @@ def find_bids_t1s(root: Path) -> list[BidsT1]:
             match = BIDS_T1W.match(p.name)
             if match and p.is_file():
                 found.append(BidsT1(p, match["entities"]))
+    by_id: dict[str, list[Path]] = {}
+    for t1 in found:
+        by_id.setdefault(t1.entities, []).append(t1.t1)
+    twice = {sid: paths for sid, paths in by_id.items() if len(paths) > 1}
+    if twice:
+        raise LacunesInputError("the same subject appears more than once in " + str(root) + ": " + "; ".join(
+            f"{sid}: {', '.join(str(p) for p in paths)}" for sid, paths in twice.items()) + " (keep one of each)")
     return found
 
 

@@ -84,6 +84,7 @@ def test_the_command_lines_layouts_find_smaller_sets_and_the_containers_valdo_la
 
 
 def test_a_contrast_that_links_to_nothing_is_an_error_not_a_smaller_set(tmp_path):
+    from lacunes.io import LacunesInputError
     from lacunes.layouts import find_bids_t1s
 
     write_subject(tmp_path, shape=(20, 18, 12), raters=False)
@@ -101,6 +102,10 @@ def test_a_contrast_that_links_to_nothing_is_an_error_not_a_smaller_set(tmp_path
     (bids,) = find_bids_t1s(tmp_path / "bids")
     with pytest.raises(MissingModalityError, match="sub-01_T2w.nii.gz is a link to"):
         bids.files()
+    # the same entities twice: refused naming both files, not one run from mixed scans and one skipped
+    (anat / "sub-01_T1w.nii").write_bytes((anat / "sub-01_T1w.nii.gz").read_bytes())
+    with pytest.raises(LacunesInputError, match=r"sub-01: .*sub-01_T1w\.nii, .*sub-01_T1w\.nii\.gz"):
+        find_bids_t1s(tmp_path / "bids")
 
 
 def test_the_grand_challenge_sockets_take_the_set_inputs_json_lists(tmp_path):
