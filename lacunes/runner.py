@@ -339,11 +339,17 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     items = list(items)[shard_i - 1::shard_n]
     output = Path(output)
     extras = Path(extras_dir) if extras_dir else output / "extras"
+    created = not output.exists()
     prepare_output_folder(output)
     requested = {**run_settings(predictor), "modalities": modalities or "as found"}
-    with settings_lock(output, requested):
-        return _run_locked(predictor, items, output, requested, overwrite, extras, write_mask, write_table, resample,
-                           modalities, qc, progress)
+    try:
+        with settings_lock(output, requested):
+            return _run_locked(predictor, items, output, requested, overwrite, extras, write_mask, write_table,
+                               resample, modalities, qc, progress)
+    except BaseException:
+        if created and output.is_dir() and not any(output.iterdir()):  # nothing written: leave no empty folder
+            output.rmdir()
+        raise
 
 
 def _run_locked(predictor, items, output, requested, overwrite, extras, write_mask, write_table, resample,

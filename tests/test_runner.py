@@ -88,3 +88,26 @@ def test_a_run_with_other_settings_is_refused_while_another_holds_the_folder(tmp
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_a_run_that_fails_before_writing_leaves_no_empty_output_folder(tmp_path, tiny_checkpoint, monkeypatch):
+    import pytest
+
+    import lacunes.runner as runner
+    from lacunes.layouts import cohort_items
+    from lacunes.runner import run_cohort
+
+    write_subject(tmp_path / "in", "sub-001", shape=(30, 28, 18))
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, FAST.replace(progress=False))
+
+    def refused(*args, **kwargs):
+        raise ValueError("refused before anything is written")
+
+    monkeypatch.setattr(runner, "_run_locked", refused)
+    with pytest.raises(ValueError, match="refused"):
+        run_cohort(predictor, cohort_items(tmp_path / "in"), tmp_path / "new" / "out", progress=False)
+    assert not (tmp_path / "new" / "out").exists()
+    (tmp_path / "mine").mkdir()  # a folder that was there stays
+    with pytest.raises(ValueError, match="refused"):
+        run_cohort(predictor, cohort_items(tmp_path / "in"), tmp_path / "mine", progress=False)
+    assert (tmp_path / "mine").is_dir()
