@@ -77,9 +77,17 @@ def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, prog
     :func:`run_subject` instead of reading it again), else None (a cohort is not held in memory)."""
     from tqdm import tqdm
 
+    from lacunes.checkpoint import sha256_of
     from lacunes.io import LacunesInputError
 
+    seen: dict[str, Path] = {}  # a T1's bytes → its file: one scan given as two subjects is named, both files
     for files in tqdm(subjects, desc="checking inputs", unit="subject", disable=not progress):
+        first = Path(next(iter(files.paths.values())))
+        digest = sha256_of(first) if first.is_file() else ""
+        if digest and digest in seen:
+            raise LacunesInputError(f"{files.subject_id}: {first} holds the same bytes as {seen[digest]}: one scan "
+                                    "given as two subjects")
+        seen[digest] = first
         try:
             subject = read_files(files, resample, modalities)
         except LacunesInputError as exc:
