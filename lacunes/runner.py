@@ -80,20 +80,21 @@ def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, prog
     from lacunes.checkpoint import sha256_of
     from lacunes.io import LacunesInputError
 
-    seen: dict[str, Path] = {}  # a T1's bytes → its file: one scan given as two subjects is named, both files
     for files in tqdm(subjects, desc="checking inputs", unit="subject", disable=not progress):
-        first = Path(next(iter(files.paths.values())))
-        digest = sha256_of(first) if first.is_file() else ""
-        if digest and digest in seen:
-            raise LacunesInputError(f"{files.subject_id}: {first} holds the same bytes as {seen[digest]}: one scan "
-                                    "given as two subjects")
-        seen[digest] = first
         try:
             subject = read_files(files, resample, modalities)
         except LacunesInputError as exc:
             raise type(exc)(f"{files.subject_id}: {exc}") from None
         if subject.image.size == 0:
             raise LacunesInputError(f"{files.subject_id}: the images hold no voxel ({next(iter(files.paths.values()))})")
+    seen: dict[str, Path] = {}  # a T1's bytes → its file: one scan given as two subjects is named, both files
+    for files in subjects if len(subjects) > 1 else []:
+        first = Path(next(iter(files.paths.values())))
+        digest = sha256_of(first)
+        if digest in seen:
+            raise LacunesInputError(f"{files.subject_id}: {first} holds the same bytes as {seen[digest]}: one scan "
+                                    "given as two subjects")
+        seen[digest] = first
     return subject if len(subjects) == 1 else None
 
 
