@@ -1,6 +1,6 @@
 """Finding subjects: the VALDO flat layout, BIDS, the grand-challenge socket layout, explicit files.
 
-VALDO flat layout (``../shared/VALDO.md``): ``sub-XXX_space-T1_desc-masked_T1.nii.gz`` with T2 and
+VALDO flat layout (the challenge's): ``sub-XXX_space-T1_desc-masked_T1.nii.gz`` with T2 and
 FLAIR found by replacing the ``T1.nii.gz`` suffix, labels ``sub-XXX_space-T1_desc-Rater{1,2}_Lacunes``.
 Outputs are named from the input up to ``desc-masked_``: ``sub-XXX_space-T1_prediction.nii.gz``.
 

@@ -1,4 +1,4 @@
-"""VALDO 2021 Task 3 metrics, as the organizers defined them (see ``../shared/VALDO.md``).
+"""VALDO 2021 Task 3 metrics, as the organizers defined them (docs/evaluation.md).
 
 - The prediction is binarized at >= 0.5; lesions are 26-connected components (no minimum size).
   The reference (mean of the raters: 0, 0.5, 1) is rounded to one decimal; its lesions are the
