@@ -24,11 +24,11 @@ from lacunes.metrics import (
 
 logger = logging.getLogger(__name__)
 
-#: A subject id in a prediction or label file name: what comes before ``_space-``, ``_desc-``,
-#: ``_prediction.`` or the last ``…Lacunes.`` part (``sub-201_space-T1_prediction.nii.gz``, ``my_case_space-T1_…``).
 #: The names ``lacunes predict`` gives a BIDS dataset's maps (:mod:`lacunes.layouts`).
 BIDS_PREDICTION = "_label-lacune_probseg"
 BIDS_UNCERTAINTY = "_label-lacune_desc-uncertainty_probseg"
+#: A subject id in a prediction or label file name: what comes before ``_space-``, ``_desc-``,
+#: ``_prediction.`` or the last ``…Lacunes.`` part (``sub-201_space-T1_prediction.nii.gz``, ``my_case_space-T1_…``).
 _SID = re.compile(r"^(?P<sid>[^/]+?)_(space-|desc-|prediction\.|[^_]*Lacunes\.)")
 
 
