@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fnmatch
 import json
 import logging
 import math
@@ -45,9 +46,15 @@ def _sid(path: Path) -> str | None:
     return m["sid"] if m else None
 
 
-def _references(ref_dir: Path, sid: str) -> tuple[Path, ...]:
-    """A subject's label files: Rater1 and Rater2 when both exist, else its single ``*Lacunes`` file."""
-    refs = sorted(ref_dir.glob(f"{sid}_*Lacunes.nii*")) or sorted(ref_dir.rglob(f"{sid}_*Lacunes.nii*"))
+def _label_files(ref_dir: Path) -> list[Path]:
+    """Every ``*Lacunes`` label file of ``ref_dir``, or below it where it holds none itself (a tree)."""
+    return sorted(ref_dir.glob("*Lacunes.nii*")) or sorted(ref_dir.rglob("*Lacunes.nii*"))
+
+
+def _references(labels: list[Path], ref_dir: Path, sid: str) -> tuple[Path, ...]:
+    """A subject's label files among ``labels`` (:func:`_label_files`): Rater1 and Rater2 when both exist,
+    else its single ``*Lacunes`` file."""
+    refs = [r for r in labels if fnmatch.fnmatchcase(r.name, f"{sid}_*Lacunes.nii*")]
     raters = [r for r in refs if re.search(r"desc-Rater[12]_", r.name)]
     chosen = tuple(raters) if len(raters) == 2 else tuple(refs)
     if len(chosen) not in (1, 2):
@@ -79,16 +86,16 @@ def pair_subjects(pred_dir: Path, ref_dir: Path) -> list[EvaluationPair]:
     if not preds:
         raise LacunesInputError(f"no <id>_space-<space>_prediction.nii.gz in {pred_dir}, nor "
                                 f"<entities>_space-T1w{BIDS_PREDICTION}.nii.gz below it")
+    labels = _label_files(ref_dir)  # listed once: a tree is not searched again for each subject
     pairs = []
     for pred in preds:
         sid = _sid(pred)
         unc = (pred.with_name(pred.name.replace(BIDS_PREDICTION, BIDS_UNCERTAINTY)) if BIDS_PREDICTION in pred.name
                else pred.with_name(pred.name.replace("prediction", "uncertaintymap")))
-        pairs.append(EvaluationPair(sid, pred, unc if unc.is_file() else None, _references(ref_dir, sid)))
+        pairs.append(EvaluationPair(sid, pred, unc if unc.is_file() else None, _references(labels, ref_dir, sid)))
     predicted = {p.subject_id for p in pairs}
-    labels = sorted(ref_dir.glob("*Lacunes.nii*")) or sorted(ref_dir.rglob("*Lacunes.nii*"))
     missing = sorted({sid for r in labels if (sid := _sid(r)) and sid not in predicted})
-    pairs += [EvaluationPair(sid, None, None, _references(ref_dir, sid)) for sid in missing]
+    pairs += [EvaluationPair(sid, None, None, _references(labels, ref_dir, sid)) for sid in missing]
     if missing:
         logger.warning("%d subject(s) of %s have no prediction in %s and are scored as empty predictions: %s",
                        len(missing), ref_dir, pred_dir, ", ".join(missing))
