@@ -145,12 +145,6 @@ class ConversionMismatchError(RuntimeError):
     """A freshly converted network does not give the torch network's logits on the probe."""
 
 
-def _sha256_file(path: Path) -> str:
-    from lacunes.checkpoint import sha256_of
-
-    return sha256_of(path)
-
-
 def _writable_by_others(path: Path) -> bool:
     """Group- or world-writable, or owned by another user (where ownership can be read)."""
     st = path.stat()
@@ -190,13 +184,12 @@ class OpenVINONetwork:
         self._compiled: dict[tuple[int, ...], object] = {}
         self.seconds_converting = 0.0
 
-    def _manifest(self, weights: str, runtime: str, form: str) -> dict:
-        return {"weights_sha256": weights, "openvino": runtime, "graph_form": form}
-
     def _cached(self, path: Path, manifest: dict, network: torch.nn.Module):
         """The cache entry at ``path`` if it verifiably derives from ``network`` (the module docstring),
         else ``(None, why)``; ``(None, None)`` where there is none."""
         import json
+
+        from lacunes.checkpoint import sha256_of
 
         xml, bin_, meta = path, path.with_suffix(".bin"), path.with_suffix(".json")
         if not (xml.is_file() and bin_.is_file()):
@@ -210,7 +203,7 @@ class OpenVINONetwork:
             recorded = json.loads(meta.read_text())
             if {k: recorded.get(k) for k in manifest} != manifest:
                 return None, "its manifest names other weights, runtime or graph form"
-            if recorded.get("xml_sha256") != _sha256_file(xml) or recorded.get("bin_sha256") != _sha256_file(bin_):
+            if recorded.get("xml_sha256") != sha256_of(xml) or recorded.get("bin_sha256") != sha256_of(bin_):
                 return None, "its files are not those its manifest hashed"
             model = self.core.read_model(str(xml))
         except (OSError, RuntimeError, ValueError) as exc:
@@ -243,10 +236,12 @@ class OpenVINONetwork:
 
         import openvino as ov
 
+        from lacunes.checkpoint import sha256_of
+
         runtime = re.sub(r"[^A-Za-z0-9.]+", "-", openvino_version() or "none")  # e.g. 2026.4.1-22982-…/2026/4
         form = GRAPH_FORM if self.rewrite_norms else "ovnorm"
         weights = weights_key(network)
-        manifest = self._manifest(weights, runtime, form)
+        manifest = {"weights_sha256": weights, "openvino": runtime, "graph_form": form}
         key = f"{weights[:24]}-{form}-openvino-{runtime}"
         path = self.cache / f"{key}.xml" if self.cache is not None else None
         if path is not None:
@@ -277,7 +272,7 @@ class OpenVINONetwork:
                 with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
                     xml = Path(tmp) / path.name
                     ov.save_model(model, str(xml), compress_to_fp16=False)  # float32 weights, as trained
-                    hashes = {"xml_sha256": _sha256_file(xml), "bin_sha256": _sha256_file(xml.with_suffix(".bin"))}
+                    hashes = {"xml_sha256": sha256_of(xml), "bin_sha256": sha256_of(xml.with_suffix(".bin"))}
                     xml.with_suffix(".json").write_text(json.dumps({**manifest, **hashes}, indent=1))
                     os.replace(xml.with_suffix(".bin"), path.with_suffix(".bin"))
                     os.replace(xml, path)

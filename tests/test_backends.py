@@ -116,7 +116,8 @@ def test_a_damaged_substituted_or_foreign_cache_entry_is_never_used(tmp_path, ca
     import json
     import shutil
 
-    from lacunes.backends import _sha256_file, weights_key
+    from lacunes.backends import weights_key
+    from lacunes.checkpoint import sha256_of
 
     torch.manual_seed(0)
     ours, theirs = build_network(TINY).eval(), build_network(TINY).eval()
@@ -154,7 +155,7 @@ def test_a_damaged_substituted_or_foreign_cache_entry_is_never_used(tmp_path, ca
     for src, dst in zip(_entry(other), _entry(cache)):
         shutil.copy(src, dst)
     forged = json.loads(meta.read_text())
-    forged.update(weights_sha256=weights_key(ours), xml_sha256=_sha256_file(xml), bin_sha256=_sha256_file(bin_))
+    forged.update(weights_sha256=weights_key(ours), xml_sha256=sha256_of(xml), bin_sha256=sha256_of(bin_))
     meta.write_text(json.dumps(forged))
     check(fresh(cache), "its logits differ from the network's")
     # an entry without a manifest (written before there was one)
