@@ -285,11 +285,13 @@ def run(args: argparse.Namespace) -> int:
     print_table(scores, chosen)
     held = budget is not None and chosen.uncertain_share < budget
     flag_held = args.max_flagged_share is not None and chosen.flagged <= args.max_flagged_share * chosen.lacune_free
-    objective = (("the best lowest F1 of a family (" + ", ".join(f.name for f in folders) + "), then pooled F1")
-                 if worst else "the best pooled detection F1")
-    constraints = ([f"uncertainty >= 0.5 in under {100 * budget:g} % of the brain"] if held else []) + (
-        [f"at most {100 * args.max_flagged_share:g} % of the lacune-free subjects flagged"] if flag_held else [])
-    why = (objective + (" with " + " and ".join(constraints) if constraints else "")
+    # one description of the rule that chose the point: recorded (objective) and printed (why)
+    goal = ("lowest family F1 (" + ", ".join(f.name for f in folders) + "), then pooled F1") if worst else \
+        "pooled detection F1"
+    held_limits = ([f"uncertainty >= 0.5 in < {100 * budget:g} % of the brain"] if held else []) + (
+        [f"<= {100 * args.max_flagged_share:g} % of lacune-free subjects flagged"] if flag_held else [])
+    objective = ", ".join([goal, *held_limits])
+    why = (f"the best {goal}" + (" with " + " and ".join(held_limits) if held_limits else "")
            + " (ties: fewer false positives, the smaller minimum volume, the lower threshold, then Dice)")
     print(f"chosen: probability >= {op.threshold}, lesions >= {op.min_volume_mm3} mm³"
           + (f", second-stage score >= {cut}" if cut is not None else "")
@@ -305,10 +307,6 @@ def run(args: argparse.Namespace) -> int:
             + ([f"the lacune-free subjects flagged at most {100 * args.max_flagged_share:g} %"]
                if args.max_flagged_share is not None else []))
             + "; the best point was chosen without those constraints")
-    objective = (("lowest family F1 (" + ", ".join(f.name for f in folders) + "), then pooled F1") if worst
-                 else "pooled detection F1")
-    objective += (f", uncertainty >= 0.5 in < {100 * budget:g} % of the brain" if held else "") + (
-        f", <= {100 * args.max_flagged_share:g} % of lacune-free subjects flagged" if flag_held else "")
     record = {**op.to_dict(), "chosen_on": {"folder": str(args.val), "subjects": [s.subject_id for s in subjects],
                                             "families": {f.name: sum(name == f.name for name, _ in families)
                                                          for f in folders},
