@@ -140,26 +140,31 @@ def generated_case(index: int, lacune_shapes: bool = False, seed: int = HELDOUT_
     ``lacune_shapes``: the same subject with lobulated lacunes and hyperintensities against some
     (``lacunes synth --lacune-shapes``: the lacunes where the plain subject has them); ``seed``: another
     set's phantom (e.g. the validation set's, 5151)."""
-    from lacunes.synthetic import MODALITIES, LacuneShapeConfig, SynthConfig, generate_phantom, lesion_record
+    from lacunes.synthetic import LacuneShapeConfig, SynthConfig, generate_phantom
 
-    ph = generate_phantom(seed, index, SynthConfig(lacune_shapes=LacuneShapeConfig()) if lacune_shapes else None)
-    image = np.stack([ph.images[m].astype(np.float32) for m in MODALITIES])
-    reference = np.mean([(ph.rater1 > 0).astype(np.float32), (ph.rater2 > 0).astype(np.float32)], axis=0)
-    mimics = json.loads(json.dumps([lesion_record(les) for les in ph.lesions]))  # as the sidecar reads back
-    return Case(ph.subject_id, image, reference, ph.spacing, None, mimics, ph.tissues)
+    return phantom_case(generate_phantom(seed, index, SynthConfig(lacune_shapes=LacuneShapeConfig())
+                                         if lacune_shapes else None))
 
 
 def family_case(family_name: str, index: int) -> Case:
     """Subject ``index`` of an out-of-family family (:mod:`families`), made in memory."""
     from families import FAMILIES
 
-    from lacunes.synthetic import MODALITIES, generate_phantom, lesion_record
+    from lacunes.synthetic import generate_phantom
 
     family = FAMILIES[family_name]
-    ph = generate_phantom(family.seed, index, family.subject_config(index), subject_id=f"{family.name}-{index:03d}")
+    return phantom_case(generate_phantom(family.seed, index, family.subject_config(index),
+                                         subject_id=f"{family.name}-{index:03d}"))
+
+
+def phantom_case(ph) -> Case:
+    """A phantom made in memory as a :class:`Case`: its images, the raters' mean and its lesion record as
+    the sidecar reads back."""
+    from lacunes.synthetic import MODALITIES, lesion_record
+
     image = np.stack([ph.images[m].astype(np.float32) for m in MODALITIES])
     reference = np.mean([(ph.rater1 > 0).astype(np.float32), (ph.rater2 > 0).astype(np.float32)], axis=0)
-    mimics = json.loads(json.dumps([lesion_record(les) for les in ph.lesions]))
+    mimics = json.loads(json.dumps([lesion_record(les) for les in ph.lesions]))  # as the sidecar reads back
     return Case(ph.subject_id, image, reference, ph.spacing, None, mimics, ph.tissues)
 
 
