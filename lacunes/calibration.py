@@ -116,10 +116,11 @@ def feature_set(name: str) -> tuple[str, ...]:
 
 
 def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAULT_THRESHOLD, progress: bool = True,
-                     modalities: str = FULL_SET, features: str = "scale-free"):
+                     modalities: str = FULL_SET, features: str = "scale-free", cache: Path | None = None):
     """The second stage fitted on the candidates of the labelled subjects in ``folder`` (read with the
     set of contrasts ``modalities``) over the feature set ``features`` (:data:`FEATURE_SETS`), with its
-    fit's record. Raises ValueError when they are too few for its features."""
+    fit's record (``cache``: as :func:`raw_case`'s). Raises ValueError when they are too few for its
+    features."""
     import numpy as np
     from tqdm import tqdm
 
@@ -130,7 +131,7 @@ def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAU
     train = find_subject_files(Path(folder))
     feats, targets = [], []
     for files in tqdm(train, desc="training candidates", unit="subject", disable=not progress):
-        raw, normalized, reference, spacing, mask, _ = raw_case(predictor, files, modalities=modalities)
+        raw, normalized, reference, spacing, mask, _ = raw_case(predictor, files, cache, modalities=modalities)
         masked = np.where(mask, raw, np.float32(0))
         labels, n, f = candidate_features(masked, normalized, mask, spacing, candidate_threshold)
         feats.append(f)
@@ -218,8 +219,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    help="with several --val folders: choose for the family it does worst on (the best lowest "
                         "family F1, then the pooled F1) instead of the pooled F1")
     p.add_argument("--cache", metavar="DIR",
-                   help="keep the raw validation maps here (a subfolder per checkpoint weights and setting) and "
-                        "reuse them")
+                   help="keep the raw maps of the validation subjects (and of --fit-rescorer's, in fit-<folder>) "
+                        "here, a subfolder per checkpoint weights and setting, and reuse them")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -251,9 +252,14 @@ def run(args: argparse.Namespace) -> int:
         print("no second stage (give --fit-rescorer DIR to fit one, or --keep-rescorer to keep the checkpoint's)")
     report: dict = {"checkpoint": str(args.checkpoint), "setting": args.preset, "modalities": modalities}
     t0 = time.time()
+    cache = None
+    if args.cache:
+        cache = Path(args.cache) / (f"{weights_sha256(predictor.network.state_dict())[:16]}-{args.preset}"
+                                    + ("" if modalities == FULL_SET else f"-{modalities}"))
     if args.fit_rescorer:
         rescorer, fit = fit_second_stage(predictor, Path(args.fit_rescorer), args.candidate_threshold, progress,
-                                         modalities, args.features)
+                                         modalities, args.features,
+                                         None if cache is None else cache / ("fit-" + Path(args.fit_rescorer).name))
         report["rescorer_fit"] = fit
         print(f"second stage fitted on {fit['candidates']} candidates of {len(fit['subjects'])} subjects "
               f"({fit['positives']} on lesions); at a 0.5 cut it keeps {fit['training_recall_at_0.5']:.2f} of those "
@@ -263,10 +269,6 @@ def run(args: argparse.Namespace) -> int:
     folders = [Path(p) for p in args.val.split(",") if p]
     families = [(f.name, files) for f in folders for files in find_subject_files(f)]
     subjects = [files for _, files in families]
-    cache = None
-    if args.cache:
-        cache = Path(args.cache) / (f"{weights_sha256(predictor.network.state_dict())[:16]}-{args.preset}"
-                                    + ("" if modalities == FULL_SET else f"-{modalities}"))
     cases = [raw_case(predictor, files, cache if cache is None or len(folders) == 1 else cache / name, modalities, name)
              for name, files in tqdm(families, desc="validation", unit="subject", disable=not progress)]
     seconds = time.time() - t0

@@ -167,10 +167,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from lacunes.synthetic import AcquisitionConfig, LacuneShapeConfig, MimicConfig, SynthConfig, generate_dataset
 
     config = None
-    if args.acquisitions or args.lacune_shapes or args.mimics:
+    if args.acquisitions or args.lacune_shapes or args.mimics or args.lacune_free:
         config = SynthConfig(acquisition=AcquisitionConfig() if args.acquisitions else None,
                              lacune_shapes=LacuneShapeConfig() if args.lacune_shapes else None,
-                             mimics=MimicConfig() if args.mimics else None)
+                             mimics=MimicConfig() if args.mimics else None,
+                             p_no_lacune=1.0 if args.lacune_free else SynthConfig.p_no_lacune)
     ids = generate_dataset(Path(args.out), args.n, args.seed, first_id=args.first_id, preview=args.preview,
                            config=config, progress=not args.no_progress)
     print(f"wrote {len(ids)} subject(s) to {args.out}: {ids[0]} … {ids[-1]}")
@@ -338,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "vessels, fluid pockets at the ventricles' horns, the choroid fissure, the insular cistern, "
                         "sulci, a cavum septi) and tissue intensities drawn per structure; the lacunes sit where "
                         "they do without it")
+    p.add_argument("--lacune-free", action="store_true",
+                   help="subjects without any lacune (default: 30 %% of them), e.g. for measuring how many "
+                        "lacune-free subjects an operating point flags (lacunes calibrate --max-flagged-share)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_synth)
 

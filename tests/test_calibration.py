@@ -52,8 +52,11 @@ def test_calibrate_command_refuses_a_second_stage_from_too_few_candidates_and_fi
     write_subject(val, "sub-101", seed=4)
     out = tmp_path / "cal.pt"
     base = [str(tiny_checkpoint), "--val", str(val), "--out", str(out), "--threads", "1", "--no-progress", "--force"]
-    assert cli_main(["calibrate", *base, "--fit-rescorer", str(train)]) == 2
+    cache = tmp_path / "cache"
+    assert cli_main(["calibrate", *base, "--fit-rescorer", str(train), "--cache", str(cache)]) == 2
     assert not out.exists()
+    # the fitting subjects' maps are kept apart from the validation subjects' (refused before those)
+    assert [(m.parent.name, m.name[:8]) for m in cache.rglob("*.npy")] == [("fit-train", "sub-001-")]
     assert f"the second stage has {len(SCALE_FREE_FEATURES)} weights and needs at least as many of each" in caplog.text
     assert "--no-second-stage" in caplog.text
     capsys.readouterr()

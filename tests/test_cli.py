@@ -223,10 +223,25 @@ def test_evaluate_scores_a_prediction_holding_nan_as_invalid(tmp_path, caplog):
     assert evaluate_pair(pair_subjects(tmp_path / "pred", tmp_path / "ref")[0]).valid
 
 
-def test_synth_command(tmp_path, capsys):
-    assert main(["synth", "--n", "1", "--out", str(tmp_path), "--seed", "3", "--first-id", "7", "--no-progress"]) == 0
-    assert (tmp_path / "sub-007_space-T1_desc-masked_FLAIR.nii.gz").is_file()
+def test_synth_command_and_its_lacune_free_subjects(tmp_path, capsys):
+    import json
+
+    import nibabel as nib
+
+    def kinds(folder):
+        return [les["kind"] for les in json.loads((folder / "sub-007_space-T1_desc-synthetic_lesions.json").read_text())]
+
+    plain, free = tmp_path / "plain", tmp_path / "free"
+    assert main(["synth", "--n", "1", "--out", str(plain), "--seed", "3", "--first-id", "7", "--no-progress"]) == 0
+    assert (plain / "sub-007_space-T1_desc-masked_FLAIR.nii.gz").is_file()
     assert "wrote 1 subject(s)" in capsys.readouterr().out
+    assert "lacune" in kinds(plain)
+    # the same subject asked lacune-free: no lacune recorded or labelled, its mimics still there
+    assert main(["synth", "--n", "1", "--out", str(free), "--seed", "3", "--first-id", "7", "--lacune-free",
+                 "--no-progress"]) == 0
+    assert "lacune" not in kinds(free) and "pvs" in kinds(free)
+    for rater in ("Rater1", "Rater2"):
+        assert not np.asarray(nib.load(free / f"sub-007_space-T1_desc-{rater}_Lacunes.nii.gz").dataobj).any()
 
 
 def test_synth_and_train_take_lacune_shapes(tmp_path):
