@@ -53,9 +53,9 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resampl
     from evalutils.io import ImageLoader
     from evalutils.validators import UniqueImagesValidator
 
-    from lacunes.io import atomic_output
     from lacunes.layouts import valdo_subject
     from lacunes.runner import run_subject
+    from lacunes.writing import atomic_output
 
     class T1Bytes(ImageLoader):
         """Cases by their T1 file's bytes: every subject was already read in full and checked
@@ -188,10 +188,12 @@ def main(argv: list[str] | None = None) -> int:
 
     setup(logging.WARNING, "%(asctime)s %(levelname)s %(name)s: %(message)s", logging.INFO)
 
-    from lacunes.inference import PRESETS, Predictor
-    from lacunes.io import LacunesInputError, WriteError, prepare_output_folder
+    from lacunes.errors import LacunesInputError
+    from lacunes.inference import Predictor
     from lacunes.layouts import CONTAINER_LAYOUTS, GC_OUTPUT_SLUGS, find_subjects, is_grand_challenge_layout
     from lacunes.runner import validate_subjects
+    from lacunes.settings import PRESETS
+    from lacunes.writing import WriteError, prepare_output_folder
 
     input_path, output_path = Path(args.input), Path(args.output)
     images = output_path / "images"

@@ -39,10 +39,12 @@ from quality import HELDOUT_FIRST_ID, HELDOUT_SEED, absent_channels, generated_c
 from results_md import device_label, replace_section  # noqa: E402
 
 from lacunes.conform import grid_with_spacing, resample_axis_aligned, resample_masked  # noqa: E402
-from lacunes.inference import PRESETS, Predictor  # noqa: E402
-from lacunes.io import Geometry, Subject  # noqa: E402
+from lacunes.geometry import Geometry  # noqa: E402
+from lacunes.inference import Predictor  # noqa: E402
+from lacunes.io import Subject  # noqa: E402
 from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
 from lacunes.options import FULL_SET, INPUT_SETS, RAS_DIRECTION, look_up_option  # noqa: E402
+from lacunes.settings import PRESETS  # noqa: E402
 
 # The generated arrays run towards the right, anterior and superior (RAS_DIRECTION). Stored sagittally,
 # the array axes follow the generated y, z, x; stored LPS, x and y reversed (SimpleITK's identity).
@@ -164,7 +166,8 @@ def predict_stored(predictor: Predictor, sid: str, stored: Stored, modalities: s
         image = stored.image.copy()
         image[absent_channels(modalities)] = 0
         return predictor.predict(Subject(sid, image, stored.geometry, modalities=kept))
-    from lacunes.io import read_subject, write_volume
+    from lacunes.io import read_subject
+    from lacunes.writing import write_volume
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = {}

@@ -50,8 +50,9 @@ def main() -> int:
     from results_md import replace_section
 
     from lacunes.checkpoint import bundled_checkpoint
-    from lacunes.inference import PRESETS, Predictor
+    from lacunes.inference import Predictor
     from lacunes.instances import label_instances
+    from lacunes.settings import PRESETS
 
     torch.set_num_threads(args.threads)
     work = Path(args.work)

@@ -69,7 +69,8 @@ def worker(case: Path, out: Path, preset: str, device: str, brain_only: bool, mo
     import numpy as np
     import torch
 
-    from lacunes.inference import PRESETS, Predictor
+    from lacunes.inference import Predictor
+    from lacunes.settings import PRESETS
 
     image = np.load(case)
     predictor = Predictor.from_checkpoint(model, PRESETS[preset].replace(progress=False, device=device,

@@ -61,8 +61,9 @@ def one(spec: str, model: Path, case: Path, out: Path, device: str) -> dict:
     import numpy as np
     import torch
 
-    from lacunes.inference import PRESETS, ModelInput, Precision, Predictor
+    from lacunes.inference import ModelInput, Precision, Predictor
     from lacunes.preprocessing import prepare_image
+    from lacunes.settings import PRESETS
     from lacunes.windowing import reference_predict, roi_for
 
     kind, preset, precision, *flags = spec.split("/")

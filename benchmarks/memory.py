@@ -35,7 +35,8 @@ sys.path.insert(0, str(HERE))
 from quality import generated_case  # noqa: E402
 from results_md import replace_section  # noqa: E402
 
-from lacunes.io import Geometry, write_volume  # noqa: E402
+from lacunes.geometry import Geometry  # noqa: E402
+from lacunes.writing import write_volume  # noqa: E402
 
 FIELDS = ((256, 256, 192), (320, 320, 256), (400, 400, 320))
 EMPTY = ((512, 512, 512), (1024, 1024, 1024))

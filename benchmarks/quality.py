@@ -42,14 +42,16 @@ from results_md import device_label, replace_section  # noqa: E402
 
 from lacunes.breakdown import CATEGORIES, classify_predictions, summarize_breakdown  # noqa: E402
 from lacunes.evaluation import load_reference  # noqa: E402
-from lacunes.inference import PRESETS, ModelInput, Predictor  # noqa: E402
-from lacunes.io import read_subject, read_volume, write_volume  # noqa: E402
+from lacunes.inference import ModelInput, Predictor  # noqa: E402
+from lacunes.io import read_subject, read_volume  # noqa: E402
 from lacunes.layouts import find_valdo_subjects  # noqa: E402
 from lacunes.metrics import evaluate_subject, summarize  # noqa: E402
 from lacunes.options import FULL_SET, INPUT_SETS, MODALITIES, look_up_option  # noqa: E402
 from lacunes.postprocessing import RAW, OperatingPoint, finish_probability  # noqa: E402
 from lacunes.preprocessing import brain_mask, prepare_image, repair_nonfinite  # noqa: E402
+from lacunes.settings import PRESETS  # noqa: E402
 from lacunes.uncertainty import UncertaintyMode  # noqa: E402
+from lacunes.writing import write_volume  # noqa: E402
 
 HELDOUT_SEED = 7777
 HELDOUT_FIRST_ID = 101
@@ -118,7 +120,7 @@ class Case:
     image: np.ndarray  # 3×X×Y×Z float32, as read
     reference: np.ndarray
     spacing: tuple[float, float, float]
-    geometry: object  # lacunes.io.Geometry, for writing the maps (None: not written)
+    geometry: object  # lacunes.geometry.Geometry, for writing the maps (None: not written)
     mimics: list | None  # the phantom's lesion record (lesions.json)
     tissues: np.ndarray | None
     prediction_name: str = ""

@@ -56,7 +56,8 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
     import numpy as np
 
     from lacunes.checkpoint import sha256_of
-    from lacunes.io import check_same_grid, read_subject, read_volume
+    from lacunes.geometry import check_same_grid
+    from lacunes.io import read_subject, read_volume
     from lacunes.operating_point import ValidationCase
 
     labels = files.label_paths()
@@ -231,10 +232,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from lacunes.checkpoint import load_network, save_checkpoint, weights_sha256, write_sha256
-    from lacunes.inference import PRESETS, Predictor
+    from lacunes.inference import Predictor
     from lacunes.layouts import find_subject_files
     from lacunes.network import NetworkConfig
     from lacunes.operating_point import choose_operating_point
+    from lacunes.settings import PRESETS
     if args.threads:
         torch.set_num_threads(args.threads)
     progress = not args.no_progress

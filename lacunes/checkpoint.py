@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from lacunes.io import atomic_output
 from lacunes.network import NetworkConfig, build_network
 from lacunes.options import MODALITIES
+from lacunes.writing import atomic_output
 
 FORMAT_VERSION = 1
 

@@ -53,9 +53,10 @@ def default_model_path() -> Path:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from lacunes.inference import PRESETS, Predictor
+    from lacunes.inference import Predictor
     from lacunes.layouts import cohort_items
     from lacunes.runner import run_cohort
+    from lacunes.settings import PRESETS
 
     if args.qc:
         require_matplotlib("--qc")

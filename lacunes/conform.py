@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lacunes.io import Geometry
+from lacunes.geometry import Geometry, masked_linear
 from lacunes.options import RAS_DIRECTION
 
 logger = logging.getLogger(__name__)
@@ -177,21 +177,6 @@ def resample_masked(array: np.ndarray, source: Geometry, target: Geometry) -> np
     flat = np.asarray(array, np.float32).reshape(-1, *array.shape[-3:])
     out = [masked_linear(channel, lambda a: resample_axis_aligned(a, source, target)) for channel in flat]
     return np.stack(out).reshape(*lead, *target.shape)
-
-
-def masked_linear(channel: np.ndarray, linear) -> np.ndarray:
-    """One skull-stripped volume through ``linear`` (any linear resampler, array → float32 array) as
-    :func:`resample_masked` describes: image and non-zero mask resampled alike and divided, background
-    where the mask falls under 0.5; a volume without exact zeros is just ``linear(channel)``."""
-    inside = channel != 0
-    value = linear(channel)
-    if inside.all():
-        return value
-    weight = linear(inside.astype(np.float32))
-    keep = weight >= 0.5
-    out = np.zeros(value.shape, np.float32)
-    out[keep] = value[keep] / weight[keep]
-    return out
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lacunes.io import GeometryMismatchError, LacunesInputError, atomic_output, check_same_grid, read_volume
+from lacunes.errors import GeometryMismatchError, LacunesInputError
+from lacunes.geometry import check_same_grid
+from lacunes.io import read_volume
 from lacunes.metrics import (
     DEFAULT_MATCH_DISTANCE_MM,
     SUMMARY_KEYS,
@@ -22,6 +24,7 @@ from lacunes.metrics import (
     evaluate_subject,
     summarize,
 )
+from lacunes.writing import atomic_output
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""Reading, validating and writing volumes, keeping their geometry.
+"""Reading and checking volumes and subjects, keeping their geometry (:mod:`lacunes.geometry`); the
+checks a file passes before it is read (complete, not too large for the memory a run may use, not a
+label, skull-stripped); writing is :mod:`lacunes.writing`.
 
 Arrays are indexed (x, y, z) — SimpleITK's (z, y, x) arrays are transposed on the way in and out —
 so a window of 256×256×64 means 64 slices along z. A subject is one :class:`Subject`: the three
@@ -10,9 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,76 +19,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lacunes import options
+from lacunes.errors import LacunesInputError, MissingModalityError, UnreadableImageError
+from lacunes.geometry import RESAMPLE_HINT, Geometry, check_same_grid, check_same_space, resample_to, same_grid
 
 if TYPE_CHECKING:  # imported where images are read or written: the predictor on arrays needs no SimpleITK
-    import SimpleITK as sitk
+    pass
 
 logger = logging.getLogger(__name__)
 
 MODALITIES = options.MODALITIES  # the network's channels, in order
-#: Relative tolerance on spacing between modalities (an error beyond it).
-SPACING_RTOL = 1e-3
-#: Origin difference in mm and direction-cosine difference beyond which a warning is logged.
-ORIGIN_ATOL_MM = 1e-2
-DIRECTION_ATOL = 1e-3
-#: Beyond these, images that must share a grid are refused (the same index is elsewhere in the scanner):
-#: an origin difference over half the smallest voxel, a direction cosine off by more than 0.01 (~0.6°).
-ORIGIN_ERROR_VOXELS = 0.5
-DIRECTION_ERROR = 1e-2
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-class LacunesInputError(ValueError):
-    """Base class of the errors raised for missing, unreadable or inconsistent inputs."""
-
-
-class MissingModalityError(LacunesInputError):
-    """A modality of a subject is missing."""
-
-
-class UnreadableImageError(LacunesInputError):
-    """A file cannot be read as a 3D scalar image."""
-
-
-class GeometryMismatchError(LacunesInputError):
-    """Images that must share a grid do not (shape or spacing)."""
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Grid of a volume: shape (x, y, z), spacing (mm), origin (mm) and direction (row-major 3×3)."""
-
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-
-    @property
-    def voxel_volume(self) -> float:
-        """Volume of one voxel in mm³."""
-        return float(np.prod(self.spacing))
-
-    @classmethod
-    def from_image(cls, image: sitk.Image) -> Geometry:
-        return cls(
-            shape=tuple(int(s) for s in image.GetSize()),
-            spacing=tuple(float(s) for s in image.GetSpacing()),
-            origin=tuple(float(s) for s in image.GetOrigin()),
-            direction=tuple(float(s) for s in image.GetDirection()),
-        )
-
-    def physical(self, index) -> np.ndarray:
-        """Scanner coordinates (mm, the image's LPS frame as SimpleITK reads it) of voxel indices ``index``
-        (``(..., 3)``, fractional allowed): origin + direction · (index × spacing)."""
-        d = np.asarray(self.direction, float).reshape(3, 3)
-        return np.asarray(self.origin, float) + (np.asarray(index, float) * np.asarray(self.spacing, float)) @ d.T
-
-    def apply_to(self, image: sitk.Image) -> sitk.Image:
-        image.SetSpacing(self.spacing)
-        image.SetOrigin(self.origin)
-        image.SetDirection(self.direction)
-        return image
 
 
 @dataclass
@@ -427,96 +365,6 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
     return array, Geometry.from_image(image)
 
 
-#: Appended to grid-mismatch errors of a subject's modalities.
-RESAMPLE_HINT = ("; if the images are registered (same physical space) but on other grids, --resample "
-                 "(LACUNES_RESAMPLE=1 in the container) resamples T2 and FLAIR onto the T1's grid")
-
-
-def same_grid(a: Geometry, b: Geometry) -> bool:
-    """Same shape and spacing (within :data:`SPACING_RTOL`), origin and direction (within tolerances)."""
-    return (a.shape == b.shape and np.allclose(a.spacing, b.spacing, rtol=SPACING_RTOL, atol=0)
-            and np.allclose(a.origin, b.origin, atol=ORIGIN_ATOL_MM, rtol=0)
-            and np.allclose(a.direction, b.direction, atol=DIRECTION_ATOL, rtol=0))
-
-
-def physical_box(geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
-    """Lowest and highest scanner coordinates (mm) of a grid's field of view, voxel edges included."""
-    direction = np.asarray(geom.direction, float).reshape(3, 3)
-    spacing = np.asarray(geom.spacing, float)
-    corners = np.array([[-0.5 + n * bit for n, bit in zip(geom.shape, bits)]
-                        for bits in np.ndindex(2, 2, 2)])  # index space, edges at -0.5 and n - 0.5
-    points = np.asarray(geom.origin, float) + (corners * spacing) @ direction.T
-    return points.min(0), points.max(0)
-
-
-def check_same_space(reference: Geometry, other: Geometry, ref_name: str, other_name: str) -> None:
-    """Raise :class:`GeometryMismatchError` unless both fields of view cover the same physical space:
-    every face of the two boxes within one voxel of the coarser grid (along any axis)."""
-    lo_a, hi_a = physical_box(reference)
-    lo_b, hi_b = physical_box(other)
-    tolerance = max(max(reference.spacing), max(other.spacing))
-    gap = max(np.abs(lo_a - lo_b).max(), np.abs(hi_a - hi_b).max())
-    if gap > tolerance:
-        raise GeometryMismatchError(
-            f"{other_name} does not cover the same physical space as {ref_name} (fields of view "
-            f"{np.round(lo_b, 1).tolist()}–{np.round(hi_b, 1).tolist()} mm vs {np.round(lo_a, 1).tolist()}–"
-            f"{np.round(hi_a, 1).tolist()} mm, {gap:.1f} mm apart; at most {tolerance:g} mm allowed): "
-            "register it to the T1 first")
-
-
-def resample_to(array: np.ndarray, geom: Geometry, target: Geometry) -> np.ndarray:
-    """``array`` (on ``geom``) linearly resampled onto ``target`` in scanner space; 0 outside its field
-    of view. A skull-stripped image (background exactly 0) is resampled as one, as
-    :func:`lacunes.conform.resample_masked` does: image and non-zero mask interpolated alike and
-    divided, background where the mask falls under 0.5, so that no ring of background-blended voxels
-    moves the normalization's quantiles. float32 (x, y, z)."""
-    import SimpleITK as sitk
-
-    array = np.asarray(array, np.float32)
-    reference = to_sitk(np.zeros(target.shape, np.uint8), target)
-
-    def linear(a: np.ndarray) -> np.ndarray:
-        out = sitk.Resample(to_sitk(a, geom), reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-        return sitk.GetArrayFromImage(out).transpose(2, 1, 0)
-
-    from lacunes.conform import masked_linear
-
-    return masked_linear(array, linear)
-
-
-def check_same_grid(geometries: dict[Path, Geometry], hint: str = "") -> None:
-    """Shape or spacing differences, an origin shifted by more than half a voxel or another direction
-    (a misregistered or mirrored modality) are errors naming the files (``hint`` appended); smaller
-    origin or direction differences (header rounding) warnings."""
-    items = list(geometries.items())
-    ref_path, ref = items[0]
-    for path, geom in items[1:]:
-        if geom.shape != ref.shape:
-            raise GeometryMismatchError(
-                f"shape mismatch: {ref_path.name} is {ref.shape}, {path.name} is {geom.shape}{hint}"
-            )
-        if not np.allclose(geom.spacing, ref.spacing, rtol=SPACING_RTOL, atol=0):
-            raise GeometryMismatchError(
-                f"spacing mismatch: {ref_path.name} has {ref.spacing}, {path.name} has {geom.spacing}{hint}"
-            )
-        shift = float(np.abs(np.subtract(geom.origin, ref.origin)).max())
-        turn = float(np.abs(np.subtract(geom.direction, ref.direction)).max())
-        shifted = shift > ORIGIN_ERROR_VOXELS * min(ref.spacing)
-        if shifted or turn > DIRECTION_ERROR:
-            # the same voxel index is another place in the scanner: mixing them voxel by voxel is wrong
-            raise GeometryMismatchError(
-                f"{path.name} is not on the grid of {ref_path.name}: "
-                + (f"origin {tuple(round(v, 3) for v in geom.origin)} vs {tuple(round(v, 3) for v in ref.origin)} "
-                   f"({shift:.2f} mm apart)" if shifted else
-                   f"direction {tuple(round(v, 3) for v in geom.direction)} vs "
-                   f"{tuple(round(v, 3) for v in ref.direction)}") + hint)
-        if shift > ORIGIN_ATOL_MM:
-            logger.warning("origin differs: %s %s vs %s %s (%.3f mm, under half a voxel: using the first)",
-                           ref_path.name, ref.origin, path.name, geom.origin, shift)
-        if turn > DIRECTION_ATOL:
-            logger.warning("direction differs slightly: %s vs %s (using the first)", ref_path.name, path.name)
-
-
 #: Share of a volume's outer faces that must be exactly 0: inputs are skull-stripped (the brain mask,
 #: the normalization's foreground and the sliding window's padding all take 0 as "no brain").
 MIN_ZERO_BORDER = 0.5
@@ -643,186 +491,3 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
     )
 
 
-def to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
-    """An (x, y, z) array as a SimpleITK image carrying ``geometry``."""
-    import SimpleITK as sitk
-
-    if tuple(array.shape) != tuple(geometry.shape):
-        raise ValueError(f"array shape {array.shape} does not match the geometry's {geometry.shape}")
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)))
-    return geometry.apply_to(image)
-
-
-#: Marks the temporary files :func:`atomic_output` writes (``.<final name>.lacunes-tmp.<8 random
-#: characters><suffix>``), so that the clean-up of a killed run's leftovers never matches a user's own
-#: hidden files (``.results.20231130.csv`` looks like a name with 8 random characters).
-TEMPORARY_MARK = ".lacunes-tmp."
-_TEMPORARY = re.compile(r"^\..+" + re.escape(TEMPORARY_MARK) + r"[a-z0-9_]{8}(\.nii\.gz|\.[A-Za-z0-9]+)$")
-#: Temporary files older than this (seconds) are a killed run's leftovers (a live write takes seconds).
-STALE_SECONDS = 600
-#: The longest file name (bytes) of the usual file systems; a temporary name for a final name near it
-#: is made from the name's hash instead (:func:`atomic_output`).
-NAME_MAX = 255
-
-
-def prepare_output_folder(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` if needed, check that files can be written in it (before any inference runs),
-    and remove the temporary files a killed run left there (older than :data:`STALE_SECONDS`): only
-    files carrying :data:`TEMPORARY_MARK`, only in ``folder`` and the two levels of subfolders this
-    tool writes into (``extras/``, ``qc/``, ``images/<slug>/``), never deeper in a user's tree.
-
-    Raises:
-        LacunesInputError: the folder cannot be created or written, naming it and the reason.
-    """
-    import time
-
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise LacunesInputError(f"output folder {folder} is not writable: {exc.strerror or exc}") from None
-    now, removed = time.time(), 0
-    for p in (q for pattern in (".*", "*/.*", "*/*/.*") for q in folder.glob(pattern)):
-        try:
-            if p.is_file() and _TEMPORARY.match(p.name) and now - p.stat().st_mtime > STALE_SECONDS:
-                p.unlink()
-                removed += 1
-        except OSError:
-            continue
-    if removed:
-        logger.info("removed %d temporary file(s) left in %s by an interrupted run", removed, folder)
-    return folder
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path`` (same suffix, so writers pick the same format); on
-    success it is flushed to the disk (fsync: a full disk that the writer did not report surfaces
-    here, as :class:`WriteError`), renamed to ``path`` with the usual permissions, and the rename
-    itself flushed; on any error it is removed. A crash or a power cut therefore never leaves a
-    half-written file under the final name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-    stem = path.name
-    extra = len(f".{TEMPORARY_MARK}") + 8 + len(suffix.encode())  # what the temporary name adds
-    if len(stem.encode()) + extra > NAME_MAX:  # a legal long name: the temporary one is shortened, not refused
-        import hashlib
-
-        stem = hashlib.sha256(path.name.encode()).hexdigest()[:16]
-    fd, tmp = tempfile.mkstemp(prefix=f".{stem}{TEMPORARY_MARK}", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
-        try:
-            _fsync(tmp)
-        except OSError as exc:
-            raise WriteError(f"writing {path.name} in {path.parent} failed: {exc.strerror or exc}") from None
-        os.replace(tmp, path)
-        _fsync(path.parent, directory=True)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync(path: str | os.PathLike, directory: bool = False) -> None:
-    """Flush a file's data (or a folder's entries) to the disk. A folder that cannot be opened for it
-    (some network file systems, Windows) is left to the operating system."""
-    try:
-        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    except OSError:
-        if directory:
-            return
-        raise
-    try:
-        os.fsync(fd)
-    except OSError:
-        if not directory:
-            raise
-    finally:
-        os.close(fd)
-
-
-class WriteError(OSError):
-    """An output could not be written in full (a full disk, a quota); nothing is left under its name."""
-
-
-def verify_written(path: Path, image: sitk.Image) -> None:
-    """Raise :class:`WriteError` unless ``path`` holds all of ``image``: SimpleITK reports a short write
-    (a full disk) only as a warning, so the file is checked — a NIfTI or gzip file to the end of its
-    data (:func:`check_complete`), other formats read back and compared in size."""
-    import SimpleITK as sitk
-
-    try:
-        if path.stat().st_size == 0:
-            raise UnreadableImageError(f"{path} is empty")
-        name = path.name.lower()
-        if name.endswith((".nii", ".nii.gz", ".gz")):
-            check_complete(path)
-            size = header_size(path)
-        else:
-            size = sitk.ReadImage(str(path)).GetSize()
-        if tuple(size) != tuple(image.GetSize()):
-            raise UnreadableImageError(f"{path} holds {size} voxels, {image.GetSize()} were written")
-    except (UnreadableImageError, RuntimeError, OSError) as exc:
-        raise WriteError(f"writing {path.name} in {path.parent} failed (is the disk full?): {exc}") from None
-
-
-def write_image_atomic(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
-    """Write through a temporary file in the same folder, check it holds the whole image
-    (:func:`verify_written`), then rename: never a half-written file under the final name.
-
-    Raises:
-        WriteError: the file could not be written in full (nothing is left behind).
-    """
-    with atomic_output(path) as tmp:
-        _write_checked(image, tmp, Path(path), compress)
-    return Path(path)
-
-
-def _write_checked(image: sitk.Image, tmp: Path, path: Path, compress: bool = True) -> None:
-    """Write ``image`` to ``tmp`` (the temporary name of ``path``) and check it holds all of it."""
-    import SimpleITK as sitk
-
-    try:
-        sitk.WriteImage(image, str(tmp), compress)
-    except RuntimeError as exc:
-        raise WriteError(f"cannot write {path.name} in {path.parent}: {_reason(exc)}") from None
-    verify_written(tmp, image)
-
-
-def write_volume(array: np.ndarray, geometry: Geometry, path: str | os.PathLike) -> Path:
-    """Write an (x, y, z) array with the reference geometry, atomically."""
-    return write_image_atomic(to_sitk(array, geometry), path)
-
-
-def write_volumes(items: list[tuple[np.ndarray, Geometry, str | os.PathLike]]) -> list[Path]:
-    """Write several (x, y, z) arrays that belong together (a subject's probability and uncertainty
-    maps): each to a temporary file, checked (:func:`verify_written`), and only when all are complete
-    are they renamed into place — so a failure leaves none of them, never one without the other.
-
-    Raises:
-        WriteError: a file could not be written in full.
-    """
-    from contextlib import ExitStack
-
-    with ExitStack() as stack:
-        for array, geometry, path in items:
-            _write_checked(to_sitk(array, geometry), stack.enter_context(atomic_output(path)), Path(path))
-    return [Path(path) for _, _, path in items]
-
-
-def output_complete(path: Path) -> bool:
-    """Whether an existing output file is whole (a rerun keeps it): a NIfTI or gzip file holds all the
-    data its header announces; other formats are not empty."""
-    try:
-        if not path.is_file() or path.stat().st_size == 0:
-            return False
-        check_complete(path)
-        return True
-    except (UnreadableImageError, OSError):
-        return False

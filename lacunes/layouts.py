@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from lacunes.io import MODALITIES, LacunesInputError, MissingModalityError
+from lacunes.errors import LacunesInputError, MissingModalityError
+from lacunes.io import MODALITIES
 from lacunes.options import input_set_name
 
 logger = logging.getLogger(__name__)

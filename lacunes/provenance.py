@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from lacunes import __version__
-from lacunes.io import atomic_output
 from lacunes.options import input_set_name
+from lacunes.writing import atomic_output
 
 DESCRIPTION = "dataset_description.json"
 BIDS_VERSION = "1.9.0"

@@ -28,8 +28,10 @@ from urllib.parse import quote
 
 import numpy as np
 
-from lacunes.io import MODALITIES, Geometry, atomic_output
+from lacunes.geometry import Geometry
+from lacunes.io import MODALITIES
 from lacunes.options import input_set_name
+from lacunes.writing import atomic_output
 
 logger = logging.getLogger(__name__)
 

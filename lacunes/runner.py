@@ -20,9 +20,10 @@ import numpy as np
 
 from lacunes.inference import Predictor
 from lacunes.instances import lesion_table
-from lacunes.io import Subject, atomic_output, read_subject, write_volume, write_volumes
+from lacunes.io import Subject, read_subject
 from lacunes.layouts import SubjectFiles
 from lacunes.options import FULL_SET, INPUT_SETS, input_set_name, look_up_option
+from lacunes.writing import atomic_output, write_volume, write_volumes
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, prog
     """Read every subject's files in full and check them before anything is written: readable and
     complete (:func:`lacunes.io.read_volume`), on one grid (or resampled onto the T1's) and not empty
     (non-finite voxels are counted by :func:`lacunes.io.read_subject` and repaired at inference). The
-    first failure raises :class:`lacunes.io.LacunesInputError` naming the subject, the file where
+    first failure raises :class:`lacunes.errors.LacunesInputError` naming the subject, the file where
     known, and the reason.
 
     Returns the subject read when there is exactly one (a single-subject run passes it on to
@@ -78,7 +79,7 @@ def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, prog
     from tqdm import tqdm
 
     from lacunes.checkpoint import sha256_of
-    from lacunes.io import LacunesInputError
+    from lacunes.errors import LacunesInputError
 
     for files in tqdm(subjects, desc="checking inputs", unit="subject", disable=not progress):
         try:
@@ -339,8 +340,8 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     :func:`input_set_of`).
     """
 
-    from lacunes.io import prepare_output_folder
     from lacunes.provenance import run_settings
+    from lacunes.writing import prepare_output_folder
 
     shard_i, shard_n = shard
     if not 1 <= shard_i <= shard_n:

@@ -31,7 +31,7 @@ from lacunes.device import resolve_device
 from lacunes.options import MODALITIES, Backend, Precision, TTAMode
 
 if TYPE_CHECKING:
-    from lacunes.inference import InferenceSettings
+    from lacunes.settings import InferenceSettings
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from lacunes.checkpoint import save_checkpoint
-from lacunes.io import Geometry, write_volume
+from lacunes.geometry import Geometry
 from lacunes.network import NetworkConfig, build_network
+from lacunes.writing import write_volume
 
 TINY = NetworkConfig(features=(4, 4, 8, 8, 16, 4), dropout=0.0)
 SPACING = (0.9, 1.1, 1.5)

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from lacunes.backends import Backend, OpenVINONetwork, TwoStageInstanceNorm, for_conversion, openvino_version, resolve_backend
-from lacunes.inference import FAST, Predictor
+from lacunes.inference import Predictor
 from lacunes.network import build_network
+from lacunes.settings import FAST
 
 from .conftest import TINY, make_subject_arrays
 

@@ -69,7 +69,8 @@ def test_calibrate_command_refuses_a_second_stage_from_too_few_candidates_and_fi
 
 
 def test_calibrating_a_smaller_set_stores_its_point_beside_the_models_own(tiny_checkpoint, tmp_path, capsys, caplog):
-    from lacunes.inference import FAST, Predictor
+    from lacunes.inference import Predictor
+    from lacunes.settings import FAST
 
     val = tmp_path / "val"
     for k in range(2):
@@ -95,7 +96,8 @@ def test_calibrating_a_smaller_set_stores_its_point_beside_the_models_own(tiny_c
 
 def test_calibrate_predicts_another_subject_under_a_cached_id_and_refuses_a_label_off_its_grid(
         tiny_checkpoint, tmp_path, caplog):
-    from lacunes.io import Geometry, write_volume
+    from lacunes.geometry import Geometry
+    from lacunes.writing import write_volume
 
     from .conftest import DIRECTION, ORIGIN, SPACING
 

@@ -169,7 +169,7 @@ def test_argument_errors(tmp_path, tiny_checkpoint, caplog):
 
 
 def test_evaluate_writes_reports(tmp_path, capsys):
-    from lacunes.io import write_volume
+    from lacunes.writing import write_volume
 
     _, label, geom = write_subject(tmp_path / "ref", "sub-001")
     (tmp_path / "pred").mkdir()
@@ -183,7 +183,9 @@ def test_evaluate_writes_reports(tmp_path, capsys):
 
 
 def test_evaluate_scores_a_missing_prediction_and_refuses_a_shifted_one(tmp_path, capsys, caplog):
-    from lacunes.io import Geometry, GeometryMismatchError, write_volume
+    from lacunes.errors import GeometryMismatchError
+    from lacunes.geometry import Geometry
+    from lacunes.writing import write_volume
 
     _, label, geom = write_subject(tmp_path / "ref", "sub-001")
     write_subject(tmp_path / "ref", "sub-002")
@@ -209,7 +211,7 @@ def test_evaluate_scores_a_prediction_holding_nan_as_invalid(tmp_path, caplog):
     """SimpleITK reads a NIfTI's NaN as 0: a map of the true lesion with NaN elsewhere would score as
     perfect. The NaN are found in the file itself and the prediction is scored invalid (worst)."""
     from lacunes.evaluation import evaluate_pair, pair_subjects
-    from lacunes.io import write_volume
+    from lacunes.writing import write_volume
 
     _, label, geom = write_subject(tmp_path / "ref", "sub-001")
     (tmp_path / "pred").mkdir()
@@ -375,7 +377,8 @@ def test_a_bids_folder_is_segmented_into_a_bids_derivatives_tree(tmp_path, tiny_
     assert predict("-i", str(tmp_path / "bids"), "-o", str(out), "--model", str(tiny_checkpoint), "--table") == 1
     assert "0 done, 2 skipped" in capsys.readouterr().out
     # lacunes evaluate reads the derivatives it wrote, against labels of the same entities
-    from lacunes.io import Geometry, write_volume
+    from lacunes.geometry import Geometry
+    from lacunes.writing import write_volume
 
     from .conftest import make_subject_arrays
 

@@ -3,10 +3,12 @@ import pytest
 import torch
 
 from lacunes.conform import IDENTITY, ModelSpace, grid_with_spacing, orientation, plan, resample_axis_aligned, resample_masked
-from lacunes.inference import InferenceSettings, Predictor
-from lacunes.io import Geometry, Subject
+from lacunes.geometry import Geometry
+from lacunes.inference import Predictor
+from lacunes.io import Subject
 from lacunes.options import RAS_DIRECTION
 from lacunes.preprocessing import quantile_normalize
+from lacunes.settings import InferenceSettings
 
 PERMUTED = (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # array axes along y, z, x (columns)
 LPS = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)

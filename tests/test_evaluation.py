@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
+from lacunes.errors import LacunesInputError
 from lacunes.evaluation import load_reference, pair_subjects
-from lacunes.io import Geometry, LacunesInputError, write_volume
+from lacunes.geometry import Geometry
+from lacunes.writing import write_volume
 
 
 def test_the_reference_is_the_mean_of_the_two_raters(tmp_path):

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 from lacunes.instances import label_instances
-from lacunes.io import read_volume, write_volume
+from lacunes.io import read_volume
 from lacunes.preprocessing import brain_mask
+from lacunes.writing import write_volume
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "test"

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from lacunes.inference import FAST, InferenceSettings, Predictor
-from lacunes.io import Geometry, Subject
+from lacunes.geometry import Geometry
+from lacunes.inference import Predictor
+from lacunes.io import Subject
 from lacunes.options import RAS_DIRECTION
+from lacunes.settings import FAST, InferenceSettings
 from lacunes.windowing import TTAPlan, reference_predict
 
 

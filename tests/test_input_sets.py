@@ -11,8 +11,10 @@ import torch
 
 from lacunes import options
 from lacunes.checkpoint import load_network, save_checkpoint
-from lacunes.inference import FAST, Predictor
-from lacunes.io import Geometry, LacunesInputError, MissingModalityError, read_subject, write_volume
+from lacunes.errors import LacunesInputError, MissingModalityError
+from lacunes.geometry import Geometry
+from lacunes.inference import Predictor
+from lacunes.io import read_subject
 from lacunes.layouts import (
     CONTAINER_LAYOUTS,
     GC_INPUT_SLUGS,
@@ -23,6 +25,8 @@ from lacunes.layouts import (
 )
 from lacunes.network import build_network
 from lacunes.postprocessing import OperatingPoint
+from lacunes.settings import FAST
+from lacunes.writing import write_volume
 
 from .conftest import TINY, write_subject
 
@@ -84,7 +88,7 @@ def test_the_command_lines_layouts_find_smaller_sets_and_the_containers_valdo_la
 
 
 def test_a_contrast_that_links_to_nothing_is_an_error_not_a_smaller_set(tmp_path):
-    from lacunes.io import LacunesInputError
+    from lacunes.errors import LacunesInputError
     from lacunes.layouts import find_bids_t1s
 
     write_subject(tmp_path, shape=(20, 18, 12), raters=False)

@@ -5,16 +5,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lacunes.io import (
-    Geometry,
-    GeometryMismatchError,
-    LacunesInputError,
-    MissingModalityError,
-    UnreadableImageError,
-    read_subject,
-    read_volume,
-    write_volume,
-)
+from lacunes.errors import GeometryMismatchError, LacunesInputError, MissingModalityError, UnreadableImageError
+from lacunes.geometry import Geometry
+from lacunes.io import read_subject, read_volume
+from lacunes.writing import write_volume
 
 from .conftest import DIRECTION, ORIGIN, SPACING, write_subject
 
@@ -220,7 +214,7 @@ def test_a_flair_on_another_grid_is_resampled_onto_the_t1_only_when_asked(tmp_pa
 def test_a_skull_stripped_flair_is_resampled_without_a_ring_of_background(tmp_path):
     """On the T1's grid the FLAIR's brain keeps the FLAIR's values up to its edge: no voxel blended
     with the background's zeros (which would drag the normalization's lower quantile towards 0)."""
-    from lacunes.io import resample_to
+    from lacunes.geometry import resample_to
 
     coarse = Geometry((20, 20, 8), (2.0, 2.0, 4.0), (0.0, 0.0, 0.0))
     fine = Geometry((40, 40, 32), (1.0, 1.0, 1.0), (-0.5, -0.5, -1.5))
@@ -265,7 +259,7 @@ def test_a_truncated_or_corrupt_file_is_refused(tmp_path, suffix):
 
 def test_a_legal_name_near_the_file_systems_limit_is_written(tmp_path):
     """A final name of 250 bytes: its temporary name would pass 255 bytes, so it is made from a hash."""
-    from lacunes.io import _TEMPORARY, NAME_MAX, atomic_output
+    from lacunes.writing import _TEMPORARY, NAME_MAX, atomic_output
 
     name = "s" * (NAME_MAX - len("_prediction.nii.gz") - 5) + "_prediction.nii.gz"
     path = write_volume(np.zeros((4, 5, 6), np.int16), Geometry(shape=(4, 5, 6)), tmp_path / name)
@@ -280,7 +274,8 @@ def test_output_folder_is_checked_and_a_killed_runs_temporaries_are_removed(tmp_
     import os
     import time
 
-    from lacunes.io import LacunesInputError, prepare_output_folder
+    from lacunes.errors import LacunesInputError
+    from lacunes.writing import prepare_output_folder
 
     (tmp_path / "file").write_text("x")
     with pytest.raises(LacunesInputError, match="is not writable"):
@@ -312,7 +307,7 @@ def test_a_short_write_raises_and_leaves_neither_map(tmp_path, monkeypatch):
     names the file, and neither of the two maps that belong together is left (nor a temporary)."""
     import SimpleITK as sitk
 
-    from lacunes.io import WriteError, output_complete, write_volumes
+    from lacunes.writing import WriteError, output_complete, write_volumes
 
     real = sitk.WriteImage
     calls = []
@@ -361,7 +356,7 @@ def test_a_full_disk_is_an_error_and_leaves_no_map_under_its_name(small_disk):
     WriteError naming the file, neither map nor any temporary is left, and the disk has room again."""
     import shutil
 
-    from lacunes.io import WriteError, write_volumes
+    from lacunes.writing import WriteError, write_volumes
 
     geom = Geometry((64, 64, 48))
     volume = np.random.default_rng(0).random(geom.shape).astype(np.float32)  # compresses little
@@ -378,7 +373,8 @@ def test_a_full_disk_is_an_error_and_leaves_no_map_under_its_name(small_disk):
 def test_the_size_limit_follows_the_memory_a_run_may_use(tmp_path, monkeypatch):
     """Refused from the header when the subject's estimated peak (BYTES_PER_VOXEL per voxel over
     BASE_BYTES) exceeds the memory limit, with the size needed and where the limit comes from."""
-    from lacunes.io import BASE_BYTES, BYTES_PER_VOXEL, LacunesInputError, max_voxels, memory_limit
+    from lacunes.errors import LacunesInputError
+    from lacunes.io import BASE_BYTES, BYTES_PER_VOXEL, max_voxels, memory_limit
 
     monkeypatch.delenv("LACUNES_MAX_VOXELS", raising=False)
     monkeypatch.delenv("LACUNES_MEMORY_LIMIT_GB", raising=False)

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from lacunes.io import LacunesInputError, MissingModalityError
+from lacunes.errors import LacunesInputError, MissingModalityError
 from lacunes.layouts import (
     GC_INPUT_SLUGS,
     explicit_subject,
@@ -105,7 +105,8 @@ def test_malformed_inputs_json_is_named(tmp_path, content):
 
 def _bids_subject(root, entities, suffixes=("T1w", "T2w", "FLAIR"), seed=0):
     """A BIDS subject (sub-x[/ses-y]/anat/<entities>_<suffix>.nii.gz) from the test arrays."""
-    from lacunes.io import Geometry, write_volume
+    from lacunes.geometry import Geometry
+    from lacunes.writing import write_volume
 
     from .conftest import make_subject_arrays
 
@@ -135,7 +136,7 @@ def test_bids_subjects_with_sessions_are_found_and_named_as_derivatives(tmp_path
 
 
 def test_bids_modalities_with_other_entities_are_taken_when_unique_and_refused_when_not(tmp_path):
-    from lacunes.io import MissingModalityError
+    from lacunes.errors import MissingModalityError
     from lacunes.layouts import cohort_items
 
     anat = _bids_subject(tmp_path, "sub-01_acq-mprage", suffixes=("T1w",))

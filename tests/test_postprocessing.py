@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from lacunes.checkpoint import save_checkpoint
-from lacunes.inference import InferenceSettings, Predictor
-from lacunes.io import Geometry, Subject
+from lacunes.geometry import Geometry
+from lacunes.inference import Predictor
+from lacunes.io import Subject
 from lacunes.network import build_network
 from lacunes.operating_point import uncertain_share
 from lacunes.postprocessing import (
@@ -18,6 +19,7 @@ from lacunes.postprocessing import (
     remove_small_lesions,
 )
 from lacunes.preprocessing import brain_mask
+from lacunes.settings import InferenceSettings
 
 from .conftest import TINY
 

@@ -52,8 +52,9 @@ def test_bad_quantiles():
 
 
 def test_an_isolated_extreme_voxel_is_clipped_and_changes_the_map_only_near_it(tiny_checkpoint):
-    from lacunes.inference import FAST, Predictor
+    from lacunes.inference import Predictor
     from lacunes.preprocessing import CLIP
+    from lacunes.settings import FAST
 
     from .conftest import make_subject_arrays
 

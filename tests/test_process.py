@@ -144,7 +144,8 @@ def test_operating_point_from_the_environment(tmp_path, tiny_checkpoint, monkeyp
 
 
 def test_an_all_zero_scan_gives_empty_maps(tmp_path, tiny_checkpoint):
-    from lacunes.io import Geometry, write_volume
+    from lacunes.geometry import Geometry
+    from lacunes.writing import write_volume
 
     geom = Geometry((24, 22, 16))
     (tmp_path / "in").mkdir()
@@ -193,7 +194,8 @@ def test_duplicate_subjects_are_refused_with_a_message(tmp_path, tiny_checkpoint
 
 @pytest.mark.parametrize("damage", ["truncated", "other grid", "unreadable"])
 def test_every_subject_is_read_and_checked_before_the_first_output(tmp_path, tiny_checkpoint, caplog, damage):
-    from lacunes.io import Geometry, write_volume
+    from lacunes.geometry import Geometry
+    from lacunes.writing import write_volume
 
     for sid in ("sub-001", "sub-002", "sub-003"):
         write_subject(tmp_path / "in", sid)

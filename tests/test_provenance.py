@@ -2,7 +2,7 @@
 
 import json
 
-from lacunes.inference import FAST, Predictor
+from lacunes.inference import Predictor
 from lacunes.postprocessing import OperatingPoint
 from lacunes.provenance import (
     run_settings,
@@ -12,6 +12,7 @@ from lacunes.provenance import (
     write_dataset_description,
     write_sidecar,
 )
+from lacunes.settings import FAST
 
 from .conftest import write_subject
 

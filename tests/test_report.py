@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from lacunes.cli import main
-from lacunes.io import Geometry
+from lacunes.geometry import Geometry
 from lacunes.report import (
     MAX_LESIONS,
     axis_letters,

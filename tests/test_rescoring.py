@@ -4,8 +4,9 @@ import torch
 from scipy import ndimage as ndi
 
 from lacunes.checkpoint import save_checkpoint
-from lacunes.inference import InferenceSettings, ModelInput, Predictor
-from lacunes.io import Geometry, Subject
+from lacunes.geometry import Geometry
+from lacunes.inference import ModelInput, Predictor
+from lacunes.io import Subject
 from lacunes.network import build_network
 from lacunes.operating_point import choose_operating_point
 from lacunes.options import RAS_DIRECTION
@@ -19,6 +20,7 @@ from lacunes.rescoring import (
     candidate_features,
     candidate_targets,
 )
+from lacunes.settings import InferenceSettings
 
 from .conftest import TINY
 

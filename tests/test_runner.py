@@ -3,11 +3,12 @@
 import numpy as np
 
 from lacunes.checkpoint import load_network
-from lacunes.inference import FAST, Predictor
+from lacunes.inference import Predictor
 from lacunes.io import read_volume
 from lacunes.layouts import valdo_subject
 from lacunes.report import SubjectRecord
 from lacunes.runner import extras_from_maps, extras_paths, fingerprints, record_mismatch, run_subject
+from lacunes.settings import FAST
 
 from .conftest import write_subject
 

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from lacunes.io import write_volume
 from lacunes.preprocessing import NonFiniteError
 from lacunes.training import get_preset
 from lacunes.training.config import LabelMode
 from lacunes.training.data import MissingLabelError, combine_raters, load_training_set
+from lacunes.writing import write_volume
 
 from .conftest import write_subject
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from lacunes.inference import FAST, InferenceSettings, Predictor
+from lacunes.inference import Predictor
+from lacunes.settings import FAST, InferenceSettings
 from lacunes.windowing import WindowedNetwork, roi_for
 
 from .test_inference import PlusOne, settings

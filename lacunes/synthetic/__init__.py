@@ -528,7 +528,7 @@ def _draw_acquisition(rng: np.random.Generator, cfg: SynthConfig) -> tuple[Synth
 def acquisition_grids(shape: tuple[int, int, int], drawn: dict, modality: str):
     """The 1 mm grid, the modality's acquisition grid and the T1's grid of a drawn acquisition."""
     from lacunes.conform import grid_with_spacing
-    from lacunes.io import Geometry
+    from lacunes.geometry import Geometry
 
     native = Geometry(shape=tuple(shape))
     t1 = grid_with_spacing(native, (drawn["voxel_mm"],) * 3)
@@ -640,7 +640,8 @@ def _render(
 
 def write_phantom(phantom: Phantom, out_dir: Path, preview: bool = False) -> list[Path]:
     """Write a phantom in the VALDO layout (plus a ``lesions.json`` sidecar and an optional PNG)."""
-    from lacunes.io import Geometry, write_volume
+    from lacunes.geometry import Geometry
+    from lacunes.writing import write_volume
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 
 from lacunes.conform import ModelSpace, plan
+from lacunes.geometry import check_same_grid
 from lacunes.instances import label_instances
-from lacunes.io import check_same_grid, read_subject, read_volume
+from lacunes.io import read_subject, read_volume
 from lacunes.layouts import SubjectFiles, find_subject_files
 from lacunes.preprocessing import assert_finite, quantile_normalize
 from lacunes.training.config import LabelMode, TrainConfig

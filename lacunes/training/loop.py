@@ -104,8 +104,9 @@ def mine_hard_negatives(net: torch.nn.Module, subjects, indices, device: torch.d
     """Predict the training subjects ``indices`` with the current network (the ``fast`` inference
     setting) and store the centres of their false positives (components that touch no label) as
     their ``hard`` crop centres. Returns the count per subject; the network is left in train mode."""
-    from lacunes.inference import FAST, Predictor
+    from lacunes.inference import Predictor
     from lacunes.postprocessing import RAW
+    from lacunes.settings import FAST
     from lacunes.training.sampling import false_positive_centres
 
     # PyTorch, not a compiled backend: converting the live training network each round costs seconds, and
