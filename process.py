@@ -214,11 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
         logger.info("start-up %.1f s (imports %.1f s; inputs read and checked, model loaded %.1f s)", time.time() - t0,
                     t_imports - t0, time.time() - t_imports)
-        op = predictor.operating_point
+        op = predictor.release.operating_point
         logger.info("model %s, preset %s, device %s, %s, backend %s, %d TTA variant(s), operating point: "
                     "probability >= %g, lesions >= %g mm³", model, args.preset, predictor.device, predictor.precision,
                     predictor.backend, predictor.variants, op.threshold, op.min_volume_mm3)
-        logger.info("model: %s", predictor.data_statement)
+        logger.info("model: %s", predictor.release.data_statement)
         if grand_challenge:
             run_grand_challenge(predictor, subjects[0], output_path, args.resample, checked)
         else:

@@ -72,7 +72,7 @@ def one(spec: str, model: Path, case: Path, out: Path, device: str) -> dict:
     settings = PRESETS[preset].replace(progress=False, device=device, precision=precision,
                                        channels_last="cl" in flags, backend=backend)
     predictor = Predictor.from_checkpoint(model, settings)
-    normalized = prepare_image(image, predictor.normalization)
+    normalized = prepare_image(image, predictor.release.normalization)
     cuda = predictor.device.type == "cuda"
     prepare = 0.0
     if kind == "project" and predictor.backend == "openvino":  # converted (or read from the cache) up front

@@ -104,7 +104,7 @@ def absent_channels(modalities: str) -> list[int]:
 def stages(predictor, modalities: str = FULL_SET) -> list[tuple[str, OperatingPoint, object]]:
     """The inference steps added one at a time, ending with the checkpoint's own configuration (for the
     set of contrasts ``modalities``)."""
-    op, rescorer = predictor.post_processing_for(modalities)
+    op, rescorer = predictor.release.post_processing_for(modalities)
     out = [("network only (p ≥ 0.5, on the brain's box)", RAW, None), ("+ brain mask", OperatingPoint(0.5, 0.0, True), None),
            (f"+ operating point (p ≥ {op.threshold:g}, ≥ {op.min_volume_mm3:g} mm³)", op, None)]
     if rescorer is not None:
@@ -179,7 +179,7 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
     predictor = Predictor.from_checkpoint(model, PRESETS[setting].replace(progress=False))
     if raw:
         predictor = predictor.with_post_processing(RAW, None)
-    op = predictor.post_processing_for(modalities)[0]
+    op = predictor.release.post_processing_for(modalities)[0]
     steps = stages(predictor, modalities) if ablate else []
     absent = absent_channels(modalities)
     step_results = {label: [] for label, _, _ in steps}
@@ -194,7 +194,7 @@ def run_model(name: str, model: Path, setting: str, subjects, work: Path, raw: b
         image = repair_nonfinite(case.image)
         image[absent] = 0.0  # a subject read without those contrasts (lacunes.io.read_subject)
         mask = brain_mask(image) if op.mask_outside_brain else None
-        normalized = prepare_image(image, predictor.normalization)
+        normalized = prepare_image(image, predictor.release.normalization)
         raw = predictor.raw(ModelInput(normalized, mask, spacing, input_set=modalities))  # on the brain's box
         for mode in modes:
             prob, unc = predictor.finish(raw, uncertainty=mode)

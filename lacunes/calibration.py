@@ -243,10 +243,10 @@ def run(args: argparse.Namespace) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, PRESETS[args.preset].replace(progress=False),
                                           threshold=DEFAULT_THRESHOLD)  # its own point is not used: raw maps
     modalities = args.modalities
-    if modalities not in predictor.input_sets_trained:
+    if modalities not in predictor.release.input_sets_trained:
         logger.warning("%s was trained for %s, not %s: calibrating cannot teach it the missing contrasts",
-                       args.checkpoint, ", ".join(predictor.input_sets_trained), modalities)
-    _, own_rescorer = predictor.post_processing_for(modalities)
+                       args.checkpoint, ", ".join(predictor.release.input_sets_trained), modalities)
+    _, own_rescorer = predictor.release.post_processing_for(modalities)
     if args.keep_rescorer and own_rescorer is None:
         raise ValueError(f"--keep-rescorer: {args.checkpoint} has no second stage")
     rescorer = own_rescorer if args.keep_rescorer else None

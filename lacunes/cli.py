@@ -91,12 +91,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          {m: Path(f) for m, f in explicit.items()} if explicit else None, args.subject_id)
     model = Path(args.model) if args.model else default_model_path()
     predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
-    op = predictor.operating_point
+    op = predictor.release.operating_point
     print(f"{len(items[shard_i - 1::shard_n])} subject(s) (shard {shard_i}/{shard_n}), model {model}, preset {args.preset}, "
           f"{predictor.variants} TTA variant(s), device {predictor.device}, {predictor.precision}, "
           f"backend {predictor.backend}, "
           f"operating point: probability >= {op.threshold:g}, lesions >= {op.min_volume_mm3:g} mm³")
-    print(f"model: {predictor.data_statement}; {predictor.input_sets_statement}")
+    print(f"model: {predictor.release.data_statement}; {predictor.release.input_sets_statement}")
     if predictor.device.type == "cpu" and predictor.variants > 1:
         print(f"note: the {args.preset} setting runs {predictor.variants} TTA variants at overlap "
               f"{settings.overlap:g}: on a CPU that is minutes a subject (the sample case on 2 cores: about 2 min with "

@@ -23,22 +23,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from lacunes.conform import Conform, ModelSpace
+from lacunes.conform import Conform
 from lacunes.conform import plan as conform_plan
 from lacunes.geometry import Geometry
 from lacunes.io import Subject
 from lacunes.options import (
     FULL_SET,
-    INPUT_SETS,
     MODALITIES,
-    NORMALIZATION_QUANTILES,
     Backend,
     Precision,
     UncertaintyMode,
     input_set_name,
 )
 from lacunes.postprocessing import OperatingPoint, finish_probability, logit
-from lacunes.preprocessing import NormalizationConfig, brain_mask, count_nonfinite, prepare_image, repair_nonfinite
+from lacunes.preprocessing import brain_mask, count_nonfinite, prepare_image, repair_nonfinite
+from lacunes.release import Release
 from lacunes.settings import FULL, InferenceSettings
 from lacunes.uncertainty import uncertainty_map
 from lacunes.windowing import WindowedNetwork, mean_probability
@@ -161,21 +160,6 @@ def finish_maps(variant_logits: torch.Tensor, op: OperatingPoint, rescorer, unce
     return prob, unc.float().cpu().numpy(), {**stats, "nonfinite_outputs": bad}
 
 
-def data_statement(metadata: dict) -> str:
-    """One line on what a checkpoint's network was trained on, and what a user should do about it."""
-    stated = metadata.get("data_statement")
-    if stated:
-        return str(stated)
-    data = metadata.get("data") or {}
-    if data.get("generated"):
-        return ("trained on synthetic phantoms only (generated, seed "
-                f"{data['generated'].get('seed')}), never on patient data: check it, or recalibrate it, on "
-                "labelled subjects of your cohort before trusting its maps")
-    if data.get("folder"):
-        return f"trained on the subjects in {data['folder']}" + (f" ({data['note']})" if data.get("note") else "")
-    return "its training data are not recorded in the checkpoint"
-
-
 class Predictor:
     """Lacune probability and uncertainty for a subject.
 
@@ -183,126 +167,46 @@ class Predictor:
         network: maps ``B×C×X×Y×Z`` to logits ``B×1×X×Y×Z`` (any fully convolutional module; C the
             modalities, :data:`lacunes.options.MODALITIES`).
         settings: :class:`InferenceSettings` (the recipe by default).
-        normalization: the preprocessing the network was trained with.
-        metadata: the checkpoint's description, kept for reports.
-        operating_point: threshold, minimum lesion size and brain mask applied to the maps (see
-            :mod:`lacunes.postprocessing`); :meth:`from_checkpoint` reads the checkpoint's.
-        rescorer: the second stage (:class:`lacunes.rescoring.Rescorer`), or None.
-        model_space: the orientation and voxel size the network was trained in (subjects are conformed
-            to it, :mod:`lacunes.conform`); :meth:`from_checkpoint` reads the checkpoint's.
-        by_set: the operating point and second stage of a set of contrasts calibrated on its own
-            (``{"T1+FLAIR": (OperatingPoint, Rescorer | None)}``); other sets use ``operating_point`` and
-            ``rescorer``. :meth:`from_checkpoint` reads the checkpoint's ``calibration_by_set``.
+        release: what the model is apart from its weights (:class:`lacunes.release.Release`: the
+            normalization, the model's space, the operating points and second stages, what it accepts);
+            :meth:`from_checkpoint` reads the checkpoint's; by default the recipe's normalization, 1 mm
+            RAS, p >= 0.5 with the brain mask and no second stage.
+        operating_point: replaces the release's own (threshold, minimum lesion size, brain mask;
+            :mod:`lacunes.postprocessing`).
 
     Example:
         >>> predictor = Predictor.from_checkpoint("model/lacunes.pt", FAST)
         >>> probability, uncertainty = predictor.predict(subject)
     """
 
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        settings: InferenceSettings = FULL,
-        normalization: NormalizationConfig = NormalizationConfig(),
-        metadata: dict | None = None,
-        operating_point: OperatingPoint = OperatingPoint(),
-        rescorer=None,
-        model_space: ModelSpace = ModelSpace(),
-        by_set: dict[str, tuple[OperatingPoint, Any]] | None = None,
-    ) -> None:
+    def __init__(self, network: torch.nn.Module, settings: InferenceSettings = FULL, release: Release | None = None,
+                 operating_point: OperatingPoint | None = None) -> None:
         self.stage = WindowedNetwork(network, settings)
         self.settings = self.stage.settings  # bfloat16 an OpenVINO CPU lacks is float32 here
-        self.model_space = model_space
-        self.operating_point = operating_point
-        self.rescorer = rescorer
-        self.by_set = dict(by_set or {})
-        self.normalization = normalization
-        self.metadata = metadata or {}
-        self.checkpoint: Path | None = None  # the file the weights came from (set by from_checkpoint)
-        self._weights_sha256: str | None = None
+        self.release = release or Release()
+        if operating_point is not None:
+            self.release = self.release.replace(operating_point=operating_point)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, settings: InferenceSettings = FULL,
                         threshold: float | None = None, min_volume_mm3: float | None = None) -> Predictor:
-        """The predictor a checkpoint describes: its network, normalization, operating point and second
-        stage (``threshold`` and ``min_volume_mm3`` override the stored ones)."""
+        """The predictor a checkpoint describes: its network and its release (``threshold`` and
+        ``min_volume_mm3`` override the stored operating points)."""
         from lacunes.checkpoint import check_lacune_network, load_network
         from lacunes.network import NetworkConfig
-        from lacunes.rescoring import Rescorer
 
         network, payload = load_network(path)
         check_lacune_network(NetworkConfig.from_dict(payload["network"]), path)
-        metadata = payload.get("metadata", {})
-        norm = metadata.get("normalization", {})
-        normalization = NormalizationConfig(norm.get("lower", NORMALIZATION_QUANTILES[0]),
-                                            norm.get("upper", NORMALIZATION_QUANTILES[1]))
-        op = OperatingPoint.from_dict(metadata.get("operating_point"))
-        if not metadata.get("operating_point") and threshold is None:
-            logger.warning("%s carries no calibrated operating point: voxels are lacunes from p >= %g, with no second "
-                           "stage (a fresh or fine-tuned training checkpoint; calibrate it on labelled subjects with "
-                           "lacunes calibrate, or give --threshold)", path, op.threshold)
-        op = op.with_overrides(threshold, min_volume_mm3)
-        rescorer = Rescorer.from_dict(metadata.get("rescorer"))
-        if rescorer is not None and op.threshold < rescorer.candidate_threshold:
-            logger.warning("threshold %g is under the second stage's candidate threshold %g: voxels between the "
-                           "two are not re-scored", op.threshold, rescorer.candidate_threshold)
-        by_set = {}
-        for name, calibration in (metadata.get("calibration_by_set") or {}).items():
-            by_set[name] = (OperatingPoint.from_dict(calibration.get("operating_point")).with_overrides(
-                threshold, min_volume_mm3), Rescorer.from_dict(calibration.get("rescorer")))
-        predictor = cls(network, settings, normalization, metadata, op, rescorer,
-                        ModelSpace.from_dict(metadata.get("model_space")), by_set)
-        predictor.checkpoint = Path(path)
-        predictor._weights_sha256 = payload.get("weights_sha256")
-        return predictor
+        release = Release.from_metadata(payload.get("metadata", {}), path, payload.get("weights_sha256"),
+                                        threshold, min_volume_mm3)
+        return cls(network, settings, release)
 
     def with_post_processing(self, operating_point: OperatingPoint, rescorer=None) -> Predictor:
         """The same network and settings with another operating point and second stage (e.g.
         :data:`lacunes.postprocessing.RAW` and None: the network stage alone); this predictor is unchanged."""
         other = copying.copy(self)
-        other.operating_point, other.rescorer, other.by_set = operating_point, rescorer, {}
+        other.release = self.release.replace(operating_point=operating_point, rescorer=rescorer, by_set={})
         return other
-
-    @property
-    def input_sets(self) -> tuple[str, ...]:
-        """The sets of contrasts the model accepts (its checkpoint's ``input_sets``: the sets it was trained
-        for, or those a release states as measured; the full set when it does not say)."""
-        return tuple(self.metadata.get("input_sets") or (FULL_SET,))
-
-    @property
-    def input_sets_trained(self) -> tuple[str, ...]:
-        """The sets of contrasts the network was trained for (``input_sets_trained`` where a release stated
-        others as measured, else :attr:`input_sets`)."""
-        return tuple(self.metadata.get("input_sets_trained") or self.input_sets)
-
-    @property
-    def input_sets_statement(self) -> str:
-        """``accepts T1+T2+FLAIR, T1+FLAIR (trained for T1+T2+FLAIR; the others measured)``, for run logs."""
-        text = f"accepts {', '.join(self.input_sets)}"
-        if self.input_sets_trained != self.input_sets:
-            text += f" (trained for {', '.join(self.input_sets_trained)}; the others measured: its model card)"
-        return text
-
-    def check_input_set(self, input_set: str, chosen: bool = False, subject_id: str = "the subject") -> None:
-        """Refuse a set of contrasts the model does not accept (:attr:`input_sets`), naming those it does,
-        unless the user ``chosen`` it (``--modalities``): then a warning. Raises :class:`lacunes.errors.LacunesInputError`."""
-        from lacunes.errors import LacunesInputError
-
-        if input_set in self.input_sets:
-            return
-        missing = [m for m in MODALITIES if m not in INPUT_SETS[input_set]]
-        what = (f"{subject_id} has {input_set} (no {', '.join(missing)}); the model accepts "
-                f"{', '.join(self.input_sets)} only")
-        if not chosen:
-            raise LacunesInputError(f"{what}: its maps would not be trustworthy. Use a model trained without "
-                                    f"{', '.join(missing)} (input_sets in its checkpoint), or --modalities "
-                                    f"{input_set} to run it anyway")
-        logger.warning("%s: its missing contrasts reach the network as zeros, which it never saw", what)
-
-    def post_processing_for(self, input_set: str = FULL_SET) -> tuple[OperatingPoint, Any]:
-        """The operating point and second stage for a set of contrasts: its own calibration where the
-        model has one (:attr:`by_set`), else the model's."""
-        return self.by_set.get(input_set, (self.operating_point, self.rescorer))
 
     @property
     def network(self) -> torch.nn.Module:
@@ -328,18 +232,13 @@ class Predictor:
 
     @property
     def weights_sha256(self) -> str:
-        """The hash of the network's weights (:func:`lacunes.checkpoint.weights_sha256`), as stored in the
-        checkpoint it came from."""
-        if self._weights_sha256 is None:
+        """The hash of the network's weights (:func:`lacunes.checkpoint.weights_sha256`): the one stored
+        in the checkpoint it came from, else computed."""
+        if self.release.stored_sha256 is None:
             from lacunes.checkpoint import weights_sha256
 
-            self._weights_sha256 = weights_sha256(self.network.state_dict())
-        return self._weights_sha256
-
-    @property
-    def data_statement(self) -> str:
-        """One line on what the network was trained on (:func:`data_statement`)."""
-        return data_statement(self.metadata)
+            self.release = self.release.replace(stored_sha256=weights_sha256(self.network.state_dict()))
+        return self.release.stored_sha256
 
     def prepare(self, subject: Subject | np.ndarray) -> ModelInput:
         """A subject (or a raw ``C×X×Y×Z`` array, taken as already in the model's space) made ready for the
@@ -354,7 +253,7 @@ class Predictor:
         image = native = repair_nonfinite(image)
         conform = None
         if isinstance(subject, Subject) and self.settings.conform:
-            conform = conform_plan(subject.geometry, self.model_space)
+            conform = conform_plan(subject.geometry, self.release.model_space)
             if not conform.identity:
                 logger.info("%s: to the model's space: %s", subject.subject_id, conform.describe())
                 image, spacing = conform.to_model(image), conform.model.spacing
@@ -370,7 +269,7 @@ class Predictor:
         if conform is not None and conform.identity:
             conform = None
         geometry = None if not isinstance(subject, Subject) else conform.model if conform is not None else subject.geometry
-        return ModelInput(prepare_image(image, self.normalization), mask, tuple(spacing), conform,
+        return ModelInput(prepare_image(image, self.release.normalization), mask, tuple(spacing), conform,
                           brain_mask(native) if conform is not None and conform.resampled else None, geometry,
                           input_set_name(present))
 
@@ -379,7 +278,7 @@ class Predictor:
         brain's box when the operating point masks."""
         model_input = subject if isinstance(subject, ModelInput) else self.prepare(subject)
         stats: dict[str, Any] = {}
-        brain = model_input.mask if self.operating_point.mask_outside_brain else None  # windows on its box
+        brain = model_input.mask if self.release.operating_point.mask_outside_brain else None  # windows on its box
         t0 = time.perf_counter()
         logits = self.stage.variant_logits(model_input.normalized, brain, stats)
         stats["network_seconds"] = round(time.perf_counter() - t0, 3)
@@ -393,11 +292,11 @@ class Predictor:
         its operating point and the settings' uncertainty unless given), on the subject's own grid: both
         float32 (x, y, z) in [0, 1], 0 outside the brain."""
         given = raw.input
-        op, rescorer = self.post_processing_for(given.input_set)
+        op, rescorer = self.release.post_processing_for(given.input_set)
         op = operating_point or op
         prob, unc, stats = finish_maps(raw.variant_logits, op, rescorer,
                                        uncertainty or self.settings.uncertainty, given.mask, given.spacing,
-                                       given.normalized, self.checkpoint)
+                                       given.normalized, self.release.path)
         stats = {**raw.stats, **stats, "input_set": given.input_set}
         if given.geometry is not None:
             for row in stats.get("rejected_candidates", []):

@@ -335,7 +335,7 @@ VALDO = Layout("VALDO", "sub-*_space-*_desc-masked_T1.nii.gz with its T2 and FLA
                lambda folder: bool(find_valdo_t1s(folder)),  # (warns of near misses, refuses an id twice)
                lambda folder: [ValdoT1(p) for p in sorted(folder.iterdir()) if VALDO_T1.match(p.name)])
 #: The VALDO layout as the command line reads it: a subject without its T2 or FLAIR is a smaller set of
-#: contrasts (the model decides whether it takes it, :meth:`lacunes.inference.Predictor.check_input_set`).
+#: contrasts (the model decides whether it takes it, :meth:`lacunes.release.Release.check_input_set`).
 VALDO_ANY_SET = Layout(VALDO.name, "sub-*_space-*_desc-masked_T1.nii.gz with its T2 and/or FLAIR in the folder",
                        VALDO.detect, lambda folder: [ValdoT1(e.t1, complete=False) for e in VALDO.find(folder)])
 BIDS = Layout("BIDS", "a BIDS folder: sub-*/[ses-*/]anat/sub-*_T1w.nii.gz with _T2w and/or _FLAIR", is_bids_layout,

@@ -28,16 +28,16 @@ def run_settings(predictor) -> dict[str, Any]:
     """The settings that decide the maps a predictor writes (JSON-ready)."""
     setting = {k: v for k, v in predictor.settings.to_dict().items() if k not in _NOT_DECIDING}
     setting["backend"], setting["precision"] = str(predictor.backend), str(predictor.precision)
-    rescorer = predictor.rescorer
+    rescorer = predictor.release.rescorer
     return {
         "model_sha256": predictor.weights_sha256,
         "setting": setting,
-        "operating_point": predictor.operating_point.to_dict(),
+        "operating_point": predictor.release.operating_point.to_dict(),
         "second_stage_min_score": None if rescorer is None else rescorer.min_score,
         **({"calibration_by_set": {name: {"operating_point": op.to_dict(),
                                           "second_stage_min_score": None if r is None else r.min_score}
-                                   for name, (op, r) in sorted(predictor.by_set.items())}}
-           if getattr(predictor, "by_set", None) else {}),
+                                   for name, (op, r) in sorted(predictor.release.by_set.items())}}
+           if predictor.release.by_set else {}),
     }
 
 
@@ -74,8 +74,8 @@ def subject_provenance(predictor, inputs: dict[str, Path], seconds: float) -> di
 
     return {
         "GeneratedBy": {"Name": "lacunes", "Version": __version__},
-        "Model": str(predictor.checkpoint) if predictor.checkpoint else None,
-        "ModelDataStatement": predictor.data_statement,
+        "Model": str(predictor.release.path) if predictor.release.path else None,
+        "ModelDataStatement": predictor.release.data_statement,
         "Settings": run_settings(predictor),
         "Device": str(predictor.device),
         "Date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -109,7 +109,7 @@ def write_dataset_description(output: Path, predictor) -> Path:
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "derivative",
         "GeneratedBy": [{"Name": "lacunes", "Version": __version__,
-                         "Description": f"model {predictor.checkpoint}: {predictor.data_statement}"}],
+                         "Description": f"model {predictor.release.path}: {predictor.release.data_statement}"}],
     }
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(content, indent=1))

@@ -160,14 +160,14 @@ def run_subject(
     probability and uncertainty maps on its T1 grid (the T2's for a ``T2+FLAIR`` subject).
 
     ``modalities``: the set of contrasts to use (``--modalities``; by default every contrast the files
-    hold); a set the model does not accept is refused unless chosen so (:meth:`Predictor.check_input_set`).
+    hold); a set the model does not accept is refused unless chosen so (:meth:`lacunes.release.Release.check_input_set`).
 
     Extras (binary mask at 0.5, lesion table CSV) go to ``extras_dir``, never next to the contract's
     outputs. Nothing is written when reading or predicting fails. ``resample``: T2/FLAIR on another grid
     are resampled onto the T1's (:func:`lacunes.io.read_subject`).
     """
     t0 = time.time()
-    predictor.check_input_set(input_set_of(files, modalities), chosen=bool(modalities), subject_id=files.subject_id)
+    predictor.release.check_input_set(input_set_of(files, modalities), chosen=bool(modalities), subject_id=files.subject_id)
     if subject is None or subject.subject_id != files.subject_id:
         subject = read_files(files, resample, modalities)
     t1 = time.time()

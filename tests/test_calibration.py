@@ -90,8 +90,8 @@ def test_calibrating_a_smaller_set_stores_its_point_beside_the_models_own(tiny_c
     assert own["chosen_on"]["modalities"] == "T1+FLAIR"
     assert own == json.loads((tmp_path / "r.json").read_text())["operating_point"]
     predictor = Predictor.from_checkpoint(reduced, FAST)
-    assert predictor.post_processing_for("T1+FLAIR")[0].threshold == own["threshold"]
-    assert predictor.post_processing_for("T1+T2")[0] == predictor.operating_point
+    assert predictor.release.post_processing_for("T1+FLAIR")[0].threshold == own["threshold"]
+    assert predictor.release.post_processing_for("T1+T2")[0] == predictor.release.operating_point
 
 
 def test_calibrate_predicts_another_subject_under_a_cached_id_and_refuses_a_label_off_its_grid(

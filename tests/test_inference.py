@@ -224,7 +224,7 @@ def test_non_finite_network_output_beyond_a_few_voxels_is_an_error(caplog):
         prob, unc = Predictor(NaNAt(3), settings(roi_size=(32, 32, 16))).predict_normalized(x)
     assert "non-finite network output" in caplog.text and (prob == 0).sum() == 3 and (unc == 1).sum() >= 3
     broken = Predictor(NaNAt(NONFINITE_OUTPUT_LIMIT + 1), settings(roi_size=(32, 32, 16)))
-    broken.checkpoint = Path("/models/broken.pt")
+    broken.release = broken.release.replace(path=Path("/models/broken.pt"))
     with pytest.raises(NonFiniteOutputError, match="weights of /models/broken.pt are probably damaged"):
         broken.predict_normalized(x)
 
@@ -239,22 +239,25 @@ def test_an_uncalibrated_checkpoint_is_named_in_a_warning(tiny_checkpoint, caplo
     assert "calibrated" not in caplog.text
 
 
-def test_the_predictor_says_what_its_network_was_trained_on(tiny_checkpoint):
-    network = Predictor.from_checkpoint(tiny_checkpoint, FAST).network
-    generated = Predictor(network, FAST, metadata={"data": {"generated": {"seed": 2026}}})
+def test_the_release_says_what_its_network_was_trained_on(tiny_checkpoint):
+    from lacunes.release import Release
+
+    generated = Release(metadata={"data": {"generated": {"seed": 2026}}})
     assert generated.data_statement.startswith("trained on synthetic phantoms only (generated, seed 2026)")
     assert "recalibrate it" in generated.data_statement
-    folder = Predictor(network, FAST, metadata={"data": {"folder": "/data/mine", "note": "12 subjects"}})
+    folder = Release(metadata={"data": {"folder": "/data/mine", "note": "12 subjects"}})
     assert folder.data_statement == "trained on the subjects in /data/mine (12 subjects)"
-    assert "not recorded" in Predictor(network, FAST).data_statement
-    assert Predictor(network, FAST, metadata={"data_statement": "ours"}).data_statement == "ours"
+    network = Predictor.from_checkpoint(tiny_checkpoint, FAST).network
+    assert "not recorded" in Predictor(network, FAST).release.data_statement
+    assert Predictor(network, FAST, Release(metadata={"data_statement": "ours"})).release.data_statement == "ours"
 
 
 @pytest.mark.skipif(not (Path(__file__).resolve().parent.parent / "model" / "lacunes.pt").is_file(),
                     reason="no bundled weights")
 def test_the_bundled_model_says_it_never_saw_patient_data():
     bundled = Predictor.from_checkpoint(Path(__file__).resolve().parent.parent / "model" / "lacunes.pt", FAST)
-    assert "synthetic phantoms only" in bundled.data_statement and "never on patient data" in bundled.data_statement
+    statement = bundled.release.data_statement
+    assert "synthetic phantoms only" in statement and "never on patient data" in statement
 
 
 def test_raw_then_finish_is_predict_and_one_raw_serves_other_operating_points(tiny_checkpoint):

@@ -144,18 +144,18 @@ def set_checkpoint(tmp_path_factory):
 
 def test_a_model_refuses_a_set_it_was_not_trained_for_unless_chosen(tiny_checkpoint, set_checkpoint, caplog):
     plain = Predictor.from_checkpoint(tiny_checkpoint, FAST.replace(progress=False))
-    assert plain.input_sets == (options.FULL_SET,)
-    plain.check_input_set(options.FULL_SET)
+    assert plain.release.input_sets == (options.FULL_SET,)
+    plain.release.check_input_set(options.FULL_SET)
     with pytest.raises(LacunesInputError, match=r"sub-1 has T1\+FLAIR \(no T2\); the model accepts "
                                                 r"T1\+T2\+FLAIR only.*--modalities T1\+FLAIR"):
-        plain.check_input_set("T1+FLAIR", subject_id="sub-1")
+        plain.release.check_input_set("T1+FLAIR", subject_id="sub-1")
     with caplog.at_level(logging.WARNING):
-        plain.check_input_set("T1+FLAIR", chosen=True)
+        plain.release.check_input_set("T1+FLAIR", chosen=True)
     assert "reach the network as zeros" in caplog.text
     trained = Predictor.from_checkpoint(set_checkpoint, FAST.replace(progress=False))
-    trained.check_input_set("T1+FLAIR")
+    trained.release.check_input_set("T1+FLAIR")
     with pytest.raises(LacunesInputError):
-        trained.check_input_set("T2+FLAIR")
+        trained.release.check_input_set("T2+FLAIR")
 
 
 def test_a_set_with_its_own_calibration_is_finished_with_it(tmp_path, set_checkpoint):
@@ -168,13 +168,13 @@ def test_a_set_with_its_own_calibration_is_finished_with_it(tmp_path, set_checkp
     own = predictor.finish(raw_reduced)
     assert own.stats["input_set"] == "T1+FLAIR"
     # the same network output through the full set's operating point (p >= 0.5) against its own (p >= 0.999999)
-    shared = predictor.finish(raw_reduced, operating_point=predictor.operating_point)
+    shared = predictor.finish(raw_reduced, operating_point=predictor.release.operating_point)
     assert (own.probability >= 0.5).sum() <= (shared.probability >= 0.5).sum()
-    assert predictor.post_processing_for("T1+FLAIR")[0].threshold == pytest.approx(0.999999)
-    assert predictor.post_processing_for("T1+T2")[0] == predictor.operating_point
+    assert predictor.release.post_processing_for("T1+FLAIR")[0].threshold == pytest.approx(0.999999)
+    assert predictor.release.post_processing_for("T1+T2")[0] == predictor.release.operating_point
     assert predictor.finish(predictor.raw(full)).stats["input_set"] == options.FULL_SET
     # a raw network stage (post-processing replaced) replaces every set's
-    assert predictor.with_post_processing(OperatingPoint(0.5, 0.0, False)).by_set == {}
+    assert predictor.with_post_processing(OperatingPoint(0.5, 0.0, False)).release.by_set == {}
 
 
 def test_a_cohort_run_says_the_set_in_log_sidecar_record_and_report(tmp_path, set_checkpoint, tiny_checkpoint, caplog):

@@ -200,15 +200,15 @@ def test_checkpoint_operating_point_is_read_back_and_overridden(tmp_path):
     save_checkpoint(path, build_network(TINY), TINY, {"operating_point": {"threshold": 0.8, "min_volume_mm3": 15.0,
                                                                            "mask_outside_brain": True}})
     p = Predictor.from_checkpoint(path, settings())
-    assert p.operating_point == OperatingPoint(0.8, 15.0, True)
+    assert p.release.operating_point == OperatingPoint(0.8, 15.0, True)
     p = Predictor.from_checkpoint(path, settings(), threshold=0.6, min_volume_mm3=0)
-    assert p.operating_point == OperatingPoint(0.6, 0.0, True)
+    assert p.release.operating_point == OperatingPoint(0.6, 0.0, True)
     save_checkpoint(path, build_network(TINY), TINY, {"operating_point": {"threshold": 0.9, "extent_threshold": 0.6}})
-    assert Predictor.from_checkpoint(path, settings()).operating_point == OperatingPoint(0.9, extent_threshold=0.6)
-    assert Predictor.from_checkpoint(path, settings(), threshold=0.7).operating_point.extent_threshold == 0.6
-    assert Predictor.from_checkpoint(path, settings(), threshold=0.5).operating_point == OperatingPoint(0.5)
+    assert Predictor.from_checkpoint(path, settings()).release.operating_point == OperatingPoint(0.9, extent_threshold=0.6)
+    assert Predictor.from_checkpoint(path, settings(), threshold=0.7).release.operating_point.extent_threshold == 0.6
+    assert Predictor.from_checkpoint(path, settings(), threshold=0.5).release.operating_point == OperatingPoint(0.5)
     save_checkpoint(path, build_network(TINY), TINY, {})
-    assert Predictor.from_checkpoint(path, settings()).operating_point == OperatingPoint()
+    assert Predictor.from_checkpoint(path, settings()).release.operating_point == OperatingPoint()
 
 
 def test_operating_point_overrides_drop_an_extent_that_no_longer_lies_under_the_threshold():

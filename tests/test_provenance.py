@@ -41,7 +41,7 @@ def test_a_sidecar_says_what_made_the_map_and_the_folder_is_a_bids_derivative(ti
     path = write_sidecar(prediction, subject_provenance(predictor, inputs, 12.345), "lacune probability map")
     side = json.loads(path.read_text())
     assert side["Description"] == "lacune probability map" and side["Seconds"] == 12.35
-    assert side["Model"] == str(tiny_checkpoint) and side["ModelDataStatement"] == predictor.data_statement
+    assert side["Model"] == str(tiny_checkpoint) and side["ModelDataStatement"] == predictor.release.data_statement
     assert side["Settings"]["model_sha256"] == predictor.weights_sha256
     assert set(side["Inputs"]) == {"T1", "T2", "FLAIR"} and len(side["Inputs"]["T1"]["sha256"]) == 64
     description = json.loads(write_dataset_description(tmp_path / "out", predictor).read_text())

@@ -44,7 +44,7 @@ def test_a_release_can_carry_an_operating_point_over(tmp_path, tiny_checkpoint):
                            str(other)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert load_network(out)[1]["metadata"]["operating_point"]["carried_over_from"] == str(other)
-    assert Predictor.from_checkpoint(out).operating_point == point
+    assert Predictor.from_checkpoint(out).release.operating_point == point
     refused = subprocess.run([sys.executable, str(RELEASE), str(tiny_checkpoint), str(tmp_path / "b.pt"),
                               "--operating-point-from", str(tiny_checkpoint)], capture_output=True, text=True)
     assert refused.returncode == 2 and "has no operating point" in refused.stderr
@@ -59,15 +59,15 @@ def test_a_release_states_the_sets_of_contrasts_it_accepts_and_keeps_those_it_wa
                            "T1+T2,T1+T2+FLAIR, T1+FLAIR"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     predictor = Predictor.from_checkpoint(out)
-    assert predictor.input_sets == ("T1+T2+FLAIR", "T1+FLAIR", "T1+T2")  # in channel-set order
-    assert predictor.input_sets_trained == ("T1+T2+FLAIR",)
-    assert predictor.input_sets_statement == ("accepts T1+T2+FLAIR, T1+FLAIR, T1+T2 (trained for T1+T2+FLAIR; "
+    assert predictor.release.input_sets == ("T1+T2+FLAIR", "T1+FLAIR", "T1+T2")  # in channel-set order
+    assert predictor.release.input_sets_trained == ("T1+T2+FLAIR",)
+    assert predictor.release.input_sets_statement == ("accepts T1+T2+FLAIR, T1+FLAIR, T1+T2 (trained for T1+T2+FLAIR; "
                                               "the others measured: its model card)")
-    predictor.check_input_set("T1+T2")  # accepted without --modalities now
+    predictor.release.check_input_set("T1+T2")  # accepted without --modalities now
     again = tmp_path / "again.pt"  # releasing a release keeps what it was trained for
     assert subprocess.run([sys.executable, str(RELEASE), str(out), str(again), "--input-sets", "T1+T2+FLAIR"],
                           capture_output=True).returncode == 0
-    assert Predictor.from_checkpoint(again).input_sets_trained == ("T1+T2+FLAIR",)
+    assert Predictor.from_checkpoint(again).release.input_sets_trained == ("T1+T2+FLAIR",)
     meta = load_network(again)[1]["metadata"]
     assert meta["released_from"] == str(out) and meta["release_history"] == [str(tiny_checkpoint)]
     for bad, says in (("T1+FLAIR", "must include T1+T2+FLAIR"), ("T1+T2+FLAIR,T1+PD", "unknown set(s) of contrasts T1+PD")):

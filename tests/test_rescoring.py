@@ -128,7 +128,7 @@ def test_a_checkpoint_with_a_second_stage_uses_it(tmp_path):
     save_checkpoint(path, build_network(TINY), TINY, {"rescorer": r.to_dict()})
     settings = InferenceSettings(roi_size=(16, 16, 16), tta="none", progress=False, device="cpu", backend="torch")
     predictor = Predictor.from_checkpoint(path, settings)
-    assert predictor.rescorer == r
+    assert predictor.release.rescorer == r
 
     class LogitOf(torch.nn.Module):
         def forward(self, x):
