@@ -229,12 +229,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
-    from lacunes.checkpoint import load_network, save_checkpoint, weights_sha256, write_sha256
+    from lacunes.checkpoint import weights_sha256
     from lacunes.inference import Predictor
-    from lacunes.layouts import find_subject_files
-    from lacunes.network import NetworkConfig
     from lacunes.operating_point import choose_operating_point
     from lacunes.settings import PRESETS
     if args.threads:
@@ -246,33 +243,14 @@ def run(args: argparse.Namespace) -> int:
     if modalities not in predictor.release.input_sets_trained:
         logger.warning("%s was trained for %s, not %s: calibrating cannot teach it the missing contrasts",
                        args.checkpoint, ", ".join(predictor.release.input_sets_trained), modalities)
-    _, own_rescorer = predictor.release.post_processing_for(modalities)
-    if args.keep_rescorer and own_rescorer is None:
-        raise ValueError(f"--keep-rescorer: {args.checkpoint} has no second stage")
-    rescorer = own_rescorer if args.keep_rescorer else None
-    if not (args.keep_rescorer or args.fit_rescorer or args.no_second_stage):
-        print("no second stage (give --fit-rescorer DIR to fit one, or --keep-rescorer to keep the checkpoint's)")
     report: dict = {"checkpoint": str(args.checkpoint), "setting": args.preset, "modalities": modalities}
     t0 = time.time()
     cache = None
     if args.cache:
         cache = Path(args.cache) / (f"{weights_sha256(predictor.network.state_dict())[:16]}-{args.preset}"
                                     + ("" if modalities == FULL_SET else f"-{modalities}"))
-    if args.fit_rescorer:
-        rescorer, fit = fit_second_stage(predictor, Path(args.fit_rescorer), args.candidate_threshold, progress,
-                                         modalities, args.features,
-                                         None if cache is None else cache / ("fit-" + Path(args.fit_rescorer).name))
-        report["rescorer_fit"] = fit
-        print(f"second stage fitted on {fit['candidates']} candidates of {len(fit['subjects'])} subjects "
-              f"({fit['positives']} on lesions); at a 0.5 cut it keeps {fit['training_recall_at_0.5']:.2f} of those "
-              f"and {fit['training_false_candidates_kept_at_0.5']} of {fit['candidates'] - fit['positives']} others")
-        for name, w in sorted(zip(rescorer.features, rescorer.weights), key=lambda t: -abs(t[1]))[:5]:
-            print(f"  {name:<18} {w:+.2f}")
-    folders = [Path(p) for p in args.val.split(",") if p]
-    families = [(f.name, files) for f in folders for files in find_subject_files(f)]
-    subjects = [files for _, files in families]
-    cases = [raw_case(predictor, files, cache if cache is None or len(folders) == 1 else cache / name, modalities, name)
-             for name, files in tqdm(families, desc="validation", unit="subject", disable=not progress)]
+    rescorer = _second_stage(args, predictor, cache, report)
+    folders, families, cases = _validation_cases(args, predictor, cache)
     seconds = time.time() - t0
     short = validation_shortfall(cases)
     if short:
@@ -287,31 +265,9 @@ def run(args: argparse.Namespace) -> int:
     key = (op.threshold, op.min_volume_mm3, cut, op.extent_threshold)
     chosen = next(s for s in scores if (s.threshold, s.min_volume_mm3, s.min_score, s.extent_threshold) == key)
     print_table(scores, chosen)
-    held = budget is not None and chosen.uncertain_share < budget
-    flag_held = args.max_flagged_share is not None and chosen.flagged <= args.max_flagged_share * chosen.lacune_free
-    # one description of the rule that chose the point: recorded (objective) and printed (why)
-    goal = ("lowest family F1 (" + ", ".join(f.name for f in folders) + "), then pooled F1") if worst else \
-        "pooled detection F1"
-    held_limits = ([f"uncertainty >= 0.5 in < {100 * budget:g} % of the brain"] if held else []) + (
-        [f"<= {100 * args.max_flagged_share:g} % of lacune-free subjects flagged"] if flag_held else [])
-    objective = ", ".join([goal, *held_limits])
-    why = (f"the best {goal}" + (" with " + " and ".join(held_limits) if held_limits else "")
-           + " (ties: fewer false positives, the smaller minimum volume, the lower threshold, then Dice)")
-    print(f"chosen: probability >= {op.threshold}, lesions >= {op.min_volume_mm3} mm³"
-          + (f", second-stage score >= {cut}" if cut is not None else "")
-          + (f", extent over probability >= {op.extent_threshold}" if op.extent_threshold is not None else "")
-          + f": pooled F1 {chosen.f1:.3f}, {chosen.tp} TP, {chosen.fp} FP, {chosen.fn} FN, median Dice {chosen.dice:.2f}, "
-          f"uncertainty >= 0.5 in {100 * chosen.uncertain_share:.2f} % of the brain, "
-          f"{chosen.flagged} of {chosen.lacune_free} lacune-free subjects flagged"
-          + (f", lowest family F1 {chosen.worst_family_f1:.3f}" if worst else "")
-          + f", on {len(cases)} validation subjects from {modalities} ({seconds:.0f} s of prediction); why: {why}")
-    if (budget is not None and not held) or (args.max_flagged_share is not None and not flag_held):
-        print("warning: no grid point keeps " + " and ".join(
-            ([f"the uncertainty share under {100 * budget:.1f} %"] if budget is not None else [])
-            + ([f"the lacune-free subjects flagged at most {100 * args.max_flagged_share:g} %"]
-               if args.max_flagged_share is not None else []))
-            + "; the best point was chosen without those constraints")
-    record = {**op.to_dict(), "chosen_on": {"folder": str(args.val), "subjects": [s.subject_id for s in subjects],
+    objective = _explain_choice(args, op, cut, chosen, budget, [f.name for f in folders] if worst else None,
+                                f"on {len(cases)} validation subjects from {modalities} ({seconds:.0f} s of prediction)")
+    record = {**op.to_dict(), "chosen_on": {"folder": str(args.val), "subjects": [f.subject_id for _, f in families],
                                             "families": {f.name: sum(name == f.name for name, _ in families)
                                                          for f in folders},
                                             **({"below_minimum": short} if short else {}),
@@ -322,14 +278,88 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=1))
     if args.out:
-        net, payload = load_network(args.checkpoint)
-        metadata = _calibrated_metadata(payload["metadata"], modalities, record, rescorer, cut,
-                                        report.get("rescorer_fit"))
-        half = all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
-        out = save_checkpoint(args.out, net, NetworkConfig.from_dict(payload["network"]), metadata, half=half)
-        sidecar = write_sha256(out)
-        print(f"written to {out} (sha256 {sidecar.read_text().split()[0][:12]}…)")
+        _write_calibrated(args, record, rescorer, cut, report.get("rescorer_fit"))
     return 0
+
+
+def _second_stage(args: argparse.Namespace, predictor, cache: Path | None, report: dict):
+    """The second stage calibrate uses: the checkpoint's (``--keep-rescorer``), one fitted now
+    (``--fit-rescorer``, its fit recorded in ``report``), or None."""
+    _, own = predictor.release.post_processing_for(args.modalities)
+    if args.keep_rescorer and own is None:
+        raise ValueError(f"--keep-rescorer: {args.checkpoint} has no second stage")
+    if not (args.keep_rescorer or args.fit_rescorer or args.no_second_stage):
+        print("no second stage (give --fit-rescorer DIR to fit one, or --keep-rescorer to keep the checkpoint's)")
+    if not args.fit_rescorer:
+        return own if args.keep_rescorer else None
+    rescorer, fit = fit_second_stage(predictor, Path(args.fit_rescorer), args.candidate_threshold,
+                                     not args.no_progress, args.modalities, args.features,
+                                     None if cache is None else cache / ("fit-" + Path(args.fit_rescorer).name))
+    report["rescorer_fit"] = fit
+    print(f"second stage fitted on {fit['candidates']} candidates of {len(fit['subjects'])} subjects "
+          f"({fit['positives']} on lesions); at a 0.5 cut it keeps {fit['training_recall_at_0.5']:.2f} of those "
+          f"and {fit['training_false_candidates_kept_at_0.5']} of {fit['candidates'] - fit['positives']} others")
+    for name, w in sorted(zip(rescorer.features, rescorer.weights), key=lambda t: -abs(t[1]))[:5]:
+        print(f"  {name:<18} {w:+.2f}")
+    return rescorer
+
+
+def _validation_cases(args: argparse.Namespace, predictor, cache: Path | None):
+    """The ``--val`` folders, their (family, subject files) pairs and the subjects' validation cases."""
+    from tqdm import tqdm
+
+    from lacunes.layouts import find_subject_files
+
+    folders = [Path(p) for p in args.val.split(",") if p]
+    families = [(f.name, files) for f in folders for files in find_subject_files(f)]
+    cases = [raw_case(predictor, files, cache if cache is None or len(folders) == 1 else cache / name,
+                      args.modalities, name)
+             for name, files in tqdm(families, desc="validation", unit="subject", disable=args.no_progress)]
+    return folders, families, cases
+
+
+def _explain_choice(args: argparse.Namespace, op, cut, chosen, budget: float | None, families: list[str] | None,
+                    on: str) -> str:
+    """Print the chosen point and why (``families``: the families of a worst-family choice), with a warning
+    where no point kept the constraints; returns the rule as recorded (one description of it, recorded
+    and printed)."""
+    held = budget is not None and chosen.uncertain_share < budget
+    flag_held = args.max_flagged_share is not None and chosen.flagged <= args.max_flagged_share * chosen.lacune_free
+    goal = f"lowest family F1 ({', '.join(families)}), then pooled F1" if families else "pooled detection F1"
+    held_limits = ([f"uncertainty >= 0.5 in < {100 * budget:g} % of the brain"] if held else []) + (
+        [f"<= {100 * args.max_flagged_share:g} % of lacune-free subjects flagged"] if flag_held else [])
+    why = (f"the best {goal}" + (" with " + " and ".join(held_limits) if held_limits else "")
+           + " (ties: fewer false positives, the smaller minimum volume, the lower threshold, then Dice)")
+    print(f"chosen: probability >= {op.threshold}, lesions >= {op.min_volume_mm3} mm³"
+          + (f", second-stage score >= {cut}" if cut is not None else "")
+          + (f", extent over probability >= {op.extent_threshold}" if op.extent_threshold is not None else "")
+          + f": pooled F1 {chosen.f1:.3f}, {chosen.tp} TP, {chosen.fp} FP, {chosen.fn} FN, median Dice {chosen.dice:.2f}, "
+          f"uncertainty >= 0.5 in {100 * chosen.uncertain_share:.2f} % of the brain, "
+          f"{chosen.flagged} of {chosen.lacune_free} lacune-free subjects flagged"
+          + (f", lowest family F1 {chosen.worst_family_f1:.3f}" if families else "")
+          + f", {on}; why: {why}")
+    if (budget is not None and not held) or (args.max_flagged_share is not None and not flag_held):
+        print("warning: no grid point keeps " + " and ".join(
+            ([f"the uncertainty share under {100 * budget:.1f} %"] if budget is not None else [])
+            + ([f"the lacune-free subjects flagged at most {100 * args.max_flagged_share:g} %"]
+               if args.max_flagged_share is not None else []))
+            + "; the best point was chosen without those constraints")
+    return ", ".join([goal, *held_limits])
+
+
+def _write_calibrated(args: argparse.Namespace, record: dict, rescorer, cut, fit: dict | None) -> None:
+    """The checkpoint with its new operating point and second stage, in its own precision, and its hash."""
+    import torch
+
+    from lacunes.checkpoint import load_network, save_checkpoint, write_sha256
+    from lacunes.network import NetworkConfig
+
+    net, payload = load_network(args.checkpoint)
+    metadata = _calibrated_metadata(payload["metadata"], args.modalities, record, rescorer, cut, fit)
+    half = all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+    out = save_checkpoint(args.out, net, NetworkConfig.from_dict(payload["network"]), metadata, half=half)
+    sidecar = write_sha256(out)
+    print(f"written to {out} (sha256 {sidecar.read_text().split()[0][:12]}…)")
 
 
 def _calibrated_metadata(metadata: dict, modalities: str, record: dict, rescorer, cut, fit: dict | None) -> dict:

@@ -206,9 +206,6 @@ def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometr
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    spacing = np.asarray(geometry.spacing, float)
-    shape = probability.shape
-    letters = axis_letters(geometry.direction)
     lesions = lesions_of(probability, geometry, uncertainty)
     shown = lesions[:max_lesions]
     width, height = figure_size_px(max(len(shown), 1 if lesions else 2))
@@ -219,47 +216,78 @@ def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometr
     # parse_math off: a '$' in a subject id or file name is text, not mathtext
     fig.text(0.01, 1 - 0.5 * HEADER_IN / (height / DPI), head, va="center", fontsize=11, weight="bold",
              parse_math=False)
-    limits = [np.percentile(c[c != 0], [1, 99]) if (c != 0).any() else (0.0, 1.0) for c in image]
-    overview = next(m for m in ("FLAIR", "T2", "T1") if m in modalities)
-    flair = MODALITIES.index(overview)  # the whole-brain slices' contrast
-
-    def name_of(m: int) -> str:
-        return MODALITIES[m] if MODALITIES[m] in modalities else f"{MODALITIES[m]} (absent)"
-    panel_w, row_h = PANEL_IN * DPI / width, ROW_IN * DPI / height
-
-    def axes(r: int, col: float, span: float = 1.0, rows: float = 1.0):
-        top = 1 - (HEADER_IN * DPI) / height - r * row_h
-        return fig.add_axes((col * panel_w + 0.003, top - rows * row_h + 0.14 * row_h, span * panel_w - 0.006,
-                             rows * row_h - 0.28 * row_h))
-
-    def caption(r: int, text: str) -> None:
-        top = 1 - (HEADER_IN * DPI) / height - r * row_h
-        fig.text(0.01, top - row_h + 0.05 * row_h, text, fontsize=CAPTION_PT, parse_math=False)
-
+    sheet = _Sheet(fig, width, height, image, geometry, modalities)
     if not shown:
-        centre = tuple(s // 2 for s in probability.shape)
+        sheet.overview(probability.shape)
+    outline = (probability >= 0.5).astype(np.float32)
+    for r, les in enumerate(shown):
+        sheet.lesion_row(r, les, outline)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    plt.close(fig)
+    return lesions
+
+
+class _Sheet:
+    """The panels of one subject's picture (:func:`subject_figure`): where each row and column goes, and
+    what each row shows."""
+
+    def __init__(self, fig, width: int, height: int, image: np.ndarray, geometry: Geometry,
+                 modalities: tuple[str, ...]) -> None:
+        self.fig, self.height, self.image, self.modalities = fig, height, image, modalities
+        self.spacing = np.asarray(geometry.spacing, float)
+        self.letters = axis_letters(geometry.direction)
+        self.limits = [np.percentile(c[c != 0], [1, 99]) if (c != 0).any() else (0.0, 1.0) for c in image]
+        self.overview_name = next(m for m in ("FLAIR", "T2", "T1") if m in modalities)
+        self.flair = MODALITIES.index(self.overview_name)  # the whole-brain slices' contrast
+        self.panel_w, self.row_h = PANEL_IN * DPI / width, ROW_IN * DPI / height
+        self.half = tuple(max(2, int(round(CROP_MM / 2 / s))) for s in self.spacing)
+
+    def name_of(self, m: int) -> str:
+        return MODALITIES[m] if MODALITIES[m] in self.modalities else f"{MODALITIES[m]} (absent)"
+
+    def axes(self, r: int, col: float, span: float = 1.0, rows: float = 1.0):
+        top = 1 - (HEADER_IN * DPI) / self.height - r * self.row_h
+        return self.fig.add_axes((col * self.panel_w + 0.003, top - rows * self.row_h + 0.14 * self.row_h,
+                                  span * self.panel_w - 0.006, rows * self.row_h - 0.28 * self.row_h))
+
+    def caption(self, r: int, text: str) -> None:
+        top = 1 - (HEADER_IN * DPI) / self.height - r * self.row_h
+        self.fig.text(0.01, top - self.row_h + 0.05 * self.row_h, text, fontsize=CAPTION_PT, parse_math=False)
+
+    def overview(self, shape: tuple[int, ...]) -> None:
+        """A subject without lesions: FLAIR in the three planes, the other contrasts axial."""
+        centre = tuple(s // 2 for s in shape)
+        flair = self.flair
         views = [(flair, 2), (flair, 1), (flair, 0)] + [(m, 2) for m in range(len(MODALITIES)) if m != flair]
         for col, (m, fixed) in enumerate(views):
-            ax = axes(0, col * FIGURE_COLUMNS / len(views), FIGURE_COLUMNS / len(views), rows=2)
-            _panel(ax, _slice(image[m], centre, fixed), limits[m], spacing, fixed, letters, BRAIN_BAR_MM)
-            ax.set_title(f"{name_of(m)} {PLANES[2 - fixed]}", fontsize=8)
-        caption(1, "no lesion detected: whole-brain slices through the middle of the volume")
-    half = tuple(max(2, int(round(CROP_MM / 2 / s))) for s in spacing)
-    for r, les in enumerate(shown):
-        centre = les["centre"]
-        outline_volume = (probability >= 0.5).astype(np.float32)
+            ax = self.axes(0, col * FIGURE_COLUMNS / len(views), FIGURE_COLUMNS / len(views), rows=2)
+            _panel(ax, _slice(self.image[m], centre, fixed), self.limits[m], self.spacing, fixed, self.letters,
+                   BRAIN_BAR_MM)
+            ax.set_title(f"{self.name_of(m)} {PLANES[2 - fixed]}", fontsize=8)
+        self.caption(1, "no lesion detected: whole-brain slices through the middle of the volume")
+
+    def lesion_row(self, r: int, les: dict, outline_volume: np.ndarray) -> None:
+        """Row ``r``: each contrast's crops through the lesion in the three planes with its outline, then
+        where it lies on a whole-brain axial slice, and its caption."""
+        import matplotlib.pyplot as plt
+
+        centre, half, shape = les["centre"], self.half, outline_volume.shape
         for m in range(len(MODALITIES)):
             for p, plane in enumerate(PLANES):
                 fixed = 2 - p  # axial: z fixed; coronal: y fixed; sagittal: x fixed
-                ax = axes(r, m * len(PLANES) + p)
-                _panel(ax, _crop(image[m], centre, fixed, half), limits[m], spacing, fixed, letters, CROP_BAR_MM)
+                ax = self.axes(r, m * len(PLANES) + p)
+                _panel(ax, _crop(self.image[m], centre, fixed, half), self.limits[m], self.spacing, fixed,
+                       self.letters, CROP_BAR_MM)
                 outline = _crop(outline_volume, centre, fixed, half).T
                 if outline.any():
                     ax.contour(outline, levels=[0.5], colors=["#ff3030"], linewidths=0.9)
                 if r == 0:
-                    ax.set_title(f"{name_of(m)} {plane}", fontsize=8)
-        ax = axes(r, FIGURE_COLUMNS - 1)
-        _panel(ax, _slice(image[flair], centre, 2), limits[flair], spacing, 2, letters, BRAIN_BAR_MM)
+                    ax.set_title(f"{self.name_of(m)} {plane}", fontsize=8)
+        ax = self.axes(r, FIGURE_COLUMNS - 1)
+        _panel(ax, _slice(self.image[self.flair], centre, 2), self.limits[self.flair], self.spacing, 2, self.letters,
+               BRAIN_BAR_MM)
         ax.add_patch(plt.Rectangle((centre[0] - half[0], centre[1] - half[1]), 2 * half[0] + 1, 2 * half[1] + 1,
                                    fill=False, edgecolor="#ff3030", linewidth=1.0))
         ax.text(centre[0], min(centre[1] + half[1] + 2, shape[1] - 1), str(les["id"]), color="#ff3030", fontsize=8,
@@ -267,13 +295,8 @@ def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometr
         ax.set_xlim(-0.5, shape[0] - 0.5)  # the whole slice, whatever the marker's extent
         ax.set_ylim(-0.5, shape[1] - 0.5)
         if r == 0:
-            ax.set_title(f"where ({overview} axial)", fontsize=8)
-        caption(r, lesion_caption(les))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, dpi=DPI, format="png")
-    plt.close(fig)
-    return lesions
+            ax.set_title(f"where ({self.overview_name} axial)", fontsize=8)
+        self.caption(r, lesion_caption(les))
 
 
 # ---------------------------------------------------------------------------------------------- run record

@@ -422,6 +422,21 @@ def _record_epoch(run_dir: Path, row: dict, config: TrainConfig, batcher: Device
                 f"; by set of contrasts: {batcher.set_counts}" if config.channel_dropout else "")
 
 
+def _trainer(config: TrainConfig, hw: _Hardware, source, batches_per_epoch: int, rank: int) -> _Trainer:
+    """The network (wrapped for distributed training where it is), its optimizer, loss and batcher."""
+    net = _network(config, hw)
+    model = net
+    if hw.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[hw.device.index] if hw.device.type == "cuda" else None)
+    return _Trainer(
+        config, hw, net, model, make_optimizer(config, model.parameters(), batches_per_epoch),
+        torch.amp.GradScaler("cuda", enabled=hw.use_amp and hw.amp_dtype == torch.float16),
+        BlobLoss(main_criterion=DiceBCELoss(batch=config.batch_dice), alpha=config.alpha,
+                 beta=config.effective_beta, connectivity=config.connectivity),
+        source, DeviceBatcher(config, hw.device, seed=config.seed * 1000 + rank), batches_per_epoch)
+
+
 def train(
     config: TrainConfig,
     data_dir: str | os.PathLike,
@@ -469,17 +484,8 @@ def train(
         if payload is not None and payload["metadata"].get("train_config") != config.to_dict():
             raise ConfigMismatchError(f"{last} was trained with another config; compare {run_dir / 'config.json'}")
         source, batches_per_epoch = _data_source(config, data_dir, generated, payload, hw, progress)
-        net = _network(config, hw)
-        model = net
-        if hw.distributed:
-            model = torch.nn.parallel.DistributedDataParallel(
-                net, device_ids=[hw.device.index] if hw.device.type == "cuda" else None)
-        trainer = _Trainer(
-            config, hw, net, model, make_optimizer(config, model.parameters(), batches_per_epoch),
-            torch.amp.GradScaler("cuda", enabled=hw.use_amp and hw.amp_dtype == torch.float16),
-            BlobLoss(main_criterion=DiceBCELoss(batch=config.batch_dice), alpha=config.alpha,
-                     beta=config.effective_beta, connectivity=config.connectivity),
-            source, DeviceBatcher(config, hw.device, seed=config.seed * 1000 + rank), batches_per_epoch)
+        trainer = _trainer(config, hw, source, batches_per_epoch, rank)
+        net = trainer.net
         start_epoch, elapsed = 0, 0.0
         if payload is not None:
             start_epoch, elapsed = trainer.resume(payload)
