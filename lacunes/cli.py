@@ -38,12 +38,24 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def require_matplotlib(what: str) -> None:
+#: What each optional part of the command line needs beyond the runtime, and the extra that installs it.
+EXTRAS = {"qc": ("matplotlib",), "synth": ("nibabel", "nilearn")}
+
+
+def require_extra(what: str, extra: str) -> None:
+    """Refuse ``what`` in one line, naming the extra to install, when a package it needs is missing (a plain
+    ``pip install lacunes``, or the container: it carries the runtime only)."""
     import importlib.util
 
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ValueError(f"{what} draws pictures with matplotlib, which is not installed: pip install 'lacunes[qc]' "
-                         "(or pip install matplotlib)")
+    missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ValueError(f"{what} needs {', '.join(missing)}, which is not installed: pip install 'lacunes[{extra}]' "
+                         f"(or pip install {' '.join(missing)}); the container leaves it out, so run {what} from "
+                         "such an installation")
+
+
+def require_matplotlib(what: str) -> None:
+    require_extra(what, "qc")
 
 
 def default_model_path() -> Path:
@@ -165,6 +177,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    require_extra("lacunes synth", "synth")
     from lacunes.synthetic import AcquisitionConfig, LacuneShapeConfig, MimicConfig, SynthConfig, generate_dataset
 
     config = None

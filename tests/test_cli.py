@@ -403,7 +403,8 @@ def test_a_multi_variant_setting_on_the_cpu_says_what_it_costs_and_the_fast_alte
 
 
 def test_the_slurm_array_example_splits_a_cohort_into_one_folder(tmp_path, tiny_checkpoint):
-    """docs/slurm-array.sh as two array tasks running at once, then one report over both."""
+    """docs/slurm-array.sh as two array tasks running at once (``--array=0-1``: task ids from 0, the array's
+    first index), into one folder that does not exist yet."""
     import json
     import os
 
@@ -411,11 +412,12 @@ def test_the_slurm_array_example_splits_a_cohort_into_one_folder(tmp_path, tiny_
     for k in range(3):
         write_subject(tmp_path / "in", f"sub-00{k + 1}", shape=(30, 28, 18), seed=k)
     out = tmp_path / "out"
-    base = {**os.environ, "INPUT": str(tmp_path / "in"), "OUTPUT": str(out), "SLURM_ARRAY_TASK_COUNT": "2",
-            "SLURM_CPUS_PER_TASK": "1", "LACUNES": f"{sys.executable} -m lacunes.cli"}
+    base = {**os.environ, "INPUT": str(tmp_path / "in"), "OUTPUT": str(out), "SLURM_ARRAY_TASK_MIN": "0",
+            "SLURM_ARRAY_TASK_MAX": "1", "SLURM_CPUS_PER_TASK": "1", "LACUNES": f"{sys.executable} -m lacunes.cli"}
+    base.pop("SLURM_ARRAY_TASK_COUNT", None)
     tasks = [subprocess.Popen(["bash", str(root / "docs" / "slurm-array.sh"), "--model", str(tiny_checkpoint)],
                               env={**base, "SLURM_ARRAY_TASK_ID": str(i)}, cwd=root, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in (1, 2)]
+                              stderr=subprocess.STDOUT, text=True) for i in (0, 1)]
     logs = [t.communicate(timeout=600)[0] for t in tasks]
     assert [t.returncode for t in tasks] == [0, 0], logs
     assert "shard 1/2" in logs[0] and "shard 2/2" in logs[1]
@@ -423,3 +425,18 @@ def test_the_slurm_array_example_splits_a_cohort_into_one_folder(tmp_path, tiny_
     assert sorted(r["subject_id"] for r in records if r["status"] == "done") == ["sub-001", "sub-002", "sub-003"]
     assert sorted(p.name for p in (out / "extras").glob("*_lesions.csv")) == [
         f"sub-00{k}_space-T1_lesions.csv" for k in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("argv, extra, missing", [(["synth", "--n", "1", "--out", "x"], "synth", "nilearn"),
+                                                   (["report", "out"], "qc", "matplotlib")])
+def test_a_command_whose_extra_is_missing_names_the_extra_in_one_line(argv, extra, missing, tmp_path, monkeypatch,
+                                                                     caplog):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == missing else real(name, *a))
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert f"needs {missing}, which is not installed: pip install 'lacunes[{extra}]'" in caplog.text
+    assert "Traceback" not in caplog.text and len(caplog.records) == 1
+    assert not (tmp_path / "x").exists()

@@ -50,7 +50,7 @@ def load_template(margin: int = 4) -> _Template:
         from nilearn import datasets
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            "the phantom generator needs nilearn (pip install -r requirements-dev.txt)"
+            "the phantom generator needs nibabel and nilearn: pip install 'lacunes[synth]'"
         ) from exc
 
     t1_image = nib.load(datasets.MNI152_FILE_PATH)
