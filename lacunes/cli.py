@@ -111,9 +111,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"model: {predictor.release.data_statement}; {predictor.release.input_sets_statement}")
     if predictor.device.type == "cpu" and predictor.variants > 1:
         print(f"note: the {args.preset} setting runs {predictor.variants} TTA variants at overlap "
-              f"{settings.overlap:g}: on a CPU that is minutes a subject (the sample case on 2 cores: about 2 min with "
-              "OpenVINO, 4 with PyTorch; benchmarks/RESULTS.md, 'Inference speed'); --preset fast runs one variant "
-              "at overlap 0.25 in seconds")
+              f"{settings.overlap:g}: on a CPU that is minutes a subject (the sample case, 153x189x159 voxels, on an "
+              "idle 2-core Xeon: 88 s with OpenVINO, 238 s with PyTorch, longer on a busy machine; benchmarks/"
+              "RESULTS.md, 'Inference speed'); --preset fast runs one variant at overlap 0.25 (8 and 16 s there)")
     reports = run_cohort(predictor, items, out, overwrite=args.overwrite,
                          extras_dir=Path(args.extras_dir) if args.extras_dir else None, write_mask=args.mask,
                          write_table=args.table, resample=args.resample, qc=args.qc, progress=not args.no_progress,

@@ -469,6 +469,7 @@ td, th { border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: right; }
 td:first-child, th { text-align: left; }
 table.run td, table.run th { text-align: left; }
 tr.failed td { background: #fdd; }
+td.status { max-width: 36em; overflow-wrap: anywhere; text-align: left; }
 img { max-width: 100%; margin-top: 0.5em; }
 section { margin-top: 2em; border-top: 2px solid #ddd; }
 p.totals { font-weight: bold; }"""
@@ -489,7 +490,8 @@ def write_report(output: Path, records: dict[str, SubjectRecord]) -> Path:
         link = (f'<a href="#{html.escape(quote(r.subject_id, safe=""))}">{html.escape(r.subject_id)}</a>' if r.picture
                 else html.escape(r.subject_id))
         ok = r.status != "failed"
-        rows.append(f"<tr class=\"{html.escape(r.status)}\"><td>{link}</td><td>{status}</td>"
+        # a long failure message wraps inside its cell (max-width) instead of widening the whole table
+        rows.append(f"<tr class=\"{html.escape(r.status)}\"><td>{link}</td><td class=\"status\">{status}</td>"
                     f"<td>{r.lesions if ok else ''}</td><td>{f'{r.volume_mm3:.0f}' if ok else ''}</td>"
                     f"<td>{len(r.rejected_candidates) if ok else ''}</td>"
                     f"<td>{f'{r.seconds:.1f}' if r.seconds else ''}</td></tr>")

@@ -26,3 +26,33 @@ def test_the_command_lines_log_one_line_per_message(tmp_path):
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith(("ERROR", "INFO"))]
     assert len(errors) == 1 and "\\nINFO lacunes: everything is fine" in errors[0]
+
+
+def test_a_line_logged_under_a_progress_bar_starts_a_line_of_its_own():
+    import io
+
+    from tqdm import tqdm
+
+    from lacunes.logs import ProgressAwareHandler
+
+    def logged_during_a_bar(handler_class) -> str:
+        stream = io.StringIO()
+        handler = handler_class(stream)
+        handler.setFormatter(OneLineFormatter("%(levelname)s %(name)s: %(message)s"))
+        logger = logging.getLogger("lacunes.test-progress")
+        logger.addHandler(handler)
+        logger.propagate = False
+        try:
+            with tqdm(total=3, desc="subjects", file=stream, mininterval=0, ascii=True) as bar:
+                bar.update(1)
+                logger.error("sub-002: failed")
+                bar.update(1)
+        finally:
+            logger.removeHandler(handler)
+        return stream.getvalue()
+
+    glued = logged_during_a_bar(logging.StreamHandler)
+    assert "it/s]ERROR lacunes.test-progress" in glued  # a plain handler glues the line to the bar
+    text = logged_during_a_bar(ProgressAwareHandler)
+    lines = [line.split("\r")[-1] for line in text.split("\n")]
+    assert "ERROR lacunes.test-progress: sub-002: failed" in lines and "]ERROR" not in text

@@ -1,3 +1,4 @@
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -107,6 +108,8 @@ def test_predict_qc_and_report_command(tmp_path, tiny_checkpoint):
     assert parsed.images == ["qc/sub-001.png"]
     text = (out / "report.html").read_text()
     assert failed[0].error.split(":")[0] in text
+    # the failure message sits in a status cell that wraps it rather than widening the table
+    assert re.search(r'<td class="status">failed: [^<]*sub-002', text) and "td.status { max-width" in text
     # what made the maps, and links to every output of the subject
     assert "trained on" in text and "weights sha256" in text and "operating point" in text
     assert {"#sub-001", "sub-001_space-T1_prediction.nii.gz", "sub-001_space-T1_uncertaintymap.nii.gz",
