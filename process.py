@@ -219,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                     "probability >= %g, lesions >= %g mm³", model, args.preset, predictor.device, predictor.precision,
                     predictor.backend, predictor.variants, op.threshold, op.min_volume_mm3)
         logger.info("model: %s", predictor.release.data_statement)
+        logger.info("calibration: %s", predictor.release.calibration_statement)
         if grand_challenge:
             run_grand_challenge(predictor, subjects[0], output_path, args.resample, checked)
         else:

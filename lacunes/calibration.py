@@ -329,7 +329,8 @@ def _explain_choice(args: argparse.Namespace, op, cut, chosen, budget: float | N
     held_limits = ([f"uncertainty >= 0.5 in < {100 * budget:g} % of the brain"] if held else []) + (
         [f"<= {100 * args.max_flagged_share:g} % of lacune-free subjects flagged"] if flag_held else [])
     why = (f"the best {goal}" + (" with " + " and ".join(held_limits) if held_limits else "")
-           + " (ties: fewer false positives, the smaller minimum volume, the lower threshold, then Dice)")
+           + " (ties: fewer false positives, the smaller minimum volume, then among the thresholds that tie on "
+           "those the best median Dice, then the lower threshold and cut)")
     print(f"chosen: probability >= {op.threshold}, lesions >= {op.min_volume_mm3} mm³"
           + (f", second-stage score >= {cut}" if cut is not None else "")
           + (f", extent over probability >= {op.extent_threshold}" if op.extent_threshold is not None else "")

@@ -76,6 +76,7 @@ def subject_provenance(predictor, inputs: dict[str, Path], seconds: float) -> di
         "GeneratedBy": {"Name": "lacunes", "Version": __version__},
         "Model": str(predictor.release.path) if predictor.release.path else None,
         "ModelDataStatement": predictor.release.data_statement,
+        "ModelCalibration": predictor.release.calibration_statement,
         "Settings": run_settings(predictor),
         "Device": str(predictor.device),
         "Date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -138,3 +138,19 @@ class Release:
     def data_statement(self) -> str:
         """One line on what the network was trained on (:func:`data_statement`)."""
         return data_statement(self.metadata)
+
+    @property
+    def calibration_statement(self) -> str:
+        """One line on where its operating point was chosen (``lacunes calibrate`` records it), saying so
+        when that was below the minimum of labelled subjects and lacunes (``--force``)."""
+        point = self.metadata.get("operating_point")
+        if not point:
+            return "not calibrated: the default operating point (p >= 0.5, no second stage)"
+        chosen = point.get("chosen_on") or {}
+        if not chosen:
+            return "operating point stored without a record of where it was chosen"
+        text = (f"operating point chosen on {len(chosen.get('subjects', []))} labelled subject(s) of "
+                f"{chosen.get('folder', '?')} ({chosen.get('setting', '?')})")
+        if chosen.get("below_minimum"):
+            text += f"; BELOW THE MINIMUM, forced: {chosen['below_minimum']}"
+        return text

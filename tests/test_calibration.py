@@ -32,6 +32,15 @@ def test_calibration_writes_its_choice_and_reuses_the_cached_maps(tiny_checkpoin
     _, payload = load_network(out)
     assert payload["metadata"]["operating_point"]["threshold"] == chosen["threshold"]
     assert "2 validation subject(s) with 2 lacune(s)" in chosen["chosen_on"]["below_minimum"]
+    # every run of the forced model says so: its banner and each map's sidecar
+    predicted = tmp_path / "predicted"
+    assert cli_main(["predict", "-i", str(val), "-o", str(predicted), "--model", str(out), "--preset", "fast",
+                     "--no-progress"]) == 0
+    banner = capsys.readouterr().out
+    assert f"calibration: operating point chosen on 2 labelled subject(s) of {val}" in banner
+    assert "BELOW THE MINIMUM, forced: 2 validation subject(s) with 2 lacune(s)" in banner
+    sidecar = json.loads((predicted / "sub-001_space-T1_prediction.json").read_text())
+    assert "BELOW THE MINIMUM" in sidecar["ModelCalibration"]
     # a cached map is what the second run reads: change it, and the grid's scores change with it
     np.save(maps[0], np.full(np.load(maps[0]).shape, 0.5, np.float32))
     assert calibrate.main(argv[:-2] + ["--max-uncertain-share", "1"]) == 0
