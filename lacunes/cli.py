@@ -119,12 +119,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          extras_dir=Path(args.extras_dir) if args.extras_dir else None, write_mask=args.mask,
                          write_table=args.table, resample=args.resample, qc=args.qc, progress=not args.no_progress,
                          shard=(shard_i, shard_n), modalities=args.modalities)
+    from lacunes.report import COHORT_TABLE
+
+    print(f"cohort table: {out / COHORT_TABLE} (every subject of the folder, this run's and earlier ones')")
     if args.qc:
         print(f"quality control: {out / 'report.html'}")
     failed = [r for r in reports if r.status == "failed"]
     print(f"{'subject':<16} {'status':<8} {'lesions':>7} {'seconds':>8}")
     for r in reports:
-        print(f"{r.subject_id:<16} {r.status:<8} {r.lesions if r.status == 'done' else '':>7} "
+        print(f"{r.subject_id:<16} {r.status:<8} {r.lesions if r.status != 'failed' else '':>7} "
               f"{r.seconds:>8.1f}")
     done = sum(r.status == "done" for r in reports)
     skipped = sum(r.status == "skipped" for r in reports)
@@ -133,6 +136,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
           + (f", extras of {extras} made from their saved maps" if extras else "") + f", {len(failed)} failed")
     for r in failed:
         print(f"  {r.subject_id}: {r.error}")
+    for r in (r for r in reports if r.flags):
+        print(f"  {r.subject_id} to review: {'; '.join(r.flags)}")
     return 1 if failed else 0
 
 

@@ -42,6 +42,8 @@ class Subject:
         nonfinite: NaN/±inf count per modality as read (before any repair).
         modalities: the contrasts the subject came with (:data:`lacunes.options.INPUT_SETS`); the channel
             of a missing one holds zeros.
+        warnings: what makes its maps doubtful though it could be read (a background that is not 0,
+            non-finite voxels), one short phrase each; kept with its result (QC flags).
     """
 
     subject_id: str
@@ -50,6 +52,7 @@ class Subject:
     paths: dict[str, Path] = field(default_factory=dict)
     nonfinite: dict[str, int] = field(default_factory=dict)
     modalities: tuple[str, ...] = MODALITIES
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def input_set(self) -> str:
@@ -471,12 +474,15 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
             if arrays[a].any() and np.array_equal(arrays[a], arrays[b]):  # (an empty scan is its own case)
                 raise LacunesInputError(f"{subject_id}: {a} and {b} hold the same image "
                                         f"({Path(paths[a]).name}, {Path(paths[b]).name}): a copy given twice?")
+    warnings = []
     for m, arr in arrays.items():
         check_not_a_label(arr, Path(paths[m]), m)
-        check_background(arr, Path(paths[m]))
+        if not check_background(arr, Path(paths[m])):
+            warnings.append(f"{m} background not 0 (skull-stripped?)")
     for m, n in nonfinite.items():
         if n:
             logger.warning("%s: %s has %d non-finite voxel(s)", subject_id, m, n)
+            warnings.append(f"{m} has {n} non-finite voxel(s)")
     unused = [m for m in MODALITIES if m not in wanted and paths.get(m)]
     if unused:
         logger.info("%s: %s not used (the set of contrasts is %s)", subject_id, ", ".join(unused), "+".join(wanted))
@@ -488,6 +494,7 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
         paths={m: Path(paths[m]) for m in wanted},
         nonfinite=nonfinite,
         modalities=wanted,
+        warnings=warnings,
     )
 
 

@@ -51,6 +51,10 @@ PLANES = ("axial", "coronal", "sagittal")
 CROP_BAR_MM = 10.0
 BRAIN_BAR_MM = 50.0
 RUN_RECORD = "run.json"
+#: The cohort table: one row per subject of the folder, rewritten with run.json (:func:`write_cohort_table`).
+COHORT_TABLE = "lacunes.tsv"
+COHORT_COLUMNS = ("subject", "session", "input_set", "status", "lesions", "volume_mm3", "qc_flags",
+                  "model_sha256", "error")
 QC_DIR = "qc"
 
 
@@ -77,6 +81,7 @@ class SubjectRecord:
     # the network's highest probability, the second stage's score
     rejected_candidates: list[dict] = field(default_factory=list)
     lesion_rows: list[dict] = field(default_factory=list)  # the lesion table (lacunes.instances), as drawn
+    flags: list[str] = field(default_factory=list)  # what to review (lacunes.runner.qc_flags)
 
     @classmethod
     def from_dict(cls, d: dict) -> SubjectRecord:
@@ -314,10 +319,42 @@ def load_records(output: Path) -> dict[str, SubjectRecord]:
 
 
 def save_records(output: Path, records: dict[str, SubjectRecord]) -> Path:
+    """``run.json`` and the cohort table made from it (:func:`write_cohort_table`)."""
     path = Path(output) / RUN_RECORD
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps({"written": time.strftime("%Y-%m-%d %H:%M:%S"),
                                    "subjects": [asdict(r) for r in records.values()]}, indent=1))
+    write_cohort_table(output, records)
+    return path
+
+
+def cohort_row(r: SubjectRecord) -> dict[str, str]:
+    """A subject's row of the cohort table: the BIDS subject and session apart (``sub-01_ses-2``), its set
+    of contrasts, status, lesion count and total volume (empty where it failed), QC flags, the weights'
+    hash and the error."""
+    import re
+
+    match = re.match(r"^(sub-[^_]+)(?:_(ses-[^_]+))?", r.subject_id)
+    subject, session = (match.group(1), match.group(2) or "") if match else (r.subject_id, "")
+    ok = r.status != "failed"
+    return {"subject": subject if session else r.subject_id, "session": session,
+            "input_set": input_set_name(tuple(r.inputs)) if r.inputs else "", "status": r.status,
+            "lesions": str(r.lesions) if ok else "", "volume_mm3": f"{r.volume_mm3:.1f}" if ok else "",
+            "qc_flags": "; ".join(r.flags), "model_sha256": str(r.settings.get("model_sha256", "")),
+            "error": r.error}
+
+
+def write_cohort_table(output: Path, records: dict[str, SubjectRecord]) -> Path:
+    """``OUTPUT/lacunes.tsv``: one row per subject of the folder (this run's and the earlier runs'), sorted
+    by subject, tab-separated (:data:`COHORT_COLUMNS`), for a statistician to open as it is."""
+    import csv
+
+    path = Path(output) / COHORT_TABLE
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COHORT_COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        for r in sorted(records.values(), key=lambda r: r.subject_id):
+            writer.writerow({k: v.replace("\t", " ").replace("\n", " ") for k, v in cohort_row(r).items()})
     return path
 
 
@@ -453,7 +490,8 @@ def _subject_section(output: Path, r: SubjectRecord) -> str:
               + (f" (largest {largest:.0f} mm³)" if r.lesions else "")
               + f"; the second stage rejected {len(r.rejected_candidates)} candidate(s)"
               + (f"; {r.seconds:.1f} s" if r.seconds else "")
-              + (f"; from {input_set_name(r.inputs)}" if r.inputs else ""))
+              + (f"; from {input_set_name(r.inputs)}" if r.inputs else "")
+              + (f"; TO REVIEW: {'; '.join(r.flags)}" if r.flags else ""))
     table = next((k for k in r.outputs if k.endswith("lesions.csv")), "")
     links = [_link(output, r.prediction, "probability map"), _link(output, r.uncertainty, "uncertainty map"),
              _link(output, str(sidecar_path(Path(r.prediction))) if r.prediction else "", "sidecar (JSON)"),
@@ -494,6 +532,7 @@ def write_report(output: Path, records: dict[str, SubjectRecord]) -> Path:
         rows.append(f"<tr class=\"{html.escape(r.status)}\"><td>{link}</td><td class=\"status\">{status}</td>"
                     f"<td>{r.lesions if ok else ''}</td><td>{f'{r.volume_mm3:.0f}' if ok else ''}</td>"
                     f"<td>{len(r.rejected_candidates) if ok else ''}</td>"
+                    f"<td class=\"status\">{html.escape('; '.join(r.flags))}</td>"
                     f"<td>{f'{r.seconds:.1f}' if r.seconds else ''}</td></tr>")
     sections = [_subject_section(output, r) for r in done if r.picture]
     text = f"""<!DOCTYPE html>
@@ -514,7 +553,7 @@ point), numbered by size in each subject's table and picture; outlines in red on
 each lesion's centre, orientation letters (R/L, A/P, S/I) on every panel; centres in scanner RAS mm.</p>
 <table>
 <thead><tr><th>subject</th><th>status</th><th>lesions</th><th>volume (mm³)</th><th>rejected by the second stage</th>
-<th>run time (s)</th></tr></thead>
+<th>to review</th><th>run time (s)</th></tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody>

@@ -41,6 +41,21 @@ class SubjectReport:
     phases: dict[str, float] = field(default_factory=dict)  # seconds: read, inference, write
     rejected_candidates: list[dict] = field(default_factory=list)  # what the second stage took out
     input_set: str = FULL_SET  # the contrasts it was segmented from
+    flags: list[str] = field(default_factory=list)  # what to review (lacunes.runner.qc_flags)
+
+
+#: A lesion whose mean uncertainty reaches this is marked for review: in a trial cohort of phantoms the two
+#: false positives had a mean uncertainty of 0.44 and 0.64, the true lacunes 0.15-0.23.
+REVIEW_UNCERTAINTY = 0.4
+
+
+def qc_flags(subject: Subject, rows: list[dict]) -> list[str]:
+    """What makes a subject's result doubtful, kept with it (run.json, the cohort table, the sidecar, the
+    report): its input warnings (:attr:`lacunes.io.Subject.warnings`) and its lesions whose mean
+    uncertainty is at least :data:`REVIEW_UNCERTAINTY`."""
+    uncertain = [r["id"] for r in rows if r.get("mean_uncertainty", 0.0) >= REVIEW_UNCERTAINTY]
+    return list(subject.warnings) + ([f"review lesion(s) {', '.join(map(str, uncertain))} (mean uncertainty >= "
+                                      f"{REVIEW_UNCERTAINTY:g})"] if uncertain else [])
 
 
 def write_lesion_table(rows: list[dict], path: Path) -> Path:
@@ -187,7 +202,8 @@ def run_subject(
     report = SubjectReport(files.subject_id, outputs, len(rows), t3 - t0, input_set=subject.input_set,
                            volume_mm3=float(sum(r["volume_mm3"] for r in rows)),
                            phases={"read": t1 - t0, "inference": t2 - t1, "write": t3 - t2},
-                           rejected_candidates=prediction.stats.get("rejected_candidates", []))
+                           rejected_candidates=prediction.stats.get("rejected_candidates", []),
+                           flags=qc_flags(subject, rows))
     st = prediction.stats
     notes = []
     if st.get("candidates"):
@@ -198,6 +214,8 @@ def run_subject(
         notes.append(f"{st['removed_small_lesions']} lesion(s) under the minimum volume removed")
     if subject.input_set != FULL_SET:
         notes.append(f"from {subject.input_set}")
+    if report.flags:
+        notes.append("to review: " + "; ".join(report.flags))
     logger.info("%s: %d lesion(s) in %.1f s (read %.1f s, inference %.1f s, write %.1f s)%s", files.subject_id,
                 report.lesions, report.seconds, *report.phases.values(), f"; {'; '.join(notes)}" if notes else "")
     return report
@@ -252,16 +270,19 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
         missing = {k: p for k, p in wanted.items() if record_mismatch(record, [p], output)}
         if missing:
             record.outputs.update(fingerprints(extras_from_maps(files, pred, unc, missing), output))
-        return SubjectReport(files.subject_id, expected, status="skipped", extras_from_maps=bool(missing)), record
+        return SubjectReport(files.subject_id, expected, lesions=record.lesions, status="skipped", flags=record.flags,
+                             extras_from_maps=bool(missing), volume_mm3=record.volume_mm3,
+                             input_set=input_set_name(tuple(record.inputs)) if record.inputs else FULL_SET), record
     r = run_subject(predictor, files, pred, unc, extras, write_mask, write_table, resample, modalities=modalities)
     used = {m: p for m, p in files.paths.items() if m in INPUT_SETS[r.input_set]}
-    provenance = subject_provenance(predictor, used, r.seconds)
+    provenance = {**subject_provenance(predictor, used, r.seconds), "QCFlags": r.flags}
     write_sidecar(pred, provenance, "lacune probability map (0.5 = the operating point)")
     write_sidecar(unc, provenance, "uncertainty map (1 = the model and its operating point disagree)")
     inputs = {m: str(p.resolve()) for m, p in used.items()}
     record = SubjectRecord(r.subject_id, "done", inputs, _record_key(pred, output), r.lesions, r.volume_mm3,
                            r.seconds, outputs=fingerprints(r.outputs, output), settings=requested,
-                           uncertainty=_record_key(unc, output), rejected_candidates=r.rejected_candidates)
+                           uncertainty=_record_key(unc, output), rejected_candidates=r.rejected_candidates,
+                           flags=r.flags)
     return r, record
 
 

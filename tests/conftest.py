@@ -67,3 +67,17 @@ def network_cache(tmp_path_factory):
         os.environ.pop("LACUNES_CACHE", None)
     else:
         os.environ["LACUNES_CACHE"] = before
+
+
+def write_bids_subject(root, entities, suffixes=("T1w", "T2w", "FLAIR"), seed=0):
+    """A BIDS subject (sub-x[/ses-y]/anat/<entities>_<suffix>.nii.gz) from the test arrays."""
+    from lacunes.geometry import Geometry
+    from lacunes.writing import write_volume
+
+    parts = dict(e.split("-", 1) for e in entities.split("_"))
+    anat = root / f"sub-{parts['sub']}" / (f"ses-{parts['ses']}" if "ses" in parts else "") / "anat"
+    images, _ = make_subject_arrays((30, 28, 18), seed)
+    for suffix, m in zip(("T1w", "T2w", "FLAIR"), ("T1", "T2", "FLAIR")):
+        if suffix in suffixes:
+            write_volume(images[m], Geometry(shape=(30, 28, 18)), anat / f"{entities}_{suffix}.nii.gz")
+    return anat

@@ -9,7 +9,7 @@ import pytest
 from lacunes.cli import main
 from lacunes.io import read_volume
 
-from .conftest import make_subject_arrays, write_subject
+from .conftest import make_subject_arrays, write_bids_subject, write_subject
 
 
 def predict(*args):
@@ -104,7 +104,7 @@ def test_explicit_files_and_extras(tmp_path, tiny_checkpoint):
         header = next(csv.reader(f))
     assert header[:3] == ["id", "voxels", "volume_mm3"] and "mean_uncertainty" in header
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")) == [
-        "dataset_description.json", "extras", "run.json", "sub-007_space-T1_prediction.json",
+        "dataset_description.json", "extras", "lacunes.tsv", "run.json", "sub-007_space-T1_prediction.json",
         "sub-007_space-T1_prediction.nii.gz",
         "sub-007_space-T1_uncertaintymap.json", "sub-007_space-T1_uncertaintymap.nii.gz"]
     assert [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")] == [".run.json.lock"]
@@ -355,11 +355,9 @@ def test_a_rerun_with_other_settings_is_refused_and_every_map_has_its_provenance
 def test_a_bids_folder_is_segmented_into_a_bids_derivatives_tree(tmp_path, tiny_checkpoint, capsys):
     import json
 
-    from .test_layouts import _bids_subject
-
-    _bids_subject(tmp_path / "bids", "sub-01")
-    _bids_subject(tmp_path / "bids", "sub-02_ses-1")
-    _bids_subject(tmp_path / "bids", "sub-03", suffixes=("T1w", "T2w"))  # no FLAIR: fails alone
+    write_bids_subject(tmp_path / "bids", "sub-01")
+    write_bids_subject(tmp_path / "bids", "sub-02_ses-1")
+    write_bids_subject(tmp_path / "bids", "sub-03", suffixes=("T1w", "T2w"))  # no FLAIR: fails alone
     out = tmp_path / "derivatives" / "lacunes"
     rc = predict("-i", str(tmp_path / "bids"), "-o", str(out), "--model", str(tiny_checkpoint), "--table", "--qc")
     assert rc == 1 and "2 done, 0 skipped" in capsys.readouterr().out

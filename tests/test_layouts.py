@@ -12,7 +12,7 @@ from lacunes.layouts import (
     valdo_subject,
 )
 
-from .conftest import write_subject
+from .conftest import write_bids_subject, write_subject
 
 
 def test_valdo_layout_finds_subjects_and_names_outputs(tmp_path):
@@ -103,28 +103,12 @@ def test_malformed_inputs_json_is_named(tmp_path, content):
         grand_challenge_subject(inp)
 
 
-def _bids_subject(root, entities, suffixes=("T1w", "T2w", "FLAIR"), seed=0):
-    """A BIDS subject (sub-x[/ses-y]/anat/<entities>_<suffix>.nii.gz) from the test arrays."""
-    from lacunes.geometry import Geometry
-    from lacunes.writing import write_volume
-
-    from .conftest import make_subject_arrays
-
-    parts = dict(e.split("-", 1) for e in entities.split("_"))
-    anat = root / f"sub-{parts['sub']}" / (f"ses-{parts['ses']}" if "ses" in parts else "") / "anat"
-    images, _ = make_subject_arrays((30, 28, 18), seed)
-    for suffix, m in zip(("T1w", "T2w", "FLAIR"), ("T1", "T2", "FLAIR")):
-        if suffix in suffixes:
-            write_volume(images[m], Geometry(shape=(30, 28, 18)), anat / f"{entities}_{suffix}.nii.gz")
-    return anat
-
-
 def test_bids_subjects_with_sessions_are_found_and_named_as_derivatives(tmp_path):
     from lacunes.layouts import BidsT1, cohort_items
 
-    _bids_subject(tmp_path, "sub-01")
-    _bids_subject(tmp_path, "sub-02_ses-1")
-    _bids_subject(tmp_path, "sub-02_ses-2")
+    write_bids_subject(tmp_path, "sub-01")
+    write_bids_subject(tmp_path, "sub-02_ses-1")
+    write_bids_subject(tmp_path, "sub-02_ses-2")
     items = cohort_items(tmp_path)
     assert all(isinstance(i, BidsT1) for i in items)
     assert [i.subject_id for i in items] == ["sub-01", "sub-02_ses-1", "sub-02_ses-2"]
@@ -139,9 +123,9 @@ def test_bids_modalities_with_other_entities_are_taken_when_unique_and_refused_w
     from lacunes.errors import MissingModalityError
     from lacunes.layouts import cohort_items
 
-    anat = _bids_subject(tmp_path, "sub-01_acq-mprage", suffixes=("T1w",))
-    _bids_subject(tmp_path, "sub-01_acq-tse", suffixes=("T2w",))
-    _bids_subject(tmp_path, "sub-01_acq-space", suffixes=("FLAIR",))
+    anat = write_bids_subject(tmp_path, "sub-01_acq-mprage", suffixes=("T1w",))
+    write_bids_subject(tmp_path, "sub-01_acq-tse", suffixes=("T2w",))
+    write_bids_subject(tmp_path, "sub-01_acq-space", suffixes=("FLAIR",))
     (item,) = cohort_items(tmp_path)
     files = item.files()
     assert files.paths["T2"].name == "sub-01_acq-tse_T2w.nii.gz" and files.paths["FLAIR"].name == "sub-01_acq-space_FLAIR.nii.gz"

@@ -1,5 +1,7 @@
 """lacunes.runner: one subject from files to written maps, and the completion record's verdicts."""
 
+import json
+
 import numpy as np
 
 from lacunes.checkpoint import load_network
@@ -10,7 +12,7 @@ from lacunes.report import SubjectRecord
 from lacunes.runner import extras_from_maps, extras_paths, fingerprints, record_mismatch, run_subject
 from lacunes.settings import FAST
 
-from .conftest import write_subject
+from .conftest import write_bids_subject, write_subject
 
 
 def test_run_subject_writes_both_maps_on_the_t1_grid_and_extras_apart(tmp_path, tiny_checkpoint):
@@ -112,3 +114,50 @@ def test_a_run_that_fails_before_writing_leaves_no_empty_output_folder(tmp_path,
     with pytest.raises(ValueError, match="refused"):
         run_cohort(predictor, cohort_items(tmp_path / "in"), tmp_path / "mine", progress=False)
     assert (tmp_path / "mine").is_dir()
+
+
+def test_a_cohort_table_with_qc_flags_is_written_by_every_run_and_rerun(tmp_path, tiny_checkpoint, capsys):
+    """lacunes.tsv: every subject of the folder (a rerun's skipped ones with their counts), the session apart,
+    a failed subject with its error, and the QC flags kept with the result (a background that is not 0)."""
+    import csv
+
+    import nibabel as nib
+
+    from lacunes.cli import main
+
+    for entities in ("sub-01_ses-1", "sub-01_ses-2", "sub-02"):
+        write_bids_subject(tmp_path / "in", entities)
+    flair = tmp_path / "in" / "sub-01" / "ses-2" / "anat" / "sub-01_ses-2_FLAIR.nii.gz"
+    image = nib.load(flair)
+    data = np.asarray(image.dataobj).astype(np.float32)
+    nib.save(nib.Nifti1Image(data + 50.0, image.affine, image.header), flair)  # no zero background
+    (tmp_path / "in" / "sub-02" / "anat" / "sub-02_T2w.nii.gz").write_bytes(b"broken")
+    out = tmp_path / "out"
+    argv = ["predict", "-i", str(tmp_path / "in"), "-o", str(out), "--model", str(tiny_checkpoint), "--preset", "fast",
+            "--no-progress"]
+    assert main(argv) == 1
+
+    def table():
+        with open(out / "lacunes.tsv", newline="") as f:
+            return {(row["subject"], row["session"]): row for row in csv.DictReader(f, delimiter="\t")}
+
+    first = table()
+    assert set(first) == {("sub-01", "ses-1"), ("sub-01", "ses-2"), ("sub-02", "")}
+    assert first[("sub-02", "")]["status"] == "failed" and first[("sub-02", "")]["lesions"] == ""
+    assert "sub-02" in first[("sub-02", "")]["error"] or first[("sub-02", "")]["error"]
+    assert "FLAIR background not 0" in first[("sub-01", "ses-2")]["qc_flags"]
+    assert "background" not in first[("sub-01", "ses-1")]["qc_flags"]
+    assert all(len(row["model_sha256"]) == 64 for key, row in first.items() if key[0] == "sub-01")
+    sidecar = json.loads((out / "sub-01" / "ses-2" / "anat" /
+                          "sub-01_ses-2_space-T1w_label-lacune_probseg.json").read_text())
+    assert any("FLAIR background not 0" in f for f in sidecar["QCFlags"])
+    capsys.readouterr()
+    # a rerun skips the done subjects; the table and the summary keep their counts and flags
+    assert main(argv) == 1
+    text = capsys.readouterr().out
+    again = table()
+    assert {k: (r["status"], r["lesions"], r["qc_flags"]) for k, r in again.items()} == \
+        {k: (r["status"], r["lesions"], r["qc_flags"]) for k, r in first.items()}
+    skipped = next(line for line in text.splitlines() if line.startswith("sub-01_ses-1"))
+    assert skipped.split()[1] == "skipped" and skipped.split()[2] == first[("sub-01", "ses-1")]["lesions"]
+    assert "sub-01_ses-2 to review: FLAIR background not 0" in text
