@@ -54,6 +54,20 @@ def require_extra(what: str, extra: str) -> None:
                          "such an installation")
 
 
+def select_participants(items: list, labels: list[str], source) -> list:
+    """The subjects of ``items`` whose ``sub-`` label is one of ``labels`` (``01`` or ``sub-01``; all their
+    sessions), as BIDS Apps' ``--participant-label``; a label without any subject is an error naming it."""
+    import re
+
+    wanted = {label.removeprefix("sub-") for label in labels}
+    label_of = {id(e): (re.match(r"^sub-([^_]+)", e.subject_id) or [None, e.subject_id])[1] for e in items}
+    unknown = sorted(wanted - set(label_of.values()))
+    if unknown:
+        raise ValueError(f"--participant-label: no subject {', '.join('sub-' + u for u in unknown)} in {source} "
+                         f"(its subjects: {', '.join(sorted({'sub-' + v for v in label_of.values()})) or 'none'})")
+    return [e for e in items if label_of[id(e)] in wanted]
+
+
 def require_matplotlib(what: str) -> None:
     require_extra(what, "qc")
 
@@ -101,6 +115,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     out = Path(args.output)
     items = cohort_items(Path(args.input) if args.input else None,
                          {m: Path(f) for m, f in explicit.items()} if explicit else None, args.subject_id)
+    if args.participant_label:
+        items = select_participants(items, args.participant_label, args.input)
     model = Path(args.model) if args.model else default_model_path()
     predictor = Predictor.from_checkpoint(model, settings, args.threshold, args.min_volume)
     op = predictor.release.operating_point
@@ -308,6 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="give the network the arrays as stored (default: each subject is reoriented to the model's "
                         "array order and resampled to its voxel size, and the maps brought back onto its grid)")
     p.add_argument("--shard", default="1/1", help="i/N: process every N-th subject starting at the i-th")
+    p.add_argument("--participant-label", nargs="+", metavar="LABEL",
+                   help="only these subjects (01 or sub-01, all their sessions), as a BIDS App's option")
     p.add_argument("--overwrite", action="store_true", help="redo subjects whose outputs exist")
     p.add_argument("--mask", action="store_true", help="also write a binary mask (extras folder)")
     p.add_argument("--table", action="store_true", help="also write a lesion table CSV (extras folder)")

@@ -7,7 +7,8 @@ Outputs are named from the input up to ``desc-masked_``: ``sub-XXX_space-T1_pred
 BIDS (``sub-<label>/[ses-<label>/]anat/sub-<label>[_ses-<label>][_<entity>-<label>…]_T1w.nii.gz`` with the
 ``_T2w`` and ``_FLAIR`` files of the same entities, or the only ones of that subject and session):
 outputs form a BIDS-derivatives tree, ``<sub>/[<ses>/]anat/<entities>_space-T1w_label-lacune_probseg.nii.gz``
-and ``…_label-lacune_desc-uncertainty_probseg.nii.gz``; the subject id is the entities (``sub-01_ses-2``).
+and ``…_label-lacune_desc-uncertainty_probseg.nii.gz``; the subject id is the entities less those describing
+the source image (``sub-01_ses-2``; ``desc-brain`` and ``space-…`` dropped).
 
 A subject may have fewer contrasts (T1+FLAIR, T1+T2; T2+FLAIR as explicit files or sockets,
 :data:`lacunes.options.INPUT_SETS`): the layouts then list only the files it has, except the container's
@@ -253,7 +254,10 @@ class BidsT1:
 
     @property
     def subject_id(self) -> str:
-        return self.entities
+        """The entities that name the subject's outputs: the source's, less those that describe the source
+        image itself (``desc-brain``, ``space-…``), which the outputs' own ``space-T1w`` replaces
+        (``sub-401_desc-brain_T1w`` → ``sub-401``)."""
+        return "_".join(e for e in self.entities.split("_") if not e.startswith(("desc-", "space-")))
 
     def files(self) -> SubjectFiles:
         anat = self.t1.parent
@@ -277,7 +281,7 @@ class BidsT1:
             paths[m] = others[0]
         _some_set(self.entities, paths, ", ".join(sorted(p.name for p in anat.iterdir())))
         folder = anat.relative_to(self.root) if self.root else Path(*self.t1.parts[-3:-1])
-        return SubjectFiles(self.entities, paths, f"{folder.as_posix()}/{self.entities}_space-T1w_label-lacune_",
+        return SubjectFiles(self.subject_id, paths, f"{folder.as_posix()}/{self.subject_id}_space-T1w_label-lacune_",
                             bids=True)
 
     @property
@@ -301,7 +305,7 @@ def find_bids_t1s(root: Path) -> list[BidsT1]:
                 found.append(BidsT1(p, match["entities"]))
     by_id: dict[str, list[Path]] = {}
     for t1 in found:
-        by_id.setdefault(t1.entities, []).append(t1.t1)
+        by_id.setdefault(t1.subject_id, []).append(t1.t1)
     twice = {sid: paths for sid, paths in by_id.items() if len(paths) > 1}
     if twice:
         raise LacunesInputError("the same subject appears more than once in " + str(root) + ": " + "; ".join(

@@ -102,8 +102,19 @@ def write_sidecar(image: Path, provenance: dict[str, Any], description: str) -> 
     return path
 
 
-def write_dataset_description(output: Path, predictor) -> Path:
-    """The BIDS-derivatives description of an output folder (rewritten by every run into it)."""
+#: What a BIDS validator is told to leave aside in an output folder: the run's own records, the cohort table,
+#: the quality-control pages and the extras (masks and lesion tables outside the BIDS derivatives' rules).
+BIDS_IGNORED = ("run.json", "lacunes.tsv", "report.html", "qc", "extras")
+#: The name under which a BIDS output's SpatialReference points into the raw dataset (DatasetLinks).
+RAW_LINK = "raw"
+
+
+def write_dataset_description(output: Path, predictor, raw: Path | None = None) -> Path:
+    """The BIDS-derivatives description of an output folder (rewritten by every run into it) and its
+    ``.bidsignore`` (:data:`BIDS_IGNORED`). ``raw``: the BIDS dataset the subjects come from, linked as
+    :data:`RAW_LINK` (a path relative to the output folder) for the maps' ``SpatialReference``."""
+    import os
+
     path = Path(output) / DESCRIPTION
     content = {
         "Name": "lacunes: lacune probability and uncertainty maps",
@@ -112,6 +123,29 @@ def write_dataset_description(output: Path, predictor) -> Path:
         "GeneratedBy": [{"Name": "lacunes", "Version": __version__,
                          "Description": f"model {predictor.release.path}: {predictor.release.data_statement}"}],
     }
+    if raw is not None:
+        content["DatasetLinks"] = {RAW_LINK: Path(os.path.relpath(Path(raw).resolve(),
+                                                                   Path(output).resolve())).as_posix()}
+    elif path.is_file():  # a rerun keeps the link its earlier subjects' sidecars point through
+        try:
+            links = json.loads(path.read_text()).get("DatasetLinks")
+        except (ValueError, AttributeError):
+            links = None
+        if links:
+            content["DatasetLinks"] = links
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(content, indent=1))
+    with atomic_output(Path(output) / ".bidsignore") as tmp:
+        tmp.write_text("".join(f"{line}\n" for line in BIDS_IGNORED))
     return path
+
+
+def spatial_reference(reference: Path, bids: bool) -> tuple[str, Path | None]:
+    """A map's ``SpatialReference`` (the image whose grid it lies on) and, for a BIDS subject, the raw
+    dataset's root: ``bids:raw:sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz`` there, the file's absolute path
+    otherwise."""
+    reference = Path(reference).resolve()
+    root = next((p.parent for p in reference.parents if p.name.startswith("sub-")), None) if bids else None
+    if root is None:
+        return str(reference), None
+    return f"bids:{RAW_LINK}:{reference.relative_to(root).as_posix()}", root

@@ -22,7 +22,7 @@ from lacunes.inference import Predictor
 from lacunes.instances import lesion_table
 from lacunes.io import Subject, read_subject
 from lacunes.layouts import SubjectFiles
-from lacunes.options import FULL_SET, INPUT_SETS, input_set_name, look_up_option
+from lacunes.options import FULL_SET, INPUT_SETS, MODALITIES, input_set_name, look_up_option
 from lacunes.writing import atomic_output, write_volume, write_volumes
 
 logger = logging.getLogger(__name__)
@@ -252,11 +252,19 @@ def settings_conflicts(records: dict, names: list[str], requested: dict) -> list
 
 
 def _cohort_subject(predictor: Predictor, files, output: Path, record, requested: dict, overwrite: bool,
-                    extras: Path, write_mask: bool, write_table: bool, resample: bool, modalities: str | None = None):
+                    extras: Path, write_mask: bool, write_table: bool, resample: bool, modalities: str | None = None,
+                    raw_link: dict | None = None):
     """One subject of :func:`run_cohort`: skipped while its record matches its maps and the settings (extras
     asked for only now made from the saved maps), else predicted with its sidecars. Returns its report
-    and its new record."""
-    from lacunes.provenance import settings_difference, subject_provenance, write_sidecar
+    and its new record. ``raw_link``: the raw BIDS dataset the folder's description links to so far
+    (``{"root": Path}``), updated when this subject's lies elsewhere."""
+    from lacunes.provenance import (
+        settings_difference,
+        spatial_reference,
+        subject_provenance,
+        write_dataset_description,
+        write_sidecar,
+    )
     from lacunes.report import SubjectRecord
 
     pred, unc = output / files.prediction_name, output / files.uncertainty_name
@@ -275,7 +283,12 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
                              input_set=input_set_name(tuple(record.inputs)) if record.inputs else FULL_SET), record
     r = run_subject(predictor, files, pred, unc, extras, write_mask, write_table, resample, modalities=modalities)
     used = {m: p for m, p in files.paths.items() if m in INPUT_SETS[r.input_set]}
-    provenance = {**subject_provenance(predictor, used, r.seconds), "QCFlags": r.flags}
+    reference, raw = spatial_reference(used[next(m for m in MODALITIES if m in used)], files.bids)
+    provenance = {**subject_provenance(predictor, used, r.seconds), "SpatialReference": reference,
+                  "QCFlags": r.flags}
+    if raw is not None and raw_link is not None and raw_link.get("root") != raw:
+        write_dataset_description(output, predictor, raw)  # DatasetLinks: where SpatialReference points
+        raw_link["root"] = raw
     write_sidecar(pred, provenance, "lacune probability map (0.5 = the operating point)")
     write_sidecar(unc, provenance, "uncertainty map (1 = the model and its operating point disagree)")
     inputs = {m: str(p.resolve()) for m, p in used.items()}
@@ -398,11 +411,13 @@ def _run_locked(predictor, items, output, requested, overwrite, extras, write_ma
             f"{output} holds the maps of {len(conflicts)} subject(s) made with other settings ({conflicts[0][0]}: "
             f"{conflicts[0][1]}): use --overwrite to replace them, or another --output")
     write_dataset_description(output, predictor)
+    raw_link: dict = {}
     reports: list[SubjectReport] = []
     for entry in tqdm(items, desc="subjects", unit="subject", disable=not progress):
         try:
             report, record = _cohort_subject(predictor, entry.files(), output, records.get(entry.subject_id), requested,
-                                             overwrite, extras, write_mask, write_table, resample, modalities)
+                                             overwrite, extras, write_mask, write_table, resample, modalities,
+                                             raw_link)
             reports.append(report)
             drawn = bool(record.picture) and (output / record.picture).is_file()
             if qc and (report.status == "done" or not drawn):

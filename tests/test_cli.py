@@ -438,3 +438,39 @@ def test_a_command_whose_extra_is_missing_names_the_extra_in_one_line(argv, extr
     assert f"needs {missing}, which is not installed: pip install 'lacunes[{extra}]'" in caplog.text
     assert "Traceback" not in caplog.text and len(caplog.records) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_bids_derivatives_with_sessions_pass_the_bids_validator(tmp_path, tiny_checkpoint, capsys):
+    """bids-validator 3 (bids-validator-deno, requirements-dev.txt) reports no error on the derivatives of a BIDS
+    dataset with sessions, a source named with its own desc entity, extras and quality control; --participant-label
+    picks subjects as a BIDS App does and names a label without a subject."""
+    import importlib.util
+    import json
+    import shutil
+
+    if importlib.util.find_spec("bids_validator_deno") is None:
+        pytest.skip("bids-validator-deno is not installed (pip install -r requirements-dev.txt)")
+    bids = tmp_path / "bids"
+    (bids).mkdir()
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "trial", "BIDSVersion": "1.9.0"}))
+    for entities in ("sub-01_ses-1", "sub-01_ses-2", "sub-02", "sub-401_desc-brain"):
+        write_bids_subject(bids, entities)
+    out = bids / "derivatives" / "lacunes"
+    base = ("-i", str(bids), "-o", str(out), "--model", str(tiny_checkpoint))
+    assert predict(*base, "--participant-label", "01", "sub-09") == 2  # sub-09 is not in the dataset
+    assert not out.exists()
+    assert predict(*base, "--participant-label", "01", "sub-401", "--table", "--mask", "--qc") == 0
+    assert "3 done" in capsys.readouterr().out  # sub-01's two sessions and sub-401, not sub-02
+    assert (out / "sub-401" / "anat" / "sub-401_space-T1w_label-lacune_probseg.nii.gz").is_file()  # one desc: none
+    assert not (out / "sub-02").exists()
+    sidecar = json.loads((out / "sub-01" / "ses-2" / "anat" / "sub-01_ses-2_space-T1w_label-lacune_probseg.json")
+                         .read_text())
+    assert sidecar["SpatialReference"] == "bids:raw:sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz"
+    links = json.loads((out / "dataset_description.json").read_text())["DatasetLinks"]
+    assert (out / links["raw"] / "sub-01" / "ses-2" / "anat" / "sub-01_ses-2_T1w.nii.gz").resolve().is_file()
+    validator = shutil.which("bids-validator-deno", path=str(Path(sys.executable).parent)) or "bids-validator-deno"
+    result = subprocess.run([validator, str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "[ERROR]" not in result.stdout, result.stdout[-3000:]
+    # a rerun (every subject skipped) keeps the link its sidecars point through
+    assert predict(*base, "--participant-label", "01", "sub-401", "--table", "--mask") == 0
+    assert json.loads((out / "dataset_description.json").read_text())["DatasetLinks"] == links
