@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -162,9 +163,11 @@ def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAU
 
 
 def _row(s, mark: str = "") -> str:
+    # Dice is computed for the chosen point and the thresholds that tie with it only: "-" elsewhere, not nan
+    dice = "-" if math.isnan(s.dice) else f"{s.dice:.2f}"
     return (f"{s.threshold:>5.2f} {s.min_volume_mm3:>7.0f} {s.min_score if s.min_score is not None else '-':>5} "
             f"{s.extent_threshold if s.extent_threshold is not None else '-':>6} "
-            f"{s.f1:>6.3f} {s.median_f1:>6.3f} {s.tp:>4} {s.fp:>5} {s.fn:>4} {s.fp_per_subject:>7.2f} {s.dice:>5.2f} "
+            f"{s.f1:>6.3f} {s.median_f1:>6.3f} {s.tp:>4} {s.fp:>5} {s.fn:>4} {s.fp_per_subject:>7.2f} {dice:>5} "
             f"{100 * s.uncertain_share:>5.2f}{mark}")
 
 
