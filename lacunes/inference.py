@@ -300,7 +300,8 @@ class Predictor:
         stats = {**raw.stats, **stats, "input_set": given.input_set}
         if given.geometry is not None:
             for row in stats.get("rejected_candidates", []):
-                row["centre_mm"] = [round(float(v), 2) for v in given.geometry.physical(row["voxel"])]
+                ras = given.geometry.physical(row["voxel"]) * (-1.0, -1.0, 1.0)  # scanner RAS, as the lesion table
+                row["centre_ras_mm"] = [round(float(v), 2) + 0.0 for v in ras]
         conform = given.conform
         if conform is None:
             return Prediction(prob, unc, stats)

@@ -10,6 +10,11 @@ from scipy import ndimage as ndi
 _RANK = {6: 1, 18: 2, 26: 3}
 
 
+#: Scanner LPS (SimpleITK's frame) to RAS, and back: the first two coordinates change sign.
+RAS_FROM_LPS = np.array([-1.0, -1.0, 1.0])
+#: The lesion table's centre columns (scanner RAS, mm).
+CENTRE_COLUMNS = ("centre_R_mm", "centre_A_mm", "centre_S_mm")
+
 def structure(connectivity: int = 26) -> np.ndarray:
     """The 3×3×3 structuring element of 6-, 18- or 26-connectivity."""
     if connectivity not in _RANK:
@@ -83,9 +88,11 @@ def lesion_table(
 ) -> list[dict]:
     """One row per predicted lesion (component of ``probability >= threshold``).
 
-    Columns: id, voxels, volume_mm3, centre_mm (x, y, z in scanner coordinates: origin + direction ·
-    (index × spacing), the image's LPS frame as SimpleITK reads it; identity direction when none is
-    given), mean_probability, max_probability, mean_uncertainty (NaN without an uncertainty map).
+    Columns: id, voxels, volume_mm3, centre_R_mm, centre_A_mm, centre_S_mm (the centre in scanner RAS
+    coordinates, millimetres towards the right, anterior and superior: the image's LPS point origin +
+    direction · (index × spacing), as SimpleITK reads it, with its first two signs turned; identity direction
+    when none is given), mean_probability, max_probability, mean_uncertainty (NaN without an uncertainty
+    map).
     Lesions are numbered by size, largest first (ties: by centre), so that a lesion keeps its number in
     every table and picture of a subject. Computed inside the lesions' bounding box.
     """
@@ -105,19 +112,19 @@ def lesion_table(
     voxel = float(np.prod(spacing))
     d = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
     for i in range(n):
-        centre = np.asarray(origin, float) + d @ centres[i]
+        centre = (np.asarray(origin, float) + d @ centres[i]) * RAS_FROM_LPS
         rows.append({
             "id": i + 1,
             "voxels": int(counts[i]),
             "volume_mm3": float(counts[i]) * voxel,
-            "centre_x_mm": round(float(centre[0]), 3),
-            "centre_y_mm": round(float(centre[1]), 3),
-            "centre_z_mm": round(float(centre[2]), 3),
+            "centre_R_mm": round(float(centre[0]), 3) + 0.0,
+            "centre_A_mm": round(float(centre[1]), 3) + 0.0,
+            "centre_S_mm": round(float(centre[2]), 3) + 0.0,
             "mean_probability": float(mean_p[i]),
             "max_probability": float(maxima[i]),
             "mean_uncertainty": float(means[i]),
         })
-    rows.sort(key=lambda r: (-r["voxels"], r["centre_x_mm"], r["centre_y_mm"], r["centre_z_mm"]))
+    rows.sort(key=lambda r: (-r["voxels"], -r["centre_R_mm"], -r["centre_A_mm"], r["centre_S_mm"]))
     for number, row in enumerate(rows, 1):
         row["id"] = number
     return rows

@@ -98,9 +98,10 @@ FIGURE_COLUMNS = len(MODALITIES) * len(PLANES) + 1
 
 
 def ras_mm(row: dict) -> tuple[float, float, float]:
-    """A lesion table row's centre in RAS mm (the table's scanner coordinates are LPS, as SimpleITK reads
-    them: R = -x, A = -y, S = z)."""
-    return _lps_to_ras((row["centre_x_mm"], row["centre_y_mm"], row["centre_z_mm"]))
+    """A lesion table row's centre in scanner RAS mm (:data:`lacunes.instances.CENTRE_COLUMNS`)."""
+    from lacunes.instances import CENTRE_COLUMNS
+
+    return tuple(float(row[c]) for c in CENTRE_COLUMNS)
 
 
 def ras_text(centre: tuple[float, float, float]) -> str:
@@ -124,12 +125,12 @@ def axis_letters(direction: tuple[float, ...]) -> list[tuple[str, str]]:
 def lesions_of(probability: np.ndarray, geometry: Geometry, uncertainty: np.ndarray | None = None) -> list[dict]:
     """Detected lesions: the lesion table's rows (:func:`lacunes.instances.lesion_table`, numbered by size,
     scanner mm), each with its centre voxel (``centre``) and RAS centre (``centre_ras_mm``)."""
-    from lacunes.instances import lesion_table
+    from lacunes.instances import RAS_FROM_LPS, lesion_table
 
     rows = lesion_table(probability, uncertainty, geometry.spacing, geometry.origin, direction=geometry.direction)
     d = np.asarray(geometry.direction, float).reshape(3, 3)
     for row in rows:
-        offset = np.array([row["centre_x_mm"], row["centre_y_mm"], row["centre_z_mm"]]) - np.asarray(geometry.origin)
+        offset = np.array(ras_mm(row)) * RAS_FROM_LPS - np.asarray(geometry.origin)  # the LPS point, from the origin
         index = np.linalg.solve(d, offset) / np.asarray(geometry.spacing, float)
         row["centre"] = tuple(int(np.clip(round(float(v)), 0, n - 1)) for v, n in zip(index, probability.shape))
         row["centre_ras_mm"] = ras_mm(row)
@@ -466,12 +467,20 @@ def _lesion_table(r: SubjectRecord) -> str:
     return f'<table class="lesions"><thead>{head}</thead><tbody>{body}</tbody></table>'
 
 
+def _candidate_centre(c: dict) -> str:
+    """A rejected candidate's centre as RAS text (``centre_ras_mm``; a run recorded before it: its LPS
+    ``centre_mm``), or empty where none was recorded."""
+    if "centre_ras_mm" in c:
+        return ras_text(tuple(c["centre_ras_mm"]))
+    return ras_text(_lps_to_ras(c["centre_mm"])) if "centre_mm" in c else ""
+
+
 def _rejected_table(r: SubjectRecord) -> str:
     if not r.rejected_candidates:
         return ""
     cut = r.settings.get("second_stage_min_score")
     body = "".join(
-        f"<tr><td>{ras_text(_lps_to_ras(c['centre_mm'])) if 'centre_mm' in c else ''}</td>"
+        f"<tr><td>{_candidate_centre(c)}</td>"
         f"<td>{_number(c['volume_mm3'], 0)}</td><td>{_number(c['max_probability'], 2)}</td>"
         f"<td>{_number(c['score'], 2)}</td></tr>"
         for c in r.rejected_candidates)

@@ -59,7 +59,7 @@ def qc_flags(subject: Subject, rows: list[dict]) -> list[str]:
 
 
 def write_lesion_table(rows: list[dict], path: Path) -> Path:
-    columns = ["id", "voxels", "volume_mm3", "centre_x_mm", "centre_y_mm", "centre_z_mm", "mean_probability",
+    columns = ["id", "voxels", "volume_mm3", "centre_R_mm", "centre_A_mm", "centre_S_mm", "mean_probability",
                "max_probability", "mean_uncertainty"]
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)

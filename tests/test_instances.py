@@ -5,7 +5,7 @@ from lacunes.instances import bounding_box, label_instances, lesion_table
 from lacunes.preprocessing import brain_mask
 
 
-def test_lesion_table_centres_are_in_scanner_coordinates():
+def test_lesion_table_centres_are_in_scanner_ras_coordinates():
     prob = np.zeros((30, 20, 10), np.float32)
     prob[10, 4, 2] = 0.9  # one voxel
     prob[20:23, 10:13, 5:8] = 0.7  # 27 voxels, centre (21, 11, 6)
@@ -13,12 +13,16 @@ def test_lesion_table_centres_are_in_scanner_coordinates():
     rows = lesion_table(prob, None, (1.0, 2.0, 3.0), (5.0, 6.0, 7.0), direction=direction)
     by_size = sorted(rows, key=lambda r: r["voxels"])
     assert [r["voxels"] for r in by_size] == [1, 27]
-    # origin + D · (index × spacing): index (10, 4, 2) → (10, 8, 6) mm → swapped (8, 10, 6); (21, 11, 6) → (22, 21, 18)
-    assert (by_size[0]["centre_x_mm"], by_size[0]["centre_y_mm"], by_size[0]["centre_z_mm"]) == (13.0, 16.0, 13.0)
-    assert (by_size[1]["centre_x_mm"], by_size[1]["centre_y_mm"], by_size[1]["centre_z_mm"]) == (27.0, 27.0, 25.0)
+    # LPS origin + D · (index × spacing): index (10, 4, 2) → (10, 8, 6) mm → swapped (8, 10, 6) → LPS (13, 16, 13)
+    # → RAS (-13, -16, 13); (21, 11, 6) → (22, 21, 18) → LPS (27, 27, 25) → RAS (-27, -27, 25)
+    def centre(row):
+        return row["centre_R_mm"], row["centre_A_mm"], row["centre_S_mm"]
+
+    assert centre(by_size[0]) == (-13.0, -16.0, 13.0)
+    assert centre(by_size[1]) == (-27.0, -27.0, 25.0)
     assert by_size[1]["volume_mm3"] == 27 * 6.0 and by_size[1]["max_probability"] == pytest.approx(0.7)
     plain = lesion_table(prob, None, (1.0, 2.0, 3.0), (5.0, 6.0, 7.0))
-    assert sorted(r["centre_x_mm"] for r in plain) == [15.0, 26.0]
+    assert sorted(r["centre_R_mm"] for r in plain) == [-26.0, -15.0]
     assert lesion_table(np.zeros((4, 4, 4), np.float32), None, (1.0, 1.0, 1.0)) == []
 
 

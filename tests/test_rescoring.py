@@ -139,16 +139,16 @@ def test_a_checkpoint_with_a_second_stage_uses_it(tmp_path):
     out, unc = prediction = predictor.predict_normalized(x, brain)
     stats = prediction.stats
     assert out.max() < 0.5 and stats["rejected"] == stats["candidates"] == 2
-    assert len(stats["rejected_candidates"]) == 2 and all("centre_mm" not in c for c in stats["rejected_candidates"])
+    assert len(stats["rejected_candidates"]) == 2 and all("centre_ras_mm" not in c for c in stats["rejected_candidates"])
     # a subject (a grid in scanner space, in the model's orientation): the rejected candidates' centres
-    # in scanner mm too
+    # in scanner RAS mm too, as the lesion table's
     subject = Subject("sub-1", np.stack([image[0] * 0 + 100, image[1], image[2]]).astype(np.float32),
                       Geometry(brain.shape, (1.0, 1.0, 1.0), origin=(5.0, 6.0, 7.0), direction=RAS_DIRECTION))
     model_input = predictor.prepare(subject)
     raw = predictor.raw(ModelInput(x, brain, (1.0, 1.0, 1.0), geometry=model_input.geometry))
     rows = predictor.finish(raw).stats["rejected_candidates"]
-    assert all(np.allclose(c["centre_mm"], np.asarray(c["voxel"]) * (-1, -1, 1) + (5.0, 6.0, 7.0), atol=0.01)
-               for c in rows)
+    # RAS direction: LPS point = origin + (-i, -j, k); RAS = (-x, -y, z) = (i - 5, j - 6, k + 7)
+    assert all(np.allclose(c["centre_ras_mm"], np.asarray(c["voxel"]) + (-5.0, -6.0, 7.0), atol=0.01) for c in rows)
     # the network says lesion (p = 0.9), the second stage says no: uncertain there, certain elsewhere
     assert (unc[ball] == 1).all() and (unc[tube] == 1).all() and unc[brain & (prob < 0.1)].max() < 0.5
 
