@@ -110,9 +110,9 @@ RAW_LINK = "raw"
 
 
 def write_dataset_description(output: Path, predictor, raw: Path | None = None) -> Path:
-    """The BIDS-derivatives description of an output folder (rewritten by every run into it) and its
-    ``.bidsignore`` (:data:`BIDS_IGNORED`). ``raw``: the BIDS dataset the subjects come from, linked as
-    :data:`RAW_LINK` (a path relative to the output folder) for the maps' ``SpatialReference``."""
+    """The BIDS-derivatives description of an output folder (rewritten by every run into it). ``raw``: the
+    BIDS dataset the subjects come from, linked as :data:`RAW_LINK` (a path relative to the output folder)
+    for the maps' ``SpatialReference``; such a folder also gets a ``.bidsignore`` (:data:`BIDS_IGNORED`)."""
     import os
 
     path = Path(output) / DESCRIPTION
@@ -135,8 +135,9 @@ def write_dataset_description(output: Path, predictor, raw: Path | None = None) 
             content["DatasetLinks"] = links
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(content, indent=1))
-    with atomic_output(Path(output) / ".bidsignore") as tmp:
-        tmp.write_text("".join(f"{line}\n" for line in BIDS_IGNORED))
+    if "DatasetLinks" in content:  # a BIDS derivatives tree: what the validator is to leave aside
+        with atomic_output(Path(output) / ".bidsignore") as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in BIDS_IGNORED))
     return path
 
 
