@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lacunes import options
-from lacunes.errors import LacunesInputError, MissingModalityError, UnreadableImageError
+from lacunes.errors import GeometryMismatchError, LacunesInputError, MissingModalityError, UnreadableImageError
 from lacunes.geometry import RESAMPLE_HINT, Geometry, check_same_grid, check_same_space, resample_to, same_grid
+from lacunes.headers import describe_input, transforms_statement, zero_border_share
 
 if TYPE_CHECKING:  # imported where images are read or written: the predictor on arrays needs no SimpleITK
     pass
@@ -43,7 +44,9 @@ class Subject:
         modalities: the contrasts the subject came with (:data:`lacunes.options.INPUT_SETS`); the channel
             of a missing one holds zeros.
         warnings: what makes its maps doubtful though it could be read (a background that is not 0,
-            non-finite voxels), one short phrase each; kept with its result (QC flags).
+            non-finite voxels, a NIfTI file whose qform and sform disagree), one short phrase each; kept
+            with its result (QC flags).
+        headers: per contrast, what its header and voxels say as read (:func:`lacunes.headers.describe_input`).
     """
 
     subject_id: str
@@ -53,6 +56,7 @@ class Subject:
     nonfinite: dict[str, int] = field(default_factory=dict)
     modalities: tuple[str, ...] = MODALITIES
     warnings: list[str] = field(default_factory=list)
+    headers: dict[str, dict] = field(default_factory=dict)
 
     @property
     def input_set(self) -> str:
@@ -380,9 +384,9 @@ def check_background(array: np.ndarray, path: Path) -> bool:
     Returns whether the background is zero."""
     if min(array.shape) < 3:
         return True
-    faces = [array[0], array[-1], array[:, 0], array[:, -1], array[:, :, 0], array[:, :, -1]]
-    zero = sum(int(np.count_nonzero(f == 0)) for f in faces) / sum(f.size for f in faces)
+    zero = zero_border_share(array)
     if zero < MIN_ZERO_BORDER:
+        faces = [array[0], array[-1], array[:, 0], array[:, -1], array[:, :, 0], array[:, :, -1]]
         values = np.concatenate([f.ravel() for f in faces])
         logger.warning("%s has no zero background: %.0f %% of the voxels on its faces are 0 (median %g); the "
                        "model expects skull-stripped inputs with exactly 0 outside the brain, and its brain mask "
@@ -414,6 +418,12 @@ def check_not_a_label(array: np.ndarray, path: Path, modality: str) -> None:
         raise LacunesInputError(
             f"{path} holds only {distinct.size} distinct non-zero value(s) ({', '.join(f'{v:g}' for v in distinct)}): "
             f"a label or mask image, not a {modality} scan")
+
+
+def _transforms_hint(warnings: list[str]) -> str:
+    """A grid-mismatch message's hint where a contrast's qform and sform disagree: the likelier cause."""
+    disagreeing = [w for w in warnings if "qform and sform disagree" in w]
+    return f" (note {'; '.join(disagreeing)}: fix the header, e.g. set both to the same transform)" if disagreeing else ""
 
 
 def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample: bool = False,
@@ -453,28 +463,38 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
             raise LacunesInputError(f"{subject_id}: the same file is given as {a} and {b} ({paths[a]}); "
                                     "each contrast needs its own image")
     reference = Path(paths[wanted[0]])
-    arrays, geoms, nonfinite = {}, {}, {}
+    arrays, geoms, nonfinite, headers, warnings = {}, {}, {}, {}, []
     for m in wanted:
         p = Path(paths[m])
         arr, geom = read_volume(p)
         arr = arr.astype(np.float32, copy=False)
+        headers[m] = describe_input(p, geom, arr, geoms.get(reference))
+        transforms, disagree = transforms_statement(p, geom)
+        if disagree:
+            logger.warning("%s: %s's %s (%s)", subject_id, m, transforms, p)
+            warnings.append(f"{m}: {transforms}")
         nonfinite[m] = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         if arr.size and nonfinite[m] == arr.size:  # repairing it would leave nothing of the contrast
             raise UnreadableImageError(f"{p} holds no finite value (all {arr.size} voxels NaN or infinite)")
         if resample and m != wanted[0] and not same_grid(geoms[reference], geom):
-            check_same_space(geoms[reference], geom, reference.name, p.name)
+            try:
+                check_same_space(geoms[reference], geom, reference.name, p.name)
+            except GeometryMismatchError as exc:
+                raise GeometryMismatchError(f"{exc}{_transforms_hint(warnings)}") from None
             logger.info("%s: %s resampled from %s voxels of %s mm onto the %s's grid", subject_id, m,
                         "×".join(map(str, geom.shape)), "×".join(f"{v:g}" for v in geom.spacing), wanted[0])
             arr, geom = resample_to(arr, geom, geoms[reference]), geoms[reference]
         arrays[m] = arr
         geoms[p] = geom
-    check_same_grid(geoms, RESAMPLE_HINT)
+    try:
+        check_same_grid(geoms, RESAMPLE_HINT)
+    except GeometryMismatchError as exc:
+        raise GeometryMismatchError(f"{exc}{_transforms_hint(warnings)}") from None
     for i, a in enumerate(wanted):
         for b in wanted[i + 1:]:
             if arrays[a].any() and np.array_equal(arrays[a], arrays[b]):  # (an empty scan is its own case)
                 raise LacunesInputError(f"{subject_id}: {a} and {b} hold the same image "
                                         f"({Path(paths[a]).name}, {Path(paths[b]).name}): a copy given twice?")
-    warnings = []
     for m, arr in arrays.items():
         check_not_a_label(arr, Path(paths[m]), m)
         if not check_background(arr, Path(paths[m])):
@@ -495,6 +515,7 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
         nonfinite=nonfinite,
         modalities=wanted,
         warnings=warnings,
+        headers=headers,
     )
 
 

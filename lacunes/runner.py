@@ -42,6 +42,7 @@ class SubjectReport:
     rejected_candidates: list[dict] = field(default_factory=list)  # what the second stage took out
     input_set: str = FULL_SET  # the contrasts it was segmented from
     flags: list[str] = field(default_factory=list)  # what to review (lacunes.runner.qc_flags)
+    headers: dict[str, dict] = field(default_factory=dict)  # per contrast, as read (lacunes.headers)
 
 
 #: A lesion whose mean uncertainty reaches this is marked for review: in a trial cohort of phantoms the two
@@ -203,7 +204,7 @@ def run_subject(
                            volume_mm3=float(sum(r["volume_mm3"] for r in rows)),
                            phases={"read": t1 - t0, "inference": t2 - t1, "write": t3 - t2},
                            rejected_candidates=prediction.stats.get("rejected_candidates", []),
-                           flags=qc_flags(subject, rows))
+                           flags=qc_flags(subject, rows), headers=subject.headers)
     st = prediction.stats
     notes = []
     if st.get("candidates"):
@@ -285,7 +286,7 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
     used = {m: p for m, p in files.paths.items() if m in INPUT_SETS[r.input_set]}
     reference, raw = spatial_reference(used[next(m for m in MODALITIES if m in used)], files.bids)
     provenance = {**subject_provenance(predictor, used, r.seconds), "SpatialReference": reference,
-                  "QCFlags": r.flags}
+                  "InputHeaders": r.headers, "QCFlags": r.flags}
     if raw is not None and raw_link is not None and raw_link.get("root") != raw:
         write_dataset_description(output, predictor, raw)  # DatasetLinks: where SpatialReference points
         raw_link["root"] = raw
@@ -295,7 +296,7 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
     record = SubjectRecord(r.subject_id, "done", inputs, _record_key(pred, output), r.lesions, r.volume_mm3,
                            r.seconds, outputs=fingerprints(r.outputs, output), settings=requested,
                            uncertainty=_record_key(unc, output), rejected_candidates=r.rejected_candidates,
-                           flags=r.flags)
+                           flags=r.flags, input_headers=r.headers)
     return r, record
 
 
