@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from lacunes.geometry import Geometry, same_grid
+from lacunes.instances import RAS_FROM_LPS
 
 #: Transforms further apart than this (mm at the field of view's corners) disagree.
 TRANSFORM_TOLERANCE_MM = 0.5
 #: Share of the outer faces' voxels that must be exactly 0 for a volume to look skull-stripped
 #: (:func:`lacunes.io.check_background` warns under it).
 SKULL_STRIPPED_ZERO_SHARE = 0.5
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_LPS_TO_RAS = np.diag([*RAS_FROM_LPS, 1.0])
 
 
 def _header_bytes(path: Path) -> bytes:
@@ -82,11 +83,22 @@ def _apart_mm(a: np.ndarray, b: np.ndarray, shape) -> float:
     return float(np.abs((corners @ a.T - corners @ b.T)[:, :3]).max())
 
 
+def axis_letters(direction: tuple[float, ...]) -> list[tuple[str, str]]:
+    """For each array axis, the anatomical letter its low and its high end point to (``("L", "R")`` for an
+    axis that runs from left to right), from the direction matrix (LPS, as SimpleITK reads it)."""
+    d = np.asarray(direction, float).reshape(3, 3)
+    out = []
+    for axis in range(3):
+        ras = RAS_FROM_LPS * d[:, axis]
+        j = int(np.argmax(np.abs(ras)))
+        high, low = "RAS"[j], "LPI"[j]
+        out.append((low, high) if ras[j] > 0 else (high, low))
+    return out
+
+
 def orientation_code(geometry: Geometry) -> str:
-    """The anatomical direction each array axis runs towards, as three letters (``RAS``, ``LPS``, ``PIR``…)."""
-    ras = _affine_of(geometry)[:3, :3]
-    return "".join(("RAS" if ras[j, axis] > 0 else "LPI")[j]
-                   for axis in range(3) for j in [int(np.argmax(np.abs(ras[:, axis])))])
+    """The anatomical direction each array axis runs towards, as three letters (``RAS``, ``LPS``, ``PIL``…)."""
+    return "".join(high for _, high in axis_letters(geometry.direction))
 
 
 def transforms_statement(path: Path, geometry: Geometry) -> tuple[str, bool]:
@@ -112,11 +124,14 @@ def zero_border_share(array: np.ndarray) -> float:
     return sum(int(np.count_nonzero(f == 0)) for f in faces) / max(sum(f.size for f in faces), 1)
 
 
-def describe_input(path: Path, geometry: Geometry, array: np.ndarray, reference: Geometry | None = None) -> dict:
+def describe_input(path: Path, geometry: Geometry, array: np.ndarray, reference: Geometry | None = None,
+                   transforms: str | None = None) -> dict:
     """What the sidecar and ``run.json`` record of one input: its orientation, voxel size and shape, its
     transforms (:func:`transforms_statement`), whether it looks skull-stripped (the share of zeros on its
-    faces) and whether it lies on the reference's grid (``reference``: the T1's, as read)."""
-    transforms, _ = transforms_statement(Path(path), geometry)
+    faces) and whether it lies on the reference's grid (``reference``: the T1's, as read). ``transforms``:
+    :func:`transforms_statement`'s text where the caller has it already (the header is not read again)."""
+    if transforms is None:
+        transforms, _ = transforms_statement(Path(path), geometry)
     zeros = zero_border_share(array) if min(array.shape) >= 3 else 1.0
     return {"orientation": orientation_code(geometry), "voxel_mm": [round(float(v), 4) for v in geometry.spacing],
             "shape": [int(v) for v in geometry.shape], "transforms": transforms,

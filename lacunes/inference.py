@@ -26,6 +26,7 @@ import torch
 from lacunes.conform import Conform
 from lacunes.conform import plan as conform_plan
 from lacunes.geometry import Geometry
+from lacunes.instances import RAS_FROM_LPS
 from lacunes.io import Subject
 from lacunes.options import (
     FULL_SET,
@@ -300,7 +301,7 @@ class Predictor:
         stats = {**raw.stats, **stats, "input_set": given.input_set}
         if given.geometry is not None:
             for row in stats.get("rejected_candidates", []):
-                ras = given.geometry.physical(row["voxel"]) * (-1.0, -1.0, 1.0)  # scanner RAS, as the lesion table
+                ras = given.geometry.physical(row["voxel"]) * RAS_FROM_LPS  # scanner RAS, as the lesion table
                 row["centre_ras_mm"] = [round(float(v), 2) + 0.0 for v in ras]
         conform = given.conform
         if conform is None:

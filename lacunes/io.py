@@ -468,8 +468,8 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
         p = Path(paths[m])
         arr, geom = read_volume(p)
         arr = arr.astype(np.float32, copy=False)
-        headers[m] = describe_input(p, geom, arr, geoms.get(reference))
         transforms, disagree = transforms_statement(p, geom)
+        headers[m] = describe_input(p, geom, arr, geoms.get(reference), transforms)
         if disagree:
             logger.warning("%s: %s's %s (%s)", subject_id, m, transforms, p)
             warnings.append(f"{m}: {transforms}")

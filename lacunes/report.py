@@ -29,6 +29,7 @@ from urllib.parse import quote
 import numpy as np
 
 from lacunes.geometry import Geometry
+from lacunes.headers import axis_letters
 from lacunes.io import MODALITIES
 from lacunes.options import input_set_name
 from lacunes.writing import atomic_output
@@ -108,19 +109,6 @@ def ras_mm(row: dict) -> tuple[float, float, float]:
 def ras_text(centre: tuple[float, float, float]) -> str:
     """``R 12.3, A -40.1, S 20.0`` (mm)."""
     return ", ".join(f"{letter} {value:.1f}" for letter, value in zip("RAS", centre))
-
-
-def axis_letters(direction: tuple[float, ...]) -> list[tuple[str, str]]:
-    """For each array axis, the anatomical letter its low and its high end point to (``("L", "R")`` for an
-    axis that runs from left to right), from the direction matrix (LPS, as SimpleITK reads it)."""
-    d = np.asarray(direction, float).reshape(3, 3)
-    out = []
-    for axis in range(3):
-        ras = np.array([-d[0, axis], -d[1, axis], d[2, axis]])
-        j = int(np.argmax(np.abs(ras)))
-        high, low = "RAS"[j], "LPI"[j]
-        out.append((low, high) if ras[j] > 0 else (high, low))
-    return out
 
 
 def lesions_of(probability: np.ndarray, geometry: Geometry, uncertainty: np.ndarray | None = None) -> list[dict]:
@@ -452,7 +440,9 @@ def _number(value, digits: int) -> str:
 
 
 def _lps_to_ras(centre) -> tuple[float, float, float]:
-    return (-centre[0] + 0.0, -centre[1] + 0.0, centre[2] + 0.0)
+    from lacunes.instances import RAS_FROM_LPS
+
+    return tuple(float(v) + 0.0 for v in np.asarray(centre, float) * RAS_FROM_LPS)
 
 
 def _lesion_table(r: SubjectRecord) -> str:
