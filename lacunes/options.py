@@ -135,6 +135,7 @@ TRAIN_PRESETS: dict[str, str] = {
     "gpu-hardneg": "continues a calibrated model on a GPU (--init-from), the recipe's batches",
     "cpu-acq": "continues a calibrated model on a CPU on acquisition-randomized phantoms (--acquisitions)",
     "cpu-mimics": "continues a calibrated model on a CPU on phantoms with varied mimics (--mimics --acquisitions)",
+    "cpu-contrast": "cpu-mimics with a random contrast curve (gamma) on a third of the crops",
     "smoke": "a few steps, to check that training runs",
 }
 DEFAULT_TRAIN_PRESET = "valdo"

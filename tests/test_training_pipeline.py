@@ -159,3 +159,29 @@ def test_channel_dropout_zeroes_the_missing_contrasts_of_its_crops_and_leaves_th
     counts = dropped.set_counts
     assert sum(counts.values()) == 120 and counts["T1+T2+FLAIR"] == full_seen
     assert 35 <= counts["T1+FLAIR"] <= 85 and 12 <= counts["T2+FLAIR"] <= 50 and 12 <= full_seen <= 50
+
+
+def test_the_contrast_curve_keeps_each_crops_range_and_order_and_leaves_the_other_augmentations_alone():
+    subjects = [hold(training_subject(k, f"sub-{k:03d}"), torch.device("cpu")) for k in range(2)]
+    plain = DeviceBatcher(config(**NO_AUGMENTATION), "cpu", seed=6)
+    curved = DeviceBatcher(config(**NO_AUGMENTATION, gamma_prob=0.5, gamma=(0.5, 0.5)), "cpu", seed=6)
+    changed = 0
+    for _ in range(10):
+        x, y = plain(subjects), curved(subjects)
+        assert torch.equal(x["label"], y["label"]) and torch.equal(x["instances"], y["instances"])
+        for a, b in zip(x["image"], y["image"]):
+            if torch.equal(a, b):
+                continue
+            changed += 1
+            assert torch.allclose(b.min(), a.min()) and torch.allclose(b.max(), a.max(), atol=1e-5)
+            scaled = (a - a.min()) / (a.max() - a.min())
+            assert torch.allclose((b - a.min()) / (a.max() - a.min()), scaled.sqrt(), atol=1e-4)  # x ** 0.5
+            assert bool((b >= a - 1e-6).all())  # g < 1 lifts the dark end
+    assert 5 <= changed <= 35  # about half of 40 crops
+
+
+def test_a_contrast_curve_needs_a_probability_and_a_positive_range():
+    with pytest.raises(ValueError, match="gamma"):
+        config(gamma_prob=1.5)
+    with pytest.raises(ValueError, match="gamma"):
+        config(gamma=(0.0, 1.0))

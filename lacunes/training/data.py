@@ -111,7 +111,8 @@ def load_training_set(folder: Path, config: TrainConfig, progress: bool = True) 
 
 
 def build_augmentation(config: TrainConfig):
-    """Flips, random affine and Gaussian noise, applied to each crop (MONAI dictionary transforms)."""
+    """Flips, random affine, a contrast curve and Gaussian noise, applied to each crop (MONAI dictionary
+    transforms)."""
     from monai import transforms as T
 
     keys = ["image", "label", "instances"]
@@ -123,6 +124,7 @@ def build_augmentation(config: TrainConfig):
             keys=keys, prob=config.affine_prob, rotate_range=(config.rotate_rad,) * 3,
             scale_range=(config.scale,) * 3, mode=("bilinear", "nearest", "nearest"), padding_mode="zeros",
         ),
+        T.RandAdjustContrastd(keys=["image"], prob=config.gamma_prob, gamma=config.gamma),
         T.RandGaussianNoised(keys=["image"], prob=config.noise_prob, std=config.noise_std),
         T.EnsureTyped(keys=keys, track_meta=False),
     ])

@@ -9,8 +9,10 @@ apply it to each crop, in the same order and with the same distributions:
    axis by ``U(-rotate_rad, rotate_rad)`` and a scaling of each axis by ``U(1 - scale, 1 + scale)``,
    in voxel space, the image resampled trilinearly and the label and instances by nearest neighbour
    (one ``grid_sample`` for the batch's affine crops), zeros outside;
-3. with probability ``noise_prob``, Gaussian noise of standard deviation ``U(0, noise_std)`` on the image;
-4. with the config's ``channel_dropout``, a crop shown as a smaller set of contrasts: the channels it lacks
+3. with probability ``gamma_prob``, the crop's contrast curve changed (``x ** g`` on its intensities scaled to
+   [0, 1], ``g ~ U(gamma)``; MONAI's ``AdjustContrast``), drawn from a stream of its own;
+4. with probability ``noise_prob``, Gaussian noise of standard deviation ``U(0, noise_std)`` on the image;
+5. with the config's ``channel_dropout``, a crop shown as a smaller set of contrasts: the channels it lacks
    set to exactly zero, after the noise, as a subject without those contrasts reaches the network.
 
 Every random decision and parameter (crop kind and centre, flips, angles, scales, noise level) is drawn
@@ -131,6 +133,7 @@ class DeviceBatcher:
         uninterrupted run makes there."""
         self.rng = np.random.default_rng([self.seed, epoch])
         self.dropout_rng = np.random.default_rng([self.seed, epoch, 2])  # its own: the others' stay as without it
+        self.gamma_rng = np.random.default_rng([self.seed, epoch, 3])  # likewise
         self.noise.manual_seed(int(np.random.default_rng([self.seed, epoch, 1]).integers(2**62)))
 
     def crops(self, held: list[HeldSubject]) -> dict[str, torch.Tensor]:
@@ -154,8 +157,8 @@ class DeviceBatcher:
         return out
 
     def augment(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Flips, random affine and Gaussian noise, per crop, in place on ``batch`` (as made by
-        :meth:`crops`); the affine crops are resampled together."""
+        """Flips, random affine, a contrast curve and Gaussian noise, per crop, in place on ``batch`` (as made
+        by :meth:`crops`); the affine crops are resampled together."""
         c = self.config
         image, label, instances = batch["image"], batch["label"], batch["instances"]
         n = image.shape[0]
@@ -184,6 +187,7 @@ class DeviceBatcher:
                 image[i].copy_(warped[j])
                 label[i].copy_(both[j, :1].round())
                 instances[i].copy_(both[j, 1:].round())
+        self.change_contrast(image)
         rows = np.flatnonzero(noisy)
         if rows.size:
             noise = torch.randn((rows.size, *image.shape[1:]), generator=self.noise, device=self.device)
@@ -191,6 +195,20 @@ class DeviceBatcher:
                 image[i].add_(noise[j], alpha=float(stds[i]))
         self.drop_channels(image)
         return batch
+
+    def change_contrast(self, image: torch.Tensor) -> None:
+        """Each crop of ``image`` (``B×C×…``), with probability ``gamma_prob``, through MONAI's ``AdjustContrast``
+        with ``g ~ U(gamma)`` (as ``RandAdjustContrastd`` draws it), in place."""
+        c = self.config
+        if c.gamma_prob <= 0.0:
+            return
+        from monai.transforms import AdjustContrast
+
+        n = image.shape[0]
+        changed = self.gamma_rng.random(n) < c.gamma_prob
+        gammas = self.gamma_rng.uniform(c.gamma[0], c.gamma[1], n)
+        for i in np.flatnonzero(changed):
+            image[i].copy_(AdjustContrast(float(gammas[i]))(image[i]))
 
     def drop_channels(self, image: torch.Tensor) -> None:
         """Each crop of ``image`` (``B×C×…``) drawn as one of the config's sets of contrasts (``channel_dropout``):
