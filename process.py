@@ -15,6 +15,9 @@ selects the CPU setting; ``LACUNES_DEVICE`` (or ``--device``) the device; ``LACU
 ``--precision``) the arithmetic (``auto`` = tf32 on CUDA, float32 on the CPU); ``LACUNES_BACKEND`` (or
 ``--backend``) where the network runs (``auto`` = OpenVINO on the CPU, PyTorch on a GPU); ``LACUNES_THRESHOLD`` and
 ``LACUNES_MIN_VOLUME`` (or ``--threshold``, ``--min-volume``) override the model's operating point;
+T2 and FLAIR on another grid than the T1 are registered onto it and the brain is extracted where the T1
+carries the skull (:mod:`lacunes.preparation`; inputs stripped and on one grid, as VALDO's, pass through
+unchanged); ``LACUNES_PREPROCESS=0`` (or ``--no-preprocess``) takes the inputs as given, and then
 ``LACUNES_RESAMPLE=1`` (or ``--resample``) resamples T2 and FLAIR onto the T1's grid when they lie on
 another grid over the same physical space.
 """
@@ -46,7 +49,8 @@ def default_model() -> Path:
     return bundled_checkpoint()
 
 
-def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resample: bool = False, checked=None):
+def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resample: bool = False, checked=None,
+                         prepare: bool = True):
     """An evalutils ``SegmentationAlgorithm`` whose cases are the T1 files of ``input_path``
     (``checked``: the one subject already read by ``validate_subjects``, or None)."""
     from evalutils import SegmentationAlgorithm
@@ -87,7 +91,7 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resampl
             files = valdo_subject(Path(case["path"]))
             images = Path(self._output_path)
             run_subject(predictor, files, images / files.prediction_name, images / files.uncertainty_name,
-                        resample=resample, subject=checked)
+                        resample=resample, subject=checked, prepare=prepare)
             return {
                 "outputs": [{"type": "metaio_image", "filename": [files.prediction_name, files.uncertainty_name]}],
                 "inputs": [{"type": "metaio_image", "filename": [files.paths[m].name for m in options.MODALITIES]}],
@@ -105,7 +109,8 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resampl
     return LacuneSegmentation()
 
 
-def run_grand_challenge(predictor, files, output_path: Path, resample: bool = False, checked=None) -> None:
+def run_grand_challenge(predictor, files, output_path: Path, resample: bool = False, checked=None,
+                        prepare: bool = True) -> None:
     """The one case of a grand-challenge job (``files``: its discovered and checked subject; ``checked``:
     its images as read by ``validate_subjects``)."""
     from lacunes.layouts import GC_OUTPUT_SLUGS
@@ -113,7 +118,8 @@ def run_grand_challenge(predictor, files, output_path: Path, resample: bool = Fa
 
     images = output_path / "images"
     run_subject(predictor, files, images / GC_OUTPUT_SLUGS["prediction"] / "output.mha",
-                images / GC_OUTPUT_SLUGS["uncertainty"] / "output.mha", resample=resample, subject=checked)
+                images / GC_OUTPUT_SLUGS["uncertainty"] / "output.mha", resample=resample, subject=checked,
+                prepare=prepare)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,16 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
                              "operating point); the written map's 0.5 cut means this threshold")
     parser.add_argument("--min-volume", type=float, default=_env_float("LACUNES_MIN_VOLUME"), metavar="MM3",
                         help="remove predicted lesions under this volume (default: $LACUNES_MIN_VOLUME or the model's)")
+    parser.add_argument("--no-preprocess", action="store_true", default=not _env_flag("LACUNES_PREPROCESS", True),
+                        help="take the inputs as given: no registration of T2 and FLAIR onto the T1, no brain "
+                             "extraction (default: preprocess where needed; $LACUNES_PREPROCESS=0 turns it off)")
     parser.add_argument("--resample", action="store_true", default=_env_flag("LACUNES_RESAMPLE"),
-                        help="resample T2 and FLAIR onto the T1's grid when they lie on another grid over the same "
-                             "physical space (default: $LACUNES_RESAMPLE)")
+                        help="with --no-preprocess: resample T2 and FLAIR onto the T1's grid when they lie on another "
+                             "grid over the same physical space (default: $LACUNES_RESAMPLE)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
 
-def _env_flag(name: str) -> bool:
+def _env_flag(name: str, default: bool = False) -> bool:
     value = os.environ.get(name, "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
+    if value == "":
+        return default
+    if value in ("0", "false", "no", "off"):
         return False
     if value in ("1", "true", "yes", "on"):
         return True
@@ -207,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         grand_challenge = is_grand_challenge_layout(input_path)
         # Every subject's files are read in full and checked before the first prediction is written.
         subjects = [entry.files() for entry in find_subjects(input_path, CONTAINER_LAYOUTS, otherwise=None)]
-        checked = validate_subjects(subjects, args.resample, progress=not args.no_progress and len(subjects) > 1)
+        checked = validate_subjects(subjects, args.resample, progress=not args.no_progress and len(subjects) > 1,
+                                    prepare=not args.no_preprocess)
         for folder in (output_path, output_path / "images"):  # writable before any inference; leftovers removed
             prepare_output_folder(folder)
         model = Path(args.model) if args.model else default_model()
@@ -221,9 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("model: %s", predictor.release.data_statement)
         logger.info("calibration: %s", predictor.release.calibration_statement)
         if grand_challenge:
-            run_grand_challenge(predictor, subjects[0], output_path, args.resample, checked)
+            run_grand_challenge(predictor, subjects[0], output_path, args.resample, checked, not args.no_preprocess)
         else:
-            make_valdo_algorithm(predictor, input_path, output_path, args.resample, checked).process()
+            make_valdo_algorithm(predictor, input_path, output_path, args.resample, checked,
+                                 not args.no_preprocess).process()
     except (LacunesInputError, FileNotFoundError, ValueError, WriteError) as exc:
         logger.error("%s", exc)
         _remove_empty(created)

@@ -134,7 +134,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     reports = run_cohort(predictor, items, out, overwrite=args.overwrite,
                          extras_dir=Path(args.extras_dir) if args.extras_dir else None, write_mask=args.mask,
                          write_table=args.table, resample=args.resample, qc=args.qc, progress=not args.no_progress,
-                         shard=(shard_i, shard_n), modalities=args.modalities)
+                         shard=(shard_i, shard_n), modalities=args.modalities, prepare=not args.no_preprocess)
     from lacunes.report import COHORT_TABLE
 
     print(f"cohort table: {out / COHORT_TABLE} (every subject of the folder, this run's and earlier ones')")
@@ -317,9 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=options.option_values(options.Backend),
                    help="where the network runs (default auto: OpenVINO on the CPU when installed, about 3x faster "
                         "at the same float32 output; PyTorch otherwise and on a GPU)")
+    p.add_argument("--no-preprocess", action="store_true",
+                   help="take the inputs as given: by default T2 and FLAIR on another grid than the T1 are registered "
+                        "onto it (rigid, about 20 s each) and the brain is extracted where the T1 carries the skull "
+                        "(deepbet, about 10 s); with this flag the inputs must be skull-stripped and on the T1's grid "
+                        "(or --resample)")
     p.add_argument("--resample", action="store_true",
-                   help="resample T2 and FLAIR onto the T1's grid (linear) when they are on another grid but cover "
-                        "the same physical space (registered, not resampled); outputs are on the T1's grid")
+                   help="with --no-preprocess: resample T2 and FLAIR onto the T1's grid (linear) when they are on "
+                        "another grid but cover the same physical space (registered, not resampled); outputs are on "
+                        "the T1's grid")
     p.add_argument("--no-conform", action="store_true",
                    help="give the network the arrays as stored (default: each subject is reoriented to the model's "
                         "array order and resampled to its voxel size, and the maps brought back onto its grid)")

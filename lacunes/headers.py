@@ -19,6 +19,10 @@ TRANSFORM_TOLERANCE_MM = 0.5
 #: Share of the outer faces' voxels that must be exactly 0 for a volume to look skull-stripped
 #: (:func:`lacunes.io.check_background` warns under it).
 SKULL_STRIPPED_ZERO_SHARE = 0.5
+#: More non-zero voxels than this (ml) is a head, not a brain, even with a background of 0 (air set to 0 by
+#: the scanner or a converter): an adult brain mask holds 1.0-2.0 l, a head with its scalp 3-5 l
+#: (Colin27: 1.74 l stripped, 4.15 l with its skull).
+STRIPPED_MAX_ML = 2500.0
 _LPS_TO_RAS = np.diag([*RAS_FROM_LPS, 1.0])
 
 
@@ -118,6 +122,15 @@ def transforms_statement(path: Path, geometry: Geometry) -> tuple[str, bool]:
     return f"qform and sform disagree by up to {apart:.1f} mm: read with the {used}", True
 
 
+def looks_skull_stripped(array: np.ndarray, voxel_volume_mm3: float) -> bool:
+    """Whether a volume looks skull-stripped: at least :data:`SKULL_STRIPPED_ZERO_SHARE` of its faces'
+    voxels exactly 0, and no more than :data:`STRIPPED_MAX_ML` of non-zero voxels."""
+    if min(array.shape) < 3:
+        return True
+    return bool(zero_border_share(array) >= SKULL_STRIPPED_ZERO_SHARE
+                and np.count_nonzero(array) * voxel_volume_mm3 / 1000.0 <= STRIPPED_MAX_ML)
+
+
 def zero_border_share(array: np.ndarray) -> float:
     """The share of the six outer faces' voxels that are exactly 0."""
     faces = [array[0], array[-1], array[:, 0], array[:, -1], array[:, :, 0], array[:, :, -1]]
@@ -135,5 +148,5 @@ def describe_input(path: Path, geometry: Geometry, array: np.ndarray, reference:
     zeros = zero_border_share(array) if min(array.shape) >= 3 else 1.0
     return {"orientation": orientation_code(geometry), "voxel_mm": [round(float(v), 4) for v in geometry.spacing],
             "shape": [int(v) for v in geometry.shape], "transforms": transforms,
-            "zero_border_share": round(zeros, 3), "skull_stripped": bool(zeros >= SKULL_STRIPPED_ZERO_SHARE),
+            "zero_border_share": round(zeros, 3), "skull_stripped": looks_skull_stripped(array, geometry.voxel_volume),
             "on_reference_grid": True if reference is None else bool(same_grid(reference, geometry))}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ import numpy as np
 from lacunes import options
 from lacunes.errors import GeometryMismatchError, LacunesInputError, MissingModalityError, UnreadableImageError
 from lacunes.geometry import RESAMPLE_HINT, Geometry, check_same_grid, check_same_space, resample_to, same_grid
-from lacunes.headers import describe_input, transforms_statement, zero_border_share
+from lacunes.headers import STRIPPED_MAX_ML, describe_input, transforms_statement, zero_border_share
 
 if TYPE_CHECKING:  # imported where images are read or written: the predictor on arrays needs no SimpleITK
     pass
@@ -29,6 +30,9 @@ if TYPE_CHECKING:  # imported where images are read or written: the predictor on
 logger = logging.getLogger(__name__)
 
 MODALITIES = options.MODALITIES  # the network's channels, in order
+#: Brings one contrast onto the reference's grid: (modality, array, geometry, reference array, reference
+#: geometry) → array on the reference's grid (:func:`read_subject`'s ``align``).
+Aligner = Callable[[str, np.ndarray, Geometry, np.ndarray, Geometry], np.ndarray]
 
 
 @dataclass
@@ -47,6 +51,8 @@ class Subject:
             non-finite voxels, a NIfTI file whose qform and sform disagree), one short phrase each; kept
             with its result (QC flags).
         headers: per contrast, what its header and voxels say as read (:func:`lacunes.headers.describe_input`).
+        preparation: what was done to it before the network (:mod:`lacunes.preparation`: registration,
+            brain extraction), with its numbers; empty when read as given.
     """
 
     subject_id: str
@@ -57,6 +63,7 @@ class Subject:
     modalities: tuple[str, ...] = MODALITIES
     warnings: list[str] = field(default_factory=list)
     headers: dict[str, dict] = field(default_factory=dict)
+    preparation: dict[str, dict] = field(default_factory=dict)
 
     @property
     def input_set(self) -> str:
@@ -377,13 +384,20 @@ def read_volume(path: str | os.PathLike) -> tuple[np.ndarray, Geometry]:
 MIN_ZERO_BORDER = 0.5
 
 
-def check_background(array: np.ndarray, path: Path) -> bool:
+def check_background(array: np.ndarray, path: Path, voxel_volume_mm3: float | None = None) -> bool:
     """Warn (naming the file and what the model expects) when a volume's background is not 0 — not
     skull-stripped, or offset (a background of -100 or noise changes the brain mask and the
-    normalization) — judged on its six faces: under :data:`MIN_ZERO_BORDER` of their voxels exactly 0.
-    Returns whether the background is zero."""
+    normalization) — judged on its six faces: under :data:`MIN_ZERO_BORDER` of their voxels exactly 0;
+    or, given the voxel volume, when it holds more non-zero voxels than a brain (a head whose air is 0,
+    :data:`lacunes.headers.STRIPPED_MAX_ML`). Returns whether it looks skull-stripped."""
     if min(array.shape) < 3:
         return True
+    nonzero_ml = np.count_nonzero(array) * voxel_volume_mm3 / 1000.0 if voxel_volume_mm3 else 0.0
+    if nonzero_ml > STRIPPED_MAX_ML:
+        logger.warning("%s holds %.0f ml of non-zero voxels, more than a brain (at most %g ml): a head with its "
+                       "skull? The model expects skull-stripped inputs with exactly 0 outside the brain (lacunes "
+                       "predict extracts the brain unless --no-preprocess)", path, nonzero_ml, STRIPPED_MAX_ML)
+        return False
     zero = zero_border_share(array)
     if zero < MIN_ZERO_BORDER:
         faces = [array[0], array[-1], array[:, 0], array[:, -1], array[:, :, 0], array[:, :, -1]]
@@ -427,7 +441,8 @@ def _transforms_hint(warnings: list[str]) -> str:
 
 
 def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample: bool = False,
-                 modalities: tuple[str, ...] | str = MODALITIES) -> Subject:
+                 modalities: tuple[str, ...] | str = MODALITIES, align: Aligner | None = None,
+                 warn_background: bool = True) -> Subject:
     """Read a subject's contrasts and stack them on the grid of the first (the T1, or the T2 of a
     ``T2+FLAIR`` subject): the reference its outputs are written on.
 
@@ -439,6 +454,11 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
             (:func:`check_same_space`); outputs are always on the reference's grid.
         modalities: the set of contrasts to read (names, or a set's name such as ``"T1+FLAIR"``,
             :data:`lacunes.options.INPUT_SETS`); the channel of a contrast outside it holds zeros.
+        align: brings a contrast on another grid onto the reference's (``align(modality, array, geometry,
+            reference_array, reference_geometry)`` → an array on the reference's grid), in place of the
+            linear resampling through the headers that ``resample`` does (:mod:`lacunes.preparation`
+            registers); the field-of-view check is then the aligner's.
+        warn_background: warn of a background that is not 0 (off where the brain is extracted next).
 
     Raises:
         MissingModalityError: a modality of the set has no path or its file does not exist.
@@ -476,7 +496,9 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
         nonfinite[m] = int(arr.size - np.count_nonzero(np.isfinite(arr)))
         if arr.size and nonfinite[m] == arr.size:  # repairing it would leave nothing of the contrast
             raise UnreadableImageError(f"{p} holds no finite value (all {arr.size} voxels NaN or infinite)")
-        if resample and m != wanted[0] and not same_grid(geoms[reference], geom):
+        if align is not None and m != wanted[0] and not same_grid(geoms[reference], geom):
+            arr, geom = align(m, arr, geom, arrays[wanted[0]], geoms[reference]), geoms[reference]
+        elif resample and m != wanted[0] and not same_grid(geoms[reference], geom):
             try:
                 check_same_space(geoms[reference], geom, reference.name, p.name)
             except GeometryMismatchError as exc:
@@ -497,7 +519,7 @@ def read_subject(subject_id: str, paths: dict[str, str | os.PathLike], resample:
                                         f"({Path(paths[a]).name}, {Path(paths[b]).name}): a copy given twice?")
     for m, arr in arrays.items():
         check_not_a_label(arr, Path(paths[m]), m)
-        if not check_background(arr, Path(paths[m])):
+        if warn_background and not check_background(arr, Path(paths[m]), geoms[reference].voxel_volume):
             warnings.append(f"{m} background not 0 (skull-stripped?)")
     for m, n in nonfinite.items():
         if n:

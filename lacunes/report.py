@@ -84,6 +84,7 @@ class SubjectRecord:
     lesion_rows: list[dict] = field(default_factory=list)  # the lesion table (lacunes.instances), as drawn
     flags: list[str] = field(default_factory=list)  # what to review (lacunes.runner.qc_flags)
     input_headers: dict[str, dict] = field(default_factory=dict)  # per contrast, as read (lacunes.headers)
+    preparation: dict[str, dict] = field(default_factory=dict)  # registration, brain extraction (lacunes.preparation)
 
     @classmethod
     def from_dict(cls, d: dict) -> SubjectRecord:

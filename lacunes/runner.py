@@ -43,7 +43,11 @@ class SubjectReport:
     input_set: str = FULL_SET  # the contrasts it was segmented from
     flags: list[str] = field(default_factory=list)  # what to review (lacunes.runner.qc_flags)
     headers: dict[str, dict] = field(default_factory=dict)  # per contrast, as read (lacunes.headers)
+    preparation: dict[str, dict] = field(default_factory=dict)  # registration, brain extraction (lacunes.preparation)
 
+
+#: The run settings' statement of a prepared run (``preparation`` in run.json's settings).
+PREPARATION = "T2 and FLAIR registered onto the T1 where on another grid, the brain extracted where not stripped"
 
 #: A lesion whose mean uncertainty reaches this is marked for review: in a trial cohort of phantoms the two
 #: false positives had a mean uncertainty of 0.44 and 0.64, the true lacunes 0.15-0.23.
@@ -77,13 +81,32 @@ def input_set_of(files: SubjectFiles, modalities: str | None = None) -> str:
     return input_set_name(m for m, p in files.paths.items() if p is not None)
 
 
-def read_files(files: SubjectFiles, resample: bool = False, modalities: str | None = None) -> Subject:
-    """A subject's files read with its set of contrasts (:func:`input_set_of`)."""
+def read_files(files: SubjectFiles, resample: bool = False, modalities: str | None = None,
+               prepare: bool = False) -> Subject:
+    """A subject's files read with its set of contrasts (:func:`input_set_of`); with ``prepare``, registered
+    and brain-extracted where needed (:func:`lacunes.preparation.prepare_subject`)."""
+    if prepare:
+        from lacunes.preparation import prepare_subject
+
+        return prepare_subject(files.subject_id, files.paths, input_set_of(files, modalities))
     return read_subject(files.subject_id, files.paths, resample, input_set_of(files, modalities))
 
 
+def check_files(files: SubjectFiles, resample: bool = False, modalities: str | None = None,
+                prepare: bool = False) -> Subject:
+    """A subject's files read and checked as :func:`read_files` reads them, without the preparation's
+    registration and brain extraction (a contrast on another grid is resampled through its header and
+    its background left as read): what a cohort's check before the run costs."""
+    if prepare:
+        from lacunes.geometry import resample_to
+
+        return read_subject(files.subject_id, files.paths, True, input_set_of(files, modalities),
+                            align=lambda m, a, g, r, rg: resample_to(a, g, rg), warn_background=False)
+    return read_files(files, resample, modalities)
+
+
 def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, progress: bool = False,
-                      modalities: str | None = None):
+                      modalities: str | None = None, prepare: bool = False):
     """Read every subject's files in full and check them before anything is written: readable and
     complete (:func:`lacunes.io.read_volume`), on one grid (or resampled onto the T1's) and not empty
     (non-finite voxels are counted by :func:`lacunes.io.read_subject` and repaired at inference). The
@@ -91,7 +114,8 @@ def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, prog
     known, and the reason.
 
     Returns the subject read when there is exactly one (a single-subject run passes it on to
-    :func:`run_subject` instead of reading it again), else None (a cohort is not held in memory)."""
+    :func:`run_subject` instead of reading it again; with ``prepare``, prepared), else None (a cohort is
+    not held in memory, and its subjects are prepared as they run: :func:`check_files`)."""
     from tqdm import tqdm
 
     from lacunes.checkpoint import sha256_of
@@ -99,7 +123,7 @@ def validate_subjects(subjects: list[SubjectFiles], resample: bool = False, prog
 
     for files in tqdm(subjects, desc="checking inputs", unit="subject", disable=not progress):
         try:
-            subject = read_files(files, resample, modalities)
+            subject = (read_files if len(subjects) == 1 else check_files)(files, resample, modalities, prepare)
         except LacunesInputError as exc:
             raise type(exc)(f"{files.subject_id}: {exc}") from None
         if subject.image.size == 0:
@@ -171,6 +195,7 @@ def run_subject(
     resample: bool = False,
     subject: Subject | None = None,
     modalities: str | None = None,
+    prepare: bool = False,
 ) -> SubjectReport:
     """Read a subject (unless ``subject``, already read from ``files``, is given), predict, and write the
     probability and uncertainty maps on its T1 grid (the T2's for a ``T2+FLAIR`` subject).
@@ -180,12 +205,13 @@ def run_subject(
 
     Extras (binary mask at 0.5, lesion table CSV) go to ``extras_dir``, never next to the contract's
     outputs. Nothing is written when reading or predicting fails. ``resample``: T2/FLAIR on another grid
-    are resampled onto the T1's (:func:`lacunes.io.read_subject`).
+    are resampled onto the T1's (:func:`lacunes.io.read_subject`). ``prepare``: registered onto it instead,
+    and the brain extracted where the inputs carry the skull (:mod:`lacunes.preparation`).
     """
     t0 = time.time()
     predictor.release.check_input_set(input_set_of(files, modalities), chosen=bool(modalities), subject_id=files.subject_id)
     if subject is None or subject.subject_id != files.subject_id:
-        subject = read_files(files, resample, modalities)
+        subject = read_files(files, resample, modalities, prepare)
     t1 = time.time()
     prediction = predictor.predict(subject)
     probability, uncertainty = prediction
@@ -204,7 +230,7 @@ def run_subject(
                            volume_mm3=float(sum(r["volume_mm3"] for r in rows)),
                            phases={"read": t1 - t0, "inference": t2 - t1, "write": t3 - t2},
                            rejected_candidates=prediction.stats.get("rejected_candidates", []),
-                           flags=qc_flags(subject, rows), headers=subject.headers)
+                           flags=qc_flags(subject, rows), headers=subject.headers, preparation=subject.preparation)
     st = prediction.stats
     notes = []
     if st.get("candidates"):
@@ -254,7 +280,7 @@ def settings_conflicts(records: dict, names: list[str], requested: dict) -> list
 
 def _cohort_subject(predictor: Predictor, files, output: Path, record, requested: dict, overwrite: bool,
                     extras: Path, write_mask: bool, write_table: bool, resample: bool, modalities: str | None = None,
-                    raw_link: dict | None = None):
+                    raw_link: dict | None = None, prepare: bool = False):
     """One subject of :func:`run_cohort`: skipped while its record matches its maps and the settings (extras
     asked for only now made from the saved maps), else predicted with its sidecars. Returns its report
     and its new record. ``raw_link``: the raw BIDS dataset the folder's description links to so far
@@ -282,11 +308,12 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
         return SubjectReport(files.subject_id, expected, lesions=record.lesions, status="skipped", flags=record.flags,
                              extras_from_maps=bool(missing), volume_mm3=record.volume_mm3,
                              input_set=input_set_name(tuple(record.inputs)) if record.inputs else FULL_SET), record
-    r = run_subject(predictor, files, pred, unc, extras, write_mask, write_table, resample, modalities=modalities)
+    r = run_subject(predictor, files, pred, unc, extras, write_mask, write_table, resample, modalities=modalities,
+                    prepare=prepare)
     used = {m: p for m, p in files.paths.items() if m in INPUT_SETS[r.input_set]}
     reference, raw = spatial_reference(used[next(m for m in MODALITIES if m in used)], files.bids)
     provenance = {**subject_provenance(predictor, used, r.seconds), "SpatialReference": reference,
-                  "InputHeaders": r.headers, "QCFlags": r.flags}
+                  "InputHeaders": r.headers, "Preparation": r.preparation, "QCFlags": r.flags}
     if raw is not None and raw_link is not None and raw_link.get("root") != raw:
         write_dataset_description(output, predictor, raw)  # DatasetLinks: where SpatialReference points
         raw_link["root"] = raw
@@ -296,7 +323,7 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
     record = SubjectRecord(r.subject_id, "done", inputs, _record_key(pred, output), r.lesions, r.volume_mm3,
                            r.seconds, outputs=fingerprints(r.outputs, output), settings=requested,
                            uncertainty=_record_key(unc, output), rejected_candidates=r.rejected_candidates,
-                           flags=r.flags, input_headers=r.headers)
+                           flags=r.flags, input_headers=r.headers, preparation=r.preparation)
     return r, record
 
 
@@ -357,7 +384,8 @@ def settings_lock(folder: Path, settings: dict) -> Iterator[None]:
 def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bool = False,
                extras_dir: Path | None = None, write_mask: bool = False, write_table: bool = False,
                resample: bool = False, qc: bool = False, progress: bool = True,
-               shard: tuple[int, int] = (1, 1), modalities: str | None = None) -> list[SubjectReport]:
+               shard: tuple[int, int] = (1, 1), modalities: str | None = None,
+               prepare: bool = False) -> list[SubjectReport]:
     """Predict every subject of ``items`` (:class:`lacunes.layouts.CohortEntry`: each turned into its files
     as it runs, :func:`lacunes.layouts.cohort_items`) into ``output``; with ``shard=(i, n)``, only every
     n-th subject from the i-th (1-based), so that n jobs share a cohort.
@@ -372,7 +400,8 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     one; with ``qc``, each subject's picture and ``output/report.html`` (:mod:`lacunes.report`).
     Extras (``write_mask``, ``write_table``) go to ``extras_dir`` (default ``output/extras``).
     ``modalities``: the set of contrasts every subject is read with (by default each subject's own,
-    :func:`input_set_of`).
+    :func:`input_set_of`). ``prepare``: each subject registered and brain-extracted where needed
+    (:mod:`lacunes.preparation`), recorded in the settings (a folder made otherwise is refused).
     """
 
     from lacunes.provenance import run_settings
@@ -386,11 +415,12 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     extras = Path(extras_dir) if extras_dir else output / "extras"
     created = not output.exists()
     prepare_output_folder(output)
-    requested = {**run_settings(predictor), "modalities": modalities or "as found"}
+    requested = {**run_settings(predictor), "modalities": modalities or "as found",
+                 "preparation": PREPARATION if prepare else "none"}
     try:
         with settings_lock(output, requested):
             return _run_locked(predictor, items, output, requested, overwrite, extras, write_mask, write_table,
-                               resample, modalities, qc, progress)
+                               resample, modalities, qc, progress, prepare)
     except BaseException:
         if created and output.is_dir() and not any(output.iterdir()):  # nothing written: leave no empty folder
             output.rmdir()
@@ -398,7 +428,7 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
 
 
 def _run_locked(predictor, items, output, requested, overwrite, extras, write_mask, write_table, resample,
-                modalities, qc, progress) -> list[SubjectReport]:
+                modalities, qc, progress, prepare=False) -> list[SubjectReport]:
     """The cohort loop of :func:`run_cohort`, with the output folder held for its settings."""
     from tqdm import tqdm
 
@@ -418,7 +448,7 @@ def _run_locked(predictor, items, output, requested, overwrite, extras, write_ma
         try:
             report, record = _cohort_subject(predictor, entry.files(), output, records.get(entry.subject_id), requested,
                                              overwrite, extras, write_mask, write_table, resample, modalities,
-                                             raw_link)
+                                             raw_link, prepare)
             reports.append(report)
             drawn = bool(record.picture) and (output / record.picture).is_file()
             if qc and (report.status == "done" or not drawn):

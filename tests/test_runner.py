@@ -134,7 +134,7 @@ def test_a_cohort_table_with_qc_flags_is_written_by_every_run_and_rerun(tmp_path
     (tmp_path / "in" / "sub-02" / "anat" / "sub-02_T2w.nii.gz").write_bytes(b"broken")
     out = tmp_path / "out"
     argv = ["predict", "-i", str(tmp_path / "in"), "-o", str(out), "--model", str(tiny_checkpoint), "--preset", "fast",
-            "--no-progress"]
+            "--no-progress", "--no-preprocess"]  # as given: the FLAIR's background stays (prepared, it is masked)
     assert main(argv) == 1
 
     def table():
@@ -161,3 +161,26 @@ def test_a_cohort_table_with_qc_flags_is_written_by_every_run_and_rerun(tmp_path
     skipped = next(line for line in text.splitlines() if line.startswith("sub-01_ses-1"))
     assert skipped.split()[1] == "skipped" and skipped.split()[2] == first[("sub-01", "ses-1")]["lesions"]
     assert "sub-01_ses-2 to review: FLAIR background not 0" in text
+
+
+def test_a_prepared_run_masks_a_contrast_with_a_background_by_the_t1s_brain_and_says_so(tmp_path, tiny_checkpoint):
+    import nibabel as nib
+
+    from lacunes.cli import main
+    from lacunes.report import load_records
+
+    write_bids_subject(tmp_path / "in", "sub-01")
+    flair = tmp_path / "in" / "sub-01" / "anat" / "sub-01_FLAIR.nii.gz"
+    image = nib.load(flair)
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj).astype(np.float32) + 50.0, image.affine, image.header), flair)
+    out = tmp_path / "out"
+    argv = ["predict", "-i", str(tmp_path / "in"), "-o", str(out), "--model", str(tiny_checkpoint), "--preset", "fast",
+            "--no-progress"]
+    assert main(argv) == 0
+    sidecar = json.loads((out / "sub-01" / "anat" / "sub-01_space-T1w_label-lacune_probseg.json").read_text())
+    assert sidecar["Preparation"]["brain_extraction"]["masked"] == ["FLAIR"]
+    assert not any("background" in f for f in sidecar["QCFlags"])
+    record = load_records(out)["sub-01"]
+    assert record.preparation == sidecar["Preparation"] and record.settings["preparation"] != "none"
+    # the same folder as given: other settings, refused
+    assert main([*argv, "--no-preprocess"]) != 0

@@ -1,0 +1,210 @@
+"""Scans as they leave the scanner made ready for the network: T2 and FLAIR registered onto the T1, and
+the brain extracted where the inputs still carry the skull.
+
+The network expects one grid and a background of exactly 0 (``io.check_background``). A subject read
+with preparation (the default of ``lacunes predict`` and the container; ``--no-preprocess`` turns it off):
+
+1. **Registration.** A contrast on another grid than the reference (the T1, or the T2 of a ``T2+FLAIR``
+   subject) is registered onto it — rigid (SimpleITK's ``Euler3DTransform``), Mattes mutual information,
+   three resolutions (shrink 4, 2, 1; smoothing 2, 1, 0 mm), starting from the scanner frame the headers
+   give — then resampled linearly onto the reference's grid. A contrast already on the reference's grid
+   is taken as registered (the usual output of a scanner's or a pipeline's co-registration). Where the
+   optimizer ends worse than the headers' alignment, the headers' alignment is kept (and said); a
+   transform beyond :data:`MAX_ROTATION_DEG` or :data:`MAX_TRANSLATION_MM` fails the subject
+   (:class:`RegistrationError`, naming the contrast and the numbers).
+2. **Brain extraction.** Where the reference does not look skull-stripped (under half of its faces'
+   voxels 0, or more non-zero voxels than a brain holds: :func:`lacunes.headers.looks_skull_stripped`),
+   deepbet (MIT; its TorchScript weights ship inside its registry package, nothing is downloaded) masks
+   the brain on it; the mask is checked (a volume of :data:`BRAIN_ML` ml, else a QC flag) and every
+   contrast is set to 0 outside it. Where the reference is stripped and another contrast is not, the
+   reference's brain (its non-zero voxels) masks the others.
+
+What was done, with its numbers (metric before and after, rotation, translation, brain volume, seconds),
+is returned in :attr:`lacunes.io.Subject.preparation` for the sidecar, ``run.json`` and the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from functools import lru_cache
+
+import numpy as np
+
+from lacunes.errors import LacunesInputError
+from lacunes.geometry import Geometry, to_sitk
+from lacunes.headers import looks_skull_stripped
+from lacunes.io import MODALITIES, Subject, read_subject
+
+logger = logging.getLogger(__name__)
+
+#: A rigid transform between two scans of one session beyond these is a failed registration.
+MAX_ROTATION_DEG = 30.0
+MAX_TRANSLATION_MM = 60.0
+#: Brain volumes (ml) a brain mask of an adult head falls in; outside it the mask is a QC flag.
+BRAIN_ML = (800.0, 2200.0)
+#: The deepbet release whose weights ship in its package (pinned in requirements.txt).
+DEEPBET = "deepbet 1.0.2"
+
+
+class RegistrationError(LacunesInputError):
+    """A contrast could not be registered onto the reference (the message names it and why)."""
+
+
+class BrainExtractionError(LacunesInputError):
+    """No brain mask could be made (the message says why)."""
+
+
+def register_rigid(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarray,
+                   moving_geometry: Geometry, name: str = "moving") -> tuple[np.ndarray, dict]:
+    """``moving`` registered rigidly onto ``fixed`` (the module docstring) and resampled linearly onto
+    ``fixed_geometry``'s grid, with a record of the registration: Mattes mutual information at the
+    headers' alignment and after (lower is better), rotation (degrees, about each scanner axis) and
+    translation (mm, scanner LPS) of the transform from the fixed image to the moving one, whether the
+    headers' alignment was kept, and seconds. Raises :class:`RegistrationError`."""
+    import SimpleITK as sitk
+
+    start = time.perf_counter()
+    f = sitk.Cast(to_sitk(np.asarray(fixed, np.float32), fixed_geometry), sitk.sitkFloat32)
+    m = sitk.Cast(to_sitk(np.asarray(moving, np.float32), moving_geometry), sitk.sitkFloat32)
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter(f.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in f.GetSize()]))
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    method.SetMetricSamplingStrategy(method.RANDOM)
+    method.SetMetricSamplingPercentage(0.05, seed=1)
+    method.SetInterpolator(sitk.sitkLinear)
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=200,
+                                                   relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
+    method.SetOptimizerScalesFromPhysicalShift()
+    method.SetShrinkFactorsPerLevel([4, 2, 1])
+    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    identity = sitk.Euler3DTransform(transform)
+    try:
+        method.SetInitialTransform(identity, inPlace=False)
+        before = method.MetricEvaluate(f, m)
+        result = method.Execute(f, m)
+        final = sitk.Euler3DTransform(sitk.CompositeTransform(result).GetNthTransform(0))
+        # Both ends compared the same way (the optimizer's last value is on its last level's sample).
+        method.SetInitialTransform(final, inPlace=False)
+        after = method.MetricEvaluate(f, m)
+    except RuntimeError as exc:
+        raise RegistrationError(f"{name}: registration onto the reference failed ({str(exc).strip().splitlines()[-1]})"
+                                ) from None
+    kept = not after < before
+    if kept:
+        final = identity
+    angles = np.degrees(final.GetAngleX()), np.degrees(final.GetAngleY()), np.degrees(final.GetAngleZ())
+    translation = np.asarray(final.GetTranslation(), float)
+    record = {"method": "rigid, Mattes mutual information, 3 levels (SimpleITK)",
+              "metric_before": round(float(before), 4), "metric_after": round(float(min(after, before)), 4),
+              "rotation_deg": [round(float(a), 2) for a in angles],
+              "translation_mm": [round(float(t), 2) for t in translation],
+              "headers_kept": bool(kept), "stop": method.GetOptimizerStopConditionDescription(),
+              "seconds": 0.0}
+    if max(abs(a) for a in angles) > MAX_ROTATION_DEG or float(np.linalg.norm(translation)) > MAX_TRANSLATION_MM:
+        raise RegistrationError(
+            f"{name}: registration onto the reference ended {max(abs(a) for a in angles):.0f}° and "
+            f"{np.linalg.norm(translation):.0f} mm away from the headers' alignment (at most {MAX_ROTATION_DEG:g}° "
+            f"and {MAX_TRANSLATION_MM:g} mm between scans of one session): the contrasts may not be of one "
+            "subject and session, or one is mostly empty; register them yourself and give them on the T1's grid")
+    resampled = sitk.Resample(m, f, final, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    out = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
+    record["seconds"] = round(time.perf_counter() - start, 1)
+    return np.ascontiguousarray(out), record
+
+
+@lru_cache(maxsize=1)
+def _deepbet():
+    try:
+        from deepbet import BrainExtraction
+    except ImportError as exc:  # pragma: no cover - a pinned run-time dependency
+        raise BrainExtractionError(f"brain extraction needs deepbet (pip install deepbet==1.0.2): {exc}") from None
+    return BrainExtraction(no_gpu=True)
+
+
+def nifti_affine(geometry: Geometry) -> np.ndarray:
+    """The RAS voxel-to-scanner affine of ``geometry`` (SimpleITK's LPS frame flipped), as NIfTI stores it."""
+    d = np.asarray(geometry.direction, float).reshape(3, 3) * np.asarray(geometry.spacing, float)
+    affine = np.eye(4)
+    affine[:3, :3] = d
+    affine[:3, 3] = geometry.origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
+def extract_brain(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, dict]:
+    """A brain mask of one head (deepbet on the CPU) and its record: the volume in ml, whether it lies
+    in :data:`BRAIN_ML`, seconds. Raises :class:`BrainExtractionError` where deepbet finds no brain."""
+    import nibabel as nib
+
+    start = time.perf_counter()
+    image = nib.Nifti1Image(np.asarray(array, np.float32), nifti_affine(geometry))
+    try:
+        _, mask_image, _ = _deepbet().run(image)
+    except (AssertionError, ValueError) as exc:  # deepbet asserts on an image without a head
+        raise BrainExtractionError(f"brain extraction found no brain ({exc})") from None
+    mask = np.asarray(mask_image.dataobj).astype(bool)
+    volume = float(mask.sum() * geometry.voxel_volume / 1000.0)
+    if not mask.any():
+        raise BrainExtractionError("brain extraction found no brain (an empty mask)")
+    record = {"method": DEEPBET, "brain_ml": round(volume, 1), "plausible": bool(BRAIN_ML[0] <= volume <= BRAIN_ML[1]),
+              "seconds": round(time.perf_counter() - start, 1)}
+    return mask, record
+
+
+def prepare_subject(subject_id: str, paths: dict[str, str | os.PathLike], modalities: tuple[str, ...] | str,
+                    register: bool = True, extract: bool = True) -> Subject:
+    """Read a subject (:func:`lacunes.io.read_subject`) and prepare it (the module docstring): its
+    ``preparation`` says what was done. ``register=False`` resamples other grids through the headers alone
+    (``--resample``); ``extract=False`` leaves the background as read."""
+    records: dict[str, dict] = {}
+
+    def align(modality: str, array: np.ndarray, geometry: Geometry, reference: np.ndarray,
+              reference_geometry: Geometry) -> np.ndarray:
+        out, records[f"registration_{modality}"] = register_rigid(
+            reference, reference_geometry, array, geometry, f"{subject_id}: {modality}")
+        r = records[f"registration_{modality}"]
+        logger.info("%s: %s registered onto the reference in %.0f s (rotation %s°, translation %s mm%s)", subject_id,
+                    modality, r["seconds"], "/".join(f"{a:g}" for a in r["rotation_deg"]),
+                    "/".join(f"{t:g}" for t in r["translation_mm"]), "; the headers' alignment kept" if r["headers_kept"] else "")
+        return out
+
+    subject = read_subject(subject_id, paths, resample=True, modalities=modalities, align=align if register else None,
+                           warn_background=not extract)
+    if extract:
+        _mask_brain(subject, records)
+    subject.preparation = records
+    return subject
+
+
+def _mask_brain(subject: Subject, records: dict[str, dict]) -> None:
+    """Set every contrast to 0 outside the brain: deepbet's mask where the reference is not stripped, the
+    reference's own brain where only others are not (the module docstring); records what was done."""
+    channels = {m: i for i, m in enumerate(MODALITIES)}
+    reference = subject.modalities[0]
+    ref = subject.image[channels[reference]]
+    stripped = {m: looks_skull_stripped(subject.image[channels[m]], subject.geometry.voxel_volume)
+                for m in subject.modalities}
+    if all(stripped.values()):
+        return
+    if not stripped[reference]:
+        mask, records["brain_extraction"] = extract_brain(ref, subject.geometry)
+        r = records["brain_extraction"]
+        logger.info("%s: brain extracted on the %s (%s, %.0f ml, %.0f s)", subject.subject_id, reference, DEEPBET,
+                    r["brain_ml"], r["seconds"])
+        if reference != "T1":
+            subject.warnings.append(f"brain extracted on the {reference} (deepbet is trained on T1 scans)")
+        if not r["plausible"]:
+            subject.warnings.append(f"brain mask of {r['brain_ml']:.0f} ml (outside {BRAIN_ML[0]:.0f}-{BRAIN_ML[1]:.0f})")
+    else:
+        mask = ref != 0
+        records["brain_extraction"] = {"method": f"the {reference}'s own brain (its non-zero voxels)",
+                                       "brain_ml": round(float(mask.sum() * subject.geometry.voxel_volume / 1000), 1),
+                                       "masked": [m for m in subject.modalities if not stripped[m]]}
+    subject.image[:, ~mask] = 0.0
+    subject.warnings[:] = [w for w in subject.warnings if "background not 0" not in w]
+    records["brain_extraction"]["masked"] = [m for m in subject.modalities if not stripped[m]]
+
+
