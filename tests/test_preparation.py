@@ -10,6 +10,7 @@ from lacunes import preparation
 from lacunes.geometry import Geometry, resample_to, to_sitk
 from lacunes.io import read_subject, read_volume
 from lacunes.preparation import RegistrationError, extract_brain, prepare_subject, register_rigid
+from lacunes.synthetic.acquisition import moved_scan, registration_error_mm
 from lacunes.synthetic.anatomy import colin27_path
 
 HEAD = colin27_path().with_name("ch2.nii.gz")  # the same head with its skull
@@ -22,35 +23,6 @@ def pseudo_flair(t1: np.ndarray) -> np.ndarray:
     top = np.percentile(t1[t1 > 0], 99)
     x = np.clip(t1 / top, 0, 1)
     return (np.sin(np.pi * x) * x * 1000).astype(np.float32)
-
-
-def moved(array: np.ndarray, geometry: Geometry, angles_deg, translation_mm, spacing=(3.0, 1.0, 1.0),
-          axes=((0, 1, 0), (0, 0, 1), (1, 0, 0))) -> tuple[np.ndarray, Geometry, sitk.Transform]:
-    """``array`` as a scan of the head moved by a rigid transform (about the grid's centre), on another grid:
-    rows of ``axes`` are the new grid's axes in the old frame (a sagittal-like stack by default), ``spacing``
-    its voxel size. Returns the array, its geometry and the transform from the reference's frame to it."""
-    image = to_sitk(array, geometry)
-    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
-    truth = sitk.Euler3DTransform(centre, *np.radians(angles_deg), tuple(translation_mm))
-    direction = np.asarray(geometry.direction, float).reshape(3, 3) @ np.asarray(axes, float).T
-    extent = np.asarray(geometry.spacing) * np.asarray(geometry.shape)
-    size = [int(np.ceil(abs(np.asarray(axes[i], float)) @ extent / spacing[i])) for i in range(3)]
-    grid = sitk.Image(size, sitk.sitkFloat32)
-    grid.SetSpacing(spacing)
-    grid.SetDirection(tuple(direction.ravel()))
-    middle = np.array(grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in size]))
-    grid.SetOrigin(tuple(np.array(centre) - middle))
-    out = sitk.Resample(image, grid, truth.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    return sitk.GetArrayFromImage(out).transpose(2, 1, 0), Geometry.from_image(out), truth
-
-
-def error_mm(record: dict, truth: sitk.Transform, geometry: Geometry, points: np.ndarray) -> np.ndarray:
-    """How far the registration's transform puts ``points`` (voxel indices of the reference) from where the
-    true transform puts them (mm)."""
-    centre = truth.GetCenter()
-    found = sitk.Euler3DTransform(centre, *np.radians(record["rotation_deg"]), tuple(record["translation_mm"]))
-    xyz = geometry.physical(points)
-    return np.array([np.linalg.norm(np.subtract(found.TransformPoint(p), truth.TransformPoint(p))) for p in xyz])
 
 
 def small_head():
@@ -70,11 +42,11 @@ def small_head():
 
 def test_registration_recovers_a_known_rigid_move_onto_another_grid_within_half_a_millimetre():
     t1, geometry = small_head()
-    flair, flair_geometry, truth = moved(pseudo_flair(t1), geometry, (10, -6, 8), (12.0, -8.0, 6.0),
+    flair, flair_geometry, truth = moved_scan(pseudo_flair(t1), geometry, (10, -6, 8), (12.0, -8.0, 6.0),
                                          spacing=(6.0, 2.0, 2.0))
     out, record = register_rigid(t1, geometry, flair, flair_geometry, "FLAIR")
     brain = np.argwhere(t1 > np.percentile(t1, 60))[::50]
-    err = error_mm(record, truth, geometry, brain)
+    err = registration_error_mm(record, truth, geometry.physical(brain))
     assert err.max() < 1.0 and np.median(err) < 0.5, err
     assert record["metric_after"] < record["metric_before"] and not record["headers_kept"]
     assert out.shape == t1.shape  # on the reference's grid
@@ -89,7 +61,7 @@ def test_registration_recovers_a_known_rigid_move_onto_another_grid_within_half_
 
 def test_a_registration_beyond_the_limits_of_one_session_fails_the_subject_naming_the_contrast(monkeypatch):
     t1, geometry = small_head()
-    flair, flair_geometry, _ = moved(pseudo_flair(t1), geometry, (0, 0, 12), (0.0, 0.0, 0.0), spacing=(6.0, 2.0, 2.0))
+    flair, flair_geometry, _ = moved_scan(pseudo_flair(t1), geometry, (0, 0, 12), (0.0, 0.0, 0.0), spacing=(6.0, 2.0, 2.0))
     monkeypatch.setattr(preparation, "MAX_ROTATION_DEG", 5.0)
     with pytest.raises(RegistrationError, match=r"sub-9: FLAIR: registration .* 12°"):
         register_rigid(t1, geometry, flair, flair_geometry, "sub-9: FLAIR")
@@ -118,7 +90,7 @@ def test_deepbet_masks_colin27s_head_like_its_reference_and_keeps_a_stripped_bra
 def test_a_raw_subject_comes_out_on_the_t1s_grid_registered_and_stripped(tmp_path):
     head, geometry = read_volume(HEAD)
     stripped, _ = read_volume(colin27_path())
-    flair, flair_geometry, truth = moved(pseudo_flair(head), geometry, (8, 0, -10), (-10.0, 12.0, 5.0))
+    flair, flair_geometry, truth = moved_scan(pseudo_flair(head), geometry, (8, 0, -10), (-10.0, 12.0, 5.0))
     paths = {"T1": tmp_path / "sub-1_T1w.nii.gz", "FLAIR": tmp_path / "sub-1_FLAIR.nii.gz"}
     sitk.WriteImage(to_sitk(head.astype(np.float32), geometry), str(paths["T1"]))
     sitk.WriteImage(to_sitk(flair, flair_geometry), str(paths["FLAIR"]))
@@ -130,7 +102,7 @@ def test_a_raw_subject_comes_out_on_the_t1s_grid_registered_and_stripped(tmp_pat
     assert set(done) == {"registration_FLAIR", "brain_extraction"}
     assert done["brain_extraction"]["masked"] == ["T1", "FLAIR"]
     brain = np.argwhere(stripped > 0)[::2000]
-    assert error_mm(done["registration_FLAIR"], truth, geometry, brain).max() < 1.0
+    assert registration_error_mm(done["registration_FLAIR"], truth, geometry.physical(brain)).max() < 1.0
     mask = subject.image[0] != 0
     assert 2 * (mask & (stripped > 0)).sum() / (mask.sum() + (stripped > 0).sum()) >= 0.93
     assert not (subject.image[2][~mask]).any()  # the FLAIR stripped with the T1's mask

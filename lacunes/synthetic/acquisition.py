@@ -93,3 +93,48 @@ def acquire(images: dict[str, np.ndarray], drawn: dict) -> dict[str, np.ndarray]
                 x = resample_masked(x, t1, native)
         out[m] = np.round(x).clip(0, 32767).astype(np.int16)
     return out
+
+
+#: The axes of a sagittal stack in a RAS-ordered head's frame (rows: the stored grid's axes), and a coronal one.
+SAGITTAL_AXES = ((0, 1, 0), (0, 0, 1), (1, 0, 0))
+CORONAL_AXES = ((1, 0, 0), (0, 0, 1), (0, 1, 0))
+
+
+def moved_scan(array: np.ndarray, geometry, angles_deg, translation_mm, spacing=(3.0, 1.0, 1.0), axes=SAGITTAL_AXES):
+    """``array`` (on ``geometry``, :class:`lacunes.geometry.Geometry`) as a scan of the same head taken after
+    it moved — a rigid transform about the grid's centre, ``angles_deg`` about each axis and
+    ``translation_mm`` — and stored on another grid: ``axes`` (rows: the new grid's axes in the old grid's
+    frame; a sagittal stack by default) with voxels of ``spacing`` mm, over the same extent, linear.
+
+    Returns the array, its geometry and the SimpleITK transform from the reference's frame to the moved
+    scan's (what a rigid registration of the moved scan onto the reference recovers, to compare with)."""
+    import SimpleITK as sitk
+
+    from lacunes.geometry import Geometry, to_sitk
+
+    image = to_sitk(np.asarray(array, np.float32), geometry)
+    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+    truth = sitk.Euler3DTransform(centre, *np.radians(angles_deg), tuple(float(t) for t in translation_mm))
+    rows = np.asarray(axes, float)
+    direction = np.asarray(geometry.direction, float).reshape(3, 3) @ rows.T
+    extent = np.asarray(geometry.spacing, float) * np.asarray(geometry.shape, float)
+    size = [int(np.ceil(np.abs(rows[i]) @ extent / spacing[i])) for i in range(3)]
+    grid = sitk.Image(size, sitk.sitkFloat32)
+    grid.SetSpacing(tuple(float(s) for s in spacing))
+    grid.SetDirection(tuple(direction.ravel()))
+    middle = np.array(grid.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in size]))
+    grid.SetOrigin(tuple(np.array(centre) - middle))
+    out = sitk.Resample(image, grid, truth.GetInverse(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return np.ascontiguousarray(sitk.GetArrayFromImage(out).transpose(2, 1, 0)), Geometry.from_image(out), truth
+
+
+def registration_error_mm(record: dict, truth, points_mm: np.ndarray) -> np.ndarray:
+    """How far a registration's rigid transform (``record``: :func:`lacunes.preparation.register_rigid`'s,
+    rotation about the reference grid's centre) puts scanner points ``points_mm`` (LPS, ``N×3``) from
+    where the true transform (:func:`moved_scan`'s) puts them, in mm."""
+    import SimpleITK as sitk
+
+    found = sitk.Euler3DTransform(truth.GetCenter(), *np.radians(record["rotation_deg"]),
+                                  tuple(float(t) for t in record["translation_mm"]))
+    return np.array([np.linalg.norm(np.subtract(found.TransformPoint(tuple(p)), truth.TransformPoint(tuple(p))))
+                     for p in np.asarray(points_mm, float)])
