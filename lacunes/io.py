@@ -53,6 +53,7 @@ class Subject:
         headers: per contrast, what its header and voxels say as read (:func:`lacunes.headers.describe_input`).
         preparation: what was done to it before the network (:mod:`lacunes.preparation`: registration,
             brain extraction), with its numbers; empty when read as given.
+        brain_mask: the brain mask the preparation applied (on the reference's grid), None where none was.
     """
 
     subject_id: str
@@ -64,6 +65,7 @@ class Subject:
     warnings: list[str] = field(default_factory=list)
     headers: dict[str, dict] = field(default_factory=dict)
     preparation: dict[str, dict] = field(default_factory=dict)
+    brain_mask: np.ndarray | None = None
 
     @property
     def input_set(self) -> str:

@@ -99,6 +99,7 @@ def register_rigid(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
     angles = np.degrees(final.GetAngleX()), np.degrees(final.GetAngleY()), np.degrees(final.GetAngleZ())
     translation = np.asarray(final.GetTranslation(), float)
     record = {"method": "rigid, Mattes mutual information, 3 levels (SimpleITK)",
+              "centre_mm": [round(float(c), 4) for c in final.GetCenter()],
               "metric_before": round(float(before), 4), "metric_after": round(float(min(after, before)), 4),
               "rotation_deg": [round(float(a), 2) for a in angles],
               "translation_mm": [round(float(t), 2) for t in translation],
@@ -110,10 +111,23 @@ def register_rigid(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
             f"{np.linalg.norm(translation):.0f} mm away from the headers' alignment (at most {MAX_ROTATION_DEG:g}° "
             f"and {MAX_TRANSLATION_MM:g} mm between scans of one session): the contrasts may not be of one "
             "subject and session, or one is mostly empty; register them yourself and give them on the T1's grid")
-    resampled = sitk.Resample(m, f, final, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    out = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
+    out = apply_registration(moving, moving_geometry, fixed_geometry, record)
     record["seconds"] = round(time.perf_counter() - start, 1)
-    return np.ascontiguousarray(out), record
+    return out, record
+
+
+def apply_registration(moving: np.ndarray, moving_geometry: Geometry, fixed_geometry: Geometry, record: dict) -> np.ndarray:
+    """``moving`` resampled (linear) onto ``fixed_geometry``'s grid through a registration's record (:func:`register_rigid`:
+    rotation about ``centre_mm``, translation), as the registration left it: the report draws a prepared
+    subject again from its files and records without registering it again."""
+    import SimpleITK as sitk
+
+    transform = sitk.Euler3DTransform(tuple(record["centre_mm"]), *np.radians(record["rotation_deg"]),
+                                      tuple(float(t) for t in record["translation_mm"]))
+    image = sitk.Cast(to_sitk(np.asarray(moving, np.float32), moving_geometry), sitk.sitkFloat32)
+    grid = to_sitk(np.zeros(fixed_geometry.shape, np.uint8), fixed_geometry)
+    out = sitk.Resample(image, grid, transform, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return np.ascontiguousarray(sitk.GetArrayFromImage(out).transpose(2, 1, 0))
 
 
 @lru_cache(maxsize=1)
@@ -179,6 +193,26 @@ def prepare_subject(subject_id: str, paths: dict[str, str | os.PathLike], modali
     return subject
 
 
+def prepared_again(subject_id: str, paths: dict[str, str | os.PathLike], modalities: tuple[str, ...] | str,
+                   records: dict[str, dict], brain_mask: np.ndarray | None = None) -> Subject:
+    """A subject prepared before, made again from its files and what its preparation recorded (the
+    registrations' transforms; the brain mask it wrote, where given): what the report draws."""
+
+    def align(modality, array, geometry, reference, reference_geometry):
+        record = records.get(f"registration_{modality}")
+        if record is None or "centre_mm" not in record:
+            from lacunes.geometry import resample_to
+
+            return resample_to(array, geometry, reference_geometry)
+        return apply_registration(array, geometry, reference_geometry, record)
+
+    subject = read_subject(subject_id, paths, resample=True, modalities=modalities, align=align, warn_background=False)
+    if brain_mask is not None and brain_mask.shape == subject.image.shape[1:]:
+        subject.image[:, ~brain_mask.astype(bool)] = 0.0
+    subject.preparation = records
+    return subject
+
+
 def _mask_brain(subject: Subject, records: dict[str, dict]) -> None:
     """Set every contrast to 0 outside the brain: deepbet's mask where the reference is not stripped, the
     reference's own brain where only others are not (the module docstring); records what was done."""
@@ -204,6 +238,7 @@ def _mask_brain(subject: Subject, records: dict[str, dict]) -> None:
                                        "brain_ml": round(float(mask.sum() * subject.geometry.voxel_volume / 1000), 1),
                                        "masked": [m for m in subject.modalities if not stripped[m]]}
     subject.image[:, ~mask] = 0.0
+    subject.brain_mask = mask
     subject.warnings[:] = [w for w in subject.warnings if "background not 0" not in w]
     records["brain_extraction"]["masked"] = [m for m in subject.modalities if not stripped[m]]
 

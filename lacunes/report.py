@@ -372,8 +372,15 @@ def picture_for(output: Path, record: SubjectRecord) -> SubjectRecord:
     record (``lacunes report``)."""
     from lacunes.io import read_subject, read_volume
 
-    subject = read_subject(record.subject_id, {m: Path(p) for m, p in record.inputs.items()}, resample=True,
-                           modalities=tuple(record.inputs))
+    paths = {m: Path(p) for m, p in record.inputs.items()}
+    if record.preparation:  # drawn as the network saw it: registered, and stripped with the mask it wrote
+        from lacunes.preparation import prepared_again
+
+        mask_file = record.preparation.get("brain_extraction", {}).get("mask_file")
+        mask = read_volume(Path(mask_file))[0] > 0 if mask_file and Path(mask_file).is_file() else None
+        subject = prepared_again(record.subject_id, paths, tuple(record.inputs), record.preparation, mask)
+    else:
+        subject = read_subject(record.subject_id, paths, resample=True, modalities=tuple(record.inputs))
     probability, _ = read_volume(Path(output) / record.prediction)
     uncertainty = None
     if record.uncertainty and (Path(output) / record.uncertainty).is_file():

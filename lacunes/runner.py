@@ -223,6 +223,10 @@ def run_subject(
     extras = extras_paths(files, extras_dir, write_mask, write_table)
     if "mask" in extras:
         outputs.append(write_volume((probability >= 0.5).astype(np.uint8), geometry, extras["mask"]))
+    if subject.brain_mask is not None and extras_dir is not None:  # what the preparation masked: the report draws it
+        brain = Path(extras_dir) / f"{files.output_prefix or files.subject_id + '_'}brainmask.nii.gz"
+        outputs.append(write_volume(subject.brain_mask.astype(np.uint8), geometry, brain))
+        subject.preparation["brain_extraction"]["mask_file"] = str(brain.resolve())
     if "table" in extras:
         outputs.append(write_lesion_table(rows, extras["table"]))
     t3 = time.time()

@@ -10,6 +10,7 @@ from lacunes import preparation
 from lacunes.geometry import Geometry, resample_to, to_sitk
 from lacunes.io import read_subject, read_volume
 from lacunes.preparation import RegistrationError, extract_brain, prepare_subject, register_rigid
+from lacunes.synthetic.acquisition import SAGITTAL_AXES as SAGITTAL
 from lacunes.synthetic.acquisition import moved_scan, registration_error_mm
 from lacunes.synthetic.anatomy import colin27_path
 
@@ -118,3 +119,42 @@ def test_stripped_inputs_on_one_grid_pass_through_unchanged(tmp_path):
     as_given = read_subject("s", paths, modalities="T1+FLAIR")
     prepared = prepare_subject("s", paths, "T1+FLAIR")
     assert np.array_equal(as_given.image, prepared.image) and prepared.preparation == {}
+
+
+@needs_colin
+@pytest.mark.slow
+def test_a_raw_bids_subject_runs_with_one_command_and_its_report_draws_it_as_prepared(tmp_path, tiny_checkpoint):
+    """lacunes predict on a BIDS subject as it leaves the scanner (skull on, T2 and FLAIR moved onto sagittal and
+    coronal 3 mm grids), no flag: the maps on the T1's grid, the brain mask in the extras, the preparation in
+    the sidecar, and the report's picture drawn from the registered, stripped images."""
+    import json
+
+    from lacunes.cli import main
+    from lacunes.report import load_records
+    from lacunes.synthetic.acquisition import CORONAL_AXES
+
+    head, geometry = read_volume(HEAD)
+    anat = tmp_path / "bids" / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    sitk.WriteImage(to_sitk(head.astype(np.float32), geometry), str(anat / "sub-01_T1w.nii.gz"))
+    t2 = np.where(head > 0, 1200.0 - head * 8, 0).clip(0).astype(np.float32)  # another contrast of the head
+    for suffix, array, axes in (("T2w", t2, SAGITTAL), ("FLAIR", pseudo_flair(head), CORONAL_AXES)):
+        moved_array, moved_geometry, _ = moved_scan(array, geometry, (5, -4, 6), (8.0, -6.0, 4.0), axes=axes)
+        sitk.WriteImage(to_sitk(moved_array, moved_geometry), str(anat / f"sub-01_{suffix}.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["predict", "-i", str(tmp_path / "bids"), "-o", str(out), "--model", str(tiny_checkpoint),
+                 "--preset", "fast", "--no-progress", "--qc"]) == 0
+    maps = out / "sub-01" / "anat"
+    probability, map_geometry = read_volume(maps / "sub-01_space-T1w_label-lacune_probseg.nii.gz")
+    assert map_geometry == geometry
+    sidecar = json.loads((maps / "sub-01_space-T1w_label-lacune_probseg.json").read_text())
+    done = sidecar["Preparation"]
+    assert {"registration_T2", "registration_FLAIR", "brain_extraction"} <= set(done)
+    assert done["brain_extraction"]["masked"] == ["T1", "T2", "FLAIR"]
+    mask, _ = read_volume(done["brain_extraction"]["mask_file"])
+    stripped, _ = read_volume(colin27_path())
+    assert 2 * ((mask > 0) & (stripped > 0)).sum() / ((mask > 0).sum() + (stripped > 0).sum()) >= 0.93
+    outside = (mask == 0) & (head > 0)  # the skull and scalp: no map there (the brain's edge may blur a voxel out)
+    assert (probability[outside] > 0).mean() < 0.01
+    record = load_records(out)["sub-01"]
+    assert record.picture and (out / record.picture).is_file()
