@@ -2,12 +2,15 @@
 on the Colin27 head of Debian's mricron-data (with and without its skull) where installed, else on a
 generated phantom."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from lacunes import preparation
 from lacunes.geometry import Geometry, resample_to, to_sitk
+from lacunes.headers import looks_skull_stripped
 from lacunes.io import read_subject, read_volume
 from lacunes.preparation import RegistrationError, extract_brain, prepare_subject, register_rigid
 from lacunes.synthetic.acquisition import SAGITTAL_AXES as SAGITTAL
@@ -85,6 +88,21 @@ def test_deepbet_masks_colin27s_head_like_its_reference_and_keeps_a_stripped_bra
     assert record["plausible"] and 1000 < record["brain_ml"] < 2200
     again, _ = extract_brain(stripped, geometry)
     assert (again & reference).sum() / reference.sum() > 0.99  # an already stripped brain is kept
+
+
+ITK_DATA = Path("/usr/share/doc/insighttoolkit5-examples/examples/Data")
+
+
+@pytest.mark.skipif(not (ITK_DATA / "KmeansTest_T1UCharRaw.nii.gz").is_file(),
+                    reason="Debian's insighttoolkit5-examples is not installed")
+def test_deepbet_masks_a_real_coronal_head_of_2x2x3_mm_like_its_reference():
+    head, geometry = read_volume(ITK_DATA / "KmeansTest_T1UCharRaw.nii.gz")
+    stripped, _ = read_volume(ITK_DATA / "KmeansTest_T1RawSkullStrip.nii.gz")
+    assert geometry.spacing == (2.0, 2.0, 3.0) and not looks_skull_stripped(head, geometry.voxel_volume)
+    mask, record = extract_brain(head, geometry)
+    reference = stripped > 0
+    assert 2 * (mask & reference).sum() / (mask.sum() + reference.sum()) >= 0.93
+    assert record["plausible"]
 
 
 @needs_colin
