@@ -32,6 +32,7 @@ from lacunes.geometry import Geometry
 from lacunes.headers import axis_letters
 from lacunes.io import MODALITIES
 from lacunes.options import input_set_name
+from lacunes.preparation import summary as preparation_summary
 from lacunes.writing import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -540,6 +541,7 @@ def write_report(output: Path, records: dict[str, SubjectRecord]) -> Path:
         rows.append(f"<tr class=\"{html.escape(r.status)}\"><td>{link}</td><td class=\"status\">{status}</td>"
                     f"<td>{r.lesions if ok else ''}</td><td>{f'{r.volume_mm3:.0f}' if ok else ''}</td>"
                     f"<td>{len(r.rejected_candidates) if ok else ''}</td>"
+                    f"<td class=\"status\">{html.escape(preparation_summary(r.preparation))}</td>"
                     f"<td class=\"status\">{html.escape('; '.join(r.flags))}</td>"
                     f"<td>{f'{r.seconds:.1f}' if r.seconds else ''}</td></tr>")
     sections = [_subject_section(output, r) for r in done if r.picture]
@@ -561,7 +563,7 @@ point), numbered by size in each subject's table and picture; outlines in red on
 each lesion's centre, orientation letters (R/L, A/P, S/I) on every panel; centres in scanner RAS mm.</p>
 <table>
 <thead><tr><th>subject</th><th>status</th><th>lesions</th><th>volume (mm³)</th><th>rejected by the second stage</th>
-<th>to review</th><th>run time (s)</th></tr></thead>
+<th>prepared</th><th>to review</th><th>run time (s)</th></tr></thead>
 <tbody>
 {chr(10).join(rows)}
 </tbody>

@@ -176,3 +176,5 @@ def test_a_raw_bids_subject_runs_with_one_command_and_its_report_draws_it_as_pre
     assert (probability[outside] > 0).mean() < 0.01
     record = load_records(out)["sub-01"]
     assert record.picture and (out / record.picture).is_file()
+    report = (out / "report.html").read_text()
+    assert "T2 registered (" in report and "FLAIR registered (" in report and "brain extracted (T1, T2, FLAIR" in report
