@@ -301,10 +301,14 @@ def test_resample_flag(tmp_path, tiny_checkpoint, caplog):
     coarse_flair(tmp_path / "in", "sub-008")
     args = ("--input", str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(tiny_checkpoint),
             "--preset", "fast", "--no-progress")
-    assert predict(*args) == 1 and "--resample" in caplog.text
-    assert predict(*args, "--resample") == 0
+    assert predict(*args, "--no-preprocess") == 1 and "--resample" in caplog.text
+    assert predict(*args, "--no-preprocess", "--resample") == 0
     prob, g = read_volume(tmp_path / "out" / "sub-008_space-T1_prediction.nii.gz")
     assert prob.shape == geom.shape and g.spacing == pytest.approx(geom.spacing)
+    prepared = (*args[:2], "--output", str(tmp_path / "prepared"), *args[4:])
+    assert predict(*prepared) == 0 and "sub-008: FLAIR registered onto the reference" in caplog.text  # the default
+    prob, g = read_volume(tmp_path / "prepared" / "sub-008_space-T1_prediction.nii.gz")
+    assert prob.shape == geom.shape
 
 
 def test_an_output_folder_that_cannot_be_written_is_refused_before_inference(tmp_path, tiny_checkpoint, caplog):

@@ -73,11 +73,13 @@ def test_grand_challenge_layout(tmp_path, tiny_checkpoint):
 
 
 def test_a_single_subject_is_read_once_and_a_cohort_checked_first(tmp_path, tiny_checkpoint, monkeypatch):
+    import lacunes.preparation
     import lacunes.runner
 
     reads = []
     real = lacunes.runner.read_subject
-    monkeypatch.setattr(lacunes.runner, "read_subject", lambda sid, *a, **k: reads.append(sid) or real(sid, *a, **k))
+    for module in (lacunes.runner, lacunes.preparation):  # read as given, or read to be prepared
+        monkeypatch.setattr(module, "read_subject", lambda sid, *a, **k: reads.append(sid) or real(sid, *a, **k))
     write_subject(tmp_path / "one", "sub-001")
     assert run(tmp_path / "one", tmp_path / "out1", tiny_checkpoint) == 0
     assert reads == ["sub-001"]  # checked, then predicted from the same read
@@ -157,11 +159,16 @@ def test_an_all_zero_scan_gives_empty_maps(tmp_path, tiny_checkpoint):
         assert arr.max() == 0
 
 
-def test_a_flair_on_another_grid_needs_resample(tmp_path, tiny_checkpoint, monkeypatch, caplog):
+def test_a_flair_on_another_grid_is_registered_or_as_given_needs_resample(tmp_path, tiny_checkpoint, monkeypatch,
+                                                                          caplog):
     from .test_io import coarse_flair
 
     _, _, geom = write_subject(tmp_path / "in", "sub-004", shape=(40, 36, 21))
     coarse_flair(tmp_path / "in", "sub-004")
+    assert run(tmp_path / "in", tmp_path / "prepared", tiny_checkpoint) == 0  # registered onto the T1 (the default)
+    assert "sub-004: FLAIR registered onto the reference" in caplog.text
+    check_map(tmp_path / "prepared" / "images" / "sub-004_space-T1_prediction.nii.gz", geom)
+    monkeypatch.setenv("LACUNES_PREPROCESS", "0")  # as given
     assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 2
     assert "LACUNES_RESAMPLE=1" in caplog.text
     assert not (tmp_path / "out" / "images" / "sub-004_space-T1_prediction.nii.gz").exists()
@@ -169,9 +176,11 @@ def test_a_flair_on_another_grid_needs_resample(tmp_path, tiny_checkpoint, monke
     assert run(tmp_path / "in", tmp_path / "out", tiny_checkpoint) == 0
     for kind in ("prediction", "uncertaintymap"):
         check_map(tmp_path / "out" / "images" / f"sub-004_space-T1_{kind}.nii.gz", geom)
-    monkeypatch.setenv("LACUNES_RESAMPLE", "maybe")
-    with pytest.raises(SystemExit, match="LACUNES_RESAMPLE must be"):
-        process.build_parser()
+    for name in ("LACUNES_RESAMPLE", "LACUNES_PREPROCESS"):
+        monkeypatch.setenv(name, "maybe")
+        with pytest.raises(SystemExit, match=f"{name} must be"):
+            process.build_parser()
+        monkeypatch.setenv(name, "1")
 
 
 def test_duplicate_subjects_are_refused_with_a_message(tmp_path, tiny_checkpoint, caplog):
