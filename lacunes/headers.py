@@ -73,7 +73,7 @@ def nifti_transforms(path: str | Path) -> dict | None:
     return None
 
 
-def _affine_of(geometry: Geometry) -> np.ndarray:
+def ras_affine(geometry: Geometry) -> np.ndarray:
     """The RAS affine of a grid as SimpleITK read it (its direction and origin are LPS)."""
     affine = np.eye(4)
     affine[:3, :3] = np.asarray(geometry.direction, float).reshape(3, 3) @ np.diag(geometry.spacing)
@@ -111,7 +111,7 @@ def transforms_statement(path: Path, geometry: Geometry) -> tuple[str, bool]:
     t = nifti_transforms(path)
     if t is None:
         return "not NIfTI", False
-    read = _affine_of(geometry)
+    read = ras_affine(geometry)
     q_set, s_set = t["qform_code"] > 0, t["sform_code"] > 0
     if not (q_set and s_set):
         return ("sform only" if s_set else "qform only" if q_set else "neither qform nor sform set"), False
@@ -122,13 +122,18 @@ def transforms_statement(path: Path, geometry: Geometry) -> tuple[str, bool]:
     return f"qform and sform disagree by up to {apart:.1f} mm: read with the {used}", True
 
 
+def nonzero_ml(array: np.ndarray, voxel_volume_mm3: float) -> float:
+    """The volume of a volume's non-zero voxels, in ml."""
+    return float(np.count_nonzero(array) * voxel_volume_mm3 / 1000.0)
+
+
 def looks_skull_stripped(array: np.ndarray, voxel_volume_mm3: float) -> bool:
     """Whether a volume looks skull-stripped: at least :data:`SKULL_STRIPPED_ZERO_SHARE` of its faces'
     voxels exactly 0, and no more than :data:`STRIPPED_MAX_ML` of non-zero voxels."""
     if min(array.shape) < 3:
         return True
     return bool(zero_border_share(array) >= SKULL_STRIPPED_ZERO_SHARE
-                and np.count_nonzero(array) * voxel_volume_mm3 / 1000.0 <= STRIPPED_MAX_ML)
+                and nonzero_ml(array, voxel_volume_mm3) <= STRIPPED_MAX_ML)
 
 
 def zero_border_share(array: np.ndarray) -> float:

@@ -22,7 +22,7 @@ import numpy as np
 from lacunes import options
 from lacunes.errors import GeometryMismatchError, LacunesInputError, MissingModalityError, UnreadableImageError
 from lacunes.geometry import RESAMPLE_HINT, Geometry, check_same_grid, check_same_space, resample_to, same_grid
-from lacunes.headers import STRIPPED_MAX_ML, describe_input, transforms_statement, zero_border_share
+from lacunes.headers import STRIPPED_MAX_ML, describe_input, nonzero_ml, transforms_statement, zero_border_share
 
 if TYPE_CHECKING:  # imported where images are read or written: the predictor on arrays needs no SimpleITK
     pass
@@ -394,11 +394,11 @@ def check_background(array: np.ndarray, path: Path, voxel_volume_mm3: float | No
     :data:`lacunes.headers.STRIPPED_MAX_ML`). Returns whether it looks skull-stripped."""
     if min(array.shape) < 3:
         return True
-    nonzero_ml = np.count_nonzero(array) * voxel_volume_mm3 / 1000.0 if voxel_volume_mm3 else 0.0
-    if nonzero_ml > STRIPPED_MAX_ML:
+    volume_ml = nonzero_ml(array, voxel_volume_mm3) if voxel_volume_mm3 else 0.0
+    if volume_ml > STRIPPED_MAX_ML:
         logger.warning("%s holds %.0f ml of non-zero voxels, more than a brain (at most %g ml): a head with its "
                        "skull? The model expects skull-stripped inputs with exactly 0 outside the brain (lacunes "
-                       "predict extracts the brain unless --no-preprocess)", path, nonzero_ml, STRIPPED_MAX_ML)
+                       "predict extracts the brain unless --no-preprocess)", path, volume_ml, STRIPPED_MAX_ML)
         return False
     zero = zero_border_share(array)
     if zero < MIN_ZERO_BORDER:

@@ -34,7 +34,7 @@ import numpy as np
 
 from lacunes.errors import LacunesInputError
 from lacunes.geometry import Geometry, to_sitk
-from lacunes.headers import looks_skull_stripped
+from lacunes.headers import looks_skull_stripped, nonzero_ml, ras_affine
 from lacunes.io import MODALITIES, Subject, read_subject
 
 logger = logging.getLogger(__name__)
@@ -68,8 +68,8 @@ def register_rigid(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
     start = time.perf_counter()
     f = sitk.Cast(to_sitk(np.asarray(fixed, np.float32), fixed_geometry), sitk.sitkFloat32)
     m = sitk.Cast(to_sitk(np.asarray(moving, np.float32), moving_geometry), sitk.sitkFloat32)
-    transform = sitk.Euler3DTransform()
-    transform.SetCenter(f.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in f.GetSize()]))
+    identity = sitk.Euler3DTransform()  # the headers' alignment, about the fixed grid's centre
+    identity.SetCenter(f.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in f.GetSize()]))
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
@@ -81,7 +81,6 @@ def register_rigid(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
     method.SetShrinkFactorsPerLevel([4, 2, 1])
     method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    identity = sitk.Euler3DTransform(transform)
     try:
         method.SetInitialTransform(identity, inPlace=False)
         before = method.MetricEvaluate(f, m)
@@ -139,28 +138,19 @@ def _deepbet():
     return BrainExtraction(no_gpu=True)
 
 
-def nifti_affine(geometry: Geometry) -> np.ndarray:
-    """The RAS voxel-to-scanner affine of ``geometry`` (SimpleITK's LPS frame flipped), as NIfTI stores it."""
-    d = np.asarray(geometry.direction, float).reshape(3, 3) * np.asarray(geometry.spacing, float)
-    affine = np.eye(4)
-    affine[:3, :3] = d
-    affine[:3, 3] = geometry.origin
-    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
-
-
 def extract_brain(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, dict]:
     """A brain mask of one head (deepbet on the CPU) and its record: the volume in ml, whether it lies
     in :data:`BRAIN_ML`, seconds. Raises :class:`BrainExtractionError` where deepbet finds no brain."""
     import nibabel as nib
 
     start = time.perf_counter()
-    image = nib.Nifti1Image(np.asarray(array, np.float32), nifti_affine(geometry))
+    image = nib.Nifti1Image(np.asarray(array, np.float32), ras_affine(geometry))
     try:
         _, mask_image, _ = _deepbet().run(image)
     except (AssertionError, ValueError) as exc:  # deepbet asserts on an image without a head
         raise BrainExtractionError(f"brain extraction found no brain ({exc})") from None
     mask = np.asarray(mask_image.dataobj).astype(bool)
-    volume = float(mask.sum() * geometry.voxel_volume / 1000.0)
+    volume = nonzero_ml(mask, geometry.voxel_volume)
     if not mask.any():
         raise BrainExtractionError("brain extraction found no brain (an empty mask)")
     record = {"method": DEEPBET, "brain_ml": round(volume, 1), "plausible": bool(BRAIN_ML[0] <= volume <= BRAIN_ML[1]),
@@ -258,8 +248,7 @@ def _mask_brain(subject: Subject, records: dict[str, dict]) -> None:
     else:
         mask = ref != 0
         records["brain_extraction"] = {"method": f"the {reference}'s own brain (its non-zero voxels)",
-                                       "brain_ml": round(float(mask.sum() * subject.geometry.voxel_volume / 1000), 1),
-                                       "masked": [m for m in subject.modalities if not stripped[m]]}
+                                       "brain_ml": round(nonzero_ml(mask, subject.geometry.voxel_volume), 1)}
     subject.image[:, ~mask] = 0.0
     subject.brain_mask = mask
     subject.warnings[:] = [w for w in subject.warnings if "background not 0" not in w]
