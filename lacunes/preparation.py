@@ -34,7 +34,7 @@ import numpy as np
 
 from lacunes.errors import LacunesInputError
 from lacunes.geometry import Geometry, to_sitk
-from lacunes.headers import looks_skull_stripped, nonzero_ml, ras_affine
+from lacunes.headers import nonzero_ml, ras_affine
 from lacunes.io import MODALITIES, Subject, read_subject
 
 logger = logging.getLogger(__name__)
@@ -232,8 +232,8 @@ def _mask_brain(subject: Subject, records: dict[str, dict]) -> None:
     channels = {m: i for i, m in enumerate(MODALITIES)}
     reference = subject.modalities[0]
     ref = subject.image[channels[reference]]
-    stripped = {m: looks_skull_stripped(subject.image[channels[m]], subject.geometry.voxel_volume)
-                for m in subject.modalities}
+    # judged on each contrast as read (lacunes.headers.describe_input), not after registration padded it with 0
+    stripped = {m: subject.headers[m]["skull_stripped"] for m in subject.modalities}
     if all(stripped.values()):
         return
     if not stripped[reference]:
