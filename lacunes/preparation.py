@@ -138,9 +138,10 @@ def _deepbet():
     return BrainExtraction(no_gpu=True)
 
 
-def extract_brain(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, dict]:
+def extract_brain(array: np.ndarray, geometry: Geometry, name: str = "scan") -> tuple[np.ndarray, dict]:
     """A brain mask of one head (deepbet on the CPU) and its record: the volume in ml, whether it lies
-    in :data:`BRAIN_ML`, seconds. Raises :class:`BrainExtractionError` where deepbet finds no brain."""
+    in :data:`BRAIN_ML`, seconds. Raises :class:`BrainExtractionError` where deepbet finds no brain, naming
+    ``name`` (the subject and the file)."""
     import nibabel as nib
 
     start = time.perf_counter()
@@ -148,11 +149,11 @@ def extract_brain(array: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, di
     try:
         _, mask_image, _ = _deepbet().run(image)
     except (AssertionError, ValueError) as exc:  # deepbet asserts on an image without a head
-        raise BrainExtractionError(f"brain extraction found no brain ({exc})") from None
+        raise BrainExtractionError(f"{name}: brain extraction found no brain ({exc})") from None
     mask = np.asarray(mask_image.dataobj).astype(bool)
     volume = nonzero_ml(mask, geometry.voxel_volume)
     if not mask.any():
-        raise BrainExtractionError("brain extraction found no brain (an empty mask)")
+        raise BrainExtractionError(f"{name}: brain extraction found no brain (an empty mask)")
     record = {"method": DEEPBET, "brain_ml": round(volume, 1), "plausible": bool(BRAIN_ML[0] <= volume <= BRAIN_ML[1]),
               "seconds": round(time.perf_counter() - start, 1)}
     return mask, record
@@ -237,7 +238,8 @@ def _mask_brain(subject: Subject, records: dict[str, dict]) -> None:
     if all(stripped.values()):
         return
     if not stripped[reference]:
-        mask, records["brain_extraction"] = extract_brain(ref, subject.geometry)
+        mask, records["brain_extraction"] = extract_brain(
+            ref, subject.geometry, f"{subject.subject_id}: {reference} {subject.paths.get(reference, '')}".rstrip())
         r = records["brain_extraction"]
         logger.info("%s: brain extracted on the %s (%s, %.0f ml, %.0f s)", subject.subject_id, reference, DEEPBET,
                     r["brain_ml"], r["seconds"])

@@ -105,6 +105,11 @@ def test_deepbet_masks_a_real_coronal_head_of_2x2x3_mm_like_its_reference():
     assert record["plausible"]
 
 
+def test_a_scan_without_a_head_fails_naming_the_subject_and_the_file():
+    with pytest.raises(preparation.BrainExtractionError, match=r"^sub-x: T1 /data/t1\.nii\.gz: brain extraction found no brain"):
+        extract_brain(np.zeros((40, 40, 40), np.float32), Geometry((40, 40, 40)), "sub-x: T1 /data/t1.nii.gz")
+
+
 @needs_colin
 def test_a_raw_subject_comes_out_on_the_t1s_grid_registered_and_stripped(tmp_path):
     head, geometry = read_volume(HEAD)
