@@ -91,7 +91,7 @@ def make_valdo_algorithm(predictor, input_path: Path, output_path: Path, resampl
             files = valdo_subject(Path(case["path"]))
             images = Path(self._output_path)
             run_subject(predictor, files, images / files.prediction_name, images / files.uncertainty_name,
-                        resample=resample, subject=checked, prepare=prepare)
+                        resample=resample, subject=checked, prepare=prepare, place=False)
             return {
                 "outputs": [{"type": "metaio_image", "filename": [files.prediction_name, files.uncertainty_name]}],
                 "inputs": [{"type": "metaio_image", "filename": [files.paths[m].name for m in options.MODALITIES]}],
@@ -119,7 +119,7 @@ def run_grand_challenge(predictor, files, output_path: Path, resample: bool = Fa
     images = output_path / "images"
     run_subject(predictor, files, images / GC_OUTPUT_SLUGS["prediction"] / "output.mha",
                 images / GC_OUTPUT_SLUGS["uncertainty"] / "output.mha", resample=resample, subject=checked,
-                prepare=prepare)
+                prepare=prepare, place=False)  # the challenge's outputs are the two maps: no lesion table
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -134,7 +134,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     reports = run_cohort(predictor, items, out, overwrite=args.overwrite,
                          extras_dir=Path(args.extras_dir) if args.extras_dir else None, write_mask=args.mask,
                          write_table=args.table, resample=args.resample, qc=args.qc, progress=not args.no_progress,
-                         shard=(shard_i, shard_n), modalities=args.modalities, prepare=not args.no_preprocess)
+                         shard=(shard_i, shard_n), modalities=args.modalities, prepare=not args.no_preprocess,
+                         place=not args.no_regions)
     from lacunes.report import COHORT_TABLE
 
     print(f"cohort table: {out / COHORT_TABLE} (every subject of the folder, this run's and earlier ones')")
@@ -322,6 +323,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "onto it (rigid, about 20 s each) and the brain is extracted where the T1 carries the skull "
                         "(deepbet, about 10 s); with this flag the inputs must be skull-stripped and on the T1's grid "
                         "(or --resample)")
+    p.add_argument("--no-regions", action="store_true",
+                   help="leave out where each lesion lies: by default a subject with lesions is registered onto the "
+                        "ICBM 2009a template (affine and demons, 15-40 s on 2 cores) and each lesion named by a coarse region "
+                        "(AAL and JHU atlases of Debian's mricron-data) with its MNI centre, in the lesion table, "
+                        "the sidecar and the report")
     p.add_argument("--resample", action="store_true",
                    help="with --no-preprocess: resample T2 and FLAIR onto the T1's grid (linear) when they are on "
                         "another grid but cover the same physical space (registered, not resampled); outputs are on "

@@ -85,6 +85,7 @@ def lesion_table(
     threshold: float = 0.5,
     connectivity: int = 26,
     direction: tuple[float, ...] | None = None,
+    locate=None,
 ) -> list[dict]:
     """One row per predicted lesion (component of ``probability >= threshold``).
 
@@ -92,7 +93,8 @@ def lesion_table(
     coordinates, millimetres towards the right, anterior and superior: the image's LPS point origin +
     direction · (index × spacing), as SimpleITK reads it, with its first two signs turned; identity direction
     when none is given), mean_probability, max_probability, mean_uncertainty (NaN without an uncertainty
-    map).
+    map); with ``locate`` (a callable given each lesion's voxel indices on the whole grid, ``N×3``, returning
+    a dict of further columns: :class:`lacunes.regions.Locator`), its columns too.
     Lesions are numbered by size, largest first (ties: by centre), so that a lesion keeps its number in
     every table and picture of a subject. Computed inside the lesions' bounding box.
     """
@@ -124,6 +126,11 @@ def lesion_table(
             "max_probability": float(maxima[i]),
             "mean_uncertainty": float(means[i]),
         })
+    if locate is not None:
+        starts = np.array([b.start for b in box])
+        for i, part in enumerate(ndi.find_objects(labels)):
+            voxels = np.argwhere(labels[part] == i + 1) + starts + np.array([p.start for p in part])
+            rows[i].update(locate(voxels))
     rows.sort(key=lambda r: (-r["voxels"], -r["centre_R_mm"], -r["centre_A_mm"], r["centre_S_mm"]))
     for number, row in enumerate(rows, 1):
         row["id"] = number

@@ -86,6 +86,9 @@ class SubjectRecord:
     flags: list[str] = field(default_factory=list)  # what to review (lacunes.runner.qc_flags)
     input_headers: dict[str, dict] = field(default_factory=dict)  # per contrast, as read (lacunes.headers)
     preparation: dict[str, dict] = field(default_factory=dict)  # registration, brain extraction (lacunes.preparation)
+    preparation_picture: str = ""  # what the preparation did, drawn (preparation_figure), relative as picture
+    regions: dict = field(default_factory=dict)  # the registration onto the template (lacunes.regions)
+    places: list[dict] = field(default_factory=list)  # per lesion id: region, side, MNI centre (lacunes.regions)
 
     @classmethod
     def from_dict(cls, d: dict) -> SubjectRecord:
@@ -368,17 +371,97 @@ def update_records(output: Path, changed: dict[str, SubjectRecord]) -> dict[str,
     return records
 
 
+def _edges(picture: np.ndarray) -> np.ndarray:
+    """Where a 2D slice's intensity changes most: gradient magnitude (Sobel of a lightly smoothed slice) in
+    its top 12 % over the non-zero voxels."""
+    from scipy import ndimage as ndi
+
+    smooth = ndi.gaussian_filter(picture.astype(np.float32), 1.0)
+    magnitude = np.hypot(ndi.sobel(smooth, 0), ndi.sobel(smooth, 1))
+    inside = picture != 0
+    if not inside.any():
+        return np.zeros(picture.shape, bool)
+    return (magnitude >= np.percentile(magnitude[inside], 88)) & inside
+
+
+def preparation_figure(image: np.ndarray, geometry: Geometry, path: Path, title: str,
+                       modalities: tuple[str, ...] = MODALITIES, brain_mask: np.ndarray | None = None,
+                       registered: tuple[str, ...] = ()) -> Path:
+    """The preparation's picture (PNG): the reference contrast through the brain's centre in the three
+    planes of the array, one row per registered contrast with that contrast's edges drawn over it in red
+    (:func:`_edges`: they must follow the reference's anatomy), and the brain mask's outline in yellow."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reference = MODALITIES.index(modalities[0])
+    rows = list(registered) or [None]
+    ref = image[reference]
+    body = ref != 0
+    centre = (tuple(int(v) for v in np.round(np.argwhere(body).mean(0))) if body.any()
+              else tuple(n // 2 for n in ref.shape))
+    limits = np.percentile(ref[body], [1, 99]) if body.any() else (0.0, 1.0)
+    spacing, letters = np.asarray(geometry.spacing, float), axis_letters(geometry.direction)
+    import textwrap
+
+    fig = plt.figure(figsize=(3 * PANEL_IN * 2.0, len(rows) * PANEL_IN * 1.8 + 0.5), dpi=DPI)
+    fig.suptitle(textwrap.fill(title, 110), fontsize=7.5)
+    for r, modality in enumerate(rows):
+        for p, fixed in enumerate((2, 1, 0)):
+            ax = fig.add_subplot(len(rows), 3, 3 * r + p + 1)
+            _panel(ax, _slice(ref, centre, fixed), limits, spacing, fixed, letters, 50.0)
+            if modality is not None:
+                edges = _edges(_slice(image[MODALITIES.index(modality)], centre, fixed))
+                if edges.any():
+                    ax.contour(edges.T.astype(float), levels=[0.5], colors="red", linewidths=0.4)
+            if brain_mask is not None and brain_mask.any():
+                ax.contour(_slice(brain_mask, centre, fixed).T.astype(float), levels=[0.5], colors="yellow",
+                           linewidths=0.6)
+            ax.set_title(f"{modalities[0]}" + (f" + {modality} edges" if modality else "")
+                         + (" + brain mask" if brain_mask is not None else ""), fontsize=6.5)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def _unlike_its_record(output: Path, record: SubjectRecord, path: Path) -> str:
+    """Why a file the run wrote cannot be trusted now (empty where it can): missing, not in the subject's
+    completion record, or changed since (size and sha256, keyed as :func:`lacunes.runner.fingerprints`)."""
+    from lacunes.checkpoint import sha256_of
+
+    if not path.is_file():
+        return f"{path} is missing"
+    resolved, root = path.resolve(), Path(output).resolve()
+    kept = record.outputs.get(str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved))
+    if kept is None:
+        return f"{path} is not in the run's record"
+    if path.stat().st_size != kept.get("bytes") or sha256_of(path) != kept.get("sha256"):
+        return f"{path} changed since the run"
+    return ""
+
+
 def picture_for(output: Path, record: SubjectRecord) -> SubjectRecord:
     """Draw a done subject's picture from its recorded inputs and maps, and keep its lesion table in the
     record (``lacunes report``)."""
     from lacunes.io import read_subject, read_volume
 
     paths = {m: Path(p) for m, p in record.inputs.items()}
+    mask = None
     if record.preparation:  # drawn as the network saw it: registered, and stripped with the mask it wrote
         from lacunes.preparation import prepared_again
 
         mask_file = record.preparation.get("brain_extraction", {}).get("mask_file")
-        mask = read_volume(Path(mask_file))[0] > 0 if mask_file and Path(mask_file).is_file() else None
+        if mask_file:
+            why = _unlike_its_record(Path(output), record, Path(mask_file))
+            if why:  # drawn with what the brain extraction left out rather than through another mask
+                note = f"brain mask {why}: the picture shows the scan unmasked"
+                logger.warning("%s: %s", record.subject_id, note)
+                record.flags = [*record.flags, note] if note not in record.flags else record.flags
+            else:
+                mask = read_volume(Path(mask_file))[0] > 0
         subject = prepared_again(record.subject_id, paths, tuple(record.inputs), record.preparation, mask)
     else:
         subject = read_subject(record.subject_id, paths, resample=True, modalities=tuple(record.inputs))
@@ -386,12 +469,20 @@ def picture_for(output: Path, record: SubjectRecord) -> SubjectRecord:
     uncertainty = None
     if record.uncertainty and (Path(output) / record.uncertainty).is_file():
         uncertainty, _ = read_volume(Path(output) / record.uncertainty)
+    if any(k.startswith("registration_") for k in record.preparation) or mask is not None:
+        record.preparation_picture = f"{QC_DIR}/{record.subject_id}_preparation.png"
+        registered = tuple(k.removeprefix("registration_") for k in record.preparation if k.startswith("registration_"))
+        preparation_figure(subject.image, subject.geometry, Path(output) / record.preparation_picture,
+                           f"{record.subject_id}: {preparation_summary(record.preparation)}", subject.modalities,
+                           mask, registered)
     rel = f"{QC_DIR}/{record.subject_id}.png"
     lesions = subject_figure(subject.image, probability, subject.geometry, Path(output) / rel, record.subject_id,
                              uncertainty=uncertainty, modalities=subject.modalities)
     record.picture, record.lesions = rel, len(lesions)
     record.volume_mm3 = float(sum(les["volume_mm3"] for les in lesions))
-    record.lesion_rows = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in les.items()} for les in lesions]
+    places = {p["id"]: p for p in record.places}  # recorded by the run: the same numbering (one lesion table)
+    record.lesion_rows = [{**{k: (list(v) if isinstance(v, tuple) else v) for k, v in les.items()},
+                           **places.get(les["id"], {})} for les in lesions]
     return record
 
 
@@ -457,14 +548,31 @@ def _lps_to_ras(centre) -> tuple[float, float, float]:
 def _lesion_table(r: SubjectRecord) -> str:
     if not r.lesion_rows:
         return ""
-    head = ("<tr><th>No.</th><th>volume (mm³)</th><th>centre R, A, S (mm)</th><th>mean p</th><th>max p</th>"
-            "<th>mean uncertainty</th></tr>")
+    head = ("<tr><th>No.</th><th>volume (mm³)</th><th>centre R, A, S (scanner mm)</th><th>region (share of its "
+            "voxels)</th><th>centre R, A, S (MNI mm)</th><th>mean p</th><th>max p</th><th>mean uncertainty</th></tr>")
     body = "".join(
         f"<tr><td>{row['id']}</td><td>{_number(row['volume_mm3'], 0)}</td>"
-        f"<td>{ras_text(tuple(row['centre_ras_mm']))}</td><td>{_number(row['mean_probability'], 2)}</td>"
+        f"<td>{ras_text(tuple(row['centre_ras_mm']))}</td><td>{html.escape(_region_text(row))}</td>"
+        f"<td>{_mni_text(row)}</td><td>{_number(row['mean_probability'], 2)}</td>"
         f"<td>{_number(row['max_probability'], 2)}</td><td>{_number(row.get('mean_uncertainty'), 2)}</td></tr>"
         for row in r.lesion_rows)
     return f'<table class="lesions"><thead>{head}</thead><tbody>{body}</tbody></table>'
+
+
+def _region_text(row: dict) -> str:
+    """``right basal ganglia (0.92)``; ``unknown`` where the lesion could not be placed (lacunes.regions)."""
+    region, share = row.get("region", "unknown"), row.get("region_share")
+    if region == "unknown" or share is None or (isinstance(share, float) and np.isnan(share)):
+        return "unknown"
+    side = row.get("side", "")
+    return f"{side + ' ' if side and side != 'midline' else ''}{region}{' (midline)' if side == 'midline' else ''} ({share:.2f})"
+
+
+def _mni_text(row: dict) -> str:
+    centre = [row.get(f"mni_{c}_mm") for c in "RAS"]
+    if any(v is None or (isinstance(v, float) and np.isnan(v)) for v in centre):
+        return ""
+    return ras_text(tuple(float(v) for v in centre))
 
 
 def _candidate_centre(c: dict) -> str:
@@ -504,10 +612,13 @@ def _subject_section(output: Path, r: SubjectRecord) -> str:
     table = next((k for k in r.outputs if k.endswith("lesions.csv")), "")
     links = [_link(output, r.prediction, "probability map"), _link(output, r.uncertainty, "uncertainty map"),
              _link(output, str(sidecar_path(Path(r.prediction))) if r.prediction else "", "sidecar (JSON)"),
-             _link(output, table, "lesion table (CSV)"), _link(output, r.picture, "picture")]
+             _link(output, table, "lesion table (CSV)"), _link(output, r.picture, "picture"),
+             _link(output, r.preparation_picture, "preparation picture (registration, brain mask)")]
     return (f'<section id="{sid}"><h2>{sid}</h2><p class="totals">{html.escape(totals)}</p>'
             f'<p class="links">{" · ".join(x for x in links if x)}</p>{_lesion_table(r)}{_rejected_table(r)}'
-            f'<img src="{html.escape(quote(r.picture))}" alt="lesions of {sid}"></section>')
+            f'<img src="{html.escape(quote(r.picture))}" alt="lesions of {sid}">'
+            + (f'<img src="{html.escape(quote(r.preparation_picture))}" alt="preparation of {sid}">'
+               if r.preparation_picture and (output / r.preparation_picture).is_file() else "") + "</section>")
 
 
 STYLE = """body { font-family: sans-serif; margin: 1.5em; font-size: 15px; line-height: 1.4; }

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from lacunes.instances import lesion_table
 from lacunes.io import Subject, read_subject
 from lacunes.layouts import SubjectFiles
 from lacunes.options import FULL_SET, INPUT_SETS, MODALITIES, input_set_name, look_up_option
+from lacunes.regions import COLUMNS as REGION_COLUMNS
+from lacunes.regions import unknown as unknown_place
 from lacunes.writing import atomic_output, write_volume, write_volumes
 
 logger = logging.getLogger(__name__)
@@ -44,6 +47,8 @@ class SubjectReport:
     flags: list[str] = field(default_factory=list)  # what to review (lacunes.runner.qc_flags)
     headers: dict[str, dict] = field(default_factory=dict)  # per contrast, as read (lacunes.headers)
     preparation: dict[str, dict] = field(default_factory=dict)  # registration, brain extraction (lacunes.preparation)
+    regions: dict = field(default_factory=dict)  # the registration onto the template (lacunes.regions)
+    places: list[dict] = field(default_factory=list)  # per lesion id: region, side, MNI centre (lacunes.regions)
 
 
 #: The run settings' statement of a prepared run (``preparation`` in run.json's settings).
@@ -52,6 +57,42 @@ PREPARATION = "T2 and FLAIR registered onto the T1 where on another grid, the br
 #: A lesion whose mean uncertainty reaches this is marked for review: in a trial cohort of phantoms the two
 #: false positives had a mean uncertainty of 0.44 and 0.64, the true lacunes 0.15-0.23.
 REVIEW_UNCERTAINTY = 0.4
+
+
+def place_lesions(subject: Subject, probability: np.ndarray, rows: list[dict]) -> tuple[list[dict], dict]:
+    """The lesion table with where each lesion lies (:mod:`lacunes.regions`: the subject's reference contrast
+    registered onto the template, only where it has lesions) and the registration's record; every lesion
+    "unknown" where the template or the atlas cannot be read (said once in the log) or the registration
+    failed (the record's ``why``, a QC flag)."""
+    from lacunes import regions
+
+    if not rows:
+        return rows, {}
+    try:
+        template = regions.load_template()
+    except regions.AtlasUnavailable as exc:
+        _say_once(f"lesion regions and MNI centres unknown in this run: {exc}")
+        return rows, {"usable": False, "why": f"lesion regions unknown: {exc}"}
+    reference = subject.modalities[0]
+    record, transform = regions.register_to_template(subject.image[MODALITIES.index(reference)], subject.geometry,
+                                                     f"{subject.subject_id}: {reference}")
+    if template.regions is None:
+        why = f"no atlas in {regions.atlas_dir()} (apt-get install mricron-data)"
+        _say_once(f"lesion regions unknown in this run (MNI centres given): {why}")
+        record["atlas"] = f"none: {why}"
+    else:
+        record["atlas"] = regions.ATLASES
+    geometry = subject.geometry
+    located = lesion_table(probability, None, geometry.spacing, geometry.origin, direction=geometry.direction,
+                           locate=regions.Locator(transform, geometry))
+    places = {r["id"]: {k: r[k] for k in REGION_COLUMNS} for r in located}
+    logger.info("%s: %s", subject.subject_id, regions.summary(record))
+    return [{**row, **places[row["id"]]} for row in rows], record
+
+
+@cache
+def _say_once(message: str) -> None:
+    logger.warning("%s", message)
 
 
 def qc_flags(subject: Subject, rows: list[dict]) -> list[str]:
@@ -63,11 +104,16 @@ def qc_flags(subject: Subject, rows: list[dict]) -> list[str]:
                                       f"{REVIEW_UNCERTAINTY:g})"] if uncertain else [])
 
 
+#: The lesion table's columns (CSV): centres in scanner RAS mm, then where the lesion lies (lacunes.regions).
+TABLE_COLUMNS = ("id", "voxels", "volume_mm3", "centre_R_mm", "centre_A_mm", "centre_S_mm", "mean_probability",
+                 "max_probability", "mean_uncertainty", *REGION_COLUMNS)
+
+
 def write_lesion_table(rows: list[dict], path: Path) -> Path:
-    columns = ["id", "voxels", "volume_mm3", "centre_R_mm", "centre_A_mm", "centre_S_mm", "mean_probability",
-               "max_probability", "mean_uncertainty"]
+    """The lesion table as CSV (:data:`TABLE_COLUMNS`; region columns "unknown"/empty where not placed)."""
+    rows = [{**unknown_place(), **row} for row in rows]
     with atomic_output(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -196,6 +242,7 @@ def run_subject(
     subject: Subject | None = None,
     modalities: str | None = None,
     prepare: bool = False,
+    place: bool = True,
 ) -> SubjectReport:
     """Read a subject (unless ``subject``, already read from ``files``, is given), predict, and write the
     probability and uncertainty maps on its T1 grid (the T2's for a ``T2+FLAIR`` subject).
@@ -206,7 +253,8 @@ def run_subject(
     Extras (binary mask at 0.5, lesion table CSV) go to ``extras_dir``, never next to the contract's
     outputs. Nothing is written when reading or predicting fails. ``resample``: T2/FLAIR on another grid
     are resampled onto the T1's (:func:`lacunes.io.read_subject`). ``prepare``: registered onto it instead,
-    and the brain extracted where the inputs carry the skull (:mod:`lacunes.preparation`).
+    and the brain extracted where the inputs carry the skull (:mod:`lacunes.preparation`). ``place``: each
+    lesion's region, side and MNI centre in the lesion table (:func:`place_lesions`; ``--no-regions`` skips it).
     """
     t0 = time.time()
     predictor.release.check_input_set(input_set_of(files, modalities), chosen=bool(modalities), subject_id=files.subject_id)
@@ -220,6 +268,10 @@ def run_subject(
     outputs = write_volumes([(probability.astype(np.float32), geometry, prediction_path),
                              (uncertainty.astype(np.float32), geometry, uncertainty_path)])
     rows = lesion_table(probability, uncertainty, geometry.spacing, geometry.origin, direction=geometry.direction)
+    placed: dict = {}
+    if place:
+        rows, placed = place_lesions(subject, probability, rows)
+    t_placed = time.time()
     extras = extras_paths(files, extras_dir, write_mask, write_table)
     if "mask" in extras:
         outputs.append(write_volume((probability >= 0.5).astype(np.uint8), geometry, extras["mask"]))
@@ -232,9 +284,14 @@ def run_subject(
     t3 = time.time()
     report = SubjectReport(files.subject_id, outputs, len(rows), t3 - t0, input_set=subject.input_set,
                            volume_mm3=float(sum(r["volume_mm3"] for r in rows)),
-                           phases={"read": t1 - t0, "inference": t2 - t1, "write": t3 - t2},
+                           phases={"read": t1 - t0, "inference": t2 - t1, "regions": t_placed - t2,
+                                   "write": t3 - t_placed},
                            rejected_candidates=prediction.stats.get("rejected_candidates", []),
-                           flags=qc_flags(subject, rows), headers=subject.headers, preparation=subject.preparation)
+                           flags=qc_flags(subject, rows), headers=subject.headers, preparation=subject.preparation,
+                           regions=placed, places=[{"id": r["id"], **{k: r[k] for k in REGION_COLUMNS}}
+                                                   for r in rows if "region" in r])
+    if placed and not placed.get("usable"):
+        report.flags.append(placed["why"])
     st = prediction.stats
     notes = []
     if st.get("candidates"):
@@ -247,13 +304,16 @@ def run_subject(
         notes.append(f"from {subject.input_set}")
     if report.flags:
         notes.append("to review: " + "; ".join(report.flags))
-    logger.info("%s: %d lesion(s) in %.1f s (read %.1f s, inference %.1f s, write %.1f s)%s", files.subject_id,
-                report.lesions, report.seconds, *report.phases.values(), f"; {'; '.join(notes)}" if notes else "")
+    split = ", ".join(f"{k} {v:.1f} s" for k, v in report.phases.items() if k != "regions" or placed)
+    logger.info("%s: %d lesion(s) in %.1f s (%s)%s", files.subject_id, report.lesions, report.seconds, split,
+                f"; {'; '.join(notes)}" if notes else "")
     return report
 
 
-def extras_from_maps(files: SubjectFiles, prediction: Path, uncertainty: Path, extras: dict[str, Path]) -> list[Path]:
-    """Write the extras (``mask``, ``table``) of a finished subject from its saved maps, without inference."""
+def extras_from_maps(files: SubjectFiles, prediction: Path, uncertainty: Path, extras: dict[str, Path],
+                     places: list[dict] | None = None) -> list[Path]:
+    """Write the extras (``mask``, ``table``) of a finished subject from its saved maps, without inference;
+    the lesions' regions from ``places`` (what its run recorded: one numbering), else "unknown"."""
     from lacunes.io import read_volume
 
     probability, geometry = read_volume(prediction)
@@ -263,7 +323,8 @@ def extras_from_maps(files: SubjectFiles, prediction: Path, uncertainty: Path, e
     if "table" in extras:
         unc, _ = read_volume(uncertainty)
         rows = lesion_table(probability, unc, geometry.spacing, geometry.origin, direction=geometry.direction)
-        written.append(write_lesion_table(rows, extras["table"]))
+        known = {p["id"]: p for p in places or []}
+        written.append(write_lesion_table([{**row, **known.get(row["id"], {})} for row in rows], extras["table"]))
     logger.info("%s: %s made from the saved maps (no inference)", files.subject_id, ", ".join(extras))
     return written
 
@@ -284,7 +345,7 @@ def settings_conflicts(records: dict, names: list[str], requested: dict) -> list
 
 def _cohort_subject(predictor: Predictor, files, output: Path, record, requested: dict, overwrite: bool,
                     extras: Path, write_mask: bool, write_table: bool, resample: bool, modalities: str | None = None,
-                    raw_link: dict | None = None, prepare: bool = False):
+                    raw_link: dict | None = None, prepare: bool = False, place: bool = True):
     """One subject of :func:`run_cohort`: skipped while its record matches its maps and the settings (extras
     asked for only now made from the saved maps), else predicted with its sidecars. Returns its report
     and its new record. ``raw_link``: the raw BIDS dataset the folder's description links to so far
@@ -308,16 +369,16 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
     if not overwrite and why is None:
         missing = {k: p for k, p in wanted.items() if record_mismatch(record, [p], output)}
         if missing:
-            record.outputs.update(fingerprints(extras_from_maps(files, pred, unc, missing), output))
+            record.outputs.update(fingerprints(extras_from_maps(files, pred, unc, missing, record.places), output))
         return SubjectReport(files.subject_id, expected, lesions=record.lesions, status="skipped", flags=record.flags,
                              extras_from_maps=bool(missing), volume_mm3=record.volume_mm3,
                              input_set=input_set_name(tuple(record.inputs)) if record.inputs else FULL_SET), record
     r = run_subject(predictor, files, pred, unc, extras, write_mask, write_table, resample, modalities=modalities,
-                    prepare=prepare)
+                    prepare=prepare, place=place)
     used = {m: p for m, p in files.paths.items() if m in INPUT_SETS[r.input_set]}
     reference, raw = spatial_reference(used[next(m for m in MODALITIES if m in used)], files.bids)
     provenance = {**subject_provenance(predictor, used, r.seconds), "SpatialReference": reference,
-                  "InputHeaders": r.headers, "Preparation": r.preparation, "QCFlags": r.flags}
+                  "InputHeaders": r.headers, "Preparation": r.preparation, "Regions": r.regions, "QCFlags": r.flags}
     if raw is not None and raw_link is not None and raw_link.get("root") != raw:
         write_dataset_description(output, predictor, raw)  # DatasetLinks: where SpatialReference points
         raw_link["root"] = raw
@@ -327,7 +388,8 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
     record = SubjectRecord(r.subject_id, "done", inputs, _record_key(pred, output), r.lesions, r.volume_mm3,
                            r.seconds, outputs=fingerprints(r.outputs, output), settings=requested,
                            uncertainty=_record_key(unc, output), rejected_candidates=r.rejected_candidates,
-                           flags=r.flags, input_headers=r.headers, preparation=r.preparation)
+                           flags=r.flags, input_headers=r.headers, preparation=r.preparation, regions=r.regions,
+                           places=r.places)
     return r, record
 
 
@@ -389,7 +451,7 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
                extras_dir: Path | None = None, write_mask: bool = False, write_table: bool = False,
                resample: bool = False, qc: bool = False, progress: bool = True,
                shard: tuple[int, int] = (1, 1), modalities: str | None = None,
-               prepare: bool = False) -> list[SubjectReport]:
+               prepare: bool = False, place: bool = True) -> list[SubjectReport]:
     """Predict every subject of ``items`` (:class:`lacunes.layouts.CohortEntry`: each turned into its files
     as it runs, :func:`lacunes.layouts.cohort_items`) into ``output``; with ``shard=(i, n)``, only every
     n-th subject from the i-th (1-based), so that n jobs share a cohort.
@@ -424,7 +486,7 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
     try:
         with settings_lock(output, requested):
             return _run_locked(predictor, items, output, requested, overwrite, extras, write_mask, write_table,
-                               resample, modalities, qc, progress, prepare)
+                               resample, modalities, qc, progress, prepare, place)
     except BaseException:
         if created and output.is_dir() and not any(output.iterdir()):  # nothing written: leave no empty folder
             output.rmdir()
@@ -432,7 +494,7 @@ def run_cohort(predictor: Predictor, items: list, output: Path, *, overwrite: bo
 
 
 def _run_locked(predictor, items, output, requested, overwrite, extras, write_mask, write_table, resample,
-                modalities, qc, progress, prepare=False) -> list[SubjectReport]:
+                modalities, qc, progress, prepare=False, place=True) -> list[SubjectReport]:
     """The cohort loop of :func:`run_cohort`, with the output folder held for its settings."""
     from tqdm import tqdm
 
@@ -452,7 +514,7 @@ def _run_locked(predictor, items, output, requested, overwrite, extras, write_ma
         try:
             report, record = _cohort_subject(predictor, entry.files(), output, records.get(entry.subject_id), requested,
                                              overwrite, extras, write_mask, write_table, resample, modalities,
-                                             raw_link, prepare)
+                                             raw_link, prepare, place)
             reports.append(report)
             drawn = bool(record.picture) and (output / record.picture).is_file()
             if qc and (report.status == "done" or not drawn):

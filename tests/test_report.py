@@ -166,17 +166,25 @@ def test_the_report_lists_what_the_second_stage_rejected_and_each_lesion_with_it
 
     (tmp_path / "qc").mkdir()
     Image.new("RGB", (4, 4)).save(tmp_path / "qc" / "sub-7.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "qc" / "sub-8.png")
     lesion = {"id": 1, "volume_mm3": 42.0, "centre_ras_mm": [-12.5, 3.0, 20.0], "mean_probability": 0.91,
               "max_probability": 1.0, "mean_uncertainty": 0.37}
+    place = {"id": 1, "region": "basal ganglia", "region_share": 0.83, "side": "left", "mni_R_mm": -24.1,
+             "mni_A_mm": 2.0, "mni_S_mm": 1.5}
     rejected = [{"voxel": [1, 2, 3], "centre_ras_mm": [-4.0, 5.5, 6.0], "volume_mm3": 12.0, "max_probability": 0.93,
                  "score": 0.21},
                 {"voxel": [1, 2, 3], "centre_mm": [4.0, -5.5, 6.0], "volume_mm3": 11.0, "max_probability": 0.92,
                  "score": 0.2}]  # a run recorded before the RAS centres: LPS centre_mm
-    record = SubjectRecord("sub-7", "done", picture="qc/sub-7.png", lesions=1, volume_mm3=42.0, lesion_rows=[lesion],
-                           rejected_candidates=rejected, settings={"second_stage_min_score": 0.4})
-    write_report(tmp_path, {"sub-7": record})
+    record = SubjectRecord("sub-7", "done", picture="qc/sub-7.png", lesions=1, volume_mm3=42.0,
+                           lesion_rows=[{**lesion, **place}], rejected_candidates=rejected,
+                           settings={"second_stage_min_score": 0.4})
+    unplaced = SubjectRecord("sub-8", "done", picture="qc/sub-8.png", lesions=1, volume_mm3=42.0,
+                             lesion_rows=[lesion])  # a run with --no-regions
+    write_report(tmp_path, {"sub-7": record, "sub-8": unplaced})
     text = (tmp_path / "report.html").read_text()
-    assert "<td>1</td><td>42</td><td>R -12.5, A 3.0, S 20.0</td><td>0.91</td><td>1.00</td><td>0.37</td>" in text
+    assert ("<td>1</td><td>42</td><td>R -12.5, A 3.0, S 20.0</td><td>left basal ganglia (0.83)</td>"
+            "<td>R -24.1, A 2.0, S 1.5</td><td>0.91</td><td>1.00</td><td>0.37</td>") in text
+    assert "<td>R -12.5, A 3.0, S 20.0</td><td>unknown</td><td></td><td>0.91</td>" in text
     assert "2 candidate(s) the second stage rejected (score under 0.4)" in text
     assert "<td>R -4.0, A 5.5, S 6.0</td><td>12</td><td>0.93</td><td>0.21</td>" in text
     assert "<td>R -4.0, A 5.5, S 6.0</td><td>11</td><td>0.92</td><td>0.20</td>" in text  # LPS (4, -5.5, 6) in RAS

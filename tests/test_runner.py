@@ -1,6 +1,7 @@
 """lacunes.runner: one subject from files to written maps, and the completion record's verdicts."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +23,7 @@ def test_run_subject_writes_both_maps_on_the_t1_grid_and_extras_apart(tmp_path, 
     out = tmp_path / "out"
     report = run_subject(predictor, files, out / files.prediction_name, out / files.uncertainty_name,
                          extras_dir=out / "extras", write_mask=True, write_table=True)
-    assert report.status == "done" and set(report.phases) == {"read", "inference", "write"}
+    assert report.status == "done" and set(report.phases) == {"read", "inference", "regions", "write"}
     prob, g = read_volume(out / "sub-001_space-T1_prediction.nii.gz")
     assert prob.shape == geom.shape
     np.testing.assert_allclose(g.spacing, geom.spacing, rtol=1e-6)
@@ -182,5 +183,20 @@ def test_a_prepared_run_masks_a_contrast_with_a_background_by_the_t1s_brain_and_
     assert not any("background" in f for f in sidecar["QCFlags"])
     record = load_records(out)["sub-01"]
     assert record.preparation == sidecar["Preparation"] and record.settings["preparation"] != "none"
+    # the report draws the subject through the mask the run wrote, and only while it is that mask
+    from lacunes.report import picture_for
+    from lacunes.writing import write_volume
+
+    mask_file = Path(record.preparation["brain_extraction"]["mask_file"])
+    drawn = picture_for(out, record)
+    assert not any("brain mask" in f for f in drawn.flags)
+    from PIL import Image
+
+    with Image.open(out / drawn.preparation_picture) as picture:  # the reference with the mask: one row
+        assert picture.size[0] > picture.size[1] > 100
+    mask, geometry = read_volume(mask_file)
+    write_volume(np.zeros_like(mask), geometry, mask_file)
+    assert f"brain mask {mask_file} changed since the run: the picture shows the scan unmasked" in picture_for(
+        out, load_records(out)["sub-01"]).flags
     # the same folder as given: other settings, refused
     assert main([*argv, "--no-preprocess"]) != 0

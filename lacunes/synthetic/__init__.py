@@ -45,14 +45,17 @@ logger = logging.getLogger(__name__)
 __all__ = ["ANATOMIES", "MEASUREMENT_ONLY", "MODALITIES", "TISSUE_LABELS", "AcquisitionConfig", "ContrastTable",
            "LacuneShapeConfig", "Lesion", "MimicConfig", "Phantom", "SynthConfig", "TissueRanges", "acquisition_grids",
            "generate_dataset", "generate_phantom", "intensity_curve", "lesion_record", "load_template",
-           "voxel_profile_sigma", "write_phantom"]
+           "template_points_in_phantom", "voxel_profile_sigma", "write_phantom"]
 
 
 # ----------------------------------------------------------------------------------------------
 # Anatomy
 
 
-def _deform_anatomy(rng: np.random.Generator, cfg: SynthConfig, tpl: _Template) -> dict[str, np.ndarray]:
+def _deform_anatomy(rng: np.random.Generator, cfg: SynthConfig, tpl: _Template, keep_map: bool = False
+                    ) -> dict[str, np.ndarray]:
+    """The anatomy deformed (affine, smooth displacement, ventricle width, sulcal width). ``keep_map``:
+    also ``coords``, the template voxel (fractional, ``3×X×Y×Z``) each phantom voxel reads."""
     shape = tpl.gm.shape
     centre = (np.array(shape, dtype=np.float32) - 1) / 2
     # Sampling map: output voxel x reads the template at A (x - c) + c + smooth displacement.
@@ -70,6 +73,8 @@ def _deform_anatomy(rng: np.random.Generator, cfg: SynthConfig, tpl: _Template) 
     weight = np.exp(-(rel**2).sum(0) / (2 * 22.0**2))
     coords -= k * rel * weight[None]
     del rel, weight, grid
+    if keep_map:
+        kept = coords.copy()
 
     out = {}
     for name in ("gm", "wm", "csf", "mask"):
@@ -85,7 +90,28 @@ def _deform_anatomy(rng: np.random.Generator, cfg: SynthConfig, tpl: _Template) 
         out[name] = np.where(mask, np.clip(out[name], 0.0, 1.0), 0.0).astype(np.float32)
     out["mask"] = mask
     out["affine"] = a  # template voxel ≈ affine · (phantom voxel - centre) + centre
+    if keep_map:
+        out["coords"] = kept
     return out
+
+
+def template_points_in_phantom(seed: int, index: int, ras_mm, config: SynthConfig | None = None
+                               ) -> tuple[np.ndarray, np.ndarray]:
+    """Where points named in the anatomy's scanner millimetres (RAS, ``N×3``: MNI for ``icbm152``) lie in
+    the deformed phantom ``(seed, index)``: for each, the phantom voxel (``x, y, z``) that reads the template
+    nearest to it, and that distance (mm). Returns ``(voxels N×3, distances N)``."""
+    cfg = config or SynthConfig()
+    tpl = load_anatomy(cfg.anatomy)
+    coords = _deform_anatomy(np.random.default_rng([seed, index]), cfg, tpl, keep_map=True)["coords"]
+    first_ras = np.array([-tpl.origin[0], -tpl.origin[1], tpl.origin[2]])  # the crop's voxel 0 (RAS mm)
+    voxels, distances = [], []
+    for point in np.atleast_2d(np.asarray(ras_mm, float)):
+        target = point - first_ras
+        dist = np.sqrt(sum((coords[d] - target[d]) ** 2 for d in range(3)))
+        voxel = np.unravel_index(int(np.argmin(dist)), dist.shape)
+        voxels.append(voxel)
+        distances.append(float(dist[voxel]))
+    return np.array(voxels, int), np.array(distances)
 
 
 # ----------------------------------------------------------------------------------------------
