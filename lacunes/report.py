@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import json
 import logging
+import textwrap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -403,8 +404,6 @@ def preparation_figure(image: np.ndarray, geometry: Geometry, path: Path, title:
               else tuple(n // 2 for n in ref.shape))
     limits = np.percentile(ref[body], [1, 99]) if body.any() else (0.0, 1.0)
     spacing, letters = np.asarray(geometry.spacing, float), axis_letters(geometry.direction)
-    import textwrap
-
     fig = plt.figure(figsize=(3 * PANEL_IN * 2.0, len(rows) * PANEL_IN * 1.8 + 0.5), dpi=DPI)
     fig.suptitle(textwrap.fill(title, 110), fontsize=7.5)
     for r, modality in enumerate(rows):

@@ -62,8 +62,8 @@ REVIEW_UNCERTAINTY = 0.4
 def place_lesions(subject: Subject, probability: np.ndarray, rows: list[dict]) -> tuple[list[dict], dict]:
     """The lesion table with where each lesion lies (:mod:`lacunes.regions`: the subject's reference contrast
     registered onto the template, only where it has lesions) and the registration's record; every lesion
-    "unknown" where the template or the atlas cannot be read (said once in the log) or the registration
-    failed (the record's ``why``, a QC flag)."""
+    "unknown" where the template or the atlas cannot be read (said once in the log: a matter of the
+    installation, not of the subject) or the registration failed (the record's ``why``, a QC flag)."""
     from lacunes import regions
 
     if not rows:
@@ -72,7 +72,7 @@ def place_lesions(subject: Subject, probability: np.ndarray, rows: list[dict]) -
         template = regions.load_template()
     except regions.AtlasUnavailable as exc:
         _say_once(f"lesion regions and MNI centres unknown in this run: {exc}")
-        return rows, {"usable": False, "why": f"lesion regions unknown: {exc}"}
+        return rows, {"usable": False, "skipped": True, "why": f"lesion regions unknown: {exc}"}
     reference = subject.modalities[0]
     record, transform = regions.register_to_template(subject.image[MODALITIES.index(reference)], subject.geometry,
                                                      f"{subject.subject_id}: {reference}")
@@ -290,7 +290,7 @@ def run_subject(
                            flags=qc_flags(subject, rows), headers=subject.headers, preparation=subject.preparation,
                            regions=placed, places=[{"id": r["id"], **{k: r[k] for k in REGION_COLUMNS}}
                                                    for r in rows if "region" in r])
-    if placed and not placed.get("usable"):
+    if placed and not placed.get("usable") and not placed.get("skipped"):  # this subject's registration failed
         report.flags.append(placed["why"])
     st = prediction.stats
     notes = []
