@@ -126,3 +126,27 @@ def test_the_sample_cases_lacunes_are_placed_in_the_run_its_table_and_its_record
     table = write_lesion_table(placed, tmp_path / "lesions.csv").read_text().splitlines()
     assert table[0].split(",") == list(TABLE_COLUMNS) and placed[0]["region"] in table[1]
     assert place_lesions(subject, probability, []) == ([], {})  # a lesion-free subject costs no registration
+
+
+def test_without_nilearns_template_lesions_stay_unknown_and_no_subject_is_flagged_for_it(tmp_path, monkeypatch,
+                                                                                         caplog):
+    import csv
+
+    from lacunes.io import Subject
+    from lacunes.runner import place_lesions, write_lesion_table
+
+    def missing():
+        raise regions.AtlasUnavailable("the template needs nibabel and nilearn (pip install nilearn): no nilearn")
+
+    monkeypatch.setattr(regions, "load_template", missing)  # as on an installation without nilearn
+    prob = np.zeros((20, 20, 20), np.float32)
+    prob[5:8, 5:8, 5:8] = 0.9
+    g = Geometry((20, 20, 20))
+    rows = lesion_table(prob, None, g.spacing, g.origin)
+    subject = Subject("sub-x", np.zeros((3, 20, 20, 20), np.float32), g)
+    placed, record = place_lesions(subject, prob, rows)
+    assert placed == rows and record["skipped"] and not record["usable"] and "nilearn" in record["why"]
+    assert "lesion regions and MNI centres unknown in this run" in caplog.text
+    with open(write_lesion_table(placed, tmp_path / "lesions.csv"), newline="") as f:
+        written = list(csv.DictReader(f))
+    assert written[0]["region"] == regions.UNKNOWN and written[0]["mni_R_mm"] == "nan"
