@@ -625,6 +625,7 @@ table { border-collapse: collapse; margin: 0.5em 0; }
 td, th { border: 1px solid #bbb; padding: 0.2em 0.6em; text-align: right; }
 td:first-child, th { text-align: left; }
 table.run td, table.run th { text-align: left; }
+table.lesions td:nth-child(4) { text-align: left; }
 tr.failed td { background: #fdd; }
 td.status { max-width: 36em; overflow-wrap: anywhere; text-align: left; }
 img { max-width: 100%; margin-top: 0.5em; }
