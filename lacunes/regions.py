@@ -332,6 +332,23 @@ class Locator:
                 "mni_S_mm": round(float(centre[2]), 1) + 0.0}
 
 
+def region_map(transform, geometry: Geometry) -> np.ndarray | None:
+    """The coarse region atlas carried onto a subject's grid through its registration (nearest neighbour):
+    uint8, 1-based indices into :data:`REGIONS`, 0 outside the template's brain; None without a transform or
+    an atlas. What the lesions were named by, for the report's picture and the user's own regional counts."""
+    import SimpleITK as sitk
+
+    if transform is None:
+        return None
+    tpl = load_template()
+    if tpl.regions is None:
+        return None
+    atlas = to_sitk(tpl.regions, tpl.geometry)
+    grid = to_sitk(np.zeros(geometry.shape, np.uint8), geometry)
+    out = sitk.Resample(atlas, grid, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return np.ascontiguousarray(sitk.GetArrayFromImage(out).transpose(2, 1, 0))
+
+
 #: The lesion table's columns added by a :class:`Locator`.
 COLUMNS = ("region", "region_share", "side", "mni_R_mm", "mni_A_mm", "mni_S_mm")
 

@@ -88,6 +88,7 @@ class SubjectRecord:
     input_headers: dict[str, dict] = field(default_factory=dict)  # per contrast, as read (lacunes.headers)
     preparation: dict[str, dict] = field(default_factory=dict)  # registration, brain extraction (lacunes.preparation)
     preparation_picture: str = ""  # what the preparation did, drawn (preparation_figure), relative as picture
+    regions_picture: str = ""  # the regions the lesions were named by, drawn (regions_figure), relative as picture
     regions: dict = field(default_factory=dict)  # the registration onto the template (lacunes.regions)
     places: list[dict] = field(default_factory=list)  # per lesion id: region, side, MNI centre (lacunes.regions)
 
@@ -426,6 +427,54 @@ def preparation_figure(image: np.ndarray, geometry: Geometry, path: Path, title:
     return path
 
 
+def regions_figure(image: np.ndarray, regions_map: np.ndarray, probability: np.ndarray, geometry: Geometry,
+                   path: Path, title: str, lesions: list[dict], modalities: tuple[str, ...] = MODALITIES) -> Path:
+    """The regions' picture (PNG): for each lesion (the :data:`MAX_LESIONS` largest; ``lesions`` as
+    :func:`lesions_of` gives them), the reference contrast in the three planes through its centre with the
+    coarse regions it was named by (:func:`lacunes.regions.region_map`, on the subject's grid) in colour, its
+    outline in red and its row's region in the title: whether the template landed where the anatomy is."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from lacunes.regions import REGIONS
+
+    reference = image[MODALITIES.index(modalities[0])]
+    body = reference != 0
+    limits = np.percentile(reference[body], [1, 99]) if body.any() else (0.0, 1.0)
+    spacing, letters = np.asarray(geometry.spacing, float), axis_letters(geometry.direction)
+    colours = plt.get_cmap("tab10").colors
+    cmap = ListedColormap([(0, 0, 0, 0)] + [(*colours[i % 10], 0.35) for i in range(len(REGIONS))])
+    shown = lesions[:MAX_LESIONS] or [{"id": 0, "centre": tuple(int(v) for v in np.round(np.argwhere(body).mean(0)))
+                                       if body.any() else tuple(n // 2 for n in reference.shape)}]
+    fig = plt.figure(figsize=(3 * PANEL_IN * 2.0, len(shown) * PANEL_IN * 1.8 + 1.2), dpi=DPI)
+    fig.suptitle(textwrap.fill(title, 110), fontsize=7.5)
+    for r, les in enumerate(shown):
+        for p, fixed in enumerate((2, 1, 0)):
+            ax = fig.add_subplot(len(shown), 3, 3 * r + p + 1)
+            _panel(ax, _slice(reference, les["centre"], fixed), limits, spacing, fixed, letters, 50.0)
+            free = [a for a in range(3) if a != fixed]
+            ax.imshow(_slice(regions_map, les["centre"], fixed).T, cmap=cmap, vmin=0, vmax=len(REGIONS), origin="lower",
+                      aspect=spacing[free[1]] / spacing[free[0]], interpolation="nearest")
+            lesion = _slice(probability, les["centre"], fixed) >= 0.5
+            if les["id"] and lesion.any():
+                ax.contour(lesion.T.astype(float), levels=[0.5], colors="red", linewidths=0.6)
+            if p == 0:
+                named = les.get("region", "")
+                ax.set_title(f"lesion {les['id']}: {named}" if les["id"] else "no lesion", fontsize=6.5, loc="left")
+    present = sorted(int(v) for v in np.unique(regions_map) if v)
+    fig.legend(handles=[Patch(color=colours[(v - 1) % 10], alpha=0.6, label=REGIONS[v - 1]) for v in present],
+               loc="lower center", ncol=4, fontsize=6, frameon=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
 def _unlike_its_record(output: Path, record: SubjectRecord, path: Path) -> str:
     """Why a file the run wrote cannot be trusted now (empty where it can): missing, not in the subject's
     completion record, or changed since (size and sha256, keyed as :func:`lacunes.runner.fingerprints`)."""
@@ -482,6 +531,18 @@ def picture_for(output: Path, record: SubjectRecord) -> SubjectRecord:
     places = {p["id"]: p for p in record.places}  # recorded by the run: the same numbering (one lesion table)
     record.lesion_rows = [{**{k: (list(v) if isinstance(v, tuple) else v) for k, v in les.items()},
                            **places.get(les["id"], {})} for les in lesions]
+    map_file = record.regions.get("map_file")
+    if map_file and lesions:
+        why = _unlike_its_record(Path(output), record, Path(map_file))
+        if why:
+            logger.warning("%s: region map %s: its picture is not drawn", record.subject_id, why)
+        else:
+            record.regions_picture = f"{QC_DIR}/{record.subject_id}_regions.png"
+            regions_figure(subject.image, read_volume(Path(map_file))[0].astype(np.uint8), probability,
+                           subject.geometry, Path(output) / record.regions_picture,
+                           f"{record.subject_id}: the coarse regions the lesions were named by (template registered "
+                           "onto the subject; lacunes.regions)", [{**les, **places.get(les["id"], {})} for les in lesions],
+                           subject.modalities)
     return record
 
 
@@ -612,12 +673,14 @@ def _subject_section(output: Path, r: SubjectRecord) -> str:
     links = [_link(output, r.prediction, "probability map"), _link(output, r.uncertainty, "uncertainty map"),
              _link(output, str(sidecar_path(Path(r.prediction))) if r.prediction else "", "sidecar (JSON)"),
              _link(output, table, "lesion table (CSV)"), _link(output, r.picture, "picture"),
-             _link(output, r.preparation_picture, "preparation picture (registration, brain mask)")]
+             _link(output, r.preparation_picture, "preparation picture (registration, brain mask)"),
+             _link(output, r.regions_picture, "regions picture")]
     return (f'<section id="{sid}"><h2>{sid}</h2><p class="totals">{html.escape(totals)}</p>'
             f'<p class="links">{" · ".join(x for x in links if x)}</p>{_lesion_table(r)}{_rejected_table(r)}'
             f'<img src="{html.escape(quote(r.picture))}" alt="lesions of {sid}">'
-            + (f'<img src="{html.escape(quote(r.preparation_picture))}" alt="preparation of {sid}">'
-               if r.preparation_picture and (output / r.preparation_picture).is_file() else "") + "</section>")
+            + "".join(f'<img src="{html.escape(quote(rel))}" alt="{what} of {sid}">'
+                      for rel, what in ((r.preparation_picture, "preparation"), (r.regions_picture, "regions"))
+                      if rel and (output / rel).is_file()) + "</section>")
 
 
 STYLE = """body { font-family: sans-serif; margin: 1.5em; font-size: 15px; line-height: 1.4; }

@@ -25,6 +25,7 @@ from lacunes.io import Subject, read_subject
 from lacunes.layouts import SubjectFiles
 from lacunes.options import FULL_SET, INPUT_SETS, MODALITIES, input_set_name, look_up_option
 from lacunes.regions import COLUMNS as REGION_COLUMNS
+from lacunes.regions import region_map as regions_map
 from lacunes.regions import unknown as unknown_place
 from lacunes.writing import atomic_output, write_volume, write_volumes
 
@@ -59,20 +60,21 @@ PREPARATION = "T2 and FLAIR registered onto the T1 where on another grid, the br
 REVIEW_UNCERTAINTY = 0.4
 
 
-def place_lesions(subject: Subject, probability: np.ndarray, rows: list[dict]) -> tuple[list[dict], dict]:
+def place_lesions(subject: Subject, probability: np.ndarray, rows: list[dict]) -> tuple[list[dict], dict, object]:
     """The lesion table with where each lesion lies (:mod:`lacunes.regions`: the subject's reference contrast
-    registered onto the template, only where it has lesions) and the registration's record; every lesion
+    registered onto the template, only where it has lesions), the registration's record and its transform
+    (None where there is none); every lesion
     "unknown" where the template or the atlas cannot be read (said once in the log: a matter of the
     installation, not of the subject) or the registration failed (the record's ``why``, a QC flag)."""
     from lacunes import regions
 
     if not rows:
-        return rows, {}
+        return rows, {}, None
     try:
         template = regions.load_template()
     except regions.AtlasUnavailable as exc:
         _say_once(f"lesion regions and MNI centres unknown in this run: {exc}")
-        return rows, {"usable": False, "skipped": True, "why": f"lesion regions unknown: {exc}"}
+        return rows, {"usable": False, "skipped": True, "why": f"lesion regions unknown: {exc}"}, None
     reference = subject.modalities[0]
     record, transform = regions.register_to_template(subject.image[MODALITIES.index(reference)], subject.geometry,
                                                      f"{subject.subject_id}: {reference}")
@@ -87,7 +89,7 @@ def place_lesions(subject: Subject, probability: np.ndarray, rows: list[dict]) -
                            locate=regions.Locator(transform, geometry))
     places = {r["id"]: {k: r[k] for k in REGION_COLUMNS} for r in located}
     logger.info("%s: %s", subject.subject_id, regions.summary(record))
-    return [{**row, **places[row["id"]]} for row in rows], record
+    return [{**row, **places[row["id"]]} for row in rows], record, transform
 
 
 @cache
@@ -270,7 +272,12 @@ def run_subject(
     rows = lesion_table(probability, uncertainty, geometry.spacing, geometry.origin, direction=geometry.direction)
     placed: dict = {}
     if place:
-        rows, placed = place_lesions(subject, probability, rows)
+        rows, placed, transform = place_lesions(subject, probability, rows)
+        atlas = regions_map(transform, geometry) if extras_dir is not None else None
+        if atlas is not None:  # what the lesions were named by, on the subject's grid: the report draws it
+            where = Path(extras_dir) / f"{files.output_prefix or files.subject_id + '_'}regions.nii.gz"
+            outputs.append(write_volume(atlas, geometry, where))
+            placed["map_file"] = str(where.resolve())
     t_placed = time.time()
     extras = extras_paths(files, extras_dir, write_mask, write_table)
     if "mask" in extras:

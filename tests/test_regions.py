@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from lacunes import regions
 from lacunes.geometry import Geometry
@@ -115,7 +116,7 @@ def test_the_sample_cases_lacunes_are_placed_in_the_run_its_table_and_its_record
     probability = (labels > 0).astype(np.float32)
     g = subject.geometry
     rows = lesion_table(probability, None, g.spacing, g.origin, direction=g.direction)
-    placed, record = place_lesions(subject, probability, rows)
+    placed, record, transform = place_lesions(subject, probability, rows)
     assert record["usable"] and record["atlas"] == regions.ATLASES and len(placed) == len(rows) >= 1
     for row in placed:
         assert row["region"] in regions.REGIONS and row["region_share"] > 0.3, row
@@ -123,9 +124,18 @@ def test_the_sample_cases_lacunes_are_placed_in_the_run_its_table_and_its_record
         mni = np.array([row["mni_R_mm"], row["mni_A_mm"], row["mni_S_mm"]])
         assert np.linalg.norm(mni - scanner) < 15.0, (scanner, mni)
         assert row["side"] == ("right" if mni[0] > 2 else "left" if mni[0] < -2 else "midline")
+    # the region map on the subject's grid (what the report draws) says what each lesion was named
+    atlas = regions.region_map(transform, g)
+    labels, _ = ndi.label(probability >= 0.5, structure=np.ones((3, 3, 3)))
+    for row in placed:
+        centre = np.linalg.solve(np.asarray(g.direction).reshape(3, 3), np.array(
+            [-row["centre_R_mm"], -row["centre_A_mm"], row["centre_S_mm"]]) - g.origin) / g.spacing
+        lesion = labels == labels[tuple(np.round(centre).astype(int))]
+        codes = np.bincount(atlas[lesion], minlength=len(regions.REGIONS) + 1)
+        assert regions.REGIONS[int(np.argmax(codes)) - 1] == row["region"]
     table = write_lesion_table(placed, tmp_path / "lesions.csv").read_text().splitlines()
     assert table[0].split(",") == list(TABLE_COLUMNS) and placed[0]["region"] in table[1]
-    assert place_lesions(subject, probability, []) == ([], {})  # a lesion-free subject costs no registration
+    assert place_lesions(subject, probability, []) == ([], {}, None)  # a lesion-free subject costs no registration
 
 
 def test_without_nilearns_template_lesions_stay_unknown_and_no_subject_is_flagged_for_it(tmp_path, monkeypatch,
@@ -144,9 +154,28 @@ def test_without_nilearns_template_lesions_stay_unknown_and_no_subject_is_flagge
     g = Geometry((20, 20, 20))
     rows = lesion_table(prob, None, g.spacing, g.origin)
     subject = Subject("sub-x", np.zeros((3, 20, 20, 20), np.float32), g)
-    placed, record = place_lesions(subject, prob, rows)
-    assert placed == rows and record["skipped"] and not record["usable"] and "nilearn" in record["why"]
+    placed, record, transform = place_lesions(subject, prob, rows)
+    assert transform is None and placed == rows and record["skipped"] and not record["usable"] and "nilearn" in record["why"]
     assert "lesion regions and MNI centres unknown in this run" in caplog.text
     with open(write_lesion_table(placed, tmp_path / "lesions.csv"), newline="") as f:
         written = list(csv.DictReader(f))
     assert written[0]["region"] == regions.UNKNOWN and written[0]["mni_R_mm"] == "nan"
+
+
+def test_the_regions_picture_has_a_row_per_lesion(tmp_path):
+    from PIL import Image
+
+    from lacunes.report import lesions_of, regions_figure
+
+    g = Geometry((40, 40, 30))
+    image = np.zeros((3, 40, 40, 30), np.float32)
+    image[:, 5:35, 5:35, 3:27] = 100.0
+    atlas = np.zeros((40, 40, 30), np.uint8)
+    atlas[5:20, 5:35, 3:27], atlas[20:35, 5:35, 3:27] = 2, 3  # thalamus, basal ganglia
+    prob = np.zeros((40, 40, 30), np.float32)
+    prob[10:13, 10:13, 10:13] = 0.9
+    one = regions_figure(image, atlas, prob, g, tmp_path / "one.png", "one", lesions_of(prob, g))
+    prob[25:29, 25:29, 20:24] = 0.9
+    two = regions_figure(image, atlas, prob, g, tmp_path / "two.png", "two", lesions_of(prob, g))
+    with Image.open(one) as a, Image.open(two) as b:
+        assert a.size[0] == b.size[0] and b.size[1] > a.size[1]
