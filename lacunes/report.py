@@ -34,6 +34,7 @@ from lacunes.headers import axis_letters
 from lacunes.io import MODALITIES
 from lacunes.options import input_set_name
 from lacunes.preparation import summary as preparation_summary
+from lacunes.regions import summary as regions_summary
 from lacunes.writing import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -668,6 +669,7 @@ def _subject_section(output: Path, r: SubjectRecord) -> str:
               + f"; the second stage rejected {len(r.rejected_candidates)} candidate(s)"
               + (f"; {r.seconds:.1f} s" if r.seconds else "")
               + (f"; from {input_set_name(r.inputs)}" if r.inputs else "")
+              + (f"; {regions_summary(r.regions)}" if r.regions else "")
               + (f"; TO REVIEW: {'; '.join(r.flags)}" if r.flags else ""))
     table = next((k for k in r.outputs if k.endswith("lesions.csv")), "")
     links = [_link(output, r.prediction, "probability map"), _link(output, r.uncertainty, "uncertainty map"),

@@ -177,7 +177,8 @@ def test_the_report_lists_what_the_second_stage_rejected_and_each_lesion_with_it
                  "score": 0.2}]  # a run recorded before the RAS centres: LPS centre_mm
     record = SubjectRecord("sub-7", "done", picture="qc/sub-7.png", lesions=1, volume_mm3=42.0,
                            lesion_rows=[{**lesion, **place}], rejected_candidates=rejected,
-                           settings={"second_stage_min_score": 0.4})
+                           settings={"second_stage_min_score": 0.4},
+                           regions={"usable": True, "scales": [0.98, 1.0, 1.02], "seconds": 19.2, "deformable": {}})
     unplaced = SubjectRecord("sub-8", "done", picture="qc/sub-8.png", lesions=1, volume_mm3=42.0,
                              lesion_rows=[lesion])  # a run with --no-regions
     write_report(tmp_path, {"sub-7": record, "sub-8": unplaced})
@@ -185,6 +186,7 @@ def test_the_report_lists_what_the_second_stage_rejected_and_each_lesion_with_it
     assert ("<td>1</td><td>42</td><td>R -12.5, A 3.0, S 20.0</td><td>left basal ganglia (0.83)</td>"
             "<td>R -24.1, A 2.0, S 1.5</td><td>0.91</td><td>1.00</td><td>0.37</td>") in text
     assert "<td>R -12.5, A 3.0, S 20.0</td><td>unknown</td><td></td><td>0.91</td>" in text
+    assert "lesions placed through the template (affine and demons, scales 0.98-1.02, 19 s)" in text
     assert "2 candidate(s) the second stage rejected (score under 0.4)" in text
     assert "<td>R -4.0, A 5.5, S 6.0</td><td>12</td><td>0.93</td><td>0.21</td>" in text
     assert "<td>R -4.0, A 5.5, S 6.0</td><td>11</td><td>0.92</td><td>0.20</td>" in text  # LPS (4, -5.5, 6) in RAS
