@@ -3,7 +3,7 @@ voxels carried into the template and named by a coarse region set, with its cent
 
 - **Template.** The ICBM 2009a symmetric T1 (skull-stripped, 1 mm) that nilearn ships inside its registry
   package (:func:`nilearn.datasets.load_mni152_template`'s file; © McConnell Brain Imaging Centre, free to
-  use, copy and distribute with its notice), with its grey- and white-matter probability maps.
+  use, copy and distribute with its notice); its grey- and white-matter probability maps shape the atlas.
 - **Registration.** The reference contrast (the T1; the T2 of a ``T2+FLAIR`` subject), as the network saw
   it (stripped), onto the template, with SimpleITK: an affine transform (12 parameters) started from the
   images' centres of mass, Mattes mutual information, three resolutions (shrink 4, 2, 1 of a 2 mm copy of
@@ -101,8 +101,6 @@ class Template:
     t1: np.ndarray
     regions: np.ndarray | None
     affine: np.ndarray
-    grey: np.ndarray
-    white: np.ndarray
 
     @property
     def geometry(self) -> Geometry:
@@ -134,7 +132,7 @@ def load_template() -> Template:
     except AtlasUnavailable as exc:
         logger.warning("lesion regions unknown: %s", exc)
         regions = None
-    return Template(t1=t1, regions=regions, affine=affine, grey=grey, white=white)
+    return Template(t1=t1, regions=regions, affine=affine)
 
 
 def _labels_on(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
