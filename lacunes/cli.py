@@ -126,6 +126,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
           f"operating point: probability >= {op.threshold:g}, lesions >= {op.min_volume_mm3:g} mm³")
     print(f"model: {predictor.release.data_statement}; {predictor.release.input_sets_statement}")
     print(f"calibration: {predictor.release.calibration_statement}")
+    if not args.no_regions:
+        from lacunes.regions import statement
+
+        print(f"regions: {statement()} (--no-regions leaves them out)")
     if predictor.device.type == "cpu" and predictor.variants > 1:
         print(f"note: the {args.preset} setting runs {predictor.variants} TTA variants at overlap "
               f"{settings.overlap:g}: on a CPU that is minutes a subject (the sample case, 153x189x159 voxels, on an "

@@ -357,6 +357,20 @@ def unknown() -> dict:
             "mni_R_mm": float("nan"), "mni_A_mm": float("nan"), "mni_S_mm": float("nan")}
 
 
+def statement() -> str:
+    """One line for a run's banner, without loading anything: what lesions will be placed through, or what
+    is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("nilearn") is None:
+        return "unknown (no nilearn: pip install nilearn, whose wheel holds the template)"
+    missing = [f for f in (AAL_FILE, JHU_FILE) if not (atlas_dir() / f).is_file()]
+    if missing:
+        return (f"MNI centres only, regions unknown (no {', '.join(missing)} in {atlas_dir()}: "
+                "apt-get install mricron-data, or set LACUNES_ATLAS_DIR)")
+    return f"each lesion named through the {TEMPLATE} template and the {ATLASES}"
+
+
 def available() -> str:
     """Empty where lesions can be placed (the template and the atlas readable), else why not."""
     try:

@@ -67,6 +67,7 @@ def test_cohort_with_a_bad_subject_continues_and_reports(tmp_path, tiny_checkpoi
     assert rc == 1
     text = capsys.readouterr().out
     assert "2 done, 0 skipped" in text and "1 failed" in text and "sub-002" in text
+    assert "\nregions: " in text and "(--no-regions leaves them out)" in text  # the banner says how lesions are placed
     assert (tmp_path / "out" / "sub-001_space-T1_prediction.nii.gz").is_file()
     assert not (tmp_path / "out" / "sub-002_space-T1_prediction.nii.gz").exists()
     # rerun: done subjects are skipped, unless --overwrite

@@ -179,3 +179,11 @@ def test_the_regions_picture_has_a_row_per_lesion(tmp_path):
     two = regions_figure(image, atlas, prob, g, tmp_path / "two.png", "two", lesions_of(prob, g))
     with Image.open(one) as a, Image.open(two) as b:
         assert a.size[0] == b.size[0] and b.size[1] > a.size[1]
+
+
+def test_a_runs_banner_says_what_lesions_will_be_placed_through_or_what_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setenv("LACUNES_ATLAS_DIR", str(tmp_path))
+    assert regions.statement().startswith("MNI centres only, regions unknown (no aal.nii.gz, JHU")
+    monkeypatch.delenv("LACUNES_ATLAS_DIR")
+    if (regions.ATLAS_DIR / regions.AAL_FILE).is_file() and (regions.ATLAS_DIR / regions.JHU_FILE).is_file():
+        assert regions.statement().startswith("each lesion named through the ICBM 2009a")
