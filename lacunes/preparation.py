@@ -33,7 +33,7 @@ from functools import lru_cache
 import numpy as np
 
 from lacunes.errors import LacunesInputError
-from lacunes.geometry import Geometry, to_sitk
+from lacunes.geometry import Geometry, register_mutual_information, to_sitk
 from lacunes.headers import nonzero_ml, ras_affine
 from lacunes.io import MODALITIES, Subject, read_subject
 
@@ -70,25 +70,10 @@ def register_rigid(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
     m = sitk.Cast(to_sitk(np.asarray(moving, np.float32), moving_geometry), sitk.sitkFloat32)
     identity = sitk.Euler3DTransform()  # the headers' alignment, about the fixed grid's centre
     identity.SetCenter(f.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in f.GetSize()]))
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.05, seed=1)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3, numberOfIterations=200,
-                                                   relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     try:
-        method.SetInitialTransform(identity, inPlace=False)
-        before = method.MetricEvaluate(f, m)
-        result = method.Execute(f, m)
-        final = sitk.Euler3DTransform(sitk.CompositeTransform(result).GetNthTransform(0))
-        # Both ends compared the same way (the optimizer's last value is on its last level's sample).
-        method.SetInitialTransform(final, inPlace=False)
-        after = method.MetricEvaluate(f, m)
+        final, before, after, stop = register_mutual_information(
+            f, m, identity, sitk.Euler3DTransform, sampling=0.05, learning_rate=2.0, min_step=1e-3, iterations=200,
+            smoothing_mm=(2.0, 1.0, 0.0))
     except RuntimeError as exc:
         raise RegistrationError(f"{name}: registration onto the reference failed ({str(exc).strip().splitlines()[-1]})"
                                 ) from None
@@ -102,7 +87,7 @@ def register_rigid(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
               "metric_before": round(float(before), 4), "metric_after": round(float(min(after, before)), 4),
               "rotation_deg": [round(float(a), 2) for a in angles],
               "translation_mm": [round(float(t), 2) for t in translation],
-              "headers_kept": bool(kept), "stop": method.GetOptimizerStopConditionDescription(),
+              "headers_kept": bool(kept), "stop": stop,
               "seconds": 0.0}
     if max(abs(a) for a in angles) > MAX_ROTATION_DEG or float(np.linalg.norm(translation)) > MAX_TRANSLATION_MM:
         raise RegistrationError(

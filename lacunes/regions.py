@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from lacunes.geometry import Geometry, to_sitk
+from lacunes.geometry import Geometry, register_mutual_information, to_sitk
 from lacunes.instances import RAS_FROM_LPS
 
 logger = logging.getLogger(__name__)
@@ -208,28 +208,13 @@ def register_to_template(array: np.ndarray, geometry: Geometry, name: str = "sca
     fixed = sitk.Cast(to_sitk(np.asarray(array, np.float32), geometry), sitk.sitkFloat32)
     fixed = sitk.Resample(fixed, _grid_2mm(fixed), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     moving = sitk.Cast(to_sitk(tpl.t1, tpl.geometry), sitk.sitkFloat32)
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(0.2, seed=1)
-    method.SetMetricFixedMask(sitk.Cast(fixed > 0, sitk.sitkUInt8))
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=300,
-                                                   relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel([4, 2, 1])
-    method.SetSmoothingSigmasPerLevel([4.0, 2.0, 0.0])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     record: dict = {"method": "affine, Mattes mutual information, 3 levels (SimpleITK)", "template": TEMPLATE}
     try:
         initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.AffineTransform(3),
                                                     sitk.CenteredTransformInitializerFilter.MOMENTS)
-        method.SetInitialTransform(initial, inPlace=False)
-        before = method.MetricEvaluate(fixed, moving)
-        result = method.Execute(fixed, moving)
-        affine = sitk.AffineTransform(sitk.CompositeTransform(result).GetNthTransform(0))
-        method.SetInitialTransform(affine, inPlace=False)
-        after = method.MetricEvaluate(fixed, moving)
+        affine, before, after, stop = register_mutual_information(
+            fixed, moving, initial, sitk.AffineTransform, sampling=0.2, learning_rate=1.0, min_step=1e-4,
+            iterations=300, smoothing_mm=(4.0, 2.0, 0.0), fixed_mask=sitk.Cast(fixed > 0, sitk.sitkUInt8))
     except RuntimeError as exc:
         record.update(usable=False, why=f"{name}: registration onto the template failed "
                                         f"({str(exc).strip().splitlines()[-1]})", seconds=round(time.perf_counter() - start, 1))
@@ -240,7 +225,7 @@ def register_to_template(array: np.ndarray, geometry: Geometry, name: str = "sca
                   translation_mm=[round(float(v), 4) for v in affine.GetTranslation()],
                   centre_mm=[round(float(v), 4) for v in affine.GetCenter()],
                   metric_before=round(float(before), 4), metric_after=round(float(after), 4),
-                  scales=[round(float(s), 3) for s in scales], stop=method.GetOptimizerStopConditionDescription())
+                  scales=[round(float(s), 3) for s in scales], stop=stop)
     why = ""
     if not after < before:
         why = "registration onto the template did not improve on its start"
