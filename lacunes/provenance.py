@@ -10,6 +10,7 @@ settings is never skipped as done (:func:`settings_difference` says what differs
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -150,3 +151,24 @@ def spatial_reference(reference: Path, bids: bool) -> tuple[str, Path | None]:
     if root is None:
         return str(reference), None
     return f"bids:{RAW_LINK}:{reference.relative_to(root).as_posix()}", root
+
+
+def record_key(path: str | os.PathLike, output: Path) -> str:
+    """How a written file is keyed in its subject's completion record (``run.json``'s ``outputs``): its path
+    relative to the output folder where inside it, else absolute."""
+    path, root = Path(path).resolve(), Path(output).resolve()
+    return str(path.relative_to(root)) if path.is_relative_to(root) else str(path)
+
+
+def unlike_record(path: str | os.PathLike, kept: dict | None) -> str:
+    """Why a written file is not the one its completion record ``kept`` (``{"bytes", "sha256"}``, None where
+    not recorded) describes: ``"missing"``, ``"unrecorded"`` or ``"changed"`` (size or sha256), empty when it is."""
+    from lacunes.checkpoint import sha256_of
+
+    if not Path(path).is_file():
+        return "missing"
+    if kept is None:
+        return "unrecorded"
+    if Path(path).stat().st_size != kept.get("bytes") or sha256_of(path) != kept.get("sha256"):
+        return "changed"
+    return ""

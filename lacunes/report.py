@@ -478,18 +478,12 @@ def regions_figure(image: np.ndarray, regions_map: np.ndarray, probability: np.n
 
 def _unlike_its_record(output: Path, record: SubjectRecord, path: Path) -> str:
     """Why a file the run wrote cannot be trusted now (empty where it can): missing, not in the subject's
-    completion record, or changed since (size and sha256, keyed as :func:`lacunes.runner.fingerprints`)."""
-    from lacunes.checkpoint import sha256_of
+    completion record, or changed since (:func:`lacunes.provenance.unlike_record`)."""
+    from lacunes.provenance import record_key, unlike_record
 
-    if not path.is_file():
-        return f"{path} is missing"
-    resolved, root = path.resolve(), Path(output).resolve()
-    kept = record.outputs.get(str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved))
-    if kept is None:
-        return f"{path} is not in the run's record"
-    if path.stat().st_size != kept.get("bytes") or sha256_of(path) != kept.get("sha256"):
-        return f"{path} changed since the run"
-    return ""
+    why = unlike_record(path, record.outputs.get(record_key(path, output)))
+    return {"": "", "missing": f"{path} is missing", "unrecorded": f"{path} is not in the run's record",
+            "changed": f"{path} changed since the run"}[why]
 
 
 def picture_for(output: Path, record: SubjectRecord) -> SubjectRecord:

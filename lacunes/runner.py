@@ -24,6 +24,7 @@ from lacunes.instances import lesion_table
 from lacunes.io import Subject, read_subject
 from lacunes.layouts import SubjectFiles
 from lacunes.options import FULL_SET, INPUT_SETS, MODALITIES, input_set_name, look_up_option
+from lacunes.provenance import record_key, unlike_record
 from lacunes.regions import COLUMNS as REGION_COLUMNS
 from lacunes.regions import region_map as regions_map
 from lacunes.regions import unknown as unknown_place
@@ -200,16 +201,11 @@ def extras_paths(files: SubjectFiles, extras_dir: Path | None, write_mask: bool,
     return out
 
 
-def _record_key(path: Path, output: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(output.resolve())) if path.is_relative_to(output.resolve()) else str(path)
-
-
 def fingerprints(paths: list[Path], output: Path) -> dict[str, dict]:
     """The completion record of written files: size and sha256 of each (keyed as in run.json)."""
     from lacunes.checkpoint import sha256_of
 
-    return {_record_key(p, output): {"bytes": Path(p).stat().st_size, "sha256": sha256_of(p)} for p in paths}
+    return {record_key(p, output): {"bytes": Path(p).stat().st_size, "sha256": sha256_of(p)} for p in paths}
 
 
 def record_mismatch(record, paths: list[Path], output: Path) -> str | None:
@@ -218,17 +214,13 @@ def record_mismatch(record, paths: list[Path], output: Path) -> str | None:
     only now), or differs from its record (a killed copy, a file changed since)."""
     if record is None or record.status not in ("done", "skipped") or not record.outputs:
         return "no record of a completed run"
-    from lacunes.checkpoint import sha256_of
-
+    words = {"missing": "is missing", "unrecorded": "was not written by the recorded run",
+             "changed": "differs from the recorded run"}
     for p in paths:
-        key = _record_key(p, output)
-        kept = record.outputs.get(key)
-        if not Path(p).is_file():
-            return f"{key} is missing"
-        if kept is None:
-            return f"{key} was not written by the recorded run"
-        if Path(p).stat().st_size != kept.get("bytes") or sha256_of(p) != kept.get("sha256"):
-            return f"{key} differs from the recorded run"
+        key = record_key(p, output)
+        why = unlike_record(p, record.outputs.get(key))
+        if why:
+            return f"{key} {words[why]}"
     return None
 
 
@@ -392,9 +384,9 @@ def _cohort_subject(predictor: Predictor, files, output: Path, record, requested
     write_sidecar(pred, provenance, "lacune probability map (0.5 = the operating point)")
     write_sidecar(unc, provenance, "uncertainty map (1 = the model and its operating point disagree)")
     inputs = {m: str(p.resolve()) for m, p in used.items()}
-    record = SubjectRecord(r.subject_id, "done", inputs, _record_key(pred, output), r.lesions, r.volume_mm3,
+    record = SubjectRecord(r.subject_id, "done", inputs, record_key(pred, output), r.lesions, r.volume_mm3,
                            r.seconds, outputs=fingerprints(r.outputs, output), settings=requested,
-                           uncertainty=_record_key(unc, output), rejected_candidates=r.rejected_candidates,
+                           uncertainty=record_key(unc, output), rejected_candidates=r.rejected_candidates,
                            flags=r.flags, input_headers=r.headers, preparation=r.preparation, regions=r.regions,
                            places=r.places)
     return r, record
