@@ -536,8 +536,7 @@ def picture_for(output: Path, record: SubjectRecord) -> SubjectRecord:
             regions_figure(subject.image, read_volume(Path(map_file))[0].astype(np.uint8), probability,
                            subject.geometry, Path(output) / record.regions_picture,
                            f"{record.subject_id}: the coarse regions the lesions were named by (template registered "
-                           "onto the subject; lacunes.regions)", [{**les, **places.get(les["id"], {})} for les in lesions],
-                           subject.modalities)
+                           "onto the subject; lacunes.regions)", record.lesion_rows, subject.modalities)
     return record
 
 
