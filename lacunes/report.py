@@ -225,11 +225,20 @@ def subject_figure(image: np.ndarray, probability: np.ndarray, geometry: Geometr
     outline = (probability >= 0.5).astype(np.float32)
     for r, les in enumerate(shown):
         sheet.lesion_row(r, les, outline)
+    _save_png(fig, path)
+    return lesions
+
+
+def _save_png(fig, path: Path) -> Path:
+    """A figure written as PNG under ``path`` atomically (a kill leaves no truncated picture) and closed."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as tmp:
         fig.savefig(tmp, dpi=DPI, format="png")
     plt.close(fig)
-    return lesions
+    return path
 
 
 class _Sheet:
@@ -421,11 +430,7 @@ def preparation_figure(image: np.ndarray, geometry: Geometry, path: Path, title:
                            linewidths=0.6)
             ax.set_title(f"{modalities[0]}" + (f" + {modality} edges" if modality else "")
                          + (" + brain mask" if brain_mask is not None else ""), fontsize=6.5)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def regions_figure(image: np.ndarray, regions_map: np.ndarray, probability: np.ndarray, geometry: Geometry,
@@ -469,11 +474,7 @@ def regions_figure(image: np.ndarray, regions_map: np.ndarray, probability: np.n
     present = sorted(int(v) for v in np.unique(regions_map) if v)
     fig.legend(handles=[Patch(color=colours[(v - 1) % 10], alpha=0.6, label=REGIONS[v - 1]) for v in present],
                loc="lower center", ncol=4, fontsize=6, frameon=False)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save_png(fig, path)
 
 
 def _unlike_its_record(output: Path, record: SubjectRecord, path: Path) -> str:
