@@ -10,8 +10,9 @@ metrics, pooled over the validation subjects (rater-weighted detection F1, false
 subjects included), and the best is kept among the points whose default uncertainty map is >= 0.5 in
 under 2 % of the brain (``--max-uncertain-share``); an extent threshold is then chosen for Dice.
 
-A second stage has one weight per feature (a new fit: :data:`lacunes.rescoring.SCALE_FREE_FEATURES`, or
-``--features v1`` for the first set, :data:`lacunes.rescoring.FEATURES`): it is refused when the
+A second stage has one weight per feature (a new fit: :data:`lacunes.rescoring.SCALE_FREE_FEATURES`;
+``--features fluid-relative`` for :data:`lacunes.rescoring.FLUID_RELATIVE_FEATURES`, its contrasts measured
+against the subject's own fluid; ``--features v1`` for the first set, :data:`lacunes.rescoring.FEATURES`): it is refused when the
 training subjects give fewer than that many candidates on lesions or off them (``--no-second-stage``
 then calibrates the operating point alone), and fitted with a warning under
 :data:`FEW_CANDIDATES_PER_FEATURE` candidates per feature.
@@ -104,14 +105,14 @@ def validation_shortfall(cases) -> str:
 
 
 #: The second stage's feature sets by name (``--features``).
-FEATURE_SETS = ("scale-free", "v1")
+FEATURE_SETS = ("scale-free", "fluid-relative", "v1")
 
 
 def feature_set(name: str) -> tuple[str, ...]:
     """The features of the set ``name`` (:data:`FEATURE_SETS`; :mod:`lacunes.rescoring`)."""
-    from lacunes.rescoring import FEATURES, SCALE_FREE_FEATURES
+    from lacunes.rescoring import FEATURES, FLUID_RELATIVE_FEATURES, SCALE_FREE_FEATURES
 
-    sets = {"scale-free": SCALE_FREE_FEATURES, "v1": FEATURES}
+    sets = {"scale-free": SCALE_FREE_FEATURES, "fluid-relative": FLUID_RELATIVE_FEATURES, "v1": FEATURES}
     if name not in sets:
         raise ValueError(f"unknown feature set {name!r} (the sets: {', '.join(FEATURE_SETS)})")
     return sets[name]
@@ -200,7 +201,8 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
     p.add_argument("--features", default="scale-free", choices=FEATURE_SETS,
                    help="with --fit-rescorer: the second stage's features (default scale-free: contrasts with the "
                         "surroundings, shape, size, depth and the fluid a candidate joins, no intensity on the "
-                        "normalized scale; v1: the first set, with it)")
+                        "normalized scale; fluid-relative: the same with each contrast divided by the subject's own "
+                        "fluid-to-brain contrast; v1: the first set, with intensities)")
     p.add_argument("--candidate-threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"raw probability at which the second stage's candidates are formed (default {DEFAULT_THRESHOLD:g})")
     p.add_argument("--preset", default="fast", choices=INFERENCE_PRESETS, help="inference setting (default fast)")

@@ -8,9 +8,11 @@ lies around it (ventricles, sulci) and how much fluid it connects to (a lacune i
 ventricle's horn or a sulcus runs on). A logistic regression on a set of these (standardized) features
 gives each candidate a score; candidates scoring under ``min_score`` are set to probability 0.
 
-Two sets: :data:`FEATURES` (the first, kept for the rescorers fitted on it) and :data:`SCALE_FREE_FEATURES`
+Three sets: :data:`FEATURES` (the first, kept for the rescorers fitted on it), :data:`SCALE_FREE_FEATURES`
 (new fits' default): no intensity inside the candidate on the normalized scale (which one generator's
-tissue table sets), only contrasts with its surroundings, shape, size, depth and the fluid it joins.
+tissue table sets), only contrasts with its surroundings, shape, size, depth and the fluid it joins; and
+:data:`FLUID_RELATIVE_FEATURES`: the same with each contrast (and the FLAIR rim) divided by the subject's
+own fluid-to-brain contrast, so that a scan whose fluid is less contrasted moves both together.
 
 The regression is fitted on the network's own candidates on labelled training subjects (a candidate
 is positive when it touches a labelled lesion): images, labels and the network's outputs only, so the
@@ -43,13 +45,26 @@ FEATURES = (
     "depth_mm",  # distance from the centre to the brain's edge
     "fluid_around",  # share of fluid-like voxels (dark T1, bright T2) within 4 voxels, candidate excluded
 )
+#: The contrasts measured against the subject's own fluid: each ``<m>_contrast`` divided by how far the
+#: subject's fluid-like voxels lie from its brain's median on that contrast (1: the candidate stands out of
+#: its surroundings as the subject's CSF stands out of its brain), and ``flair_rim`` by the same FLAIR span.
+RELATIVE_FEATURES = (*(f"{m.lower()}_relative_contrast" for m in MODALITIES), "flair_rim_relative")
 #: Every feature :func:`candidate_features` computes: :data:`FEATURES` and those added since.
 ALL_FEATURES = (
     *FEATURES,
     "log_fluid_joined_mm3",  # log(1 + fluid-like volume connected to the candidate, the candidate excluded)
+    *RELATIVE_FEATURES,
 )
 #: The default set of a new fit (the module docstring).
-SCALE_FREE_FEATURES = tuple(f for f in ALL_FEATURES if f not in ("t1", "t2", "flair"))
+SCALE_FREE_FEATURES = tuple(f for f in ALL_FEATURES if f not in ("t1", "t2", "flair", *RELATIVE_FEATURES))
+#: The contrasts of :data:`SCALE_FREE_FEATURES` replaced by their share of the subject's own fluid contrast
+#: (:data:`RELATIVE_FEATURES`): a scan whose fluid is less contrasted than the training phantoms' (another
+#: sequence, another field strength) moves its lacunes' contrasts and its CSF's together.
+FLUID_RELATIVE_FEATURES = tuple(
+    f for f in ALL_FEATURES
+    if f not in ("t1", "t2", "flair", "flair_rim", *(f"{m.lower()}_contrast" for m in MODALITIES)))
+#: The span of one contrast under which it counts as absent (a channel of zeros): its relative features are 0.
+MIN_FLUID_SPAN = 1e-3
 #: How far (voxels) the fluid joined to a candidate is followed from it: a ventricle or a sulcus fills it.
 FLUID_REACH = 12
 
@@ -81,6 +96,10 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
     q1 = np.quantile(t1[inside_brain], 0.25) if inside_brain.any() else 0.0
     q2 = np.quantile(t2[inside_brain], 0.75) if inside_brain.any() else 0.0
     fluid = inside_brain & (t1 <= q1) & (t2 >= q2)
+    span = np.zeros(len(MODALITIES))  # the subject's fluid against its brain, per contrast
+    if fluid.any():
+        span = np.array([np.median(c[fluid]) - np.median(c[inside_brain]) for c in image[:len(MODALITIES)]])
+    span[np.abs(span) < MIN_FLUID_SPAN] = np.inf  # an absent contrast: relative features 0
     spacing_a = np.asarray(spacing, float)
     voxel = float(np.prod(spacing_a))
     ball = ndi.generate_binary_structure(3, 1)
@@ -120,6 +139,7 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
             math.log(eig[2] / eig[0]), math.sqrt(eig[2]), depth(centre),
             float(fluid[big][around].mean()) if around.any() else 0.0,
             math.log1p(_fluid_joined(labels[far] == k + 1, fluid[far]) * voxel),
+            *((a - b) / d for a, b, d in zip(inside_means, shell_means, span)), rim / abs(span[FLAIR]),
         ]
     return labels, n, feats
 

@@ -14,6 +14,7 @@ from lacunes.postprocessing import OperatingPoint, finish_probability
 from lacunes.rescoring import (
     ALL_FEATURES,
     FEATURES,
+    FLUID_RELATIVE_FEATURES,
     SCALE_FREE_FEATURES,
     EdgeDistance,
     Rescorer,
@@ -166,3 +167,41 @@ def test_the_edge_distance_is_the_distance_transform_at_each_voxel(spacing):
     assert got.max() > 4 and (got == 0).any()  # both deep voxels and voxels outside were checked
     assert EdgeDistance(np.zeros((4, 4, 4), bool), spacing)((1, 1, 1)) == 0.0
     assert EdgeDistance(np.ones((5, 5, 5), bool), spacing)((2, 2, 2)) == pytest.approx(3 * min(spacing))
+
+
+def test_contrasts_relative_to_the_subjects_fluid_hold_when_its_fluid_is_less_contrasted():
+    """A lacune and a ventricle of the same fluid in a brain, drawn at full and at half the fluid-to-tissue
+    contrast (another sequence): the contrasts halve, their share of the subject's own fluid contrast stays;
+    an absent contrast (a channel of zeros) gives relative features of 0."""
+    shape = (48, 48, 40)
+    idx = np.indices(shape)
+    brain = ((idx - np.array([24, 24, 20])[:, None, None, None]) ** 2).sum(0) <= 21**2
+    ventricle = (np.abs(idx[0] - 28) <= 6) & (np.abs(idx[1] - 24) <= 9) & (np.abs(idx[2] - 20) <= 9)
+    lacune = ((idx - np.array([13, 24, 20])[:, None, None, None]) ** 2).sum(0) <= 9
+    assert not (ventricle & lacune).any() and (ventricle & brain).sum() > 0.1 * brain.sum()
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 0.02, (3, brain.sum()))
+    prob = np.where(lacune, np.float32(0.9), np.float32(0.02))
+    names = ["t1_contrast", "t2_contrast", "flair_contrast", *(
+        f"{m}_relative_contrast" for m in ("t1", "t2", "flair")), "flair_rim_relative"]
+    found = {}
+    for k in (1.0, 0.5):
+        image = np.zeros((3, *shape), np.float32)
+        image[:, brain] = 0.6 + noise
+        for fluid in (ventricle & brain, lacune):
+            image[0][fluid], image[1][fluid], image[2][fluid] = 0.6 - 0.5 * k, 0.6 + 0.4 * k, 0.6 - 0.5 * k
+        labels, n, feats = candidate_features(prob, image, brain, (1.0, 1.0, 1.0), 0.5)
+        assert n == 1
+        found[k] = {name: feats[0, ALL_FEATURES.index(name)] for name in names}
+    for m in ("t1", "t2", "flair"):
+        assert found[0.5][f"{m}_contrast"] == pytest.approx(0.5 * found[1.0][f"{m}_contrast"], rel=0.1)
+        assert found[1.0][f"{m}_relative_contrast"] == pytest.approx(1.0, abs=0.15)
+        assert found[0.5][f"{m}_relative_contrast"] == pytest.approx(found[1.0][f"{m}_relative_contrast"], abs=0.1)
+    image[2] = 0.0  # no FLAIR
+    _, _, feats = candidate_features(prob, image, brain, (1.0, 1.0, 1.0), 0.5)
+    assert feats[0, ALL_FEATURES.index("flair_relative_contrast")] == 0.0
+    assert feats[0, ALL_FEATURES.index("flair_rim_relative")] == 0.0
+    assert feats[0, ALL_FEATURES.index("t2_relative_contrast")] == pytest.approx(found[0.5]["t2_relative_contrast"])
+    # a second stage over them weighs neither the intensities nor the contrasts on the normalized scale
+    r = Rescorer.fit(np.vstack([feats, feats + 1]), np.array([0.0, 1.0]), 0.5, names=FLUID_RELATIVE_FEATURES)
+    assert set(r.features) & {"t1", "t2_contrast", "flair_rim"} == set() and "t2_relative_contrast" in r.features
