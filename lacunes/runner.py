@@ -61,23 +61,30 @@ PREPARATION = "T2 and FLAIR registered onto the T1 where on another grid, the br
 REVIEW_UNCERTAINTY = 0.4
 
 
-def place_lesions(subject: Subject, probability: np.ndarray, rows: list[dict]) -> tuple[list[dict], dict, object]:
-    """The lesion table with where each lesion lies (:mod:`lacunes.regions`: the subject's reference contrast
-    registered onto the template, only where it has lesions), the registration's record and its transform
-    (None where there is none); every lesion
+def place_lesions(subject: Subject, probability: np.ndarray, uncertainty: np.ndarray | None = None
+                  ) -> tuple[list[dict], dict, object]:
+    """The lesion table (:func:`lacunes.instances.lesion_table`) with where each lesion lies
+    (:mod:`lacunes.regions`: the subject's reference contrast registered onto the template, only where it has
+    lesions), the registration's record and its transform (None where there is none); every lesion
     "unknown" where the template or the atlas cannot be read (said once in the log: a matter of the
     installation, not of the subject) or the registration failed (the record's ``why``, a QC flag)."""
     from lacunes import regions
 
-    if not rows:
-        return rows, {}, None
+    geometry = subject.geometry
+
+    def table(locate=None) -> list[dict]:
+        return lesion_table(probability, uncertainty, geometry.spacing, geometry.origin, direction=geometry.direction,
+                            locate=locate)
+
+    if not (probability >= 0.5).any():  # lesion_table's threshold: no lesion, no registration
+        return table(), {}, None
     try:
         template = regions.load_template()
     except regions.AtlasUnavailable as exc:
         _say_once(f"lesion regions and MNI centres unknown in this run: {exc}")
-        return rows, {"usable": False, "skipped": True, "why": f"lesion regions unknown: {exc}"}, None
+        return table(), {"usable": False, "skipped": True, "why": f"lesion regions unknown: {exc}"}, None
     reference = subject.modalities[0]
-    record, transform = regions.register_to_template(subject.image[MODALITIES.index(reference)], subject.geometry,
+    record, transform = regions.register_to_template(subject.image[MODALITIES.index(reference)], geometry,
                                                      f"{subject.subject_id}: {reference}")
     if template.regions is None:
         why = f"no atlas in {regions.atlas_dir()} (apt-get install mricron-data)"
@@ -85,12 +92,9 @@ def place_lesions(subject: Subject, probability: np.ndarray, rows: list[dict]) -
         record["atlas"] = f"none: {why}"
     else:
         record["atlas"] = regions.ATLASES
-    geometry = subject.geometry
-    located = lesion_table(probability, None, geometry.spacing, geometry.origin, direction=geometry.direction,
-                           locate=regions.Locator(transform, geometry))
-    places = {r["id"]: {k: r[k] for k in REGION_COLUMNS} for r in located}
+    rows = table(regions.Locator(transform, geometry))
     logger.info("%s: %s", subject.subject_id, regions.summary(record))
-    return [{**row, **places[row["id"]]} for row in rows], record, transform
+    return rows, record, transform
 
 
 @cache
@@ -261,15 +265,16 @@ def run_subject(
     geometry = subject.geometry
     outputs = write_volumes([(probability.astype(np.float32), geometry, prediction_path),
                              (uncertainty.astype(np.float32), geometry, uncertainty_path)])
-    rows = lesion_table(probability, uncertainty, geometry.spacing, geometry.origin, direction=geometry.direction)
     placed: dict = {}
     if place:
-        rows, placed, transform = place_lesions(subject, probability, rows)
+        rows, placed, transform = place_lesions(subject, probability, uncertainty)
         atlas = regions_map(transform, geometry) if extras_dir is not None else None
         if atlas is not None:  # what the lesions were named by, on the subject's grid: the report draws it
             where = Path(extras_dir) / f"{files.output_prefix or files.subject_id + '_'}regions.nii.gz"
             outputs.append(write_volume(atlas, geometry, where))
             placed["map_file"] = str(where.resolve())
+    else:
+        rows = lesion_table(probability, uncertainty, geometry.spacing, geometry.origin, direction=geometry.direction)
     t_placed = time.time()
     extras = extras_paths(files, extras_dir, write_mask, write_table)
     if "mask" in extras:
