@@ -356,15 +356,6 @@ def statement() -> str:
     return f"each lesion named through the {TEMPLATE} template and the {ATLASES}"
 
 
-def available() -> str:
-    """Empty where lesions can be placed (the template and the atlas readable), else why not."""
-    try:
-        tpl = load_template()
-    except AtlasUnavailable as exc:
-        return str(exc)
-    return "" if tpl.regions is not None else f"no atlas in {atlas_dir()} (apt-get install mricron-data)"
-
-
 def summary(record: dict | None) -> str:
     """One line for the log and the report: ``lesions placed through the template (affine and demons, scales
     0.97-1.03, 21 s)``, or why they were not."""
