@@ -10,8 +10,9 @@ Colin27 anatomy, measurement only), generated in memory. Each is given twice to 
   the phantom's brain mask (what a perfect preparation gives: the yardstick of the raw path);
 - **raw**: the T1 with Colin27's own skull and scalp around the phantom's brain (Debian's ``mricron-data``
   ``ch2.nii.gz``, scaled to the phantom's white matter; the space between the phantom's brain and the
-  skull filled with the phantom's CSF), T2 and FLAIR likewise (the head's intensities through each
-  contrast's CSF/WM scale), then moved — up to ``--max-angle`` degrees about each axis and
+  skull filled with the phantom's CSF), on a field of view that holds the whole head as a scanner's does
+  (the phantom's brain box grown by ``--head-margin`` mm on every face), T2 and FLAIR likewise (the head's
+  intensities through each contrast's CSF/WM scale), then moved — up to ``--max-angle`` degrees about each axis and
   ``--max-shift`` mm along each — and stored on 1×1×3 mm grids in sagittal and coronal stacks; written
   to NIfTI files and read through :func:`lacunes.preparation.prepare_subject` (registration and brain
   extraction), as ``lacunes predict`` reads a raw scan.
@@ -71,6 +72,13 @@ def head_around(brain_image: np.ndarray, tissues: np.ndarray, head: np.ndarray, 
     return out
 
 
+def padded(geometry: Geometry, margin: int) -> Geometry:
+    """``geometry`` grown by ``margin`` voxels on every face (the same voxels, more around them)."""
+    d = np.asarray(geometry.direction, float).reshape(3, 3)
+    origin = np.asarray(geometry.origin, float) - d @ (margin * np.asarray(geometry.spacing, float))
+    return Geometry(tuple(s + 2 * margin for s in geometry.shape), geometry.spacing, tuple(origin), geometry.direction)
+
+
 def raw_subject(case, head: np.ndarray, head_brain: np.ndarray, rng: np.random.Generator, max_angle: float,
                 max_shift: float, folder: Path) -> tuple[dict, dict, np.ndarray]:
     """The raw files of a phantom (the module docstring), the true transforms of T2 and FLAIR, and the
@@ -106,6 +114,9 @@ def main() -> int:
     ap.add_argument("--subjects", default="21-30", help="indices of the colin27 family (with lacunes: 21-30)")
     ap.add_argument("--max-angle", type=float, default=12.0)
     ap.add_argument("--max-shift", type=float, default=15.0)
+    ap.add_argument("--head-margin", type=int, default=40,
+                    help="voxels (mm) added around the phantom's brain box so that the raw scans hold the whole head "
+                         "and T2/FLAIR still cover the brain after the motion (0: the brain's box, as before 2026-12-06)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--section", default="preparation")
     ap.add_argument("--work", default=str(ROOT / "out" / "preparation"))
@@ -136,6 +147,12 @@ def main() -> int:
                                        subject_id=f"{family.name}-{index:03d}")
             case = phantom_case(phantom)
             geometry = Geometry(case.reference.shape, phantom.spacing, phantom.origin, phantom.direction)
+            if args.head_margin:  # the scanner's field of view holds the whole head, not the brain's box
+                m = args.head_margin
+                geometry = padded(geometry, m)
+                case.image = np.pad(case.image, ((0, 0),) + ((m, m),) * 3)
+                case.reference = np.pad(case.reference, m)
+                case.tissues = np.pad(case.tissues, m)
             head = resample_to(head_array.astype(np.float32), head_geometry, geometry)
             head_brain = resample_to(stripped_array.astype(np.float32), head_geometry, geometry) > 0
             info = {"id": case.subject_id, "image": case.image, "geometry": geometry, "tissues": case.tissues}
@@ -172,7 +189,7 @@ def main() -> int:
                   f"ideally prepared, {row['found_raw']} raw; FP {row['fp_given']} / {row['fp_ideal']} / {row['fp_raw']}; "
                   f"registration error T2 {errors['T2']:.2f} mm, FLAIR "
                   f"{errors['FLAIR']:.2f} mm; mask Dice {dice:.3f}; preparation {t2 - t1:.0f} s", flush=True)
-    result = {"model": args.model, "setting": args.setting, "family": family.name, "rows": rows,
+    result = {"model": args.model, "setting": args.setting, "family": family.name, "head_margin": args.head_margin, "rows": rows,
               "given": summarize(given), "ideal": summarize(ideal), "raw": summarize(raw), "device": device_label("cpu"),
               "command": "python benchmarks/preparation.py " + shlex.join(sys.argv[1:])}
     (work / f"{args.section}.json").write_text(json.dumps(result, indent=1, default=str))
@@ -196,7 +213,8 @@ def render(result: dict, args) -> str:
         f"Command: `{result['command']}` — {result['device']}, torch {torch.__version__}. The colin27 family's "
         f"{n} subjects with lacunes (benchmarks/families.py; Colin27's anatomy, measurement only), model "
         f"`{Path(result['model']).name}`, `{result['setting']}`. Raw: Colin27's own skull and scalp around the phantom's "
-        f"brain, T2 and FLAIR moved by up to {args.max_angle:g}° about each axis and {args.max_shift:g} mm along each and "
+        f"brain on a field of view that holds the head (the brain's box grown by {result.get('head_margin', 0)} mm on "
+        f"every face), T2 and FLAIR moved by up to {args.max_angle:g}° about each axis and {args.max_shift:g} mm along each and "
         "stored on 1×1×3 mm grids (T2 sagittal, FLAIR coronal), read through `lacunes.preparation.prepare_subject`.",
         "",
         "| input | lacunes found | FP / subject | median F1 | median Dice |",
