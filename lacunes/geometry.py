@@ -183,9 +183,12 @@ def masked_linear(channel: np.ndarray, linear) -> np.ndarray:
 
 def register_mutual_information(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transform, kind,
                                 *, sampling: float, learning_rate: float, min_step: float, iterations: int,
-                                smoothing_mm: tuple[float, float, float], fixed_mask: sitk.Image | None = None):
+                                smoothing_mm: tuple[float, float, float], fixed_mask: sitk.Image | None = None,
+                                max_samples: int | None = None):
     """SimpleITK's registration of ``moving`` onto ``fixed`` from ``initial``: Mattes mutual information
-    (32 bins, a random ``sampling`` share of the voxels, seed 1), linear interpolation, regular-step gradient
+    (32 bins, a random ``sampling`` share of the voxels, seed 1; on the last, full-resolution level at most
+    ``max_samples`` voxels where given, so that a large field of view costs no more than a small one),
+    linear interpolation, regular-step gradient
     descent with scales from physical shifts, three levels (shrink 4, 2, 1; ``smoothing_mm``). The metric is
     evaluated the same way at the start and at the end (the optimizer's last value is on its last level's
     sample). Returns the final transform (as ``kind``, e.g. ``sitk.Euler3DTransform``), the metric before
@@ -195,7 +198,8 @@ def register_mutual_information(fixed: sitk.Image, moving: sitk.Image, initial: 
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(sampling, seed=1)
+    finest = sampling if max_samples is None else min(sampling, max_samples / fixed.GetNumberOfPixels())
+    method.SetMetricSamplingPercentagePerLevel([sampling, sampling, finest], seed=1)
     if fixed_mask is not None:
         method.SetMetricFixedMask(fixed_mask)
     method.SetInterpolator(sitk.sitkLinear)

@@ -6,8 +6,9 @@ with preparation (the default of ``lacunes predict`` and the container; ``--no-p
 
 1. **Registration.** A contrast on another grid than the reference (the T1, or the T2 of a ``T2+FLAIR``
    subject) is registered onto it — rigid (SimpleITK's ``Euler3DTransform``), Mattes mutual information,
-   three resolutions (shrink 4, 2, 1; smoothing 2, 1, 0 mm), starting from the scanner frame the headers
-   give — then resampled linearly onto the reference's grid. A contrast already on the reference's grid
+   three resolutions (shrink 4, 2, 1; smoothing 2, 1, 0 mm; 5 % of the voxels sampled, at most
+   :data:`MAX_SAMPLES` on the finest), starting from the scanner frame the headers give — then resampled
+   linearly onto the reference's grid. A contrast already on the reference's grid
    is taken as registered (the usual output of a scanner's or a pipeline's co-registration). Where the
    optimizer ends worse than the headers' alignment, the headers' alignment is kept (and said); a
    transform beyond :data:`MAX_ROTATION_DEG` or :data:`MAX_TRANSLATION_MM` fails the subject
@@ -39,6 +40,10 @@ from lacunes.io import MODALITIES, Subject, read_subject
 
 logger = logging.getLogger(__name__)
 
+#: Voxels the rigid registration's finest level samples at most (5 % of a brain-sized field of view, about
+#: 150×180×150: the sample count that registered within 0.30 mm in benchmarks/preparation.py); a whole-head
+#: field of view three times larger would otherwise triple the time of that level.
+MAX_SAMPLES = 200_000
 #: A rigid transform between two scans of one session beyond these is a failed registration.
 MAX_ROTATION_DEG = 30.0
 MAX_TRANSLATION_MM = 60.0
@@ -73,7 +78,7 @@ def register_rigid(fixed: np.ndarray, fixed_geometry: Geometry, moving: np.ndarr
     try:
         final, before, after, stop = register_mutual_information(
             f, m, identity, sitk.Euler3DTransform, sampling=0.05, learning_rate=2.0, min_step=1e-3, iterations=200,
-            smoothing_mm=(2.0, 1.0, 0.0))
+            smoothing_mm=(2.0, 1.0, 0.0), max_samples=MAX_SAMPLES)
     except RuntimeError as exc:
         raise RegistrationError(f"{name}: registration onto the reference failed ({str(exc).strip().splitlines()[-1]})"
                                 ) from None
