@@ -74,9 +74,9 @@ def head_around(brain_image: np.ndarray, tissues: np.ndarray, head: np.ndarray, 
 
 def padded(geometry: Geometry, margin: int) -> Geometry:
     """``geometry`` grown by ``margin`` voxels on every face (the same voxels, more around them)."""
-    d = np.asarray(geometry.direction, float).reshape(3, 3)
-    origin = np.asarray(geometry.origin, float) - d @ (margin * np.asarray(geometry.spacing, float))
-    return Geometry(tuple(s + 2 * margin for s in geometry.shape), geometry.spacing, tuple(origin), geometry.direction)
+    origin = geometry.physical([-margin] * 3)  # the voxel ``margin`` steps before the first, on each axis
+    return Geometry(tuple(s + 2 * margin for s in geometry.shape), geometry.spacing,
+                    tuple(float(v) for v in origin), geometry.direction)
 
 
 def raw_subject(case, head: np.ndarray, head_brain: np.ndarray, rng: np.random.Generator, max_angle: float,

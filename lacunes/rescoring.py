@@ -98,7 +98,7 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
     fluid = inside_brain & (t1 <= q1) & (t2 >= q2)
     span = np.zeros(len(MODALITIES))  # the subject's fluid against its brain, per contrast
     if fluid.any():
-        span = np.array([np.median(c[fluid]) - np.median(c[inside_brain]) for c in image[:len(MODALITIES)]])
+        span = np.array([np.median(c[fluid]) - np.median(c[inside_brain]) for c in image])
     span[np.abs(span) < MIN_FLUID_SPAN] = np.inf  # an absent contrast: relative features 0
     spacing_a = np.asarray(spacing, float)
     voxel = float(np.prod(spacing_a))
