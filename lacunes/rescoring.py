@@ -8,11 +8,14 @@ lies around it (ventricles, sulci) and how much fluid it connects to (a lacune i
 ventricle's horn or a sulcus runs on). A logistic regression on a set of these (standardized) features
 gives each candidate a score; candidates scoring under ``min_score`` are set to probability 0.
 
-Three sets: :data:`FEATURES` (the first, kept for the rescorers fitted on it), :data:`SCALE_FREE_FEATURES`
+Four sets: :data:`FEATURES` (the first, kept for the rescorers fitted on it), :data:`SCALE_FREE_FEATURES`
 (new fits' default): no intensity inside the candidate on the normalized scale (which one generator's
 tissue table sets), only contrasts with its surroundings, shape, size, depth and the fluid it joins; and
 :data:`FLUID_RELATIVE_FEATURES`: the same with each contrast (and the FLAIR rim) divided by the subject's
-own fluid-to-brain contrast, so that a scan whose fluid is less contrasted moves both together.
+own fluid-to-brain contrast, so that a scan whose fluid is less contrasted moves both together;
+:data:`RIM_GAIN_FEATURES`: those with the rim clipped at 0, so that a rim darker than the tissue beyond it
+(a thin gliotic rim averaged into the cavity by coarse voxels or thick slices) does not count against a
+lacune.
 
 The regression is fitted on the network's own candidates on labelled training subjects (a candidate
 is positive when it touches a labelled lesion): images, labels and the network's outputs only, so the
@@ -54,15 +57,21 @@ ALL_FEATURES = (
     *FEATURES,
     "log_fluid_joined_mm3",  # log(1 + fluid-like volume connected to the candidate, the candidate excluded)
     *RELATIVE_FEATURES,
+    "flair_rim_gain",  # max(flair_rim_relative, 0): a bright rim counts for a lacune, a dark one not against it
 )
 #: The default set of a new fit (the module docstring).
-SCALE_FREE_FEATURES = tuple(f for f in ALL_FEATURES if f not in ("t1", "t2", "flair", *RELATIVE_FEATURES))
+SCALE_FREE_FEATURES = tuple(f for f in ALL_FEATURES
+                            if f not in ("t1", "t2", "flair", *RELATIVE_FEATURES, "flair_rim_gain"))
 #: The contrasts of :data:`SCALE_FREE_FEATURES` replaced by their share of the subject's own fluid contrast
 #: (:data:`RELATIVE_FEATURES`): a scan whose fluid is less contrasted than the training phantoms' (another
 #: sequence, another field strength) moves its lacunes' contrasts and its CSF's together.
 FLUID_RELATIVE_FEATURES = tuple(
     f for f in ALL_FEATURES
-    if f not in ("t1", "t2", "flair", "flair_rim", *(f"{m.lower()}_contrast" for m in MODALITIES)))
+    if f not in ("t1", "t2", "flair", "flair_rim", "flair_rim_gain", *(f"{m.lower()}_contrast" for m in MODALITIES)))
+#: :data:`FLUID_RELATIVE_FEATURES` with the FLAIR rim counting only for a lacune (``flair_rim_gain``): voxels
+#: or slices coarser than a thin gliotic rim average it into the cavity's dark signal, and a rim below its
+#: surroundings then says nothing against a lacune (benchmarks/second_stage.py on the wide family).
+RIM_GAIN_FEATURES = tuple("flair_rim_gain" if f == "flair_rim_relative" else f for f in FLUID_RELATIVE_FEATURES)
 #: The span of one contrast under which it counts as absent (a channel of zeros): its relative features are 0.
 MIN_FLUID_SPAN = 1e-3
 #: How far (voxels) the fluid joined to a candidate is followed from it: a ventricle or a sulcus fills it.
@@ -140,6 +149,7 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
             float(fluid[big][around].mean()) if around.any() else 0.0,
             math.log1p(_fluid_joined(labels[far] == k + 1, fluid[far]) * voxel),
             *((a - b) / d for a, b, d in zip(inside_means, shell_means, span)), rim / abs(span[FLAIR]),
+            max(rim / abs(span[FLAIR]), 0.0),
         ]
     return labels, n, feats
 

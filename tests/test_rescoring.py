@@ -205,3 +205,27 @@ def test_contrasts_relative_to_the_subjects_fluid_hold_when_its_fluid_is_less_co
     # a second stage over them weighs neither the intensities nor the contrasts on the normalized scale
     r = Rescorer.fit(np.vstack([feats, feats + 1]), np.array([0.0, 1.0]), 0.5, names=FLUID_RELATIVE_FEATURES)
     assert set(r.features) & {"t1", "t2_contrast", "flair_rim"} == set() and "t2_relative_contrast" in r.features
+
+
+def test_the_rim_gain_counts_a_bright_rim_and_ignores_a_dark_one():
+    """A lacune with a bright FLAIR rim, and the same lacune whose rim is averaged into its dark cavity (a
+    dark ring next to it): the relative rim is positive, then negative; the rim gain keeps the first and is 0
+    for the second; the rim-gain set weighs the gain in place of the signed rim."""
+    from lacunes.calibration import feature_set
+    from lacunes.rescoring import RIM_GAIN_FEATURES
+
+    prob, image, brain, reference, ball, tube = scene()
+    ring1 = ndi.binary_dilation(ball, iterations=1) & ~ball
+    out = {}
+    for name, value in (("bright", 0.9), ("dark", 0.3)):
+        img = image.copy()
+        img[2][ring1] = value
+        _, n, feats = candidate_features(prob, img, brain, (1.0, 1.0, 1.0), 0.5)
+        k = int(np.argmax(feats[:, ALL_FEATURES.index("log_volume_mm3")]))  # the ball, not the thin tube
+        out[name] = {f: feats[k, ALL_FEATURES.index(f)] for f in ("flair_rim_relative", "flair_rim_gain")}
+    assert out["bright"]["flair_rim_relative"] > 0 and out["dark"]["flair_rim_relative"] < 0
+    assert out["bright"]["flair_rim_gain"] == pytest.approx(out["bright"]["flair_rim_relative"])
+    assert out["dark"]["flair_rim_gain"] == 0.0
+    assert feature_set("rim-gain") == RIM_GAIN_FEATURES
+    assert "flair_rim_gain" in RIM_GAIN_FEATURES and "flair_rim_relative" not in RIM_GAIN_FEATURES
+    assert "flair_rim_gain" not in FLUID_RELATIVE_FEATURES and "flair_rim_gain" not in SCALE_FREE_FEATURES
