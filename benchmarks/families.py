@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from lacunes.options import RESERVED_SEEDS
-from lacunes.synthetic import AcquisitionConfig, MimicConfig, SynthConfig, TissueRanges
+from lacunes.synthetic import AcquisitionConfig, MimicConfig, SynthConfig, TissueRanges, generate_phantom
 
 #: Outside the training ranges of :class:`lacunes.synthetic.mimics.TissueRanges` on the fluid's side.
 WIDE_TISSUES = TissueRanges(
@@ -55,6 +55,19 @@ class Family:
     @property
     def indices(self) -> list[int]:
         return list(range(1, self.lacune_free + self.with_lacunes + 1))
+
+    def phantom(self, index: int):
+        """Subject ``index`` of the family, made in memory (id ``<family>-<index:03d>``)."""
+        return generate_phantom(self.seed, index, self.subject_config(index), subject_id=f"{self.name}-{index:03d}")
+
+
+def index_range(text: str) -> list[int]:
+    """Subject indices from ``--subjects``: ``21-30``, ``5`` or ``1-3,7``."""
+    out: list[int] = []
+    for part in text.split(","):
+        first, _, last = part.partition("-")
+        out += list(range(int(first), int(last or first) + 1))
+    return out
 
 
 FAMILIES = {

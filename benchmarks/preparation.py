@@ -122,17 +122,15 @@ def main() -> int:
     ap.add_argument("--work", default=str(ROOT / "out" / "preparation"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    from families import FAMILIES
+    from families import FAMILIES, index_range
     from quality import phantom_case
 
     from lacunes.io import read_volume
-    from lacunes.synthetic import generate_phantom
 
     head_path = colin27_path().with_name("ch2.nii.gz")
     if not head_path.is_file():
         print(f"{head_path} is missing: apt-get install mricron-data", file=sys.stderr)
         return 1
-    first, last = (int(v) for v in args.subjects.split("-"))
     family = FAMILIES["colin27"]
     predictor = Predictor.from_checkpoint(Path(args.model), PRESETS[args.setting].replace(progress=False))
     rng = np.random.default_rng(4242)
@@ -142,9 +140,8 @@ def main() -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for index in range(first, last + 1):
-            phantom = generate_phantom(family.seed, index, family.subject_config(index),
-                                       subject_id=f"{family.name}-{index:03d}")
+        for index in index_range(args.subjects):
+            phantom = family.phantom(index)
             case = phantom_case(phantom)
             geometry = Geometry(case.reference.shape, phantom.spacing, phantom.origin, phantom.direction)
             if args.head_margin:  # the scanner's field of view holds the whole head, not the brain's box

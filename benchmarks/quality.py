@@ -152,11 +152,7 @@ def family_case(family_name: str, index: int) -> Case:
     """Subject ``index`` of an out-of-family family (:mod:`families`), made in memory."""
     from families import FAMILIES
 
-    from lacunes.synthetic import generate_phantom
-
-    family = FAMILIES[family_name]
-    return phantom_case(generate_phantom(family.seed, index, family.subject_config(index),
-                                         subject_id=f"{family.name}-{index:03d}"))
+    return phantom_case(FAMILIES[family_name].phantom(index))
 
 
 def phantom_case(ph) -> Case:

@@ -84,15 +84,14 @@ def main() -> int:
     ap.add_argument("--section", default="regions")
     ap.add_argument("--work", default=str(ROOT / "out" / "regions"))
     args = ap.parse_args()
-    from families import FAMILIES
+    from families import FAMILIES, index_range
 
-    first, last = (int(v) for v in args.subjects.split("-"))
     points = targets()
     rows = []
     ball = np.argwhere(np.ones((7, 7, 7), bool)) - 3
     ball = ball[np.linalg.norm(ball, axis=1) <= RADIUS_MM]
     for anatomy in args.anatomies.split(","):
-        for index in range(first, last + 1):
+        for index in index_range(args.subjects):
             if anatomy == "colin27":
                 seed, config = FAMILIES["colin27"].seed, FAMILIES["colin27"].subject_config(index)
             else:

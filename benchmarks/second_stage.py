@@ -28,7 +28,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from families import FAMILIES  # noqa: E402
+from families import FAMILIES, index_range  # noqa: E402
 from quality import phantom_case  # noqa: E402
 
 from lacunes.inference import ModelInput, Predictor  # noqa: E402
@@ -49,16 +49,11 @@ def acquisition_label(drawn: dict | None) -> str:
     return "1 mm"
 
 
-def subject_candidates(predictor: Predictor, family: str, index: int) -> list[dict]:
-    """The rescorer's candidates on one family subject, with target, score and each feature's pull."""
-    from lacunes.synthetic import generate_phantom
-
-    fam = FAMILIES[family]
-    ph = generate_phantom(fam.seed, index, fam.subject_config(index), subject_id=f"{fam.name}-{index:03d}")
+def subject_candidates(predictor: Predictor, op, rescorer, family: str, index: int) -> list[dict]:
+    """The candidates of ``rescorer`` (the second stage, with the operating point ``op``) on one family
+    subject, with target, score and each feature's pull."""
+    ph = FAMILIES[family].phantom(index)
     case = phantom_case(ph)
-    op, rescorer = predictor.release.post_processing_for(FULL_SET)
-    if rescorer is None:
-        raise SystemExit("this checkpoint has no second stage (calibrate it with --fit-rescorer first)")
     image = repair_nonfinite(case.image)
     mask = brain_mask(image)
     normalized = prepare_image(image, predictor.release.normalization)
@@ -74,20 +69,12 @@ def subject_candidates(predictor: Predictor, family: str, index: int) -> list[di
         values = {f: float(feats[j, ALL_FEATURES.index(f)]) for f in rescorer.features}
         pull = {f: float(w * (values[f] - m) / s)
                 for f, w, m, s in zip(rescorer.features, rescorer.weights, rescorer.mean, rescorer.std)}
-        over = bool(float(raw[labels == j + 1].max()) >= op.threshold)  # some of it over the threshold
+        over = bool(feats[j, ALL_FEATURES.index("max_probability")] >= op.threshold)  # some of it over the threshold
         rows.append({"subject": case.subject_id, "acquisition": acquisition_label(ph.acquisition),
                      "lacune": bool(targets[j] > 0), "score": float(scores[j]), "over_threshold": over,
                      "kept": over and bool(scores[j] >= rescorer.min_score),
                      "features": values, "pull": pull})
     return rows
-
-
-def parse_range(text: str) -> list[int]:
-    out: list[int] = []
-    for part in text.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b or a) + 1))
-    return out
 
 
 def summarize(rows: list[dict], feature: str) -> list[str]:
@@ -118,11 +105,15 @@ def main() -> int:
 
         torch.set_num_threads(args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint, PRESETS["fast"].replace(progress=False))
-    rescorer = predictor.release.post_processing_for(FULL_SET)[1]
-    strongest = max(zip(rescorer.weights, rescorer.features), key=lambda wf: abs(wf[0]))[1] if rescorer else ""
+    op, rescorer = predictor.release.post_processing_for(FULL_SET)
+    if rescorer is None:
+        print(f"{args.checkpoint}: this checkpoint has no second stage (calibrate it with --fit-rescorer first)",
+              file=sys.stderr)
+        return 2
+    strongest = max(zip(rescorer.weights, rescorer.features), key=lambda wf: abs(wf[0]))[1]
     rows: list[dict] = []
-    for index in parse_range(args.subjects):
-        got = subject_candidates(predictor, args.family, index)
+    for index in index_range(args.subjects):
+        got = subject_candidates(predictor, op, rescorer, args.family, index)
         rows += got
         for r in got:
             if r["lacune"]:
@@ -133,7 +124,9 @@ def main() -> int:
     print("\n".join(["", *summarize(rows, strongest)]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=1))
+        partial = args.out.with_name(args.out.name + ".partial")  # never a truncated file under the final name
+        partial.write_text(json.dumps(rows, indent=1))
+        partial.replace(args.out)
     return 0
 
 

@@ -136,6 +136,7 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
         shell_means = [float(img[c][shell].mean()) if shell.any() else 0.0 for c in range(len(MODALITIES))]
         rim = ((float(img[FLAIR][ring1].mean()) if ring1.any() else 0.0)
                - (float(img[FLAIR][ring23].mean()) if ring23.any() else 0.0))
+        rim_relative = rim / abs(span[FLAIR])
         coords = np.argwhere(comp) * spacing_a
         if vox >= 2:
             eig = np.sort(np.linalg.eigvalsh(np.cov(coords.T) + np.eye(3) * (spacing_a.mean() ** 2 / 12)))
@@ -148,8 +149,8 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
             math.log(eig[2] / eig[0]), math.sqrt(eig[2]), depth(centre),
             float(fluid[big][around].mean()) if around.any() else 0.0,
             math.log1p(_fluid_joined(labels[far] == k + 1, fluid[far]) * voxel),
-            *((a - b) / d for a, b, d in zip(inside_means, shell_means, span)), rim / abs(span[FLAIR]),
-            max(rim / abs(span[FLAIR]), 0.0),
+            *((a - b) / d for a, b, d in zip(inside_means, shell_means, span)), rim_relative,
+            max(rim_relative, 0.0),
         ]
     return labels, n, feats
 
