@@ -13,7 +13,9 @@ under 2 % of the brain (``--max-uncertain-share``); an extent threshold is then 
 A second stage has one weight per feature (a new fit: :data:`lacunes.rescoring.SCALE_FREE_FEATURES`;
 ``--features fluid-relative`` for :data:`lacunes.rescoring.FLUID_RELATIVE_FEATURES`, its contrasts measured
 against the subject's own fluid; ``--features rim-gain`` for :data:`lacunes.rescoring.RIM_GAIN_FEATURES`, the
-same with the FLAIR rim counting only for a lacune; ``--features v1`` for the first set,
+same with the FLAIR rim counting only for a lacune; ``--features rim-far`` for
+:data:`lacunes.rescoring.RIM_FAR_FEATURES`, the rim 1-2 voxels out against the tissue 4-5 voxels out;
+``--features v1`` for the first set,
 :data:`lacunes.rescoring.FEATURES`): it is refused when the training subjects give fewer than that many
 candidates on lesions or off them (``--no-second-stage`` then calibrates the operating point alone), and
 fitted with a warning under :data:`FEW_CANDIDATES_PER_FEATURE` candidates per feature.
@@ -106,15 +108,21 @@ def validation_shortfall(cases) -> str:
 
 
 #: The second stage's feature sets by name (``--features``).
-FEATURE_SETS = ("scale-free", "fluid-relative", "rim-gain", "v1")
+FEATURE_SETS = ("scale-free", "fluid-relative", "rim-gain", "rim-far", "v1")
 
 
 def feature_set(name: str) -> tuple[str, ...]:
     """The features of the set ``name`` (:data:`FEATURE_SETS`; :mod:`lacunes.rescoring`)."""
-    from lacunes.rescoring import FEATURES, FLUID_RELATIVE_FEATURES, RIM_GAIN_FEATURES, SCALE_FREE_FEATURES
+    from lacunes.rescoring import (
+        FEATURES,
+        FLUID_RELATIVE_FEATURES,
+        RIM_FAR_FEATURES,
+        RIM_GAIN_FEATURES,
+        SCALE_FREE_FEATURES,
+    )
 
     sets = {"scale-free": SCALE_FREE_FEATURES, "fluid-relative": FLUID_RELATIVE_FEATURES,
-            "rim-gain": RIM_GAIN_FEATURES, "v1": FEATURES}
+            "rim-gain": RIM_GAIN_FEATURES, "rim-far": RIM_FAR_FEATURES, "v1": FEATURES}
     if name not in sets:
         raise ValueError(f"unknown feature set {name!r} (the sets: {', '.join(FEATURE_SETS)})")
     return sets[name]
@@ -205,7 +213,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                         "surroundings, shape, size, depth and the fluid a candidate joins, no intensity on the "
                         "normalized scale; fluid-relative: the same with each contrast divided by the subject's own "
                         "fluid-to-brain contrast; rim-gain: fluid-relative with the FLAIR rim counting only for a lacune, not "
-                        "against one whose thin rim coarse voxels average away; v1: the first set, with intensities)")
+                        "against one whose thin rim coarse voxels average away; rim-far: fluid-relative with the rim "
+                        "1-2 voxels out against the tissue 4-5 voxels out, beyond the reach of coarse voxels' blur; "
+                        "v1: the first set, with intensities)")
     p.add_argument("--candidate-threshold", type=float, default=DEFAULT_THRESHOLD,
                    help=f"raw probability at which the second stage's candidates are formed (default {DEFAULT_THRESHOLD:g})")
     p.add_argument("--preset", default="fast", choices=INFERENCE_PRESETS, help="inference setting (default fast)")

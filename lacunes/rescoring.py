@@ -8,14 +8,15 @@ lies around it (ventricles, sulci) and how much fluid it connects to (a lacune i
 ventricle's horn or a sulcus runs on). A logistic regression on a set of these (standardized) features
 gives each candidate a score; candidates scoring under ``min_score`` are set to probability 0.
 
-Four sets: :data:`FEATURES` (the first, kept for the rescorers fitted on it), :data:`SCALE_FREE_FEATURES`
+Five sets: :data:`FEATURES` (the first, kept for the rescorers fitted on it), :data:`SCALE_FREE_FEATURES`
 (new fits' default): no intensity inside the candidate on the normalized scale (which one generator's
-tissue table sets), only contrasts with its surroundings, shape, size, depth and the fluid it joins; and
+tissue table sets), only contrasts with its surroundings, shape, size, depth and the fluid it joins;
 :data:`FLUID_RELATIVE_FEATURES`: the same with each contrast (and the FLAIR rim) divided by the subject's
 own fluid-to-brain contrast, so that a scan whose fluid is less contrasted moves both together;
 :data:`RIM_GAIN_FEATURES`: those with the rim clipped at 0, so that a rim darker than the tissue beyond it
 (a thin gliotic rim averaged into the cavity by coarse voxels or thick slices) does not count against a
-lacune.
+lacune; and :data:`RIM_FAR_FEATURES`: the rim taken 1-2 voxels out against the tissue 4-5 voxels out, beyond
+the reach of the cavity's and the rim's blur.
 
 The regression is fitted on the network's own candidates on labelled training subjects (a candidate
 is positive when it touches a labelled lesion): images, labels and the network's outputs only, so the
@@ -58,20 +59,28 @@ ALL_FEATURES = (
     "log_fluid_joined_mm3",  # log(1 + fluid-like volume connected to the candidate, the candidate excluded)
     *RELATIVE_FEATURES,
     "flair_rim_gain",  # max(flair_rim_relative, 0): a bright rim counts for a lacune, a dark one not against it
+    "flair_rim_far_relative",  # FLAIR 1-2 voxels out minus FLAIR 4-5 voxels out, over the fluid's FLAIR span
 )
 #: The default set of a new fit (the module docstring).
-SCALE_FREE_FEATURES = tuple(f for f in ALL_FEATURES
-                            if f not in ("t1", "t2", "flair", *RELATIVE_FEATURES, "flair_rim_gain"))
+#: The FLAIR rims added after the fluid-relative set: no set before them weighs them.
+_LATER_RIMS = ("flair_rim_gain", "flair_rim_far_relative")
+SCALE_FREE_FEATURES = tuple(f for f in ALL_FEATURES if f not in ("t1", "t2", "flair", *RELATIVE_FEATURES, *_LATER_RIMS))
 #: The contrasts of :data:`SCALE_FREE_FEATURES` replaced by their share of the subject's own fluid contrast
 #: (:data:`RELATIVE_FEATURES`): a scan whose fluid is less contrasted than the training phantoms' (another
 #: sequence, another field strength) moves its lacunes' contrasts and its CSF's together.
 FLUID_RELATIVE_FEATURES = tuple(
     f for f in ALL_FEATURES
-    if f not in ("t1", "t2", "flair", "flair_rim", "flair_rim_gain", *(f"{m.lower()}_contrast" for m in MODALITIES)))
+    if f not in ("t1", "t2", "flair", "flair_rim", *_LATER_RIMS, *(f"{m.lower()}_contrast" for m in MODALITIES)))
 #: :data:`FLUID_RELATIVE_FEATURES` with the FLAIR rim counting only for a lacune (``flair_rim_gain``): voxels
 #: or slices coarser than a thin gliotic rim average it into the cavity's dark signal, and a rim below its
 #: surroundings then says nothing against a lacune (benchmarks/second_stage.py on the wide family).
 RIM_GAIN_FEATURES = tuple("flair_rim_gain" if f == "flair_rim_relative" else f for f in FLUID_RELATIVE_FEATURES)
+#: :data:`FLUID_RELATIVE_FEATURES` with the FLAIR rim read against the tissue beyond its reach
+#: (``flair_rim_far_relative``: 1-2 voxels out against 4-5 voxels out) instead of 1 voxel out against 2-3:
+#: coarse voxels or thick slices spread a thin bright rim over the first rings and the cavity's dark signal
+#: into the first, so that the first ring can fall under the next ones while both still stand above the
+#: tissue further out; a fluid pocket or a perivascular space has no rim at any distance.
+RIM_FAR_FEATURES = tuple("flair_rim_far_relative" if f == "flair_rim_relative" else f for f in FLUID_RELATIVE_FEATURES)
 #: The span of one contrast under which it counts as absent (a channel of zeros): its relative features are 0.
 MIN_FLUID_SPAN = 1e-3
 #: How far (voxels) the fluid joined to a candidate is followed from it: a ventricle or a sulcus fills it.
@@ -124,11 +133,13 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
         d2 = ndi.binary_dilation(d1, ball, iterations=1)
         d3 = ndi.binary_dilation(d2, ball, iterations=1)
         d4 = ndi.binary_dilation(d3, ball, iterations=1)
+        d5 = ndi.binary_dilation(d4, ball, iterations=1)
         inb = inside_brain[big]
         shell = d2 & ~comp & inb
         ring1 = d1 & ~comp & inb
         ring23 = d3 & ~d1 & inb
         around = d4 & ~comp & inb
+        ring45 = d5 & ~d3 & inb
         img = image[(slice(None), *big)]
         p = probability[big][comp]
         vox = int(comp.sum())
@@ -137,6 +148,8 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
         rim = ((float(img[FLAIR][ring1].mean()) if ring1.any() else 0.0)
                - (float(img[FLAIR][ring23].mean()) if ring23.any() else 0.0))
         rim_relative = rim / abs(span[FLAIR])
+        rim_far = ((float(img[FLAIR][shell].mean()) if shell.any() else 0.0)
+                   - (float(img[FLAIR][ring45].mean()) if ring45.any() else 0.0)) / abs(span[FLAIR])
         coords = np.argwhere(comp) * spacing_a
         if vox >= 2:
             eig = np.sort(np.linalg.eigvalsh(np.cov(coords.T) + np.eye(3) * (spacing_a.mean() ** 2 / 12)))
@@ -150,7 +163,7 @@ def candidate_features(probability: np.ndarray, image: np.ndarray, brain: np.nda
             float(fluid[big][around].mean()) if around.any() else 0.0,
             math.log1p(_fluid_joined(labels[far] == k + 1, fluid[far]) * voxel),
             *((a - b) / d for a, b, d in zip(inside_means, shell_means, span)), rim_relative,
-            max(rim_relative, 0.0),
+            max(rim_relative, 0.0), rim_far,
         ]
     return labels, n, feats
 

@@ -229,3 +229,49 @@ def test_the_rim_gain_counts_a_bright_rim_and_ignores_a_dark_one():
     assert feature_set("rim-gain") == RIM_GAIN_FEATURES
     assert "flair_rim_gain" in RIM_GAIN_FEATURES and "flair_rim_relative" not in RIM_GAIN_FEATURES
     assert "flair_rim_gain" not in FLUID_RELATIVE_FEATURES and "flair_rim_gain" not in SCALE_FREE_FEATURES
+
+
+def test_the_far_rim_keeps_a_blurred_rim_apart_from_a_rimless_cavity():
+    """A cavity with a bright FLAIR rim and the same cavity without one, in a brain with a ventricle (the
+    subject's fluid), FLAIR sharp and blurred as coarse voxels blur it. Blurred, the rim next to the cavity
+    falls under the rings beyond it (the signed rim turns negative, as on the coarse phantoms); read against
+    the tissue 4-5 voxels out it still stands above it, and the rimless cavity stays under it. The rim-far
+    set weighs it in place of the signed rim."""
+    from lacunes.calibration import feature_set
+    from lacunes.rescoring import RIM_FAR_FEATURES
+
+    shape = (56, 56, 44)
+    idx = np.indices(shape)
+
+    def within(centre, r2):
+        return ((idx - np.array(centre)[:, None, None, None]) ** 2).sum(0) <= r2
+
+    brain = within((28, 28, 22), 24**2)
+    ventricle = (np.abs(idx[0] - 34) <= 5) & (np.abs(idx[1] - 28) <= 8) & (np.abs(idx[2] - 22) <= 8)
+    cavity = within((14, 28, 22), 9)
+    rim = within((14, 28, 22), 16) & ~cavity
+    prob = np.where(cavity, np.float32(0.9), np.float32(0.02))
+    rng = np.random.default_rng(0)
+    found = {}
+    for with_rim in (True, False):
+        for sigma in (0.0, 1.0):
+            image = np.zeros((3, *shape), np.float32)
+            image[:, brain] = 0.6
+            for fluid in (ventricle, cavity):
+                image[0][fluid], image[1][fluid], image[2][fluid] = 0.1, 1.0, 0.1
+            if with_rim:
+                image[2][rim] = 0.95
+            if sigma:
+                image[2] = np.where(brain, ndi.gaussian_filter(image[2], sigma), 0)
+            image[:, brain] += rng.normal(0, 0.02, (3, int(brain.sum())))
+            _, n, feats = candidate_features(prob, image, brain, (1.0, 1.0, 1.0), 0.5)
+            assert n == 1
+            found[with_rim, sigma] = {f: feats[0, ALL_FEATURES.index(f)]
+                                      for f in ("flair_rim_relative", "flair_rim_far_relative")}
+    sharp, blurred, rimless = found[True, 0.0], found[True, 1.0], found[False, 1.0]
+    assert sharp["flair_rim_relative"] > 0.3 and sharp["flair_rim_far_relative"] > 0.1
+    assert blurred["flair_rim_relative"] < 0 < blurred["flair_rim_far_relative"]
+    assert rimless["flair_rim_far_relative"] < -0.1 and abs(found[False, 0.0]["flair_rim_far_relative"]) < 0.05
+    assert feature_set("rim-far") == RIM_FAR_FEATURES
+    assert "flair_rim_far_relative" in RIM_FAR_FEATURES and "flair_rim_relative" not in RIM_FAR_FEATURES
+    assert "flair_rim_far_relative" not in FLUID_RELATIVE_FEATURES + SCALE_FREE_FEATURES
