@@ -270,6 +270,9 @@ def parse_runs(text: str) -> list[tuple[str, Path, str, bool, str]]:
     """``name=checkpoint:setting[:noconform][@SET],...`` (SET: the contrasts the subjects are given with)."""
     out = []
     for item in text.split(","):
+        if "=" not in item:
+            raise SystemExit(f"--runs: {item!r} is not NAME=CHECKPOINT:SETTING (runs are separated by commas: a "
+                             "name cannot hold one)")
         name, rest = item.rsplit("=", 1)
         rest, _, modalities = rest.partition("@")
         parts = rest.split(":")

@@ -87,6 +87,9 @@ def parse_runs(text: str, default_full: int | None) -> list[tuple[str, Path, str
     contrasts: the subjects are given with only those, the others zero, as a subject without them is read)."""
     runs = []
     for item in text.split(","):
+        if "=" not in item:
+            raise SystemExit(f"--runs: {item!r} is not NAME=CHECKPOINT:SETTING (runs are separated by commas: a "
+                             "name cannot hold one)")
         name, rest = item.rsplit("=", 1)
         rest, _, modalities = rest.partition("@")
         parts = rest.split(":")
