@@ -61,9 +61,9 @@ ALL_FEATURES = (
     "flair_rim_gain",  # max(flair_rim_relative, 0): a bright rim counts for a lacune, a dark one not against it
     "flair_rim_far_relative",  # FLAIR 1-2 voxels out minus FLAIR 4-5 voxels out, over the fluid's FLAIR span
 )
-#: The default set of a new fit (the module docstring).
 #: The FLAIR rims added after the fluid-relative set: no set before them weighs them.
 _LATER_RIMS = ("flair_rim_gain", "flair_rim_far_relative")
+#: The default set of a new fit (the module docstring).
 SCALE_FREE_FEATURES = tuple(f for f in ALL_FEATURES if f not in ("t1", "t2", "flair", *RELATIVE_FEATURES, *_LATER_RIMS))
 #: The contrasts of :data:`SCALE_FREE_FEATURES` replaced by their share of the subject's own fluid contrast
 #: (:data:`RELATIVE_FEATURES`): a scan whose fluid is less contrasted than the training phantoms' (another
