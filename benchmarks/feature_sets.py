@@ -28,11 +28,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lacunes.calibration import FEATURE_SETS, feature_set, raw_case  # noqa: E402
+from lacunes.calibration import (  # noqa: E402
+    FEATURE_SETS,
+    case_candidates,
+    feature_set,
+    fitting_cache,
+    prediction_cache,
+    raw_case,
+    validation_cache,
+)
 from lacunes.instances import label_instances  # noqa: E402
 from lacunes.operating_point import MIN_SCORES, THRESHOLDS  # noqa: E402
 from lacunes.options import DEFAULT_THRESHOLD  # noqa: E402
-from lacunes.rescoring import ALL_FEATURES, Rescorer, candidate_features, candidate_targets  # noqa: E402
+from lacunes.rescoring import ALL_FEATURES, Rescorer, candidate_targets  # noqa: E402
 
 
 @dataclass
@@ -51,8 +59,7 @@ class Described:
 def describe(predictor, files, cache: Path | None, family: str) -> Described:
     """The candidates of one labelled subject (:func:`lacunes.calibration.raw_case`, its cache)."""
     case = raw_case(predictor, files, cache, family=family)
-    masked = np.where(case.mask, case.raw, np.float32(0)) if case.mask is not None else case.raw
-    labels, n, feats = candidate_features(masked, case.image, case.mask, case.spacing, DEFAULT_THRESHOLD)
+    labels, n, feats = case_candidates(case, DEFAULT_THRESHOLD)
     lacunes, count = label_instances(case.reference > 0)
     touches = [set(np.unique(lacunes[labels == k + 1]).tolist()) - {0} for k in range(n)]
     return Described(files.subject_id, family, feats, candidate_targets(labels, n, case.reference), touches, count)
@@ -115,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from lacunes.checkpoint import weights_sha256
     from lacunes.inference import Predictor
     from lacunes.layouts import find_subject_files
     from lacunes.settings import PRESETS
@@ -123,15 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     predictor = Predictor.from_checkpoint(args.checkpoint, PRESETS[args.preset].replace(progress=False),
                                           threshold=DEFAULT_THRESHOLD)
-    cache = None
-    if args.cache:
-        cache = Path(args.cache) / f"{weights_sha256(predictor.network.state_dict())[:16]}-{args.preset}"
-    fit_folder = Path(args.fit)
-    fitting = [describe(predictor, f, None if cache is None else cache / ("fit-" + fit_folder.name), "fit")
-               for f in tqdm(find_subject_files(fit_folder), desc="fitting subjects", unit="subject")]
+    cache = prediction_cache(Path(args.cache), predictor, args.preset) if args.cache else None
+    fitting = [describe(predictor, f, fitting_cache(cache, args.fit), "fit")
+               for f in tqdm(find_subject_files(Path(args.fit)), desc="fitting subjects", unit="subject")]
     folders = [Path(p) for p in args.val.split(",") if p]
-    validation = [describe(predictor, f, None if cache is None else (cache / d.name if len(folders) > 1 else cache),
-                           d.name)
+    validation = [describe(predictor, f, validation_cache(cache, d, len(folders)), d.name)
                   for d in folders for f in tqdm(find_subject_files(d), desc=d.name, unit="subject")]
     x = np.concatenate([s.features for s in fitting])
     y = np.concatenate([s.targets for s in fitting])

@@ -95,6 +95,37 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
     return ValidationCase(raw, model_input.normalized, reference, model_input.spacing, model_input.mask, family)
 
 
+def prediction_cache(root: Path, predictor, preset: str, modalities: str = FULL_SET) -> Path:
+    """``--cache``'s folder for this network's weights, the setting and the set of contrasts: the raw maps
+    of its fitting subjects in ``fit-<folder>`` (:func:`fitting_cache`), of its validation subjects in it or
+    per family (:func:`validation_cache`)."""
+    from lacunes.checkpoint import weights_sha256
+
+    return Path(root) / (f"{weights_sha256(predictor.network.state_dict())[:16]}-{preset}"
+                         + ("" if modalities == FULL_SET else f"-{modalities}"))
+
+
+def fitting_cache(cache: Path | None, folder) -> Path | None:
+    """Where the raw maps of the fitting subjects in ``folder`` are kept (None: no cache)."""
+    return None if cache is None else cache / ("fit-" + Path(folder).name)
+
+
+def validation_cache(cache: Path | None, folder, families: int) -> Path | None:
+    """Where the raw maps of the validation subjects in ``folder`` are kept, one of ``families`` folders."""
+    return cache if cache is None or families == 1 else cache / Path(folder).name
+
+
+def case_candidates(case, candidate_threshold: float = DEFAULT_THRESHOLD):
+    """The second stage's candidates of a :func:`raw_case` (its raw map inside the brain): the label map,
+    their number and their features (:func:`lacunes.rescoring.candidate_features`)."""
+    import numpy as np
+
+    from lacunes.rescoring import candidate_features
+
+    masked = case.raw if case.mask is None else np.where(case.mask, case.raw, np.float32(0))
+    return candidate_features(masked, case.image, case.mask, case.spacing, candidate_threshold)
+
+
 def validation_shortfall(cases) -> str:
     """What the validation cases lack against :data:`MIN_VALIDATION_SUBJECTS` and
     :data:`MIN_VALIDATION_LACUNES` (lacunes: connected components of the reference), or ""."""
@@ -138,17 +169,16 @@ def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAU
     from tqdm import tqdm
 
     from lacunes.layouts import find_subject_files
-    from lacunes.rescoring import ALL_FEATURES, Rescorer, candidate_features, candidate_targets
+    from lacunes.rescoring import ALL_FEATURES, Rescorer, candidate_targets
 
     names = feature_set(features)
     train = find_subject_files(Path(folder))
     feats, targets = [], []
     for files in tqdm(train, desc="training candidates", unit="subject", disable=not progress):
-        raw, normalized, reference, spacing, mask, _ = raw_case(predictor, files, cache, modalities=modalities)
-        masked = np.where(mask, raw, np.float32(0))
-        labels, n, f = candidate_features(masked, normalized, mask, spacing, candidate_threshold)
+        case = raw_case(predictor, files, cache, modalities=modalities)
+        labels, n, f = case_candidates(case, candidate_threshold)
         feats.append(f)
-        targets.append(candidate_targets(labels, n, reference))
+        targets.append(candidate_targets(labels, n, case.reference))
     x = np.concatenate(feats) if feats else np.zeros((0, len(ALL_FEATURES)))
     y = np.concatenate(targets) if targets else np.zeros(0)
     positives, negatives = int((y > 0).sum()), int((y == 0).sum())
@@ -248,7 +278,6 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from lacunes.checkpoint import weights_sha256
     from lacunes.inference import Predictor
     from lacunes.operating_point import choose_operating_point
     from lacunes.settings import PRESETS
@@ -263,10 +292,7 @@ def run(args: argparse.Namespace) -> int:
                        args.checkpoint, ", ".join(predictor.release.input_sets_trained), modalities)
     report: dict = {"checkpoint": str(args.checkpoint), "setting": args.preset, "modalities": modalities}
     t0 = time.time()
-    cache = None
-    if args.cache:
-        cache = Path(args.cache) / (f"{weights_sha256(predictor.network.state_dict())[:16]}-{args.preset}"
-                                    + ("" if modalities == FULL_SET else f"-{modalities}"))
+    cache = prediction_cache(Path(args.cache), predictor, args.preset, modalities) if args.cache else None
     rescorer = _second_stage(args, predictor, cache, report)
     folders, families, cases = _validation_cases(args, predictor, cache)
     seconds = time.time() - t0
@@ -312,7 +338,7 @@ def _second_stage(args: argparse.Namespace, predictor, cache: Path | None, repor
         return own if args.keep_rescorer else None
     rescorer, fit = fit_second_stage(predictor, Path(args.fit_rescorer), args.candidate_threshold,
                                      not args.no_progress, args.modalities, args.features,
-                                     None if cache is None else cache / ("fit-" + Path(args.fit_rescorer).name))
+                                     fitting_cache(cache, args.fit_rescorer))
     report["rescorer_fit"] = fit
     print(f"second stage fitted on {fit['candidates']} candidates of {len(fit['subjects'])} subjects "
           f"({fit['positives']} on lesions); at a 0.5 cut it keeps {fit['training_recall_at_0.5']:.2f} of those "
@@ -330,8 +356,7 @@ def _validation_cases(args: argparse.Namespace, predictor, cache: Path | None):
 
     folders = [Path(p) for p in args.val.split(",") if p]
     families = [(f.name, files) for f in folders for files in find_subject_files(f)]
-    cases = [raw_case(predictor, files, cache if cache is None or len(folders) == 1 else cache / name,
-                      args.modalities, name)
+    cases = [raw_case(predictor, files, validation_cache(cache, name, len(folders)), args.modalities, name)
              for name, files in tqdm(families, desc="validation", unit="subject", disable=args.no_progress)]
     return folders, families, cases
 
