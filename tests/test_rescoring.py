@@ -26,6 +26,12 @@ from lacunes.settings import InferenceSettings
 from .conftest import TINY
 
 
+def sphere(shape, centre, r2):
+    """The voxels of a volume of ``shape`` within squared distance ``r2`` of ``centre``."""
+    idx = np.indices(shape)
+    return ((idx - np.array(centre)[:, None, None, None]) ** 2).sum(0) <= r2
+
+
 def scene(seed=0):
     """A brain with a round fluid lesion (dark T1, bright T2) and a long thin tube of the same signal
     (a perivascular-space look-alike); the network is equally sure of both."""
@@ -103,12 +109,10 @@ def test_the_fluid_a_candidate_joins_tells_a_horn_from_a_cavity_of_its_own():
     shape = (48, 48, 40)
     idx = np.indices(shape)
 
-    def ball(c, r2):
-        return ((idx - np.array(c)[:, None, None, None]) ** 2).sum(0) <= r2
-
-    brain = ball((24, 24, 20), 21**2)
+    brain = sphere(shape, (24, 24, 20), 21**2)
     ventricle = (np.abs(idx[0] - 24) <= 3) & (np.abs(idx[1] - 24) <= 10) & (np.abs(idx[2] - 20) <= 6)
-    horn, cavity = ball((29, 20, 20), 4), ball((13, 28, 20), 4)  # the horn overlaps x <= 27, the cavity 5 voxels off
+    # the horn overlaps x <= 27, the cavity 5 voxels off
+    horn, cavity = sphere(shape, (29, 20, 20), 4), sphere(shape, (13, 28, 20), 4)
     image = np.zeros((3, *shape), np.float32)
     image[:, brain] = 0.6 + np.random.default_rng(0).normal(0, 0.02, (3, brain.sum()))
     for fluid in (ventricle, horn, cavity):
@@ -243,13 +247,10 @@ def test_the_far_rim_keeps_a_blurred_rim_apart_from_a_rimless_cavity():
     shape = (56, 56, 44)
     idx = np.indices(shape)
 
-    def within(centre, r2):
-        return ((idx - np.array(centre)[:, None, None, None]) ** 2).sum(0) <= r2
-
-    brain = within((28, 28, 22), 24**2)
+    brain = sphere(shape, (28, 28, 22), 24**2)
     ventricle = (np.abs(idx[0] - 34) <= 5) & (np.abs(idx[1] - 28) <= 8) & (np.abs(idx[2] - 22) <= 8)
-    cavity = within((14, 28, 22), 9)
-    rim = within((14, 28, 22), 16) & ~cavity
+    cavity = sphere(shape, (14, 28, 22), 9)
+    rim = sphere(shape, (14, 28, 22), 16) & ~cavity
     prob = np.where(cavity, np.float32(0.9), np.float32(0.02))
     rng = np.random.default_rng(0)
     found = {}
