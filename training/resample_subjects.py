@@ -30,25 +30,25 @@ from lacunes.writing import write_volume  # noqa: E402
 
 def resample_subject(files, out: Path, voxel_mm: float) -> list[Path]:
     """One subject's contrasts and rater labels on a ``voxel_mm`` isotropic grid over the same field of
-    view, written under ``out`` with their names. Raises ValueError when it has no rater label."""
+    view, written under ``out`` with their names once every one of them is read and resampled (a file that
+    cannot be read leaves none of the subject's). Raises ValueError when it has no rater label."""
     labels = files.label_paths()
     if not labels:
         raise ValueError(f"{files.subject_id}: no rater label next to {files.paths['T1']}")
-    written = []
-    for path in files.paths.values():
+    moved = []
+    for path in [*files.paths.values(), *labels.values()]:
         array, geom = read_volume(path)
         target = grid_with_spacing(geom, (voxel_mm,) * 3)
-        moved = resample_masked(array, geom, target)
-        if np.issubdtype(array.dtype, np.integer):
-            info = np.iinfo(array.dtype)
-            moved = np.round(moved).clip(info.min, info.max).astype(array.dtype)
-        written.append(write_volume(moved, target, out / Path(path).name))
-    for path in labels.values():
-        array, geom = read_volume(path)
-        target = grid_with_spacing(geom, (voxel_mm,) * 3)
-        moved = resample_axis_aligned((array > 0).astype(np.float32), geom, target, order=1) >= 0.5
-        written.append(write_volume(moved.astype(np.uint8), target, out / Path(path).name))
-    return written
+        if path in labels.values():
+            out_array = (resample_axis_aligned((array > 0).astype(np.float32), geom, target, order=1) >= 0.5
+                         ).astype(np.uint8)
+        else:
+            out_array = resample_masked(array, geom, target)
+            if np.issubdtype(array.dtype, np.integer):
+                info = np.iinfo(array.dtype)
+                out_array = np.round(out_array).clip(info.min, info.max).astype(array.dtype)
+        moved.append((out_array, target, out / Path(path).name))
+    return [write_volume(array, target, path) for array, target, path in moved]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"no subjects in {args.source}")
     args.out.mkdir(parents=True, exist_ok=True)
     for k, files in enumerate(subjects, 1):
-        resample_subject(files, args.out, args.voxel)
+        try:
+            resample_subject(files, args.out, args.voxel)
+        except ValueError as e:  # no rater label, an unreadable file (lacunes.errors.UnreadableImageError)
+            print(f"resample_subjects: {e} ({k - 1} subject(s) before it written to {args.out})", file=sys.stderr)
+            return 1
         print(f"[{k}/{len(subjects)}] {files.subject_id}", flush=True)
     return 0
 
