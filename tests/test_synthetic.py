@@ -113,7 +113,7 @@ def test_tissue_model_is_written_and_lesions_sit_in_tissue(phantom, tmp_path):
     assert (phantom.tissues[phantom.rater1 > 0] >= 2).all()  # lacunes are placed in GM or WM
 
 
-def test_randomized_acquisitions_keep_the_anatomy_and_labels_and_vary_the_images(phantom):
+def test_randomized_acquisitions_keep_the_anatomy_and_labels_and_vary_the_images(phantom, tmp_path):
     from lacunes.synthetic import AcquisitionConfig, acquisition_grids
 
     thick = AcquisitionConfig(p_resolution=1.0, voxel_mm=(1.4, 1.4), p_thick=1.0, slice_mm=(4.0, 4.0),
@@ -143,6 +143,16 @@ def test_randomized_acquisitions_keep_the_anatomy_and_labels_and_vary_the_images
     # another index draws another acquisition; the default generator draws none
     assert generate_phantom(seed=5, index=4, config=SynthConfig(acquisition=AcquisitionConfig())).acquisition != drawn
     assert phantom.acquisition is None
+    # the phantom's files say what was drawn and at what voxel size each contrast was acquired; a phantom
+    # whose acquisition was not randomized has no such sidecar
+    written = write_phantom(acquired, tmp_path / "acquired")
+    sidecar = tmp_path / "acquired" / f"{acquired.subject_id}_space-T1_desc-synthetic_acquisition.json"
+    assert sidecar in written
+    record = json.loads(sidecar.read_text())
+    assert record["acquired_spacing_mm"] == {"T1": [1.4, 1.4, 1.4], "T2": [1.4, 1.4, 4.0], "FLAIR": [1.4, 1.4, 4.0]}
+    assert record["voxel_mm"] == 1.4 and record["thick"] == {"axis": 2, "mm": 4.0} and "contrasts" in record
+    write_phantom(phantom, tmp_path / "plain")
+    assert not list((tmp_path / "plain").glob("*acquisition.json"))
 
 
 def test_lacune_shapes_lobulate_lacunes_where_they_were_and_add_hyperintensities_against_them(tmp_path):

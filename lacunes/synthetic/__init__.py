@@ -23,7 +23,15 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
-from lacunes.synthetic.acquisition import acquire, acquisition_grids, draw_acquisition, intensity_curve, voxel_profile_sigma
+from lacunes.synthetic.acquisition import (
+    acquire,
+    acquired_spacing,
+    acquisition_grids,
+    acquisition_record,
+    draw_acquisition,
+    intensity_curve,
+    voxel_profile_sigma,
+)
 from lacunes.synthetic.anatomy import ANATOMIES, MEASUREMENT_ONLY, _Template, load_anatomy, load_template
 from lacunes.synthetic.config import (
     MODALITIES,
@@ -43,9 +51,9 @@ from lacunes.synthetic.shapes import _rotation, _smooth_field
 logger = logging.getLogger(__name__)
 
 __all__ = ["ANATOMIES", "MEASUREMENT_ONLY", "MODALITIES", "TISSUE_LABELS", "AcquisitionConfig", "ContrastTable",
-           "LacuneShapeConfig", "Lesion", "MimicConfig", "Phantom", "SynthConfig", "TissueRanges", "acquisition_grids",
-           "generate_dataset", "generate_phantom", "intensity_curve", "lesion_record", "load_template",
-           "template_points_in_phantom", "voxel_profile_sigma", "write_phantom"]
+           "LacuneShapeConfig", "Lesion", "MimicConfig", "Phantom", "SynthConfig", "TissueRanges", "acquired_spacing",
+           "acquisition_grids", "acquisition_record", "generate_dataset", "generate_phantom", "intensity_curve",
+           "lesion_record", "load_template", "template_points_in_phantom", "voxel_profile_sigma", "write_phantom"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -227,7 +235,8 @@ def _render(
 
 
 def write_phantom(phantom: Phantom, out_dir: Path, preview: bool = False) -> list[Path]:
-    """Write a phantom in the VALDO layout (plus a ``lesions.json`` sidecar and an optional PNG)."""
+    """Write a phantom in the VALDO layout (plus a ``lesions.json`` sidecar, an ``acquisition.json`` one for a
+    randomized acquisition (:func:`acquisition_record`) and an optional PNG)."""
     from lacunes.geometry import Geometry
     from lacunes.writing import write_volume
 
@@ -248,6 +257,10 @@ def write_phantom(phantom: Phantom, out_dir: Path, preview: bool = False) -> lis
     sidecar = out_dir / f"{sid}_space-T1_desc-synthetic_lesions.json"
     sidecar.write_text(json.dumps([lesion_record(lesion) for lesion in phantom.lesions], indent=1))
     written.append(sidecar)
+    if phantom.acquisition is not None:  # what a randomized acquisition drew (voxel sizes, slices, contrasts)
+        sidecar = out_dir / f"{sid}_space-T1_desc-synthetic_acquisition.json"
+        sidecar.write_text(json.dumps(acquisition_record(phantom.acquisition), indent=1))
+        written.append(sidecar)
     if phantom.tissues is not None:
         written.append(write_volume(phantom.tissues, geom, out_dir / f"{sid}_space-T1_desc-synthetic_tissues.nii.gz"))
     if preview:

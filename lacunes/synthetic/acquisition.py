@@ -51,11 +51,24 @@ def acquisition_grids(shape: tuple[int, int, int], drawn: dict, modality: str):
     from lacunes.geometry import Geometry
 
     native = Geometry(shape=tuple(shape))
-    t1 = grid_with_spacing(native, (drawn["voxel_mm"],) * 3)
-    voxel = [drawn["voxel_mm"]] * 3
+    t1 = grid_with_spacing(native, acquired_spacing(drawn, "T1"))
+    return native, grid_with_spacing(native, acquired_spacing(drawn, modality)), t1
+
+
+def acquired_spacing(drawn: dict, modality: str) -> tuple[float, float, float]:
+    """The voxel size (mm, per array axis) a modality of a drawn acquisition was acquired at: the subject's
+    voxel size, and the slice thickness across the slices of a thick-slice T2 or FLAIR."""
+    voxel = [float(drawn["voxel_mm"])] * 3
     if drawn["thick"] is not None and modality != "T1":
-        voxel[drawn["thick"]["axis"]] = max(voxel[drawn["thick"]["axis"]], drawn["thick"]["mm"])
-    return native, grid_with_spacing(native, voxel), t1
+        voxel[drawn["thick"]["axis"]] = max(voxel[drawn["thick"]["axis"]], float(drawn["thick"]["mm"]))
+    return tuple(voxel)
+
+
+def acquisition_record(drawn: dict) -> dict:
+    """A drawn acquisition as the phantom's ``desc-synthetic_acquisition.json`` sidecar stores it: what was
+    drawn, and each modality's acquired voxel size (``acquired_spacing_mm``) — the voxel size its header
+    would state had the scan not been brought back to 1 mm."""
+    return {"acquired_spacing_mm": {m: list(acquired_spacing(drawn, m)) for m in MODALITIES}, **drawn}
 
 
 def intensity_curve(x: np.ndarray, gamma: float) -> np.ndarray:
