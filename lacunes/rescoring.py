@@ -278,25 +278,40 @@ class Rescorer:
         if unknown:
             raise ValueError(f"unknown feature(s) {unknown} (the features: {', '.join(ALL_FEATURES)})")
         x = x[:, [ALL_FEATURES.index(f) for f in names]]
-        if y.min() == y.max():
-            raise ValueError("the candidates are all positive or all negative: nothing to learn")
-        mean, std = x.mean(0), x.std(0)
-        std[std < 1e-8] = 1.0
-        z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
-        sample = np.where(y > 0.5, 0.5 / y.mean(), 0.5 / (1 - y.mean()))  # each class weighs half
-        w = np.zeros(z.shape[1])
-        reg = np.full(z.shape[1], l2)
-        reg[-1] = 0.0
-        for _ in range(iterations):
-            p = 1.0 / (1.0 + np.exp(-(z @ w)))
-            grad = z.T @ (sample * (p - y)) + reg * w
-            hess = (z * (sample * p * (1 - p))[:, None]).T @ z + np.diag(reg + 1e-9)
-            step = np.linalg.solve(hess, grad)
-            w -= step
-            if np.abs(step).max() < 1e-8:
-                break
-        return cls(tuple(float(v) for v in w[:-1]), float(w[-1]), tuple(float(v) for v in mean),
+        w, bias, mean, std = fit_logistic(x, y, l2, iterations)
+        return cls(tuple(float(v) for v in w), bias, tuple(float(v) for v in mean),
                    tuple(float(v) for v in std), candidate_threshold, features=tuple(names))
+
+
+def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iterations: int = 50
+                 ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """Class-balanced, L2-regularized logistic regression by Newton's method on the columns of ``x``
+    (standardized; the intercept not regularized): the weights, the intercept, the columns' means and
+    standard deviations (:meth:`Rescorer.fit` on a feature set; benchmarks fit it on other columns).
+
+    Raises:
+        ValueError: only one class among ``y``.
+    """
+    x = np.asarray(x, np.float64)
+    y = np.asarray(y, np.float64)
+    if y.min() == y.max():
+        raise ValueError("the candidates are all positive or all negative: nothing to learn")
+    mean, std = x.mean(0), x.std(0)
+    std[std < 1e-8] = 1.0
+    z = np.hstack([(x - mean) / std, np.ones((len(x), 1))])
+    sample = np.where(y > 0.5, 0.5 / y.mean(), 0.5 / (1 - y.mean()))  # each class weighs half
+    w = np.zeros(z.shape[1])
+    reg = np.full(z.shape[1], l2)
+    reg[-1] = 0.0
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(z @ w)))
+        grad = z.T @ (sample * (p - y)) + reg * w
+        hess = (z * (sample * p * (1 - p))[:, None]).T @ z + np.diag(reg + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-8:
+            break
+    return w[:-1], float(w[-1]), mean, std
 
 
 def candidate_targets(labels: np.ndarray, n: int, reference: np.ndarray) -> np.ndarray:
