@@ -136,6 +136,7 @@ TRAIN_PRESETS: dict[str, str] = {
     "cpu-acq": "continues a calibrated model on a CPU on acquisition-randomized phantoms (--acquisitions)",
     "cpu-mimics": "continues a calibrated model on a CPU on phantoms with varied mimics (--mimics --acquisitions)",
     "cpu-contrast": "cpu-mimics with a random contrast curve (gamma) on a third of the crops",
+    "cpu-specific": "cpu-contrast with a fifth of the crops on the network's own mined false positives",
     "smoke": "a few steps, to check that training runs",
 }
 DEFAULT_TRAIN_PRESET = "valdo"
