@@ -164,7 +164,8 @@ def best_point(subjects: list[Described], rescorer: Rescorer, max_flagged_share:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
-    ap.add_argument("--fit", required=True, help="the fitting subjects (lacunes calibrate --fit-rescorer)")
+    ap.add_argument("--fit", help="the fitting subjects (lacunes calibrate --fit-rescorer); without it only the "
+                    "network alone is scored (a new network screened in half the time)")
     ap.add_argument("--val", required=True, help="validation families, folders separated by commas")
     ap.add_argument("--cache", help="lacunes calibrate --cache's folder (the raw maps; predicted there when missing)")
     ap.add_argument("--sets", default=",".join(s for s in FEATURE_SETS if s != "v1"),
@@ -175,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-flagged-share", type=float, default=0.05)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
-    sets = [s for s in args.sets.split(",") if s]
+    sets = [s for s in args.sets.split(",") if s] if args.fit else []
+    if args.acquisition and not args.fit:
+        ap.error("--acquisition fits the second stage: give its fitting subjects (--fit)")
     for s in sets:
         feature_set(s)  # an unknown set is refused before any prediction
 
@@ -191,12 +194,13 @@ def main(argv: list[str] | None = None) -> int:
                                           threshold=DEFAULT_THRESHOLD)
     cache = prediction_cache(Path(args.cache), predictor, args.preset) if args.cache else None
     fitting = [describe(predictor, f, fitting_cache(cache, args.fit), "fit")
-               for f in tqdm(find_subject_files(Path(args.fit)), desc="fitting subjects", unit="subject")]
+               for f in tqdm(find_subject_files(Path(args.fit)), desc="fitting subjects", unit="subject")
+               ] if args.fit else []
     folders = [Path(p) for p in args.val.split(",") if p]
     validation = [describe(predictor, f, validation_cache(cache, d, len(folders)), d.name)
                   for d in folders for f in tqdm(find_subject_files(d), desc=d.name, unit="subject")]
-    x = np.concatenate([s.features for s in fitting])
-    y = np.concatenate([s.targets for s in fitting])
+    x = np.concatenate([s.features for s in fitting]) if fitting else np.zeros((0, len(ALL_FEATURES)))
+    y = np.concatenate([s.targets for s in fitting]) if fitting else np.zeros(0)
     print(f"{len(fitting)} fitting subjects ({len(y)} candidates, {int(y.sum())} on lesions); "
           f"{len(validation)} validation subjects in {len(folders)} families; candidate-level counts, no minimum volume")
     print(f"{'set':<26} {'lowest F1':>9} {'found':>9} {'FP':>4} {'flagged':>8} {'p >=':>6} {'cut':>4}  per family "
@@ -212,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         found, total = sum(r[0] for r in counts.values()), sum(r[1] for r in counts.values())
         flagged, free = sum(r[3] for r in counts.values()), sum(r[4] for r in counts.values())
         families = ", ".join(f"{k} {r[0]}/{r[1]} {r[2]}" for k, r in counts.items())
-        print(f"{name:<26} {worst:>9.3f} {found:>4}/{total:<4} {-minus_fp:>4} {flagged:>3}/{free:<4} {t:>6g} {cut:>4g}  "
+        cut_text = "-" if isinstance(rescorer, NoSecondStage) else f"{cut:g}"
+        print(f"{name:<26} {worst:>9.3f} {found:>4}/{total:<4} {-minus_fp:>4} {flagged:>3}/{free:<4} {t:>6g} {cut_text:>4}  "
               f"{families}{'' if held else '  (no point within the cap)'}")
         if isinstance(rescorer, AcquisitionAware):
             print(" " * 27 + "weights: " + ", ".join(f"{n} {w:+.2f}" for n, w in zip(rescorer.names, rescorer.weights)
