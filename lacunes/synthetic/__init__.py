@@ -238,7 +238,7 @@ def write_phantom(phantom: Phantom, out_dir: Path, preview: bool = False) -> lis
     """Write a phantom in the VALDO layout (plus a ``lesions.json`` sidecar, an ``acquisition.json`` one for a
     randomized acquisition (:func:`acquisition_record`) and an optional PNG)."""
     from lacunes.geometry import Geometry
-    from lacunes.writing import write_volume
+    from lacunes.writing import atomic_output, write_volume
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -254,12 +254,13 @@ def write_phantom(phantom: Phantom, out_dir: Path, preview: bool = False) -> lis
         path = out_dir / f"{sid}_space-T1_desc-{rater}_Lacunes.nii.gz"
         write_volume(arr, geom, path)
         written.append(path)
-    sidecar = out_dir / f"{sid}_space-T1_desc-synthetic_lesions.json"
-    sidecar.write_text(json.dumps([lesion_record(lesion) for lesion in phantom.lesions], indent=1))
-    written.append(sidecar)
+    sidecars = {"lesions": [lesion_record(lesion) for lesion in phantom.lesions]}
     if phantom.acquisition is not None:  # what a randomized acquisition drew (voxel sizes, slices, contrasts)
-        sidecar = out_dir / f"{sid}_space-T1_desc-synthetic_acquisition.json"
-        sidecar.write_text(json.dumps(acquisition_record(phantom.acquisition), indent=1))
+        sidecars["acquisition"] = acquisition_record(phantom.acquisition)
+    for name, record in sidecars.items():  # like the images, never half-written under the final name
+        sidecar = out_dir / f"{sid}_space-T1_desc-synthetic_{name}.json"
+        with atomic_output(sidecar) as tmp:
+            tmp.write_text(json.dumps(record, indent=1))
         written.append(sidecar)
     if phantom.tissues is not None:
         written.append(write_volume(phantom.tissues, geom, out_dir / f"{sid}_space-T1_desc-synthetic_tissues.nii.gz"))
