@@ -62,7 +62,7 @@ class Described:
     targets: np.ndarray
     touches: list[set[int]]
     lacunes: int
-    acquired_mm: dict[str, tuple[float, ...]] | None = None  # per modality (:func:`acquired_spacing`)
+    acquired_mm: dict[str, tuple[float, ...]] | None = None  # per modality (:func:`acquired_voxel_sizes`)
 
 
 def describe(predictor, files, cache: Path | None, family: str) -> Described:
@@ -72,10 +72,10 @@ def describe(predictor, files, cache: Path | None, family: str) -> Described:
     lacunes, count = label_instances(case.reference > 0)
     touches = [set(np.unique(lacunes[labels == k + 1]).tolist()) - {0} for k in range(n)]
     return Described(files.subject_id, family, feats, candidate_targets(labels, n, case.reference), touches, count,
-                     acquired_spacing(files))
+                     acquired_voxel_sizes(files))
 
 
-def acquired_spacing(files) -> dict[str, tuple[float, ...]]:
+def acquired_voxel_sizes(files) -> dict[str, tuple[float, ...]]:
     """Each modality's acquired voxel size (mm): the phantom's ``desc-synthetic_acquisition.json`` where it
     has one (:func:`lacunes.synthetic.acquisition_record`), else its file's header."""
     import nibabel as nib

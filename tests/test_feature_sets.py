@@ -30,7 +30,7 @@ def test_acquired_voxel_sizes_come_from_the_sidecar_else_the_header(tmp_path):
     record = {"T1": [1.4, 1.4, 1.4], "T2": [1.4, 1.4, 5.0], "FLAIR": [1.4, 1.4, 5.0]}
     (tmp_path / "sub-001_space-T1_desc-synthetic_acquisition.json").write_text(
         json.dumps({"acquired_spacing_mm": record, "voxel_mm": 1.4}))
-    found = {f.subject_id: feature_sets.acquired_spacing(f) for f in find_subject_files(tmp_path)}
+    found = {f.subject_id: feature_sets.acquired_voxel_sizes(f) for f in find_subject_files(tmp_path)}
     assert found["sub-001"] == {m: tuple(v) for m, v in record.items()}
     assert all(np.allclose(v, 1.3) for v in found["sub-002"].values())
 
