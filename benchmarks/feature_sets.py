@@ -82,7 +82,11 @@ def acquired_voxel_sizes(files) -> dict[str, tuple[float, ...]]:
 
     sidecar = files.paths["T1"].with_name(f"{files.output_prefix}desc-synthetic_acquisition.json")
     if sidecar.is_file():
-        return {m: tuple(v) for m, v in json.loads(sidecar.read_text())["acquired_spacing_mm"].items()}
+        try:
+            return {m: tuple(float(z) for z in v) for m, v in json.loads(sidecar.read_text())["acquired_spacing_mm"].items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{sidecar}: no readable acquired_spacing_mm ({type(exc).__name__}: {exc}); "
+                             "lacunes synth --acquisitions writes it") from None
     return {m: tuple(float(z) for z in nib.load(str(path)).header.get_zooms()[:3]) for m, path in files.paths.items()}
 
 

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lacunes.geometry import Geometry
 from lacunes.layouts import find_subject_files
@@ -33,6 +34,10 @@ def test_acquired_voxel_sizes_come_from_the_sidecar_else_the_header(tmp_path):
     found = {f.subject_id: feature_sets.acquired_voxel_sizes(f) for f in find_subject_files(tmp_path)}
     assert found["sub-001"] == {m: tuple(v) for m, v in record.items()}
     assert all(np.allclose(v, 1.3) for v in found["sub-002"].values())
+    # a sidecar without the record is named, not a bare KeyError
+    (tmp_path / "sub-001_space-T1_desc-synthetic_acquisition.json").write_text(json.dumps({"voxel_mm": 1.4}))
+    with pytest.raises(ValueError, match="sub-001_space-T1_desc-synthetic_acquisition.json.*acquired_spacing_mm"):
+        feature_sets.acquired_voxel_sizes(find_subject_files(tmp_path)[0])
 
 
 def test_a_second_stage_that_knows_the_slices_weighs_the_rim_by_them():
