@@ -18,7 +18,8 @@ same with the FLAIR rim counting only for a lacune; ``--features rim-far`` for
 ``--features v1`` for the first set,
 :data:`lacunes.rescoring.FEATURES`): it is refused when the training subjects give fewer than that many
 candidates on lesions or off them (``--no-second-stage`` then calibrates the operating point alone), and
-fitted with a warning under :data:`FEW_CANDIDATES_PER_FEATURE` candidates per feature.
+fitted with a warning when the candidates on lesions or those off them number under
+:data:`FEW_CANDIDATES_PER_FEATURE` per feature (:func:`thin_fit_warning`; the report's fit records both counts).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from lacunes.options import DEFAULT_THRESHOLD, FULL_SET, INFERENCE_PRESETS, INPU
 
 logger = logging.getLogger(__name__)
 
-#: Fewer candidates than this per second-stage feature: fitted, with a warning that it may not generalize.
+#: Fewer candidates than this per second-stage feature on the rarer side (on lesions or off them): fitted, with a
+#: warning that it may not generalize (:func:`thin_fit_warning`).
 FEW_CANDIDATES_PER_FEATURE = 10
 #: The least validation data an operating point is chosen on without ``--force``: on fewer, every grid
 #: point ties (2 subjects with 1 lacune chose p >= 0.999 and no minimum volume among pages of F1 = 1.000).
@@ -159,6 +161,24 @@ def feature_set(name: str) -> tuple[str, ...]:
     return sets[name]
 
 
+def thin_fit_warning(positives: int, negatives: int, features: int) -> str | None:
+    """The warning for a second stage fitted on too few candidates of one side, or None: the rarer of the
+    candidates on lesions and those off them must number :data:`FEW_CANDIDATES_PER_FEATURE` per feature (the
+    events-per-variable rule of logistic regression). A network that proposes few false candidates on its
+    fitting subjects leaves the second stage few to learn from, and its cut is then chosen lenient (288
+    candidates of which 47 off a lesion, 12 features: the cut 0.2 chosen on the validation subjects let
+    small perivascular spaces through on scans of another anatomy and generator, benchmarks/RESULTS.md
+    "Reading: stage 8")."""
+    rarer, side = min((positives, "on lesions"), (negatives, "off them"))
+    if rarer >= FEW_CANDIDATES_PER_FEATURE * features:
+        return None
+    more = ("labelled subjects with lesions" if side == "on lesions"
+            else "labelled subjects, lacune-free ones included, whose scans hold what the network mistakes for lacunes")
+    return (f"the second stage is fitted on {positives} candidate(s) on lesions and {negatives} off them for "
+            f"{features} features: {rarer} {side} is fewer than {FEW_CANDIDATES_PER_FEATURE} per feature, so its "
+            f"weights and cut may not hold on other subjects; add {more}, and check it on the validation table below")
+
+
 def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAULT_THRESHOLD, progress: bool = True,
                      modalities: str = FULL_SET, features: str = "scale-free", cache: Path | None = None):
     """The second stage fitted on the candidates of the labelled subjects in ``folder`` (read with the
@@ -187,16 +207,16 @@ def fit_second_stage(predictor, folder: Path, candidate_threshold: float = DEFAU
             f"{len(train)} training subject(s) in {folder} give {positives} candidate(s) on lesions and {negatives} "
             f"off them: the second stage has {len(names)} weights and needs at least as many of each; add "
             "labelled subjects, or calibrate the operating point alone (--no-second-stage)")
-    if len(y) < FEW_CANDIDATES_PER_FEATURE * len(names):
-        logger.warning("the second stage is fitted on %d candidates for %d features (fewer than %d per feature): "
-                       "it may not hold on other subjects; check it on the validation table below", len(y),
-                       len(names), FEW_CANDIDATES_PER_FEATURE)
+    warning = thin_fit_warning(positives, negatives, len(names))
+    if warning:
+        logger.warning("%s", warning)
     rescorer = Rescorer.fit(x, y, candidate_threshold, names=names)
     fitted = rescorer.score(x)
     fit = {
         "subjects": [f.subject_id for f in train], "folder": str(folder), "modalities": modalities,
         "candidates": int(len(y)),
-        "positives": positives, "weights": dict(zip(rescorer.features, rescorer.weights)),
+        "positives": positives, "negatives": negatives, "thin_fit_warning": warning,
+        "weights": dict(zip(rescorer.features, rescorer.weights)),
         "training_recall_at_0.5": float((fitted[y > 0] >= 0.5).mean()),
         "training_false_candidates_kept_at_0.5": int((fitted[y == 0] >= 0.5).sum()),
     }

@@ -126,3 +126,18 @@ def test_calibrate_predicts_another_subject_under_a_cached_id_and_refuses_a_labe
     assert cli_main(["calibrate", *argv]) == 2
     assert "sub-001_space-T1_desc-Rater1_Lacunes.nii.gz is not on the grid of" in caplog.text
     assert "a rater's label must lie on its subject's grid" in caplog.text
+
+
+def test_a_second_stage_fitted_on_few_candidates_of_one_side_is_warned_about_that_side():
+    # stage 8's fit: 241 candidates on lesions, 47 off them, 12 features — enough in all (288), too few off
+    warning = calibrate.thin_fit_warning(241, 47, 12)
+    assert warning is not None
+    assert "47 off them is fewer than 10 per feature" in warning
+    assert "lacune-free ones included" in warning
+    # stage 7c's fit (244 and 179) holds the rule on both sides
+    assert calibrate.thin_fit_warning(244, 179, 12) is None
+    # the rule is per feature: the same counts are enough for 4 features, and the rare side may be lesions
+    assert calibrate.thin_fit_warning(241, 47, 4) is None
+    few_lesions = calibrate.thin_fit_warning(30, 500, 12)
+    assert "30 on lesions is fewer than 10 per feature" in few_lesions
+    assert "labelled subjects with lesions" in few_lesions
