@@ -362,7 +362,7 @@ def _second_stage(args: argparse.Namespace, predictor, cache: Path | None, repor
     report["rescorer_fit"] = fit
     print(f"second stage fitted on {fit['candidates']} candidates of {len(fit['subjects'])} subjects "
           f"({fit['positives']} on lesions); at a 0.5 cut it keeps {fit['training_recall_at_0.5']:.2f} of those "
-          f"and {fit['training_false_candidates_kept_at_0.5']} of {fit['candidates'] - fit['positives']} others")
+          f"and {fit['training_false_candidates_kept_at_0.5']} of {fit['negatives']} others")
     for name, w in sorted(zip(rescorer.features, rescorer.weights), key=lambda t: -abs(t[1]))[:5]:
         print(f"  {name:<18} {w:+.2f}")
     return rescorer
