@@ -9,10 +9,11 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	# --no-cache-dir: no second copy of every wheel in ~/.cache/pip (the venv alone needs about 2 GB)
+	$(BIN)/python -m pip install -q --no-cache-dir --upgrade pip
 	# torch first and pinned, so that no other build (a CUDA one) is pulled in
-	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	$(BIN)/python -m pip install -q --no-cache-dir torch==2.13.0
+	$(BIN)/python -m pip install -q --no-cache-dir -r requirements-dev.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
