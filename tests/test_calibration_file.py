@@ -58,6 +58,10 @@ def test_a_calibration_exported_and_applied_gives_the_calibrated_checkpoint_back
     assert meta["normalization"] == {"lower": 0.005, "upper": 0.995}
     assert Predictor.from_checkpoint(tmp_path / "again.pt").release.operating_point == point
     assert (tmp_path / "again.pt.sha256").read_text().split()[0] == sha256_of(tmp_path / "again.pt")
+    (tmp_path / "c.json").write_text((tmp_path / "c.json").read_text().replace('"min_score": 0.2', '"min_score": 0.3'))
+    done = run("apply", network, tmp_path / "c.json", tmp_path / "again.pt")  # over the first, its sidecar with it
+    assert done.returncode == 0, done.stderr
+    assert load_network(tmp_path / "again.pt")[1]["metadata"]["rescorer"]["min_score"] == 0.3
 
 
 def test_a_calibration_is_refused_on_another_network_and_an_uncalibrated_checkpoint_has_none(tmp_path,
