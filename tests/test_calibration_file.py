@@ -80,6 +80,12 @@ def test_a_calibration_is_refused_on_another_network_and_an_uncalibrated_checkpo
     none = run("export", tiny_checkpoint, tmp_path / "none.json")
     assert none.returncode == 2 and "has no operating point" in none.stderr and not (tmp_path / "none.json").exists()
 
+    record = json.loads((tmp_path / "c.json").read_text())
+    record["metadata"]["normalization"] = {"lower": 0.0, "upper": 1.0}
+    (tmp_path / "more.json").write_text(json.dumps(record))
+    more = run("apply", calibrated, tmp_path / "more.json", tmp_path / "m.pt")
+    assert more.returncode == 2 and "normalization" in more.stderr and not (tmp_path / "m.pt").exists()
+
     (tmp_path / "bad.json").write_text(json.dumps({"kind": "something else"}))
     bad = run("apply", calibrated, tmp_path / "bad.json", tmp_path / "b.pt")
     assert bad.returncode == 2 and "is not a calibration file" in bad.stderr and not (tmp_path / "b.pt").exists()

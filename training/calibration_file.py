@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from lacunes.checkpoint import load_network, save_checkpoint, sha256_of, write_sha256  # noqa: E402
 from lacunes.network import NetworkConfig  # noqa: E402
+from lacunes.writing import atomic_output  # noqa: E402
 
 KIND = "lacunes calibration"
 FORMAT_VERSION = 1
@@ -45,8 +46,8 @@ def export(checkpoint: str, out: str) -> int:
     record = {"kind": KIND, "format_version": FORMAT_VERSION, "weights_sha256": payload["weights_sha256"],
               "exported_from": str(Path(checkpoint)), "exported_from_sha256": sha256_of(checkpoint),
               "metadata": entries}
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text(json.dumps(record, indent=1) + "\n")
+    with atomic_output(out) as tmp:  # never a half-written file under the final name
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
     print(f"{out}: {', '.join(entries)} of {checkpoint} (weights sha256 {payload['weights_sha256'][:12]}…)")
     return 0
 
@@ -64,6 +65,11 @@ def apply(network: str, calibration: str, out: str) -> int:
     if record.get("format_version") != FORMAT_VERSION:
         print(f"error: {calibration} has format version {record.get('format_version')}; this script reads "
               f"{FORMAT_VERSION}", file=sys.stderr)
+        return 2
+    unknown = sorted(set(record["metadata"]) - set(CALIBRATION_KEYS))
+    if unknown:  # only a calibration replaces entries: never the network's own record (normalization, space…)
+        print(f"error: {calibration} holds entries that are not a calibration's: {', '.join(unknown)} (a "
+              f"calibration file holds {', '.join(CALIBRATION_KEYS)})", file=sys.stderr)
         return 2
     net, payload = load_network(network)
     if payload["weights_sha256"] != record.get("weights_sha256"):
@@ -101,6 +107,6 @@ if __name__ == "__main__":
     try:
         sys.exit(export(args.checkpoint, args.out) if args.command == "export"
                  else apply(args.network, args.calibration, args.out))
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # a missing or unwritable file (WriteError), a damaged checkpoint
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
