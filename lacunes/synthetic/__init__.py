@@ -37,6 +37,7 @@ from lacunes.synthetic.config import (
     MODALITIES,
     TISSUE_LABELS,
     AcquisitionConfig,
+    AnatomyVariation,
     ContrastTable,
     LacuneShapeConfig,
     Lesion,
@@ -50,33 +51,43 @@ from lacunes.synthetic.shapes import _rotation, _smooth_field
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ANATOMIES", "MEASUREMENT_ONLY", "MODALITIES", "TISSUE_LABELS", "AcquisitionConfig", "ContrastTable",
-           "LacuneShapeConfig", "Lesion", "MimicConfig", "Phantom", "SynthConfig", "TissueRanges", "acquired_spacing",
-           "acquisition_grids", "acquisition_record", "generate_dataset", "generate_phantom", "intensity_curve",
-           "lesion_record", "load_template", "template_points_in_phantom", "voxel_profile_sigma", "write_phantom"]
+__all__ = ["ANATOMIES", "MEASUREMENT_ONLY", "MODALITIES", "TISSUE_LABELS", "AcquisitionConfig", "AnatomyVariation",
+           "ContrastTable", "LacuneShapeConfig", "Lesion", "MimicConfig", "Phantom", "SynthConfig", "TissueRanges",
+           "acquired_spacing", "acquisition_grids", "acquisition_record", "generate_dataset", "generate_phantom",
+           "intensity_curve", "lesion_record", "load_template", "template_points_in_phantom", "voxel_profile_sigma",
+           "write_phantom"]
 
 
 # ----------------------------------------------------------------------------------------------
 # Anatomy
 
 
-def _deform_anatomy(rng: np.random.Generator, cfg: SynthConfig, tpl: _Template, keep_map: bool = False
-                    ) -> dict[str, np.ndarray]:
+def _deform_anatomy(rng: np.random.Generator, cfg: SynthConfig, tpl: _Template, keep_map: bool = False,
+                    variation_rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
     """The anatomy deformed (affine, smooth displacement, ventricle width, sulcal width). ``keep_map``:
-    also ``coords``, the template voxel (fractional, ``3×X×Y×Z``) each phantom voxel reads."""
+    also ``coords``, the template voxel (fractional, ``3×X×Y×Z``) each phantom voxel reads.
+    ``variation_rng``: the ``[seed, index, 4]`` stream, required with ``cfg.anatomy_variation``."""
     shape = tpl.gm.shape
     centre = (np.array(shape, dtype=np.float32) - 1) / 2
+    var = cfg.anatomy_variation
+    deformation_mm, ventricle_change, sulcal_atrophy = cfg.deformation_mm, cfg.ventricle_change, cfg.sulcal_atrophy
     # Sampling map: output voxel x reads the template at A (x - c) + c + smooth displacement.
     a = _rotation(rng, cfg.rotation_deg) / rng.uniform(*cfg.scale_range)
+    if var is not None:
+        if variation_rng is None:
+            raise ValueError("anatomy_variation needs its own random stream (variation_rng)")
+        a = a @ np.diag(1.0 / variation_rng.uniform(*var.axis_scale, size=3))
+        deformation_mm = float(variation_rng.uniform(*var.deformation_mm))
+        ventricle_change, sulcal_atrophy = var.ventricle_change, var.sulcal_atrophy
     grid = np.indices(shape, dtype=np.float32).reshape(3, -1) - centre[:, None]
     coords = (a.astype(np.float32) @ grid) + centre[:, None]
     coords = coords.reshape((3, *shape))
     for d in range(3):
-        coords[d] += _smooth_field(rng, shape, 6, cfg.deformation_mm)
+        coords[d] += _smooth_field(rng, shape, 6, deformation_mm)
     # Ventricle width: a radial push around the (deep) centre of the brain. Reading closer to the
     # centre enlarges the central CSF spaces; reading farther shrinks them.
     vc = centre + np.array([0.0, 8.0, 8.0], dtype=np.float32)
-    k = rng.uniform(*cfg.ventricle_change)
+    k = rng.uniform(*ventricle_change)
     rel = coords - vc.reshape(3, 1, 1, 1)
     weight = np.exp(-(rel**2).sum(0) / (2 * 22.0**2))
     coords -= k * rel * weight[None]
@@ -89,7 +100,7 @@ def _deform_anatomy(rng: np.random.Generator, cfg: SynthConfig, tpl: _Template, 
         out[name] = ndi.map_coordinates(getattr(tpl, name), coords, order=1, mode="constant", cval=0.0)
     mask = out["mask"] > 0.5
     # Sulcal width: move part of the cortical grey matter next to CSF into CSF.
-    atrophy = rng.uniform(*cfg.sulcal_atrophy)
+    atrophy = rng.uniform(*sulcal_atrophy)
     near_csf = ndi.gaussian_filter(out["csf"], 1.5)
     moved = out["gm"] * np.clip(atrophy * near_csf * 2.0, 0.0, 0.9)
     out["gm"] -= moved
@@ -103,6 +114,11 @@ def _deform_anatomy(rng: np.random.Generator, cfg: SynthConfig, tpl: _Template, 
     return out
 
 
+def _variation_rng(seed: int, index: int, cfg: SynthConfig) -> np.random.Generator | None:
+    """The stream :class:`AnatomyVariation` draws from (None without it)."""
+    return np.random.default_rng([seed, index, 4]) if cfg.anatomy_variation is not None else None
+
+
 def template_points_in_phantom(seed: int, index: int, ras_mm, config: SynthConfig | None = None
                                ) -> tuple[np.ndarray, np.ndarray]:
     """Where points named in the anatomy's scanner millimetres (RAS, ``N×3``: MNI for ``icbm152``) lie in
@@ -110,7 +126,8 @@ def template_points_in_phantom(seed: int, index: int, ras_mm, config: SynthConfi
     nearest to it, and that distance (mm). Returns ``(voxels N×3, distances N)``."""
     cfg = config or SynthConfig()
     tpl = load_anatomy(cfg.anatomy)
-    coords = _deform_anatomy(np.random.default_rng([seed, index]), cfg, tpl, keep_map=True)["coords"]
+    coords = _deform_anatomy(np.random.default_rng([seed, index]), cfg, tpl, keep_map=True,
+                             variation_rng=_variation_rng(seed, index, cfg))["coords"]
     first_ras = np.array([-tpl.origin[0], -tpl.origin[1], tpl.origin[2]])  # the crop's voxel 0 (RAS mm)
     voxels, distances = [], []
     for point in np.atleast_2d(np.asarray(ras_mm, float)):
@@ -145,7 +162,7 @@ def generate_phantom(seed: int, index: int = 1, config: SynthConfig | None = Non
         cfg, drawn = draw_acquisition(acq_rng, cfg)
     rng = np.random.default_rng([seed, index])
     tpl = load_anatomy(cfg.anatomy)
-    anat = _deform_anatomy(rng, cfg, tpl)
+    anat = _deform_anatomy(rng, cfg, tpl, variation_rng=_variation_rng(seed, index, cfg))
     shape = anat["mask"].shape
     sites = candidate_sites(anat)
 

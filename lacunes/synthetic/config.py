@@ -73,6 +73,44 @@ class AcquisitionConfig:
 
 
 @dataclass(frozen=True)
+class AnatomyVariation:
+    """How much more a phantom's anatomy varies (``SynthConfig.anatomy_variation``) than the default
+    generator lets it: the one template deformed into shapes it does not have, so that a network meets
+    ventricles, horns and sulci of other sizes and places (another anatomy stays out of training).
+
+    The strength of the smooth displacement and a scaling per axis are drawn per subject from a stream of
+    their own (``[seed, index, 4]``); the ventricle and sulcal ranges replace :class:`SynthConfig`'s, drawn
+    from the same numbers. So every other draw of the phantom (rotation, lesions, mimics, acquisition) is the
+    one it makes without it; only where the anatomy puts them changes.
+
+    Attributes:
+        deformation_mm: range of the smooth displacement's standard deviation (default generator: 2.5).
+        axis_scale: range of a scaling factor per array axis, on top of the isotropic one (a narrower, shorter
+            or flatter head; at most 5 % larger, for the template's field of view cuts off a brain grown more).
+        ventricle_change: range of the ventricles' widening (default generator: -0.15 to 0.35).
+        sulcal_atrophy: range of the sulci's widening (default generator: 0 to 0.35).
+    """
+
+    deformation_mm: tuple[float, float] = (2.5, 6.0)
+    axis_scale: tuple[float, float] = (0.88, 1.05)
+    ventricle_change: tuple[float, float] = (-0.2, 0.6)
+    sulcal_atrophy: tuple[float, float] = (0.0, 0.5)
+
+    def __post_init__(self) -> None:
+        # (lowest allowed, highest allowed, whether the bounds themselves are allowed) per range: a
+        # ventricle widening of 1 or more folds the anatomy over itself (the push is x (1 - k e^(-r²/2σ²))).
+        bounds = {"deformation_mm": (0.0, 20.0, True), "axis_scale": (0.5, 2.0, True),
+                  "ventricle_change": (-1.0, 1.0, False), "sulcal_atrophy": (0.0, 1.0, True)}
+        for name, (low, high, closed) in bounds.items():
+            lo, hi = getattr(self, name)
+            inside = (low <= lo and hi <= high) if closed else (low < lo and hi < high)
+            if not (lo <= hi and inside):
+                brackets = "[]" if closed else "()"
+                raise ValueError(f"anatomy_variation.{name} must be a range (min <= max) within "
+                                 f"{brackets[0]}{low}, {high}{brackets[1]}, got {(lo, hi)}")
+
+
+@dataclass(frozen=True)
 class LacuneShapeConfig:
     """How lacunes' shapes vary (``SynthConfig.lacune_shapes``) beyond the default oriented ellipsoid.
 
@@ -133,6 +171,8 @@ class SynthConfig:
             hyperintensities only, the contrast table with its jitter.
         anatomy: the anatomy deformed (:data:`lacunes.synthetic.anatomy.ANATOMIES`); ``colin27`` is for
             measurement only (:data:`lacunes.synthetic.anatomy.MEASUREMENT_ONLY`).
+        anatomy_variation: the anatomy deformed further (:class:`AnatomyVariation`); None = the ranges
+            above (the held-out benchmark, the families and the sample case).
     """
 
     p_no_lacune: float = 0.3
@@ -157,6 +197,7 @@ class SynthConfig:
     lacune_shapes: LacuneShapeConfig | None = None
     mimics: MimicConfig | None = None
     anatomy: str = "icbm152"
+    anatomy_variation: AnatomyVariation | None = None
 
     def __post_init__(self) -> None:
         if self.anatomy not in ANATOMIES:

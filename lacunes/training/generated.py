@@ -62,6 +62,8 @@ class GeneratedData:
         mimics: lacune mimics as varied as real brains hold them and per-structure tissue intensities
             (:class:`lacunes.synthetic.mimics.MimicConfig`); their recorded centres are the ``mimic`` crop
             centres (:mod:`lacunes.training.sampling`).
+        anatomy_variation: the template deformed further (deformation strength and scaling per axis drawn
+            per subject, wider ventricle and sulcal ranges: :class:`lacunes.synthetic.AnatomyVariation`).
     """
 
     size: int
@@ -72,6 +74,7 @@ class GeneratedData:
     acquisitions: bool = False
     lacune_shapes: bool = False
     mimics: bool = False
+    anatomy_variation: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -92,13 +95,14 @@ class GeneratedData:
 
     def synth_config(self):
         """The generator's parameters (None = :class:`lacunes.synthetic.SynthConfig`'s defaults)."""
-        if not (self.acquisitions or self.lacune_shapes or self.mimics):
+        if not (self.acquisitions or self.lacune_shapes or self.mimics or self.anatomy_variation):
             return None
-        from lacunes.synthetic import AcquisitionConfig, LacuneShapeConfig, MimicConfig, SynthConfig
+        from lacunes.synthetic import AcquisitionConfig, AnatomyVariation, LacuneShapeConfig, MimicConfig, SynthConfig
 
         return SynthConfig(acquisition=AcquisitionConfig() if self.acquisitions else None,
                            lacune_shapes=LacuneShapeConfig() if self.lacune_shapes else None,
-                           mimics=MimicConfig() if self.mimics else None)
+                           mimics=MimicConfig() if self.mimics else None,
+                           anatomy_variation=AnatomyVariation() if self.anatomy_variation else None)
 
 
 def generated_subject(seed: int, index: int, config: TrainConfig, synth=None) -> TrainingSubject:
