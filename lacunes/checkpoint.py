@@ -66,7 +66,7 @@ def save_checkpoint(
     """Write a checkpoint atomically.
 
     Args:
-        path: destination (``.pt``).
+        path: destination (``.pt``); a ``.sha256`` sidecar of the file it replaces is removed.
         network: the module whose ``state_dict`` is stored (unwrapped from DDP by the caller).
         network_config: the arguments that rebuild it.
         metadata: plain data (normalization, inference defaults, recipe, data provenance, timings...).
@@ -87,6 +87,9 @@ def save_checkpoint(
     }
     if extra_state is not None:
         payload["training_state"] = extra_state
+    # A sidecar left from the file this one replaces would make every read of the new one fail; the caller
+    # that keeps a sidecar writes it again (write_sha256).
+    Path(path).with_name(Path(path).name + ".sha256").unlink(missing_ok=True)
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
     return Path(path)

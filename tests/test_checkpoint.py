@@ -29,6 +29,19 @@ def test_damaged_weights_are_refused_with_or_without_a_sidecar(tmp_path):
         read_checkpoint(path)
 
 
+def test_a_checkpoint_written_over_one_with_a_sidecar_reads_back(tmp_path):
+    path = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    save_checkpoint(path, build_network(TINY), TINY, {"note": 1})
+    write_sha256(path)
+    torch.manual_seed(1)
+    save_checkpoint(path, build_network(TINY), TINY, {"note": 2})
+    assert not path.with_name("m.pt.sha256").exists()  # the old file's hash is not left to refuse the new one
+    assert load_network(path)[1]["metadata"] == {"note": 2}
+    write_sha256(path)
+    read_checkpoint(path)
+
+
 def test_checkpoints_without_the_hash_still_load(tmp_path):
     path = tmp_path / "old.pt"
     save_checkpoint(path, build_network(TINY), TINY)

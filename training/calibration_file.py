@@ -81,7 +81,6 @@ def apply(network: str, calibration: str, out: str) -> int:
     metadata.update(record["metadata"])
     metadata["calibration_from"] = str(Path(calibration))
     half = all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
-    Path(out).with_name(Path(out).name + ".sha256").unlink(missing_ok=True)  # a stale sidecar would refuse it
     written = save_checkpoint(out, net, NetworkConfig.from_dict(payload["network"]), metadata, half=half)
     _, again = load_network(written)
     if again["weights_sha256"] != payload["weights_sha256"]:  # the weights must come back bit for bit
