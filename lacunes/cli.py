@@ -205,22 +205,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     require_extra("lacunes synth", "synth")
-    from lacunes.synthetic import (
-        AcquisitionConfig,
-        AnatomyVariation,
-        LacuneShapeConfig,
-        MimicConfig,
-        SynthConfig,
-        generate_dataset,
-    )
+    from lacunes.synthetic import SynthConfig, generate_dataset
 
-    config = None
-    if args.acquisitions or args.lacune_shapes or args.mimics or args.lacune_free or args.anatomy_variation:
-        config = SynthConfig(acquisition=AcquisitionConfig() if args.acquisitions else None,
-                             lacune_shapes=LacuneShapeConfig() if args.lacune_shapes else None,
-                             mimics=MimicConfig() if args.mimics else None,
-                             anatomy_variation=AnatomyVariation() if args.anatomy_variation else None,
-                             p_no_lacune=1.0 if args.lacune_free else SynthConfig.p_no_lacune)
+    config = SynthConfig.from_options(acquisitions=args.acquisitions, lacune_shapes=args.lacune_shapes,
+                                      mimics=args.mimics, anatomy_variation=args.anatomy_variation,
+                                      lacune_free=args.lacune_free)
     ids = generate_dataset(Path(args.out), args.n, args.seed, first_id=args.first_id, preview=args.preview,
                            config=config, progress=not args.no_progress)
     print(f"wrote {len(ids)} subject(s) to {args.out}: {ids[0]} … {ids[-1]}")

@@ -102,6 +102,20 @@ def test_bad_config_is_rejected():
         SynthConfig(lacune_diameter_mm=(10.0, 3.0))
 
 
+def test_each_generator_option_switches_on_its_own_ranges_only():
+    assert SynthConfig.from_options() is None
+    off = SynthConfig()
+    lacune_free = SynthConfig.from_options(lacune_free=True)
+    assert lacune_free.p_no_lacune == 1.0 and lacune_free.mimics is None and lacune_free.acquisition is None
+    fields = {"acquisitions": "acquisition", "lacune_shapes": "lacune_shapes", "mimics": "mimics",
+              "anatomy_variation": "anatomy_variation"}
+    for option, name in fields.items():
+        config = SynthConfig.from_options(**{option: True})
+        assert getattr(config, name) is not None and getattr(off, name) is None, option
+        assert config.p_no_lacune == off.p_no_lacune
+        assert all(getattr(config, other) is None for other in fields.values() if other != name), option
+
+
 def test_tissue_model_is_written_and_lesions_sit_in_tissue(phantom, tmp_path):
     from lacunes.synthetic import TISSUE_LABELS
 

@@ -210,6 +210,20 @@ class SynthConfig:
         if self.max_lacunes < 1:
             raise ValueError(f"max_lacunes must be >= 1, got {self.max_lacunes}")
 
+    @classmethod
+    def from_options(cls, *, acquisitions: bool = False, lacune_shapes: bool = False, mimics: bool = False,
+                     anatomy_variation: bool = False, lacune_free: bool = False) -> SynthConfig | None:
+        """The generator's parameters for the on/off options of ``lacunes synth`` and ``lacunes train
+        --synthetic`` (each switches on its default ranges); None where every option is off (the
+        defaults: the held-out benchmark, the families and the sample case)."""
+        if not (acquisitions or lacune_shapes or mimics or anatomy_variation or lacune_free):
+            return None
+        return cls(acquisition=AcquisitionConfig() if acquisitions else None,
+                   lacune_shapes=LacuneShapeConfig() if lacune_shapes else None,
+                   mimics=MimicConfig() if mimics else None,
+                   anatomy_variation=AnatomyVariation() if anatomy_variation else None,
+                   p_no_lacune=1.0 if lacune_free else cls.p_no_lacune)
+
 
 @dataclass
 class Lesion:

@@ -95,14 +95,10 @@ class GeneratedData:
 
     def synth_config(self):
         """The generator's parameters (None = :class:`lacunes.synthetic.SynthConfig`'s defaults)."""
-        if not (self.acquisitions or self.lacune_shapes or self.mimics or self.anatomy_variation):
-            return None
-        from lacunes.synthetic import AcquisitionConfig, AnatomyVariation, LacuneShapeConfig, MimicConfig, SynthConfig
+        from lacunes.synthetic import SynthConfig
 
-        return SynthConfig(acquisition=AcquisitionConfig() if self.acquisitions else None,
-                           lacune_shapes=LacuneShapeConfig() if self.lacune_shapes else None,
-                           mimics=MimicConfig() if self.mimics else None,
-                           anatomy_variation=AnatomyVariation() if self.anatomy_variation else None)
+        return SynthConfig.from_options(acquisitions=self.acquisitions, lacune_shapes=self.lacune_shapes,
+                                        mimics=self.mimics, anatomy_variation=self.anatomy_variation)
 
 
 def generated_subject(seed: int, index: int, config: TrainConfig, synth=None) -> TrainingSubject:
