@@ -87,11 +87,12 @@ def save_checkpoint(
     }
     if extra_state is not None:
         payload["training_state"] = extra_state
-    # A sidecar left from the file this one replaces would make every read of the new one fail; the caller
-    # that keeps a sidecar writes it again (write_sha256).
-    Path(path).with_name(Path(path).name + ".sha256").unlink(missing_ok=True)
     with atomic_output(path) as tmp:
         torch.save(payload, tmp)
+        # A sidecar left from the file this one replaces would make every read of the new one fail; it goes
+        # once the new file is written, just before the rename (a failed write keeps the old file and its
+        # sidecar). The caller that keeps a sidecar writes it again (write_sha256).
+        Path(path).with_name(Path(path).name + ".sha256").unlink(missing_ok=True)
     return Path(path)
 
 

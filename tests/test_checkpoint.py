@@ -42,6 +42,21 @@ def test_a_checkpoint_written_over_one_with_a_sidecar_reads_back(tmp_path):
     read_checkpoint(path)
 
 
+def test_a_failed_write_keeps_the_old_checkpoint_and_its_sidecar(tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_network(TINY), TINY, {"note": 1})
+    write_sha256(path)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError):
+        save_checkpoint(path, build_network(TINY), TINY, {"note": 2})
+    assert path.with_name("m.pt.sha256").exists()
+    assert read_checkpoint(path)["metadata"] == {"note": 1}
+
+
 def test_checkpoints_without_the_hash_still_load(tmp_path):
     path = tmp_path / "old.pt"
     save_checkpoint(path, build_network(TINY), TINY)
