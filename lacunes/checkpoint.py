@@ -92,7 +92,7 @@ def save_checkpoint(
         # A sidecar left from the file this one replaces would make every read of the new one fail; it goes
         # once the new file is written, just before the rename (a failed write keeps the old file and its
         # sidecar). The caller that keeps a sidecar writes it again (write_sha256).
-        Path(path).with_name(Path(path).name + ".sha256").unlink(missing_ok=True)
+        sha256_sidecar(path).unlink(missing_ok=True)
     return Path(path)
 
 
@@ -101,7 +101,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    sidecar = path.with_name(path.name + ".sha256")
+    sidecar = sha256_sidecar(path)
     if sidecar.is_file():
         expected = sidecar.read_text().split()[0]
         actual = sha256_of(path)
@@ -154,8 +154,16 @@ def check_lacune_network(config: NetworkConfig, path: str | os.PathLike,
                          f"{', '.join(modalities)}; 1 out)")
 
 
+def sha256_sidecar(path: str | os.PathLike) -> Path:
+    """``m.pt`` → ``m.pt.sha256``: the file :func:`read_checkpoint` checks a checkpoint against."""
+    return Path(path).with_name(Path(path).name + ".sha256")
+
+
 def write_sha256(path: str | os.PathLike) -> Path:
+    """Write ``path``'s sidecar (``sha256sum`` format), atomically: a kill or a full disk never leaves a
+    truncated sidecar that would refuse the checkpoint."""
     path = Path(path)
-    sidecar = path.with_name(path.name + ".sha256")
-    sidecar.write_text(f"{sha256_of(path)}  {path.name}\n")
+    sidecar = sha256_sidecar(path)
+    with atomic_output(sidecar) as tmp:
+        tmp.write_text(f"{sha256_of(path)}  {path.name}\n")
     return sidecar

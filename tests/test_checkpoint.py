@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -55,6 +57,25 @@ def test_a_failed_write_keeps_the_old_checkpoint_and_its_sidecar(tmp_path, monke
         save_checkpoint(path, build_network(TINY), TINY, {"note": 2})
     assert path.with_name("m.pt.sha256").exists()
     assert read_checkpoint(path)["metadata"] == {"note": 1}
+
+
+def test_a_failed_sidecar_write_keeps_the_old_sidecar_whole(tmp_path, monkeypatch):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, build_network(TINY), TINY)
+    old = write_sha256(path).read_text()
+
+    def killed_mid_write(self, text, *args, **kwargs):  # the first bytes reach the disk, then the process dies
+        with open(self, "w") as f:
+            f.write(text[:10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        write_sha256(path)
+    assert path.with_name("m.pt.sha256").read_text() == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "m.pt.sha256"]  # no temporary left
+    monkeypatch.undo()
+    read_checkpoint(path)
 
 
 def test_checkpoints_without_the_hash_still_load(tmp_path):
