@@ -40,10 +40,8 @@ from lacunes.calibration import (  # noqa: E402
     FEATURE_SETS,
     case_candidates,
     feature_set,
-    fitting_cache,
     prediction_cache,
     raw_case,
-    validation_cache,
 )
 from lacunes.instances import label_instances  # noqa: E402
 from lacunes.operating_point import MIN_SCORES, THRESHOLDS  # noqa: E402
@@ -197,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor.from_checkpoint(args.checkpoint, PRESETS[args.preset].replace(progress=False),
                                           threshold=DEFAULT_THRESHOLD)
     cache = prediction_cache(Path(args.cache), predictor, args.preset) if args.cache else None
-    fitting = [describe(predictor, f, fitting_cache(cache, args.fit), "fit")
+    fitting = [describe(predictor, f, cache, "fit")
                for f in tqdm(find_subject_files(Path(args.fit)), desc="fitting subjects", unit="subject")
                ] if args.fit else []
     folders = [Path(p) for p in args.val.split(",") if p]
-    validation = [describe(predictor, f, validation_cache(cache, d, len(folders)), d.name)
+    validation = [describe(predictor, f, cache, d.name)
                   for d in folders for f in tqdm(find_subject_files(d), desc=d.name, unit="subject")]
     x = np.concatenate([s.features for s in fitting]) if fitting else np.zeros((0, len(ALL_FEATURES)))
     y = np.concatenate([s.targets for s in fitting]) if fitting else np.zeros(0)

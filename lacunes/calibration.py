@@ -28,6 +28,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -54,9 +55,12 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
     sigmoids) before the second stage and the operating point.
 
     With ``cache``, the raw probability is read from / written to ``cache/<subject>-<content>.npy`` (the
-    caller keys the folder by checkpoint weights and setting; ``<content>`` hashes the bytes of the
-    subject's image files, so that another subject under the same id is predicted anew), so that choosing
-    the operating point again does not predict again. The rater labels must lie on the subject's grid
+    caller keys the folder by checkpoint weights and setting, :func:`prediction_cache`; ``<content>`` hashes
+    the bytes of the subject's image files, so that another subject under the same id is predicted anew,
+    and the same subject met in another fitting or validation folder is not), so that choosing the
+    operating point again, or fitting on a folder that shares subjects with an earlier one, does not
+    predict again. A map kept by the older layout (a subfolder per fitting or validation folder) is taken
+    from there. The rater labels must lie on the subject's grid
     (shape, spacing, origin, direction), as ``lacunes evaluate`` requires. ``modalities``: the set of
     contrasts the subject is read with (the others zero, :data:`lacunes.options.INPUT_SETS`); ``family``:
     the family of subjects it belongs to."""
@@ -82,7 +86,7 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
         import hashlib
 
         content = hashlib.sha256("".join(sha256_of(p) for p in files.paths.values()).encode()).hexdigest()[:16]
-    cached = None if cache is None else cache / f"{files.subject_id}-{content}.npy"
+    cached = None if cache is None else _pooled(cache, f"{files.subject_id}-{content}.npy")
     raw = np.load(cached) if cached is not None and cached.exists() else None
     if raw is None or raw.shape != model_input.normalized.shape[1:]:
         raw = predictor.raw(model_input).probability
@@ -98,23 +102,30 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
 
 
 def prediction_cache(root: Path, predictor, preset: str, modalities: str = FULL_SET) -> Path:
-    """``--cache``'s folder for this network's weights, the setting and the set of contrasts: the raw maps
-    of its fitting subjects in ``fit-<folder>`` (:func:`fitting_cache`), of its validation subjects in it or
-    per family (:func:`validation_cache`)."""
+    """``--cache``'s folder for this network's weights, the setting and the set of contrasts: one pool of
+    the raw maps of every subject it predicted, fitting and validation alike, each under its id and the
+    hash of its files (:func:`raw_case`)."""
     from lacunes.checkpoint import weights_sha256
 
     return Path(root) / (f"{weights_sha256(predictor.network.state_dict())[:16]}-{preset}"
                          + ("" if modalities == FULL_SET else f"-{modalities}"))
 
 
-def fitting_cache(cache: Path | None, folder) -> Path | None:
-    """Where the raw maps of the fitting subjects in ``folder`` are kept (None: no cache)."""
-    return None if cache is None else cache / ("fit-" + Path(folder).name)
-
-
-def validation_cache(cache: Path | None, folder, families: int) -> Path | None:
-    """Where the raw maps of the validation subjects in ``folder`` are kept, one of ``families`` folders."""
-    return cache if cache is None or families == 1 else cache / Path(folder).name
+def _pooled(cache: Path, name: str) -> Path:
+    """``cache/name``; where only the older layout holds the map (``cache/<folder>/name``, a subfolder per
+    fitting or validation folder), it is hard-linked into the pool (read in place where the file system
+    cannot link)."""
+    pooled = cache / name
+    if not pooled.exists():
+        for old in sorted(cache.glob(f"*/{name}")):
+            try:
+                os.link(old, pooled)
+            except FileExistsError:  # another run linked it meanwhile
+                pass
+            except OSError:
+                return old
+            break
+    return pooled
 
 
 def case_candidates(case, candidate_threshold: float = DEFAULT_THRESHOLD):
@@ -288,8 +299,9 @@ def build_parser(p: argparse.ArgumentParser | None = None) -> argparse.ArgumentP
                    help="with several --val folders: choose for the family it does worst on (the best lowest "
                         "family F1, then the pooled F1) instead of the pooled F1")
     p.add_argument("--cache", metavar="DIR",
-                   help="keep the raw maps of the validation subjects (and of --fit-rescorer's, in fit-<folder>) "
-                        "here, a subfolder per checkpoint weights and setting, and reuse them")
+                   help="keep the raw maps of the validation and fitting subjects here, a subfolder per checkpoint "
+                        "weights, setting and set of contrasts, each map keyed by its subject's files, and reuse "
+                        "them in any later run (whichever folder the subject is read from)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -358,7 +370,7 @@ def _second_stage(args: argparse.Namespace, predictor, cache: Path | None, repor
         return own if args.keep_rescorer else None
     rescorer, fit = fit_second_stage(predictor, Path(args.fit_rescorer), args.candidate_threshold,
                                      not args.no_progress, args.modalities, args.features,
-                                     fitting_cache(cache, args.fit_rescorer))
+                                     cache)
     report["rescorer_fit"] = fit
     print(f"second stage fitted on {fit['candidates']} candidates of {len(fit['subjects'])} subjects "
           f"({fit['positives']} on lesions); at a 0.5 cut it keeps {fit['training_recall_at_0.5']:.2f} of those "
@@ -376,7 +388,7 @@ def _validation_cases(args: argparse.Namespace, predictor, cache: Path | None):
 
     folders = [Path(p) for p in args.val.split(",") if p]
     families = [(f.name, files) for f in folders for files in find_subject_files(f)]
-    cases = [raw_case(predictor, files, validation_cache(cache, name, len(folders)), args.modalities, name)
+    cases = [raw_case(predictor, files, cache, args.modalities, name)
              for name, files in tqdm(families, desc="validation", unit="subject", disable=args.no_progress)]
     return folders, families, cases
 

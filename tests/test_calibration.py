@@ -64,8 +64,21 @@ def test_calibrate_command_refuses_a_second_stage_from_too_few_candidates_and_fi
     cache = tmp_path / "cache"
     assert cli_main(["calibrate", *base, "--fit-rescorer", str(train), "--cache", str(cache)]) == 2
     assert not out.exists()
-    # the fitting subjects' maps are kept apart from the validation subjects' (refused before those)
-    assert [(m.parent.name, m.name[:8]) for m in cache.rglob("*.npy")] == [("fit-train", "sub-001-")]
+    # the fitting subject's map went into the network's pool (refused before the validation subjects)
+    [fitted] = cache.rglob("*.npy")
+    assert fitted.name.startswith("sub-001-") and fitted.parent.parent == cache
+    # the same subject read as a validation subject is not predicted again: one map, untouched
+    stamp = fitted.stat().st_mtime_ns
+    assert cli_main(["calibrate", str(tiny_checkpoint), "--val", str(train), "--threads", "1", "--no-progress",
+                     "--force", "--no-second-stage", "--cache", str(cache)]) == 0
+    assert list(cache.rglob("*.npy")) == [fitted] and fitted.stat().st_mtime_ns == stamp
+    # a map kept by the older layout (a subfolder per fitting folder) is linked into the pool, not predicted
+    legacy = fitted.parent / "fit-train" / fitted.name
+    legacy.parent.mkdir()
+    fitted.replace(legacy)
+    assert cli_main(["calibrate", str(tiny_checkpoint), "--val", str(train), "--threads", "1", "--no-progress",
+                     "--force", "--no-second-stage", "--cache", str(cache)]) == 0
+    assert fitted.samefile(legacy)
     assert f"the second stage has {len(SCALE_FREE_FEATURES)} weights and needs at least as many of each" in caplog.text
     assert "--no-second-stage" in caplog.text
     capsys.readouterr()
