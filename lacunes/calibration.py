@@ -70,6 +70,7 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
     from lacunes.geometry import check_same_grid
     from lacunes.io import read_subject, read_volume
     from lacunes.operating_point import ValidationCase
+    from lacunes.writing import atomic_output
 
     labels = files.label_paths()
     if not labels:
@@ -90,10 +91,9 @@ def raw_case(predictor, files, cache: Path | None = None, modalities: str = FULL
     raw = np.load(cached) if cached is not None and cached.exists() else None
     if raw is None or raw.shape != model_input.normalized.shape[1:]:
         raw = predictor.raw(model_input).probability
-        if cached is not None:
-            cache.mkdir(parents=True, exist_ok=True)
-            np.save(cached.with_suffix(".tmp.npy"), raw)
-            cached.with_suffix(".tmp.npy").replace(cached)
+        if cached is not None:  # a temporary of its own: runs sharing the pool never write one file at once
+            with atomic_output(cached) as tmp:
+                np.save(tmp, raw)
     if model_input.conform is not None:
         raters = [model_input.conform.mask_to_model(r > 0) for r in raters]
     # binary raters averaged (0, 0.5, 1); a single label file is taken as it is (lacunes.evaluation.load_reference)
@@ -116,15 +116,14 @@ def _pooled(cache: Path, name: str) -> Path:
     fitting or validation folder), it is hard-linked into the pool (read in place where the file system
     cannot link)."""
     pooled = cache / name
-    if not pooled.exists():
-        for old in sorted(cache.glob(f"*/{name}")):
-            try:
-                os.link(old, pooled)
-            except FileExistsError:  # another run linked it meanwhile
-                pass
-            except OSError:
-                return old
-            break
+    old = None if pooled.exists() else min(cache.glob(f"*/{name}"), default=None)
+    if old is not None:
+        try:
+            os.link(old, pooled)
+        except FileExistsError:  # another run linked it meanwhile
+            pass
+        except OSError:
+            return old
     return pooled
 
 
