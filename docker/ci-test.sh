@@ -8,7 +8,7 @@
 set -euo pipefail
 SCRIPTPATH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # Space a build and the test run need under Docker's root with vfs: 13.1 GB at the peak, measured 2026-12-07
-# for a build that reuses the dependency stage (a change of requirements.txt rebuilds it: about 4 GB more).
+# for a build that reuses the dependency stage (a change of requirements.txt rebuilds it too: not measured).
 NEED_GB="${LACUNES_DOCKER_NEED_GB:-14}"
 LABEL="label=org.opencontainers.image.title=lacunes"
 
