@@ -3,7 +3,9 @@ step of inference that drops it (the network alone at p >= 0.5, the operating po
 minimum volume, the second stage) by the challenge's centre matching, the network's highest probability on
 it, its size, the subject's acquisition, and its contrast to the tissue around it in each channel (the
 median of the normalized input inside the lacune, eroded by one voxel when it has over 30, over the median
-in a shell 2-4 voxels out; a fluid lacune is under 1 on T1 and FLAIR and over 1 on T2).
+in a shell 2-4 voxels out; a fluid lacune is under 1 on T1 and FLAIR and over 1 on T2); with a second
+stage, the candidate on it that scores best (its voxels, its score) and the two features that weigh most
+against it (standardized value times weight: what a rejection comes from).
 
     python benchmarks/lost_lacunes.py runs/s8d/calibrated.pt --family wide --section lost-wide-stage8d
     python benchmarks/lost_lacunes.py runs/s8d/calibrated.pt --heldout 20     # in-family, for comparison
@@ -40,6 +42,7 @@ from lacunes.metrics import evaluate_subject  # noqa: E402
 from lacunes.options import FULL_SET, MODALITIES  # noqa: E402
 from lacunes.postprocessing import finish_probability  # noqa: E402
 from lacunes.preprocessing import brain_mask, prepare_image, repair_nonfinite  # noqa: E402
+from lacunes.rescoring import candidate_features  # noqa: E402
 from lacunes.settings import PRESETS  # noqa: E402
 
 #: How each step is named in the table (the order of quality.stages; "kept" = found at the last step).
@@ -72,6 +75,13 @@ def lacune_rows(predictor: Predictor, case, acquisition: dict | None) -> list[di
         r = evaluate_subject(p.astype(np.float64), case.reference, case.spacing, subject_id=case.subject_id)
         found.append({les["id"]: les["detected"] for les in r.lesions if les["kind"] == "reference"})
     labels, n = label_instances(np.round(case.reference.astype(np.float64), 1) > 0, 26)  # as evaluate_subject
+    rescorer = predictor.release.post_processing_for(FULL_SET)[1]
+    candidates = None
+    if rescorer is not None:  # the second stage's candidates as finish_probability forms them
+        masked = np.where(brain, raw.probability, np.float32(0)) if op.mask_outside_brain else raw.probability
+        cand_labels, n_cand, feats = candidate_features(masked, normalized, brain, case.spacing,
+                                                        rescorer.candidate_threshold)
+        candidates = (cand_labels, rescorer.score(feats) if n_cand else np.zeros(0), feats)
     voxel = float(np.prod(case.spacing))
     thick = (acquisition or {}).get("thick") or {}
     rows = []
@@ -87,9 +97,26 @@ def lacune_rows(predictor: Predictor, case, acquisition: dict | None) -> list[di
             "noise": (acquisition or {}).get("noise"),
             "network_max_p": float(raw.probability[lesion].max()),
             "contrast": dict(zip(MODALITIES, contrasts(normalized, lesion, (labels > 0) & ~lesion))),
-            "lost_at": lost,
+            "lost_at": lost, **second_stage_view(rescorer, candidates, lesion),
         })
     return rows
+
+
+def second_stage_view(rescorer, candidates, lesion: np.ndarray) -> dict:
+    """The best-scoring second-stage candidate on ``lesion``: its voxels, score and the two features with
+    the largest share against it (empty without a second stage or a candidate there)."""
+    if candidates is None:
+        return {}
+    labels, scores, feats = candidates
+    ids = [int(k) for k in np.unique(labels[lesion]) if k]
+    if not ids:
+        return {"candidate_voxels": 0}
+    best = max(ids, key=lambda k: scores[k - 1])
+    x = feats[best - 1, rescorer.columns]
+    share = (x - np.asarray(rescorer.mean)) / np.asarray(rescorer.std) * np.asarray(rescorer.weights)
+    against = sorted(zip(rescorer.features, share, x), key=lambda t: t[1])[:2]
+    return {"candidate_voxels": int((labels == best).sum()), "score": float(scores[best - 1]),
+            "against": [{"feature": f, "share": float(v), "value": float(value)} for f, v, value in against]}
 
 
 def median(values: list[float]) -> str:
@@ -121,14 +148,25 @@ def section(rows: list[dict], args, seconds: float) -> str:
                      + " | ".join(median([r['contrast'][m] for r in group]) for m in MODALITIES)
                      + f" | {median([r['network_max_p'] for r in group])} |")
     lines += ["", "| subject | lacune | diameter mm | voxel mm | slices mm | noise | T1 | T2 | FLAIR | network's max p "
-              "| lost at |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| second stage: candidate voxels, score; most against (value, share) | lost at |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c = r["contrast"]
         slices = f"{r['slice_mm']:.1f}" if r["slice_mm"] else "–"
         noise = f"{r['noise']:.3f}" if r["noise"] is not None else "–"
         lines.append(f"| {r['subject_id']} | {r['id']} | {r['diameter_mm']:.1f} | {r['voxel_mm']:.2f} | {slices} | {noise} | "
-                     f"{c['T1']:.2f} | {c['T2']:.2f} | {c['FLAIR']:.2f} | {r['network_max_p']:.3f} | {r['lost_at']} |")
+                     f"{c['T1']:.2f} | {c['T2']:.2f} | {c['FLAIR']:.2f} | {r['network_max_p']:.3f} | "
+                     f"{second_stage_cell(r)} | {r['lost_at']} |")
     return "\n".join(lines)
+
+
+def second_stage_cell(row: dict) -> str:
+    if "candidate_voxels" not in row:
+        return "–"
+    if not row["candidate_voxels"]:
+        return "no candidate"
+    against = "; ".join(f"{a['feature']} {a['value']:.2f} ({a['share']:+.2f})" for a in row["against"])
+    return f"{row['candidate_voxels']}, {row['score']:.2f}; {against}"
 
 
 def main() -> int:

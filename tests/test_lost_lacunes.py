@@ -63,3 +63,34 @@ def test_one_row_per_reference_lacune_with_the_step_that_loses_it(tiny_checkpoin
         assert 0.0 <= r["network_max_p"] <= 1.0
         assert r["lost_at"] in (*lost_lacunes.STEP_NAMES, "kept")
         assert (r["voxel_mm"], r["slice_mm"], r["noise"]) == (1.3, 4.0, 0.05)
+        assert "score" not in r  # the tiny checkpoint has no second stage
+
+
+def test_second_stage_view_is_the_best_candidate_on_the_lacune_and_what_weighs_against_it():
+    """Two candidates on one lacune and one elsewhere: the better-scoring one on it is reported, with the two
+    features whose standardized value times weight is lowest; a lacune under no candidate says so."""
+    from lacunes.rescoring import ALL_FEATURES, Rescorer
+
+    names = ("log_volume_mm3", "flair_rim", "log_elongation")
+    rescorer = Rescorer(weights=(1.0, 3.0, -1.0), bias=0.0, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 2.0),
+                        features=names)
+    labels = np.zeros((10, 10, 10), np.int32)
+    labels[1:3, 1:3, 1:3] = 1  # 8 voxels on the lacune
+    labels[4:5, 1:3, 1:3] = 2  # 4 voxels on the lacune
+    labels[7:9, 7:9, 7:9] = 3  # elsewhere
+    feats = np.zeros((3, len(ALL_FEATURES)))
+    for k, (volume, rim, elongation) in enumerate(((2.0, -0.3, 1.0), (1.0, 0.5, 0.2), (5.0, 1.0, 0.0))):
+        feats[k, [ALL_FEATURES.index(f) for f in names]] = (volume, rim, elongation)
+    scores = rescorer.score(feats)
+    assert scores[1] > scores[0]
+    lacune = np.zeros_like(labels, bool)
+    lacune[1:5, 1:3, 1:3] = True
+    view = lost_lacunes.second_stage_view(rescorer, (labels, scores, feats), lacune)
+    assert view["candidate_voxels"] == 4 and np.isclose(view["score"], scores[1])
+    # shares: elongation 0.2 / 2 x -1 = -0.1, volume 1.0 x 1 = 1.0, rim 0.5 x 3 = 1.5
+    assert [a["feature"] for a in view["against"]] == ["log_elongation", "log_volume_mm3"]
+    assert np.isclose(view["against"][0]["share"], -0.1) and np.isclose(view["against"][1]["value"], 1.0)
+    nothing = np.zeros_like(lacune)
+    nothing[5, 5, 5] = True
+    assert lost_lacunes.second_stage_view(rescorer, (labels, scores, feats), nothing) == {"candidate_voxels": 0}
+    assert lost_lacunes.second_stage_view(None, None, lacune) == {}
