@@ -64,24 +64,24 @@ def contrasts(normalized: np.ndarray, lesion: np.ndarray, others: np.ndarray) ->
 def lacune_rows(predictor: Predictor, case, acquisition: dict | None) -> list[dict]:
     """One row per reference lacune of ``case`` (quality.Case)."""
     image = repair_nonfinite(case.image)
-    op = predictor.release.post_processing_for(FULL_SET)[0]
+    op, rescorer = predictor.release.post_processing_for(FULL_SET)
     mask = brain_mask(image) if op.mask_outside_brain else None
     normalized = prepare_image(image, predictor.release.normalization)
     raw = predictor.raw(ModelInput(normalized, mask, case.spacing, input_set=FULL_SET))
     brain = mask if mask is not None else brain_mask(image)
-    found = []
-    for _, step_op, step_rescorer in stages(predictor, FULL_SET):
-        p = finish_probability(raw.probability, step_op, brain, case.spacing, step_rescorer, normalized)[0]
-        r = evaluate_subject(p.astype(np.float64), case.reference, case.spacing, subject_id=case.subject_id)
-        found.append({les["id"]: les["detected"] for les in r.lesions if les["kind"] == "reference"})
-    labels, n = label_instances(np.round(case.reference.astype(np.float64), 1) > 0, 26)  # as evaluate_subject
-    rescorer = predictor.release.post_processing_for(FULL_SET)[1]
     candidates = None
-    if rescorer is not None:  # the second stage's candidates as finish_probability forms them
+    if rescorer is not None:  # the second stage's candidates as finish_probability forms them, formed once
         masked = np.where(brain, raw.probability, np.float32(0)) if op.mask_outside_brain else raw.probability
         cand_labels, n_cand, feats = candidate_features(masked, normalized, brain, case.spacing,
                                                         rescorer.candidate_threshold)
         candidates = (cand_labels, rescorer.score(feats) if n_cand else np.zeros(0), feats)
+    found = []
+    for _, step_op, step_rescorer in stages(predictor, FULL_SET):
+        formed = (cand_labels, n_cand, candidates[1]) if step_rescorer is not None else None
+        p = finish_probability(raw.probability, step_op, brain, case.spacing, step_rescorer, normalized, formed)[0]
+        r = evaluate_subject(p.astype(np.float64), case.reference, case.spacing, subject_id=case.subject_id)
+        found.append({les["id"]: les["detected"] for les in r.lesions if les["kind"] == "reference"})
+    labels, n = label_instances(np.round(case.reference.astype(np.float64), 1) > 0, 26)  # as evaluate_subject
     voxel = float(np.prod(case.spacing))
     thick = (acquisition or {}).get("thick") or {}
     rows = []
