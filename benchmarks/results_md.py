@@ -18,7 +18,10 @@ def replace_section(name: str, text: str, path: Path = RESULTS) -> None:
         doc = doc[: doc.index(start)] + block + doc[doc.index(end) + len(end):]
     else:
         doc = doc.rstrip() + "\n\n" + block + "\n"
-    path.write_text(doc)
+    from lacunes.writing import atomic_output
+
+    with atomic_output(path) as tmp:  # a kill mid-write never leaves RESULTS.md cut short
+        tmp.write_text(doc)
 
 
 def device_label(device: str) -> str:
