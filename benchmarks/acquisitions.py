@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
 from quality import HELDOUT_FIRST_ID, HELDOUT_SEED, absent_channels, generated_case  # noqa: E402
-from results_md import device_label, replace_section  # noqa: E402
+from results_md import device_label, replace_section, save_json  # noqa: E402
 
 from lacunes.conform import grid_with_spacing, resample_axis_aligned, resample_masked  # noqa: E402
 from lacunes.geometry import Geometry  # noqa: E402
@@ -315,8 +315,7 @@ def main() -> int:
             raise SystemExit("thick3 resamples T2 and FLAIR onto the T1's grid: not for a set without T1")
         runs = [run(name, model, setting, conform, variants, indices, modalities, args.seed)
                 for name, model, setting, conform, modalities in specs]
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(runs, indent=1, default=str))
+        save_json(saved, runs)
     text = section(runs, args)
     replace_section(args.section, text)
     print(text)

@@ -19,7 +19,6 @@ maps, scored one lacune at a time). Writes the table into RESULTS.md with ``--se
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from functools import partial
@@ -34,7 +33,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from quality import HELDOUT_FIRST_ID, HELDOUT_SEED, phantom_case, stages  # noqa: E402
-from results_md import device_label, replace_section  # noqa: E402
+from results_md import device_label, replace_section, save_json  # noqa: E402
 
 from lacunes.inference import ModelInput, Predictor  # noqa: E402
 from lacunes.instances import label_instances  # noqa: E402
@@ -203,7 +202,7 @@ def main() -> int:
     text = section(rows, args, time.time() - t0)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    (work / f"{args.section or 'lost-lacunes'}.json").write_text(json.dumps(rows, indent=1))
+    save_json(work / f"{args.section or 'lost-lacunes'}.json", rows)
     if args.section:
         replace_section(args.section, text)
     print(text)

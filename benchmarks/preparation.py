@@ -29,7 +29,6 @@ Writes the ``preparation`` section of RESULTS.md and WORK/SECTION.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -44,7 +43,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from results_md import device_label, replace_section  # noqa: E402
+from results_md import device_label, replace_section, save_json  # noqa: E402
 
 from lacunes.geometry import Geometry, resample_to, to_sitk  # noqa: E402
 from lacunes.inference import Predictor  # noqa: E402
@@ -189,7 +188,7 @@ def main() -> int:
     result = {"model": args.model, "setting": args.setting, "family": family.name, "head_margin": args.head_margin, "rows": rows,
               "given": summarize(given), "ideal": summarize(ideal), "raw": summarize(raw), "device": device_label("cpu"),
               "command": "python benchmarks/preparation.py " + shlex.join(sys.argv[1:])}
-    (work / f"{args.section}.json").write_text(json.dumps(result, indent=1, default=str))
+    save_json(work / f"{args.section}.json", result)
     replace_section(args.section, render(result, args))
     return 0
 

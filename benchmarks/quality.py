@@ -38,7 +38,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from results_md import device_label, replace_section  # noqa: E402
+from results_md import device_label, replace_section, save_json  # noqa: E402
 
 from lacunes.breakdown import CATEGORIES, classify_predictions, summarize_breakdown  # noqa: E402
 from lacunes.evaluation import load_reference  # noqa: E402
@@ -467,8 +467,7 @@ def main() -> int:
     plot({f"{label(r)} (n={r['subjects']})": r["by_diameter"] for r in runs}, HERE / args.plot)
     text = section(runs, args, args.title)
     replace_section(args.section, text)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / f"{args.section}.json").write_text(json.dumps(runs, indent=1, default=str))
+    save_json(work / f"{args.section}.json", runs)
     print(text)
     return 0
 

@@ -24,7 +24,6 @@ Writes the ``regions`` section of RESULTS.md and WORK/regions.json.
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -38,7 +37,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
-from results_md import device_label, replace_section  # noqa: E402
+from results_md import device_label, replace_section, save_json  # noqa: E402
 
 from lacunes import regions  # noqa: E402
 from lacunes.geometry import Geometry  # noqa: E402
@@ -123,7 +122,7 @@ def main() -> int:
               "command": "python benchmarks/regions.py " + shlex.join(sys.argv[1:])}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    (work / f"{args.section}.json").write_text(json.dumps(result, indent=1))
+    save_json(work / f"{args.section}.json", result)
     replace_section(args.section, render(result))
     return 0
 

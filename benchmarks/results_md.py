@@ -24,6 +24,17 @@ def replace_section(name: str, text: str, path: Path = RESULTS) -> None:
         tmp.write_text(doc)
 
 
+def save_json(path: Path, obj) -> None:
+    """Write a run's results (which ``--render`` reads back) as JSON through a temporary file, so that a
+    kill mid-write leaves the previous results, never a file cut short."""
+    import json
+
+    from lacunes.writing import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, default=str))
+
+
 def device_label(device: str) -> str:
     """The GPU's name for a CUDA device, else the CPU threads and processor, as the sections state them."""
     import torch
