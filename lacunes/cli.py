@@ -207,9 +207,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     require_extra("lacunes synth", "synth")
     from lacunes.synthetic import SynthConfig, generate_dataset
 
-    config = SynthConfig.from_options(acquisitions=args.acquisitions, lacune_shapes=args.lacune_shapes,
-                                      mimics=args.mimics, anatomy_variation=args.anatomy_variation,
-                                      lacune_free=args.lacune_free)
+    try:
+        config = SynthConfig.from_options(acquisitions=args.acquisitions, lacune_shapes=args.lacune_shapes,
+                                          mimics=args.mimics, anatomy_variation=args.anatomy_variation,
+                                          lacune_free=args.lacune_free, broad_tissues=args.broad_tissues)
+    except ValueError as exc:
+        raise SystemExit(f"lacunes synth: {exc}") from None
     ids = generate_dataset(Path(args.out), args.n, args.seed, first_id=args.first_id, preview=args.preview,
                            config=config, progress=not args.no_progress)
     print(f"wrote {len(ids)} subject(s) to {args.out}: {ids[0]} … {ids[-1]}")
@@ -263,7 +266,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             generated = GeneratedData(args.synthetic, seed=options.TRAINING_SEED if args.seed is None else args.seed,
                                       uses=args.subject_uses, workers=args.workers, acquisitions=args.acquisitions,
                                       lacune_shapes=args.lacune_shapes, mimics=args.mimics,
-                                      anatomy_variation=args.anatomy_variation)
+                                      anatomy_variation=args.anatomy_variation, broad_tissues=args.broad_tissues)
         except ValueError as exc:
             raise SystemExit(f"lacunes train --synthetic: {exc}") from None
         provenance = {"generated": generated.to_dict()}
@@ -397,6 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--anatomy-variation", action="store_true",
                    help="the template deformed further: displacement of 2.5-6 mm and a scaling per axis drawn per "
                         "subject, ventricles and sulci widened over wider ranges; every other draw as without it")
+    p.add_argument("--broad-tissues", action="store_true",
+                   help="with --mimics: tissue means drawn from broad ranges, fluid of less contrast included (T1 "
+                        "fluid up to 0.55 of white matter, FLAIR fluid suppressed to 0.36 only, T2 fluid down to "
+                        "0.62); every other draw as without it")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_synth)
 
@@ -422,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tissue intensities (lacunes synth --mimics)")
     p.add_argument("--anatomy-variation", action="store_true",
                    help="with --synthetic: the template deformed further (lacunes synth --anatomy-variation)")
+    p.add_argument("--broad-tissues", action="store_true",
+                   help="with --synthetic --mimics: tissue means from broad ranges, fluid of less contrast "
+                        "included (lacunes synth --broad-tissues)")
     p.add_argument("--run-dir", required=True, help="run folder (config, log, metrics.csv, progress.png, checkpoints/)")
     p.add_argument("--preset", default=options.DEFAULT_TRAIN_PRESET, choices=list(options.TRAIN_PRESETS),
                    help="; ".join(f"{k}: {v}" for k, v in options.TRAIN_PRESETS.items())

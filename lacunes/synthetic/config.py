@@ -9,7 +9,7 @@ import numpy as np
 
 from lacunes import options
 from lacunes.synthetic.anatomy import ANATOMIES
-from lacunes.synthetic.mimics import MimicConfig
+from lacunes.synthetic.mimics import BROAD_TISSUES, MimicConfig
 
 MODALITIES = options.MODALITIES  # the network's channels, in order
 
@@ -212,15 +212,20 @@ class SynthConfig:
 
     @classmethod
     def from_options(cls, *, acquisitions: bool = False, lacune_shapes: bool = False, mimics: bool = False,
-                     anatomy_variation: bool = False, lacune_free: bool = False) -> SynthConfig | None:
+                     anatomy_variation: bool = False, lacune_free: bool = False,
+                     broad_tissues: bool = False) -> SynthConfig | None:
         """The generator's parameters for the on/off options of ``lacunes synth`` and ``lacunes train
-        --synthetic`` (each switches on its default ranges); None where every option is off (the
-        defaults: the held-out benchmark, the families and the sample case)."""
+        --synthetic`` (each switches on its default ranges; ``broad_tissues``, with ``mimics`` only, draws
+        the tissue means from :data:`lacunes.synthetic.mimics.BROAD_TISSUES`); None where every option is
+        off (the defaults: the held-out benchmark, the families and the sample case)."""
+        if broad_tissues and not mimics:
+            raise ValueError("broad tissue ranges are drawn with the mimics' per-structure intensities: "
+                             "add the mimics option (--mimics)")
         if not (acquisitions or lacune_shapes or mimics or anatomy_variation or lacune_free):
             return None
         return cls(acquisition=AcquisitionConfig() if acquisitions else None,
                    lacune_shapes=LacuneShapeConfig() if lacune_shapes else None,
-                   mimics=MimicConfig() if mimics else None,
+                   mimics=(MimicConfig(tissues=BROAD_TISSUES) if broad_tissues else MimicConfig()) if mimics else None,
                    anatomy_variation=AnatomyVariation() if anatomy_variation else None,
                    p_no_lacune=1.0 if lacune_free else cls.p_no_lacune)
 

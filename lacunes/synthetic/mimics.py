@@ -56,6 +56,17 @@ class TissueRanges:
         "rim": (0.72, 0.95)})
 
 
+#: Broad ranges (``--broad-tissues``): every structure's mean over the training ranges and the
+#: less fluid-like contrasts beyond them (T1 fluid up to 0.55 of white matter, FLAIR fluid suppressed to
+#: 0.36 only, T2 fluid down to 0.62) — the contrasts of the ``wide`` measurement family and some margin,
+#: for a network that must find a lacune of whatever fluid contrast the scanner gives.
+BROAD_TISSUES = TissueRanges(
+    T1={"csf": (0.10, 0.55), "gm": (0.48, 0.80), "dgm": (0.56, 0.96), "wm": (0.90, 1.10), "wmh": (0.62, 0.92)},
+    T2={"csf": (0.62, 1.30), "gm": (0.44, 0.66), "dgm": (0.28, 0.62), "wm": (0.28, 0.46), "wmh": (0.58, 0.98)},
+    FLAIR={"csf": (0.02, 0.36), "gm": (0.48, 0.75), "dgm": (0.42, 0.68), "wm": (0.34, 0.58), "wmh": (0.82, 1.18),
+           "rim": (0.68, 0.96)},
+)
+
 #: Tissue order each modality keeps (darkest first).
 _ORDER = {"T1": ("csf", "gm", "wm"), "T2": ("wm", "gm", "csf"), "FLAIR": ("csf", "wm", "gm")}
 

@@ -64,6 +64,8 @@ class GeneratedData:
             centres (:mod:`lacunes.training.sampling`).
         anatomy_variation: the template deformed further (deformation strength and scaling per axis drawn
             per subject, wider ventricle and sulcal ranges: :class:`lacunes.synthetic.AnatomyVariation`).
+        broad_tissues: with ``mimics``, tissue means drawn from broad ranges, fluid of less contrast
+            included (:data:`lacunes.synthetic.mimics.BROAD_TISSUES`).
     """
 
     size: int
@@ -75,6 +77,7 @@ class GeneratedData:
     lacune_shapes: bool = False
     mimics: bool = False
     anatomy_variation: bool = False
+    broad_tissues: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -83,6 +86,8 @@ class GeneratedData:
             raise ValueError(f"uses must be >= 0 (0 = until replaced), got {self.uses}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.broad_tissues and not self.mimics:
+            raise ValueError("broad tissue ranges are drawn with the mimics' per-structure intensities: add --mimics")
         if self.seed in RESERVED_SEEDS:
             raise ValueError(f"seed {self.seed} generates {RESERVED_SEEDS[self.seed]}; train on another seed")
 
@@ -98,7 +103,8 @@ class GeneratedData:
         from lacunes.synthetic import SynthConfig
 
         return SynthConfig.from_options(acquisitions=self.acquisitions, lacune_shapes=self.lacune_shapes,
-                                        mimics=self.mimics, anatomy_variation=self.anatomy_variation)
+                                        mimics=self.mimics, anatomy_variation=self.anatomy_variation,
+                                        broad_tissues=self.broad_tissues)
 
 
 def generated_subject(seed: int, index: int, config: TrainConfig, synth=None) -> TrainingSubject:
