@@ -325,7 +325,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.time()
     cache = prediction_cache(Path(args.cache), predictor, args.preset, modalities) if args.cache else None
     rescorer = _second_stage(args, predictor, cache, report)
-    folders, families, cases = _validation_cases(args, predictor, cache)
+    folders, families, cases = _validation_cases(args, predictor, cache, rescorer)
     seconds = time.time() - t0
     short = validation_shortfall(cases)
     if short:
@@ -379,15 +379,20 @@ def _second_stage(args: argparse.Namespace, predictor, cache: Path | None, repor
     return rescorer
 
 
-def _validation_cases(args: argparse.Namespace, predictor, cache: Path | None):
-    """The ``--val`` folders, their (family, subject files) pairs and the subjects' validation cases."""
+def _validation_cases(args: argparse.Namespace, predictor, cache: Path | None, rescorer=None):
+    """The ``--val`` folders, their (family, subject files) pairs and the subjects' validation cases, each
+    prepared for the search (:func:`lacunes.operating_point.prepare_case`, with ``rescorer``) as it is read,
+    so that one subject's full-size arrays at a time are held: for a 1 mm head about 60 MB a subject prepared
+    against 93 MB as read (benchmarks/calibration_memory.py), where holding both, as calibrate did, took
+    18 GB for 125 subjects."""
     from tqdm import tqdm
 
     from lacunes.layouts import find_subject_files
+    from lacunes.operating_point import prepare_case
 
     folders = [Path(p) for p in args.val.split(",") if p]
     families = [(f.name, files) for f in folders for files in find_subject_files(f)]
-    cases = [raw_case(predictor, files, cache, args.modalities, name)
+    cases = [prepare_case(raw_case(predictor, files, cache, args.modalities, name), rescorer)
              for name, files in tqdm(families, desc="validation", unit="subject", disable=args.no_progress)]
     return folders, families, cases
 

@@ -100,6 +100,7 @@ class PreparedCase(NamedTuple):
     spacing: tuple[float, ...]
     mask: np.ndarray | None
     family: str = ""  # the family of subjects it belongs to (its --val folder)
+    logits_inside: np.ndarray | None = None  # the raw logit of every brain voxel (for the uncertainty share)
 
 
 def _pooled_f1(counts: list[Counts]) -> float:
@@ -140,9 +141,12 @@ def _crop_to(box: tuple[slice, ...], *arrays):
     return [None if a is None else a[(Ellipsis, *box)] for a in arrays]
 
 
-def _prepare(case: ValidationCase, rescorer) -> tuple[PreparedCase, np.ndarray]:
-    """A case cropped to its brain's box, masked, its candidates scored once; with the raw logit of every
-    brain voxel (for the uncertainty share)."""
+def prepare_case(case, rescorer=None) -> PreparedCase:
+    """A validation case (:class:`ValidationCase` or its 5-tuple) as the search holds it: cropped to its
+    brain's box, masked, its second-stage candidates scored once with ``rescorer`` (the second stage the
+    search is then given), with the raw logit of every brain voxel (for the uncertainty share). It keeps
+    copies of the box alone, none of the case's arrays: a caller that prepares each case as it reads it and
+    lets the case go holds a fraction of the memory (the normalized image is not kept at all)."""
     raw, image, ref, spacing, mask = case[:5]
     if mask is not None and mask.any():
         # Everything that can change lies in the brain's box (the reference too): scoring the box
@@ -151,6 +155,7 @@ def _prepare(case: ValidationCase, rescorer) -> tuple[PreparedCase, np.ndarray]:
 
         box = ndi.find_objects(mask.astype(np.uint8) | (ref > 0).astype(np.uint8))[0]
         raw, ref, mask = _crop_to(box, raw, ref, mask)
+        ref, mask = ref.copy(), mask.copy()  # copies, not views that would keep the whole arrays alive
         image = None if image is None else image[(slice(None), *box)]
     masked = np.where(mask, raw, np.float32(0)).astype(np.float32) if mask is not None else raw
     cand = None
@@ -159,9 +164,9 @@ def _prepare(case: ValidationCase, rescorer) -> tuple[PreparedCase, np.ndarray]:
 
         labels, n, feats = candidate_features(masked, image, mask, spacing, rescorer.candidate_threshold)
         cand = (labels, n, rescorer.score(feats) if n else np.zeros(0))
-    prepared = PreparedCase(masked, cand, ref, ReferenceLesions.from_reference(ref, spacing), spacing, mask,
-                            case.family if isinstance(case, ValidationCase) else "")
-    return prepared, logit(masked[mask] if mask is not None else masked.ravel()).astype(np.float32)
+    logits_inside = logit(masked[mask] if mask is not None else masked.ravel()).astype(np.float32)
+    return PreparedCase(masked, cand, ref, ReferenceLesions.from_reference(ref, spacing), spacing, mask,
+                        case.family if isinstance(case, ValidationCase) else "", logits_inside)
 
 
 def _grid(prepared: list[PreparedCase], logits_inside: list[np.ndarray], rescorer, cut: float | None,
@@ -244,8 +249,9 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
     """The operating point (and second-stage cut) with the best pooled detection F1 on validation cases.
 
     Args:
-        cases: :class:`ValidationCase` per subject (or its 5-tuple); the maps are made by
-            :func:`finish_probability`, as at inference.
+        cases: :class:`ValidationCase` per subject (or its 5-tuple), or :class:`PreparedCase` made by
+            :func:`prepare_case` with the same ``rescorer`` (far less memory for many subjects); the maps
+            are made by :func:`finish_probability`, as at inference.
         rescorer: the checkpoint's second stage, or None; its ``min_score`` is searched too.
         thresholds, volumes, min_scores: the grid (volumes: :data:`MIN_VOLUMES_MM3`, or
             :data:`MIN_VOLUMES_WITH_RESCORER_MM3` with a second stage, by default).
@@ -277,8 +283,8 @@ def choose_operating_point(cases, rescorer=None, thresholds=THRESHOLDS, volumes=
 
     if volumes is None:
         volumes = MIN_VOLUMES_WITH_RESCORER_MM3 if rescorer is not None else MIN_VOLUMES_MM3
-    prepared, logits_inside = zip(*(_prepare(ValidationCase(*c), rescorer) for c in cases)) if cases else ((), ())
-    prepared, logits_inside = list(prepared), list(logits_inside)
+    prepared = [c if isinstance(c, PreparedCase) else prepare_case(ValidationCase(*c), rescorer) for c in cases]
+    logits_inside = [c.logits_inside for c in prepared]
     if rescorer is not None:
         thresholds = [t for t in thresholds if t >= rescorer.candidate_threshold]
     scores = []

@@ -8,7 +8,7 @@ from lacunes.geometry import Geometry
 from lacunes.inference import ModelInput, Predictor
 from lacunes.io import Subject
 from lacunes.network import build_network
-from lacunes.operating_point import choose_operating_point
+from lacunes.operating_point import ValidationCase, choose_operating_point, prepare_case
 from lacunes.options import RAS_DIRECTION
 from lacunes.postprocessing import OperatingPoint, finish_probability
 from lacunes.rescoring import (
@@ -98,9 +98,18 @@ def test_fit_learns_to_reject_the_look_alike_and_round_trips():
     np.testing.assert_allclose(v1.score(x), 1 / (1 + np.exp(-(z @ np.asarray(v1.weights) + v1.bias))))
     # the search picks a cut that keeps the lesion and drops the tube
     val = [(p, img, ref, (1.0, 1.0, 1.0), b) for p, img, b, ref, *_ in cases]
-    op, cut, _ = choose_operating_point(val, r, thresholds=(0.5,), volumes=(0.0,), min_scores=(0.0, 0.5),
-                                        progress=False)
+    op, cut, scores = choose_operating_point(val, r, thresholds=(0.5,), volumes=(0.0,), min_scores=(0.0, 0.5),
+                                             progress=False)
     assert cut == 0.5
+    # each case prepared as calibrate prepares it when it reads it: copies of the brain's box alone (no view
+    # keeps the case's arrays alive), the same choice and scores
+    prepared = [prepare_case(ValidationCase(*v), r) for v in val]
+    for c, v in zip(prepared, val):
+        assert c.candidates[1] >= 1 and c.logits_inside.size == int(v[4].sum())
+        assert not any(np.shares_memory(a, b) for a in (c.masked, c.reference, c.mask) for b in (v[0], v[2], v[4]))
+    again = choose_operating_point(prepared, r, thresholds=(0.5,), volumes=(0.0,), min_scores=(0.0, 0.5),
+                                   progress=False)
+    assert again[:2] == (op, cut) and [s.to_dict() for s in again[2]] == [s.to_dict() for s in scores]
 
 
 def test_the_fluid_a_candidate_joins_tells_a_horn_from_a_cavity_of_its_own():
