@@ -62,7 +62,7 @@ def variant_rows(predictor: Predictor, family: Family, part: str | None, indices
         if part is not None:
             config = with_training(config, part)
         ph = generate_phantom(family.seed, index, config, subject_id=f"{family.name}-{index:03d}")
-        rows += [{**row, "variant": part or "as made"} for row in lacune_rows(predictor, phantom_case(ph), ph.acquisition)]
+        rows += lacune_rows(predictor, phantom_case(ph), ph.acquisition)
     return rows
 
 
@@ -90,16 +90,19 @@ def section(by_variant: dict[str, list[dict]], args, seconds: float) -> str:
         lines.append(f"| {name} | {s['kept']} of {s['lacunes']} | {s['big_kept']} of {s['big']} | {s['network']} | "
                      f"{s['after']} |")
     variants = list(by_variant)
+    first = by_variant[variants[0]]
+
+    def lacunes(rows: list[dict]) -> list[tuple]:
+        return [(r["subject_id"], r["id"], round(r["diameter_mm"], 2)) for r in rows]
+
+    if any(lacunes(rows) != lacunes(first) for rows in by_variant.values()):
+        return "\n".join(lines + ["", "(The variants hold different lacunes — another anatomy places them "
+                                    "elsewhere — so they are not followed one by one.)"])
     lines += ["", "Each lacune of 4 mm or more lost in some variant: the step that loses it and the network's highest "
               "probability on it (`kept` = found).", "",
               "| subject | lacune | diameter mm | " + " | ".join(
                   v if v == "as made" else f"training {v}" for v in variants) + " |",
               "|---|---|---|" + "---|" * len(variants)]
-    first = by_variant[variants[0]]
-    if any([(r["subject_id"], r["id"], round(r["diameter_mm"], 2)) for r in rows]
-           != [(r["subject_id"], r["id"], round(r["diameter_mm"], 2)) for r in first] for rows in by_variant.values()):
-        return "\n".join(lines[:-5] + ["", "(The variants hold different lacunes — another anatomy places them "
-                                         "elsewhere — so they are not followed one by one.)"])
     for i, row in enumerate(first):
         cells = [by_variant[v][i] for v in variants]
         if row["diameter_mm"] < 4 or all(c["lost_at"] == "kept" for c in cells):
@@ -133,7 +136,7 @@ def main() -> int:
     t0, by_variant = time.time(), {}
     for part in (None, *parts):
         rows = variant_rows(predictor, family, part, indices)
-        by_variant[rows[0]["variant"] if rows else part or "as made"] = rows
+        by_variant[part or "as made"] = rows
         s = summary(rows)
         print(f"  {part or 'as made'}: {s['kept']} of {s['lacunes']} kept, >= 4 mm {s['big_kept']} of {s['big']}",
               flush=True)

@@ -200,9 +200,7 @@ def main() -> int:
         rows += new
         print(f"  {ph.subject_id}: " + ", ".join(f"{r['diameter_mm']:.1f} mm {r['lost_at']}" for r in new), flush=True)
     text = section(rows, args, time.time() - t0)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    save_json(work / f"{args.section or 'lost-lacunes'}.json", rows)
+    save_json(Path(args.work) / f"{args.section or 'lost-lacunes'}.json", rows)
     if args.section:
         replace_section(args.section, text)
     print(text)

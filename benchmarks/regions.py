@@ -120,9 +120,7 @@ def main() -> int:
                   f"registration {seconds:.0f} s", flush=True)
     result = {"rows": rows, "targets": points, "device": device_label("cpu"),
               "command": "python benchmarks/regions.py " + shlex.join(sys.argv[1:])}
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    save_json(work / f"{args.section}.json", result)
+    save_json(Path(args.work) / f"{args.section}.json", result)
     replace_section(args.section, render(result))
     return 0
 

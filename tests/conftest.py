@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import importlib
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +17,14 @@ TINY = NetworkConfig(features=(4, 4, 8, 8, 16, 4), dropout=0.0)
 SPACING = (0.9, 1.1, 1.5)
 ORIGIN = (-10.0, 5.0, 2.5)
 DIRECTION = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """The script ``benchmarks/<name>.py`` as a module, its folder on ``sys.path`` for the scripts it imports."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 def make_subject_arrays(shape=(40, 36, 20), seed=0, lesions=((20, 18, 10),), radius=3):

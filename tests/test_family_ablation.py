@@ -1,25 +1,17 @@
 """benchmarks/family_ablation.py: an out-of-family family with one part of the generator set back to the
 training ranges, the same lacunes at the same places."""
 
-import importlib.util
-import sys
 from argparse import Namespace
 from dataclasses import fields
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-spec = importlib.util.spec_from_file_location("family_ablation", ROOT / "benchmarks" / "family_ablation.py")
-family_ablation = importlib.util.module_from_spec(spec)
-sys.modules["family_ablation"] = family_ablation
-spec.loader.exec_module(family_ablation)
+from lacunes.synthetic import AcquisitionConfig, MimicConfig, SynthConfig, TissueRanges, generate_phantom
+from tests.conftest import load_benchmark
 
-from families import FAMILIES  # noqa: E402
-
-from lacunes.synthetic import AcquisitionConfig, MimicConfig, SynthConfig, TissueRanges, generate_phantom  # noqa: E402
+family_ablation = load_benchmark("family_ablation")
+FAMILIES = load_benchmark("families").FAMILIES
 
 
 def changed(a, b) -> set[str]:

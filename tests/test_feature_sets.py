@@ -1,10 +1,7 @@
 """benchmarks/feature_sets.py's --acquisition: the voxel sizes a subject was acquired at, and a second stage
 that weighs them."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,12 +10,9 @@ from lacunes.geometry import Geometry
 from lacunes.layouts import find_subject_files
 from lacunes.rescoring import ALL_FEATURES, Rescorer
 from lacunes.writing import write_volume
+from tests.conftest import load_benchmark
 
-ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location("feature_sets", ROOT / "benchmarks" / "feature_sets.py")
-feature_sets = importlib.util.module_from_spec(spec)
-sys.modules["feature_sets"] = feature_sets  # its dataclasses look their module up
-spec.loader.exec_module(feature_sets)
+feature_sets = load_benchmark("feature_sets")
 
 
 def test_acquired_voxel_sizes_come_from_the_sidecar_else_the_header(tmp_path):

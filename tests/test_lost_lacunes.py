@@ -1,20 +1,11 @@
 """benchmarks/lost_lacunes.py: each reference lacune's contrast to the tissue around it and the step of
 inference that loses it."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 
-from tests.conftest import make_subject_arrays
+from tests.conftest import load_benchmark, make_subject_arrays
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-spec = importlib.util.spec_from_file_location("lost_lacunes", ROOT / "benchmarks" / "lost_lacunes.py")
-lost_lacunes = importlib.util.module_from_spec(spec)
-sys.modules["lost_lacunes"] = lost_lacunes
-spec.loader.exec_module(lost_lacunes)
+lost_lacunes = load_benchmark("lost_lacunes")
 
 
 def ball(shape, centre, radius):
