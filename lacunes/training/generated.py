@@ -86,8 +86,7 @@ class GeneratedData:
             raise ValueError(f"uses must be >= 0 (0 = until replaced), got {self.uses}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
-        if self.broad_tissues and not self.mimics:
-            raise ValueError("broad tissue ranges are drawn with the mimics' per-structure intensities: add --mimics")
+        self.synth_config()  # refuses options that do not go together (broad tissue ranges without the mimics)
         if self.seed in RESERVED_SEEDS:
             raise ValueError(f"seed {self.seed} generates {RESERVED_SEEDS[self.seed]}; train on another seed")
 
